@@ -1,0 +1,104 @@
+//! Errors, one enum per boundary. Each message says what went wrong and, where
+//! a person can act on it, what to do.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Binding a listening socket failed. A usage error: the user chose the address.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("cannot listen on {addr}: the address is already in use; stop what holds it or choose another --listen address")]
+    InUse { addr: SocketAddr },
+    #[error("cannot listen on {addr}: permission denied; ports below 1024 need root or CAP_NET_BIND_SERVICE")]
+    Denied { addr: SocketAddr },
+    #[error("cannot listen on {addr}: {source}")]
+    Other { addr: SocketAddr, source: io::Error },
+}
+
+impl BindError {
+    pub fn new(addr: SocketAddr, source: io::Error) -> Self {
+        match source.kind() {
+            io::ErrorKind::AddrInUse => BindError::InUse { addr },
+            io::ErrorKind::PermissionDenied => BindError::Denied { addr },
+            _ => BindError::Other { addr, source },
+        }
+    }
+}
+
+/// A message on a handoff socket broke the protocol. The peer is treated as failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("message of {len} bytes or more exceeds the limit of {limit} bytes")]
+    Oversized { len: usize, limit: usize },
+    #[error("control message truncated: more descriptors were sent than the limit of {limit}")]
+    ControlTruncated { limit: usize },
+    #[error("malformed message: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error("protocol version {got} is not supported (this baton speaks version {supported})")]
+    Version { got: u32, supported: u32 },
+    #[error("message carried {got} descriptors, expected {expected}")]
+    DescriptorCount { got: usize, expected: usize },
+    #[error("unexpected message: {0}")]
+    Unexpected(&'static str),
+}
+
+/// The handoff socket between master and worker failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandoffError {
+    #[error("handoff socket: {0}")]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+}
+
+/// Starting a worker process failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("cannot create the handoff socketpair: {0}")]
+    Socketpair(io::Error),
+    #[error("cannot queue the listeners for the new worker: {0}")]
+    Hello(HandoffError),
+    #[error("cannot start worker program {program}: {source}")]
+    Exec { program: PathBuf, source: io::Error },
+}
+
+/// The master could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("cannot find baton's own program file: {0}; run baton by a path or from $PATH")]
+    Program(io::Error),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(io::Error),
+    #[error("cannot start the tokio runtime: {0}")]
+    Runtime(io::Error),
+    #[error("the first workers failed to start: {reason}")]
+    FirstStart { reason: String },
+}
+
+impl MasterError {
+    /// Whether the user's input caused this (exit code 2) rather than the
+    /// environment at run time (exit code 1).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, MasterError::Bind(_))
+    }
+}
+
+/// A worker could not start serving.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(
+        "no handoff socket on fd {fd}: `baton worker` is started by `baton serve`, not by hand"
+    )]
+    NoHandoff { fd: i32 },
+    #[error(transparent)]
+    Handoff(#[from] HandoffError),
+    #[error("listener {name:?} is unusable: {reason}")]
+    BadListener { name: String, reason: String },
+    #[error("the master closed the handoff socket before sending the listeners")]
+    MasterGone,
+    #[error("cannot start the tokio runtime: {0}")]
+    Runtime(io::Error),
+}

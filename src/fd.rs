@@ -1,0 +1,228 @@
+//! Every `unsafe` operation on file descriptors lives here, behind `OwnedFd`
+//! and `BorrowedFd`: passing descriptors with SCM_RIGHTS, adopting the
+//! descriptor a worker inherits, and the code that runs in the child between
+//! `fork` and `exec`. A `RawFd` never leaves this module.
+//!
+//! Why by hand rather than `sendfd`'s receive: a received descriptor must be
+//! close-on-exec from its first instant (`MSG_CMSG_CLOEXEC`), and a truncated
+//! control message (`MSG_CTRUNC`) must be reported, with whatever descriptors
+//! did arrive closed rather than leaked. Sending uses `sendfd`.
+
+use std::io;
+use std::mem;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+use sendfd::SendWithFd;
+
+/// The descriptor number at which a worker finds its end of the handoff
+/// socketpair.
+pub const HANDOFF_FD: i32 = 3;
+
+/// The most descriptors one handoff message may carry. A message with more is
+/// truncated by the kernel and rejected.
+pub const MAX_FDS_PER_MESSAGE: usize = 32;
+
+/// A connected pair of `SOCK_SEQPACKET` Unix sockets, both close-on-exec.
+///
+/// SEQPACKET keeps message boundaries (one message per datagram, the
+/// descriptors riding on it) and, unlike a datagram pair, reports EOF when
+/// the peer closes, which is how each side learns that the other died.
+pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?)
+}
+
+/// Sends `bytes` as one message with `fds` attached. On a non-blocking socket
+/// this returns `WouldBlock` when the socket is not writable; tokio callers
+/// drive it through `async_io`.
+pub fn send_with_fds(
+    sock: &impl SendWithFd,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<usize> {
+    let raw: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+    sock.send_with_fd(bytes, &raw)
+}
+
+/// One message received by [`recv_with_fds`].
+#[derive(Debug)]
+pub struct Received {
+    /// Bytes of payload written into the caller's buffer; 0 with no
+    /// descriptors means the peer closed its end (EOF).
+    pub len: usize,
+    /// The descriptors that arrived, already owned and close-on-exec.
+    pub fds: Vec<OwnedFd>,
+    /// The payload was longer than the buffer (`MSG_TRUNC`).
+    pub payload_truncated: bool,
+    /// More descriptors were sent than fit (`MSG_CTRUNC`); the ones that did
+    /// fit are in `fds`, the rest were closed by the kernel.
+    pub control_truncated: bool,
+}
+
+/// Receives one message and the descriptors attached to it, with
+/// `MSG_CMSG_CLOEXEC` so that no received descriptor can leak into a child.
+pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE((MAX_FDS_PER_MESSAGE * mem::size_of::<RawFd>()) as u32) };
+    // u64 elements keep the control buffer aligned for `cmsghdr`.
+    let mut control = vec![0u64; (space as usize).div_ceil(mem::size_of::<u64>())];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+
+    // SAFETY: msg points at `iov` (covering `buf`) and `control`, both alive
+    // and of the lengths given, for the duration of the call.
+    let n = unsafe {
+        libc::recvmsg(
+            sock.as_raw_fd(),
+            &mut msg,
+            libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+
+    let mut fds = Vec::new();
+    // SAFETY: the kernel filled `msg.msg_control` with well-formed control
+    // headers within `msg_controllen` (which it lowered to what it wrote, also
+    // when it truncated); CMSG_FIRSTHDR/CMSG_NXTHDR stay within that length.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !cmsg.is_null() {
+        // SAFETY: cmsg is non-null and points at a header inside `control`.
+        let header = unsafe { &*cmsg };
+        if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_RIGHTS {
+            // SAFETY: CMSG_LEN(0) only computes a size.
+            let data_len = header.cmsg_len as usize - unsafe { libc::CMSG_LEN(0) } as usize;
+            let count = data_len / mem::size_of::<RawFd>();
+            // SAFETY: CMSG_DATA points at `count` descriptors inside this header.
+            let data = unsafe { libc::CMSG_DATA(cmsg) }.cast::<RawFd>();
+            for i in 0..count {
+                // SAFETY: within the header's data, see above; unaligned
+                // because CMSG_DATA gives no alignment guarantee for i32.
+                let raw = unsafe { data.add(i).read_unaligned() };
+                // SAFETY: SCM_RIGHTS just installed `raw` in this process;
+                // nothing else owns it.
+                fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
+            }
+        }
+        // SAFETY: msg and cmsg are valid, as above.
+        cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
+    }
+
+    Ok(Received {
+        len: n as usize,
+        fds,
+        payload_truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
+        control_truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
+    })
+}
+
+/// Prepares `cmd` so that the child inherits `handoff` as [`HANDOFF_FD`] and
+/// no other descriptor of ours (everything else is close-on-exec), and dies
+/// with the master.
+///
+/// `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits, so
+/// workers must be spawned from a thread that lives as long as the master.
+pub fn prepare_child(cmd: &mut tokio::process::Command, handoff: BorrowedFd<'_>) {
+    let source = handoff.as_raw_fd();
+    let parent = std::process::id() as libc::pid_t;
+    let hook = move || -> io::Result<()> {
+        // Only async-signal-safe calls from here on: this runs between fork
+        // and exec.
+        // SAFETY: prctl with PR_SET_PDEATHSIG takes a plain signal number.
+        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // The master may have died before PDEATHSIG was armed.
+        // SAFETY: getppid has no preconditions.
+        if unsafe { libc::getppid() } != parent {
+            return Err(io::Error::other(
+                "the master exited while this worker started",
+            ));
+        }
+        if source == HANDOFF_FD {
+            // dup2 onto itself would keep FD_CLOEXEC set: clear it instead.
+            // SAFETY: source is an open descriptor owned by the parent's
+            // OwnedFd, which outlives the fork.
+            if unsafe { libc::fcntl(source, libc::F_SETFD, 0) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        // SAFETY: as above; dup2 gives a new descriptor without FD_CLOEXEC.
+        } else if unsafe { libc::dup2(source, HANDOFF_FD) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // Close whatever else is open, including descriptors the master
+        // inherited from its own parent without close-on-exec.
+        // SAFETY: close_range takes plain integers; failure (an old kernel)
+        // leaves only the master's close-on-exec descriptors, closed by exec.
+        unsafe {
+            libc::syscall(libc::SYS_close_range, HANDOFF_FD + 1, libc::c_uint::MAX, 0);
+        }
+        Ok(())
+    };
+    // SAFETY: the hook makes only async-signal-safe calls (prctl, getppid,
+    // fcntl, dup2, close_range) and allocates nothing.
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}
+
+/// Takes the handoff socket a worker inherited at [`HANDOFF_FD`], after
+/// checking that it is an open SEQPACKET socket. Returns `None` otherwise.
+///
+/// # Safety
+/// The caller must own descriptor [`HANDOFF_FD`]: nothing else in the process
+/// may use or close it. Call once, at start-up.
+pub unsafe fn take_handoff() -> Option<OwnedFd> {
+    // SAFETY: F_GETFD on any number is harmless; it fails on a closed one.
+    if unsafe { libc::fcntl(HANDOFF_FD, libc::F_GETFD) } < 0 {
+        return None;
+    }
+    // SAFETY: the descriptor is open and, per this function's contract, ours.
+    let fd = unsafe { OwnedFd::from_raw_fd(HANDOFF_FD) };
+    let is_seqpacket = socket2::SockRef::from(&fd)
+        .r#type()
+        .is_ok_and(|ty| ty == socket2::Type::SEQPACKET);
+    if !is_seqpacket {
+        // Give the descriptor back untouched: it is not ours to close.
+        std::mem::forget(fd);
+        return None;
+    }
+    // Close-on-exec from now on, so that nothing this worker runs inherits it.
+    set_cloexec(fd.as_fd()).ok()?;
+    Some(fd)
+}
+
+fn set_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: F_SETFD on a borrowed, open descriptor.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether `O_NONBLOCK` is set on the open file description behind `fd`.
+///
+/// The flag is shared by every process holding the socket, so the master sets
+/// it once and workers only check it.
+pub fn is_nonblocking(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    // SAFETY: F_GETFL on a borrowed, open descriptor.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(flags & libc::O_NONBLOCK != 0)
+}

@@ -1,0 +1,38 @@
+//! baton: a zero-downtime process manager for network servers.
+//!
+//! A master process binds the listening sockets once and keeps them open for
+//! its whole life. It starts worker processes and hands each of them the
+//! *same* listening sockets over a Unix socketpair with SCM_RIGHTS. Workers
+//! accept and serve; the master never touches a request. Because the listening
+//! socket never closes, a client that connects while workers crash, restart or
+//! reload waits in the kernel's accept queue instead of being refused.
+//!
+//! # Layout
+//!
+//! - [`cli`]: the command line (`baton serve`, the hidden `baton worker`).
+//! - [`config`]: validated settings built from the command line.
+//! - [`error`]: one error enum per boundary, each saying what to do.
+//! - [`fd`]: the only `unsafe` in the crate: SCM_RIGHTS, close-on-exec,
+//!   adopting inherited descriptors, the child's side of `fork`.
+//! - [`listeners`]: binding the listening sockets, keyed by name.
+//! - [`protocol`]: the master ↔ worker messages and their framing.
+//! - [`signals`]: Unix signals mapped to the master's intents.
+//! - [`master`]: the supervisor: worker slots, crash replacement, rolling
+//!   reloads, shutdown.
+//! - [`worker`]: the worker side: receive the listeners, serve HTTP with
+//!   hyper, drain without failing a request.
+//! - [`load`]: an HTTP load generator that counts every failure by kind; the
+//!   tests use it to prove that nothing is refused or failed.
+
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod fd;
+pub mod listeners;
+pub mod load;
+pub mod master;
+pub mod protocol;
+pub mod signals;
+pub mod worker;

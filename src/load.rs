@@ -1,0 +1,405 @@
+//! HTTP load that counts every request's outcome by kind: ok, refused,
+//! reset, timeout, early EOF, bad status. The zero-downtime tests (and the
+//! check) drive a server with it while workers crash and reload.
+//!
+//! Clients are of three kinds: one that opens a new connection per request,
+//! one that keeps its connection alive (optionally idling between requests,
+//! as browsers and pools do) and honours `Connection: close`, and one that
+//! uploads a body on a keep-alive connection. HTTP is spoken by hyper's client
+//! connection API.
+
+use std::collections::BTreeMap;
+use std::error::Error as _;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::header::{HeaderValue, CONNECTION, HOST};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::{sleep, timeout};
+
+/// How one client behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientMode {
+    /// A new connection per request (`Connection: close`).
+    NewConnection,
+    /// One connection reused until the server closes it; waits a random
+    /// time up to `max_idle` between requests.
+    KeepAlive { max_idle: Duration },
+    /// POSTs of `body_bytes` on a reused connection.
+    Upload { body_bytes: usize },
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct LoadPlan {
+    pub target: SocketAddr,
+    pub path: String,
+    pub clients: Vec<ClientMode>,
+    /// Each client stops after this long.
+    pub duration: Duration,
+    /// Each client stops after this many requests, if set.
+    pub requests_per_client: Option<u64>,
+    /// Connect, send and read the whole response within this, or it is a timeout.
+    pub request_timeout: Duration,
+}
+
+impl LoadPlan {
+    pub fn new(target: SocketAddr, clients: Vec<ClientMode>, duration: Duration) -> Self {
+        LoadPlan {
+            target,
+            path: "/".to_owned(),
+            clients,
+            duration,
+            requests_per_client: None,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Kinds of failed request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FailureKind {
+    /// The connection was refused: nothing listened.
+    Refused,
+    /// The connection was reset.
+    Reset,
+    /// No complete answer within the request timeout.
+    Timeout,
+    /// The connection closed before a complete response.
+    Eof,
+    /// A response other than 200.
+    BadStatus,
+    /// Anything else (a malformed response, say).
+    Other,
+}
+
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            FailureKind::Refused => "refused",
+            FailureKind::Reset => "reset",
+            FailureKind::Timeout => "timeout",
+            FailureKind::Eof => "eof",
+            FailureKind::BadStatus => "bad_status",
+            FailureKind::Other => "other",
+        };
+        f.write_str(name)
+    }
+}
+
+/// One failed request.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub started: Instant,
+    pub ended: Instant,
+    /// The worker that served the connection before, when it was reused.
+    pub worker_pid: Option<u32>,
+    pub detail: String,
+}
+
+/// Everything a load run observed.
+#[derive(Debug)]
+pub struct LoadReport {
+    pub attempted: u64,
+    pub ok: u64,
+    pub failures: Vec<Failure>,
+    /// Requests answered, by the worker pid named in the response.
+    pub by_pid: BTreeMap<u32, u64>,
+    /// Latency of successful requests, in microseconds.
+    pub latency_us: Histogram<u64>,
+    pub elapsed: Duration,
+}
+
+impl Default for LoadReport {
+    fn default() -> Self {
+        LoadReport {
+            attempted: 0,
+            ok: 0,
+            failures: Vec::new(),
+            by_pid: BTreeMap::new(),
+            latency_us: Histogram::new(3).expect("3 significant figures is valid"),
+            elapsed: Duration::ZERO,
+        }
+    }
+}
+
+impl LoadReport {
+    pub fn count(&self, kind: FailureKind) -> usize {
+        self.failures.iter().filter(|f| f.kind == kind).count()
+    }
+
+    pub fn requests_per_second(&self) -> f64 {
+        self.attempted as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON)
+    }
+
+    fn merge(&mut self, other: LoadReport) {
+        self.attempted += other.attempted;
+        self.ok += other.ok;
+        self.failures.extend(other.failures);
+        for (pid, n) in other.by_pid {
+            *self.by_pid.entry(pid).or_default() += n;
+        }
+        self.latency_us
+            .add(&other.latency_us)
+            .expect("histograms of one configuration merge");
+    }
+}
+
+impl fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = |q: f64| self.latency_us.value_at_quantile(q) as f64 / 1000.0;
+        write!(
+            f,
+            "{} requests in {:.1}s ({:.0}/s), {} ok, {} failed (refused {}, reset {}, timeout {}, eof {}, bad status {}, other {}); latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {} worker pids",
+            self.attempted,
+            self.elapsed.as_secs_f64(),
+            self.requests_per_second(),
+            self.ok,
+            self.failures.len(),
+            self.count(FailureKind::Refused),
+            self.count(FailureKind::Reset),
+            self.count(FailureKind::Timeout),
+            self.count(FailureKind::Eof),
+            self.count(FailureKind::BadStatus),
+            self.count(FailureKind::Other),
+            ms(0.5),
+            ms(0.99),
+            self.latency_us.max() as f64 / 1000.0,
+            self.by_pid.len(),
+        )
+    }
+}
+
+/// Runs the plan's clients concurrently until each is done.
+pub async fn run(plan: LoadPlan) -> LoadReport {
+    let plan = Arc::new(plan);
+    let started = Instant::now();
+    let deadline = started + plan.duration;
+    let clients: Vec<_> = plan
+        .clients
+        .iter()
+        .map(|&mode| tokio::spawn(run_client(plan.clone(), mode, deadline)))
+        .collect();
+    let mut report = LoadReport::default();
+    for client in clients {
+        report.merge(client.await.expect("load clients do not panic"));
+    }
+    report.elapsed = started.elapsed();
+    report
+}
+
+/// A reusable connection and the worker that last answered on it.
+struct Connection {
+    sender: SendRequest<Full<Bytes>>,
+    worker_pid: Option<u32>,
+}
+
+async fn run_client(plan: Arc<LoadPlan>, mode: ClientMode, deadline: Instant) -> LoadReport {
+    let mut report = LoadReport::default();
+    let mut connection: Option<Connection> = None;
+    let mut rng = fastrand::Rng::new();
+    while Instant::now() < deadline
+        && plan
+            .requests_per_client
+            .is_none_or(|limit| report.attempted < limit)
+    {
+        if let (ClientMode::KeepAlive { max_idle }, Some(_)) = (mode, &connection) {
+            if !max_idle.is_zero() {
+                sleep(max_idle.mul_f64(rng.f64())).await;
+                if Instant::now() >= deadline {
+                    break;
+                }
+            }
+        }
+        let worker_pid = connection.as_ref().and_then(|c| c.worker_pid);
+        let started = Instant::now();
+        report.attempted += 1;
+        let outcome = timeout(plan.request_timeout, request(&plan, mode, &mut connection))
+            .await
+            .unwrap_or_else(|_| {
+                Err((
+                    FailureKind::Timeout,
+                    "no complete response in time".to_owned(),
+                ))
+            });
+        match outcome {
+            Ok(pid) => {
+                report.ok += 1;
+                let _ = report
+                    .latency_us
+                    .record(started.elapsed().as_micros() as u64);
+                if let Some(pid) = pid {
+                    *report.by_pid.entry(pid).or_default() += 1;
+                }
+            }
+            Err((kind, detail)) => {
+                connection = None;
+                report.failures.push(Failure {
+                    kind,
+                    started,
+                    ended: Instant::now(),
+                    worker_pid,
+                    detail,
+                });
+            }
+        }
+    }
+    report
+}
+
+type Outcome = Result<Option<u32>, (FailureKind, String)>;
+
+/// One request, on the client's connection or a new one. Returns the pid that
+/// answered, if the body names one.
+async fn request(plan: &LoadPlan, mode: ClientMode, slot: &mut Option<Connection>) -> Outcome {
+    // A connection the server closed while idle is not a failure: every
+    // client (and pool) notices that before reusing it.
+    if let Some(connection) = slot.as_mut() {
+        if connection.sender.ready().await.is_err() {
+            *slot = None;
+        }
+    }
+    let connection = match slot {
+        Some(connection) => connection,
+        None => slot.insert(connect(plan.target).await?),
+    };
+    let (method, body) = match mode {
+        ClientMode::Upload { body_bytes } => (Method::POST, Bytes::from(vec![b'x'; body_bytes])),
+        _ => (Method::GET, Bytes::new()),
+    };
+    let mut req = Request::builder()
+        .method(method)
+        .uri(plan.path.as_str())
+        .body(Full::new(body))
+        .expect("a request of valid parts");
+    let host =
+        HeaderValue::from_str(&plan.target.to_string()).expect("an address is a valid header");
+    req.headers_mut().insert(HOST, host);
+    if mode == ClientMode::NewConnection {
+        req.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    let response = connection
+        .sender
+        .send_request(req)
+        .await
+        .map_err(|e| (classify_hyper(&e), e.to_string()))?;
+    let status = response.status();
+    let closes = mode == ClientMode::NewConnection
+        || response
+            .headers()
+            .get(CONNECTION)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| (classify_hyper(&e), e.to_string()))?
+        .to_bytes();
+    if status != StatusCode::OK {
+        return Err((FailureKind::BadStatus, format!("status {status}")));
+    }
+    let pid = worker_pid(&body);
+    connection.worker_pid = pid;
+    if closes {
+        *slot = None;
+    }
+    Ok(pid)
+}
+
+async fn connect(target: SocketAddr) -> Result<Connection, (FailureKind, String)> {
+    let stream = TcpStream::connect(target)
+        .await
+        .map_err(|e| (classify_io(&e), format!("connect: {e}")))?;
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| (classify_hyper(&e), e.to_string()))?;
+    tokio::spawn(async move {
+        // Errors surface on the request that was in flight.
+        let _ = conn.await;
+    });
+    Ok(Connection {
+        sender,
+        worker_pid: None,
+    })
+}
+
+/// Reads the pid out of `Process handled by pid: <pid>...`.
+pub fn worker_pid(body: &[u8]) -> Option<u32> {
+    let text = std::str::from_utf8(body).ok()?;
+    let rest = text.split_once("pid: ")?.1;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+fn classify_io(e: &io::Error) -> FailureKind {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => FailureKind::Refused,
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::BrokenPipe => FailureKind::Reset,
+        io::ErrorKind::UnexpectedEof => FailureKind::Eof,
+        io::ErrorKind::TimedOut => FailureKind::Timeout,
+        _ => FailureKind::Other,
+    }
+}
+
+fn classify_hyper(e: &hyper::Error) -> FailureKind {
+    let mut source = e.source();
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<io::Error>() {
+            return classify_io(io);
+        }
+        source = cause.source();
+    }
+    if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
+        FailureKind::Eof
+    } else if e.is_timeout() {
+        FailureKind::Timeout
+    } else {
+        FailureKind::Other
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_pid_from_both_answers() {
+        assert_eq!(worker_pid(b"Process handled by pid: 4242"), Some(4242));
+        assert_eq!(
+            worker_pid(b"Process handled by pid: 17, received 5 bytes"),
+            Some(17)
+        );
+        assert_eq!(worker_pid(b"ok"), None);
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_counts_as_refused() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut plan = LoadPlan::new(
+            port,
+            vec![ClientMode::NewConnection],
+            Duration::from_secs(5),
+        );
+        plan.requests_per_client = Some(3);
+        let report = run(plan).await;
+        assert_eq!(report.attempted, 3);
+        assert_eq!(report.count(FailureKind::Refused), 3, "{report}");
+    }
+}

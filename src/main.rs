@@ -1,0 +1,72 @@
+//! The `baton` binary: parses the command line, sets up logging, and runs the
+//! master or a worker. Exit codes: 0 success, 1 runtime failure, 2 usage or
+//! configuration error.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use baton::cli::{Cli, Command};
+
+const EXIT_FAILURE: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Worker(args) => match baton::worker::run(args.http) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("worker failed: {e}");
+                ExitCode::from(EXIT_FAILURE)
+            }
+        },
+    }
+}
+
+fn serve(args: baton::cli::ServeArgs) -> ExitCode {
+    let config = match args.into_config() {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("baton: {message}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    // One thread: workers are spawned from the thread that lives as long as
+    // the master, which PR_SET_PDEATHSIG needs.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("baton: cannot start the tokio runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    match runtime.block_on(baton::master::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("baton: {e}");
+            ExitCode::from(if e.is_usage() {
+                EXIT_USAGE
+            } else {
+                EXIT_FAILURE
+            })
+        }
+    }
+}
+
+/// Logs go to stderr, filtered by RUST_LOG (default `info`).
+fn init_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}

@@ -1,0 +1,505 @@
+//! The master: binds the listeners, keeps one worker in each slot, replaces
+//! crashed workers, rolls new generations in on reload, drains on shutdown.
+//!
+//! All state lives in one [`Supervisor`] driven by one loop over three kinds of
+//! input: signals, events from the per-worker watchers, and restart timers. A
+//! worker's crash is an event to handle, never an error that ends the loop.
+//! The master never touches a client connection: it only starts, tells and
+//! reaps processes.
+
+mod rollout;
+mod worker;
+
+use std::collections::BTreeMap;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant};
+use tracing::{error, info, info_span, warn};
+
+use crate::config::MasterConfig;
+use crate::error::MasterError;
+use crate::listeners::ListenerSet;
+use crate::signals::{Intent, SignalIntents};
+use rollout::Rollout;
+pub use worker::{WorkerEvent, WorkerHandle, WorkerId};
+
+/// A worker that lived at least this long before crashing is restarted at
+/// once; one that dies sooner counts towards the crash-loop backoff.
+const STABLE_LIFETIME: Duration = Duration::from_secs(1);
+/// The first delay of the crash-loop backoff, doubled per quick failure.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+/// The longest crash-loop backoff.
+const BACKOFF_CAP: Duration = Duration::from_secs(10);
+
+/// Runs the master until it is told to stop. Returns an error for a failed
+/// start (listeners cannot be bound, the first workers cannot start).
+pub async fn run(config: MasterConfig) -> Result<(), MasterError> {
+    let listeners = ListenerSet::bind(&config.listeners, config.backlog)?;
+    for listener in listeners.iter() {
+        info!(name = %listener.name, addr = %listener.local_addr, "listening");
+    }
+    let mut signals = SignalIntents::install().map_err(MasterError::Signals)?;
+    let mut supervisor = Supervisor::new(config, listeners);
+    supervisor.start();
+    supervisor.run(&mut signals).await
+}
+
+/// Where the master is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// The first generation is starting; a worker failing now fails the start.
+    Starting,
+    /// Serving: crashed workers are replaced, reloads roll.
+    Running,
+    /// Draining or killing every worker; exits when none is left.
+    Stopping,
+}
+
+/// A worker process the master is responsible for.
+#[derive(Debug)]
+struct Worker {
+    handle: WorkerHandle,
+    /// The slot it serves, or will serve once a rollout hands it over.
+    slot: usize,
+    generation: u64,
+    state: WorkerState,
+    started: Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WorkerState {
+    Starting,
+    Ready,
+    Draining,
+}
+
+/// One of the `--workers` positions the master keeps filled.
+#[derive(Debug, Default)]
+struct Slot {
+    /// The worker serving this slot, if one is alive.
+    current: Option<WorkerId>,
+    /// The generation a replacement for a crashed worker belongs to.
+    generation: u64,
+    /// Consecutive workers that died within [`STABLE_LIFETIME`]: the
+    /// crash-loop backoff's exponent.
+    quick_failures: u32,
+    /// When a backed-off restart is due.
+    restart_at: Option<Instant>,
+}
+
+struct Supervisor {
+    config: MasterConfig,
+    /// Held for the master's whole life: the accept queues outlive workers.
+    listeners: ListenerSet,
+    /// Given to each worker's watcher; the loop owns the receiving end.
+    events_tx: mpsc::UnboundedSender<WorkerEvent>,
+    events_rx: mpsc::UnboundedReceiver<WorkerEvent>,
+    slots: Vec<Slot>,
+    /// Every live worker process: serving, starting or draining.
+    workers: BTreeMap<WorkerId, Worker>,
+    next_id: WorkerId,
+    /// The newest generation started.
+    generation: u64,
+    phase: Phase,
+    rollout: Option<Rollout>,
+    /// A reload asked for while another ran: one more reload runs after it,
+    /// however many were asked for.
+    reload_queued: bool,
+    /// Set when the first start failed: the master exits with it.
+    failure: Option<MasterError>,
+}
+
+impl Supervisor {
+    fn new(config: MasterConfig, listeners: ListenerSet) -> Self {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let slots = (0..config.workers).map(|_| Slot::default()).collect();
+        Supervisor {
+            config,
+            listeners,
+            events_tx,
+            events_rx,
+            slots,
+            workers: BTreeMap::new(),
+            next_id: 1,
+            generation: 1,
+            phase: Phase::Starting,
+            rollout: None,
+            reload_queued: false,
+            failure: None,
+        }
+    }
+
+    fn start(&mut self) {
+        info!(workers = self.slots.len(), program = %self.config.program.display(), "starting workers");
+        for slot in 0..self.slots.len() {
+            self.slots[slot].generation = 1;
+            match self.spawn(slot, 1) {
+                Ok(id) => self.slots[slot].current = Some(id),
+                Err(reason) => {
+                    self.fail_start(reason);
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn run(mut self, signals: &mut SignalIntents) -> Result<(), MasterError> {
+        loop {
+            if self.phase == Phase::Stopping && self.workers.is_empty() {
+                break;
+            }
+            let next_restart = self.next_restart();
+            tokio::select! {
+                Some((intent, signal)) = signals.next() => self.on_signal(intent, signal),
+                Some(event) = self.events_rx.recv() => self.on_event(event),
+                _ = sleep_until(next_restart.unwrap_or_else(Instant::now)), if next_restart.is_some() => {
+                    self.restart_due_slots();
+                }
+            }
+        }
+        match self.failure {
+            Some(failure) => Err(failure),
+            None => {
+                info!("all workers exited; master exits");
+                Ok(())
+            }
+        }
+    }
+
+    /// Starts a worker for `slot`. The caller decides whether it fills the
+    /// slot now (start, crash) or later (rollout).
+    fn spawn(&mut self, slot: usize, generation: u64) -> Result<WorkerId, String> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let launch = worker::Launch {
+            id,
+            slot,
+            generation,
+            program: &self.config.program,
+            args: &self.config.worker_args,
+            listeners: &self.listeners,
+            ready_timeout: self.config.ready_timeout,
+        };
+        let handle = worker::spawn(launch, self.events_tx.clone()).map_err(|e| e.to_string())?;
+        info!(pid = handle.pid, slot, generation, "worker started");
+        self.workers.insert(
+            id,
+            Worker {
+                handle,
+                slot,
+                generation,
+                state: WorkerState::Starting,
+                started: Instant::now(),
+            },
+        );
+        Ok(id)
+    }
+
+    fn on_signal(&mut self, intent: Intent, signal: &'static str) {
+        info!(signal, "signal received");
+        match intent {
+            Intent::Reload => self.request_reload(),
+            Intent::Shutdown => self.stop(false),
+            Intent::Quit => self.stop(true),
+        }
+    }
+
+    fn on_event(&mut self, event: WorkerEvent) {
+        match event {
+            WorkerEvent::Ready { id } => self.on_ready(id),
+            WorkerEvent::Failed { id, reason } => self.on_failed(id, reason),
+            WorkerEvent::Exited { id, status } => self.on_exit(id, status),
+        }
+    }
+
+    fn on_ready(&mut self, id: WorkerId) {
+        let Some(worker) = self.workers.get_mut(&id) else {
+            return;
+        };
+        if worker.state != WorkerState::Starting {
+            return;
+        }
+        worker.state = WorkerState::Ready;
+        info!(
+            pid = worker.handle.pid,
+            slot = worker.slot,
+            generation = worker.generation,
+            "worker ready"
+        );
+
+        if self.phase == Phase::Starting && self.all_slots_ready() {
+            self.phase = Phase::Running;
+            info!(
+                workers = self.slots.len(),
+                generation = self.generation,
+                "all workers ready"
+            );
+            if std::mem::take(&mut self.reload_queued) {
+                self.request_reload();
+            }
+            return;
+        }
+        let handed_over = self.rollout.as_mut().and_then(|r| r.ready(id));
+        if let Some(slot) = handed_over {
+            let generation = self
+                .rollout
+                .as_ref()
+                .map_or(self.generation, |r| r.generation);
+            let old = self.slots[slot].current.replace(id);
+            self.slots[slot].generation = generation;
+            self.slots[slot].quick_failures = 0;
+            self.slots[slot].restart_at = None;
+            if let Some(old) = old {
+                self.drain(old);
+            }
+            self.advance_rollout();
+        }
+    }
+
+    fn on_failed(&mut self, id: WorkerId, reason: String) {
+        if let Some(worker) = self.workers.get(&id) {
+            warn!(pid = worker.handle.pid, slot = worker.slot, generation = worker.generation, %reason, "worker failed");
+        }
+        if self.rollout.as_ref().and_then(Rollout::pending) == Some(id) {
+            self.abandon_rollout(format!("the new worker failed: {reason}"));
+        }
+    }
+
+    fn on_exit(&mut self, id: WorkerId, status: ExitStatus) {
+        let Some(worker) = self.workers.remove(&id) else {
+            return;
+        };
+        let pid = worker.handle.pid;
+        let (slot, generation) = (worker.slot, worker.generation);
+        let status = describe(status);
+
+        if worker.state == WorkerState::Draining {
+            info!(pid, slot, generation, %status, "worker exited after draining");
+            return;
+        }
+        if self.rollout.as_ref().and_then(Rollout::pending) == Some(id) {
+            warn!(pid, slot, generation, %status, "new worker exited before it was ready");
+            self.abandon_rollout(format!(
+                "the new worker exited before it was ready ({status})"
+            ));
+            return;
+        }
+        if self.phase == Phase::Stopping {
+            info!(pid, slot, generation, %status, "worker exited");
+            return;
+        }
+        if self.phase == Phase::Starting && worker.state == WorkerState::Starting {
+            error!(pid, slot, generation, %status, "worker exited before it was ready");
+            self.fail_start(format!(
+                "worker {pid} exited before it was ready ({status})"
+            ));
+            return;
+        }
+        if self.slots[slot].current != Some(id) {
+            return;
+        }
+        warn!(pid, slot, generation, %status, "worker crashed; replacing it");
+        self.slots[slot].current = None;
+        let lived = worker.started.elapsed();
+        let quick = worker.state == WorkerState::Starting || lived < STABLE_LIFETIME;
+        self.schedule_restart(slot, quick);
+    }
+
+    /// Restarts `slot` now, or after a backoff when its workers keep dying
+    /// young: the first quick death restarts at once, later ones wait
+    /// 100 ms, 200 ms, … up to [`BACKOFF_CAP`].
+    fn schedule_restart(&mut self, slot: usize, quick: bool) {
+        let state = &mut self.slots[slot];
+        state.quick_failures = if quick { state.quick_failures + 1 } else { 0 };
+        if state.quick_failures <= 1 {
+            self.restart(slot);
+            return;
+        }
+        let exponent = (state.quick_failures - 2).min(16);
+        let delay = BACKOFF_FIRST.saturating_mul(1 << exponent).min(BACKOFF_CAP);
+        warn!(
+            slot,
+            delay_ms = delay.as_millis() as u64,
+            failures = state.quick_failures,
+            "worker keeps dying; backing off"
+        );
+        state.restart_at = Some(Instant::now() + delay);
+    }
+
+    fn restart(&mut self, slot: usize) {
+        self.slots[slot].restart_at = None;
+        let generation = self.slots[slot].generation;
+        match self.spawn(slot, generation) {
+            Ok(id) => self.slots[slot].current = Some(id),
+            Err(reason) => {
+                error!(slot, %reason, "cannot start a replacement worker");
+                self.schedule_restart(slot, true);
+            }
+        }
+    }
+
+    fn next_restart(&self) -> Option<Instant> {
+        self.slots.iter().filter_map(|s| s.restart_at).min()
+    }
+
+    fn restart_due_slots(&mut self) {
+        let now = Instant::now();
+        for slot in 0..self.slots.len() {
+            if self.slots[slot].restart_at.is_some_and(|at| at <= now) {
+                self.restart(slot);
+            }
+        }
+    }
+
+    fn all_slots_ready(&self) -> bool {
+        self.slots.iter().all(|slot| {
+            slot.current
+                .and_then(|id| self.workers.get(&id))
+                .is_some_and(|w| w.state == WorkerState::Ready)
+        })
+    }
+
+    fn request_reload(&mut self) {
+        match self.phase {
+            Phase::Stopping => info!("reload ignored: shutting down"),
+            Phase::Starting => {
+                info!("reload queued until the first workers are ready");
+                self.reload_queued = true;
+            }
+            Phase::Running if self.rollout.is_some() => {
+                info!("reload queued behind the one in progress");
+                self.reload_queued = true;
+            }
+            Phase::Running => {
+                self.generation += 1;
+                let _span = info_span!("reload", generation = self.generation).entered();
+                info!(generation = self.generation, "reload started");
+                self.rollout = Some(Rollout::new(self.generation, self.slots.len()));
+                self.advance_rollout();
+            }
+        }
+    }
+
+    /// Starts the next slot's new worker, or finishes the rollout.
+    fn advance_rollout(&mut self) {
+        let Some(rollout) = &self.rollout else {
+            return;
+        };
+        let generation = rollout.generation;
+        if rollout.is_complete() {
+            let elapsed_ms = rollout.started.elapsed().as_millis() as u64;
+            info!(generation, elapsed_ms, "reload complete");
+            self.rollout = None;
+            if std::mem::take(&mut self.reload_queued) {
+                self.request_reload();
+            }
+            return;
+        }
+        let Some(slot) = rollout.slot_to_start() else {
+            return;
+        };
+        match self.spawn(slot, generation) {
+            Ok(id) => {
+                if let Some(rollout) = self.rollout.as_mut() {
+                    rollout.started(id);
+                }
+            }
+            Err(reason) => self.abandon_rollout(format!("cannot start a new worker: {reason}")),
+        }
+    }
+
+    /// Gives up on the reload in progress: slots not yet replaced keep their
+    /// old workers, which never stopped serving.
+    fn abandon_rollout(&mut self, reason: String) {
+        let Some(rollout) = self.rollout.take() else {
+            return;
+        };
+        error!(
+            generation = rollout.generation,
+            replaced = rollout.replaced(),
+            slots = self.slots.len(),
+            %reason,
+            "reload failed; the old workers keep serving"
+        );
+        if let Some(worker) = rollout.pending().and_then(|id| self.workers.get(&id)) {
+            worker.handle.kill();
+        }
+        if std::mem::take(&mut self.reload_queued) {
+            self.request_reload();
+        }
+    }
+
+    fn drain(&mut self, id: WorkerId) {
+        let Some(worker) = self.workers.get_mut(&id) else {
+            return;
+        };
+        if worker.state == WorkerState::Draining {
+            return;
+        }
+        worker.state = WorkerState::Draining;
+        info!(
+            pid = worker.handle.pid,
+            slot = worker.slot,
+            generation = worker.generation,
+            "draining worker"
+        );
+        worker.handle.drain(self.config.drain_timeout);
+    }
+
+    /// Stops every worker: drained, or killed when `now`.
+    fn stop(&mut self, now: bool) {
+        if self.phase == Phase::Stopping && !now {
+            info!("already shutting down");
+            return;
+        }
+        self.phase = Phase::Stopping;
+        if let Some(rollout) = self.rollout.take() {
+            info!(
+                generation = rollout.generation,
+                "reload cancelled by shutdown"
+            );
+        }
+        self.reload_queued = false;
+        for slot in &mut self.slots {
+            slot.restart_at = None;
+        }
+        let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
+        if now {
+            info!(
+                workers = ids.len(),
+                "stopping at once: killing every worker"
+            );
+            for worker in self.workers.values() {
+                worker.handle.kill();
+            }
+        } else {
+            info!(workers = ids.len(), "shutting down: draining every worker");
+            for id in ids {
+                self.drain(id);
+            }
+        }
+    }
+
+    fn fail_start(&mut self, reason: String) {
+        error!(%reason, "start failed; stopping");
+        if self.failure.is_none() {
+            self.failure = Some(MasterError::FirstStart { reason });
+        }
+        self.stop(true);
+    }
+}
+
+/// "exit code 3", "signal 9 (SIGKILL)".
+fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(signal)) => match nix::sys::signal::Signal::try_from(signal) {
+            Ok(name) => format!("signal {signal} ({name})"),
+            Err(_) => format!("signal {signal}"),
+        },
+        _ => status.to_string(),
+    }
+}

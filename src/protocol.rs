@@ -1,0 +1,286 @@
+//! The messages master and worker exchange on their handoff socketpair, and
+//! the [`Channel`] that carries them.
+//!
+//! One message is one SEQPACKET datagram: a small JSON object with a version
+//! field, bounded to [`MAX_MESSAGE_BYTES`]; the listening sockets ride on the
+//! hello message as SCM_RIGHTS descriptors, in the order of its `listeners`
+//! names. Each side treats the other as untrusted: an oversized, malformed,
+//! unknown or wrongly-versioned message, or descriptors where none belong, is
+//! an error for the receiver to report, never a panic or a leaked descriptor.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use tokio::io::Interest;
+
+use crate::error::{HandoffError, ProtocolError};
+use crate::fd;
+
+/// The protocol version this baton speaks.
+pub const VERSION: u32 = 1;
+
+/// The largest message either side accepts.
+pub const MAX_MESSAGE_BYTES: usize = 4096;
+
+/// Master to worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToWorker {
+    /// The first message: who the worker is, and its listeners, whose
+    /// descriptors are attached in the same order as `listeners`.
+    Hello {
+        worker_id: u64,
+        generation: u64,
+        listeners: Vec<String>,
+    },
+    /// Stop accepting and finish what is in flight within `timeout_ms`, after
+    /// which the master kills the worker.
+    Drain { timeout_ms: u64 },
+}
+
+impl ToWorker {
+    pub fn drain(timeout: Duration) -> Self {
+        ToWorker::Drain {
+            timeout_ms: timeout.as_millis().try_into().unwrap_or(u64::MAX),
+        }
+    }
+}
+
+/// Worker to master.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToMaster {
+    /// The worker accepts on every listener it was given.
+    Ready,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Envelope<T> {
+    v: u32,
+    #[serde(flatten)]
+    body: T,
+}
+
+/// Encodes `message` as one datagram.
+pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
+    let envelope = Envelope {
+        v: VERSION,
+        body: message,
+    };
+    serde_json::to_vec(&envelope).expect("protocol messages always serialize")
+}
+
+/// Decodes one datagram, checking its version.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ProtocolError> {
+    #[derive(Deserialize)]
+    struct Version {
+        v: u32,
+    }
+    let Version { v } = serde_json::from_slice(bytes)?;
+    if v != VERSION {
+        return Err(ProtocolError::Version {
+            got: v,
+            supported: VERSION,
+        });
+    }
+    let envelope: Envelope<T> = serde_json::from_slice(bytes)?;
+    Ok(envelope.body)
+}
+
+/// Sends one message on a blocking socket that tokio does not drive yet: the
+/// master queues a worker's hello before the worker even starts, so that the
+/// worker finds its listeners waiting.
+pub fn send_now<T: Serialize>(
+    sock: &std::os::unix::net::UnixDatagram,
+    message: &T,
+    fds: &[BorrowedFd<'_>],
+) -> Result<(), HandoffError> {
+    fd::send_with_fds(sock, &encode(message), fds)?;
+    Ok(())
+}
+
+/// One end of a handoff socketpair, driven by tokio.
+#[derive(Debug)]
+pub struct Channel {
+    sock: tokio::net::UnixDatagram,
+}
+
+impl Channel {
+    /// Wraps one end of a [`fd::seqpacket_pair`]. tokio has no SEQPACKET
+    /// type; its datagram type works for one because both move whole
+    /// messages. Must be called inside a tokio runtime.
+    pub fn new(end: impl Into<std::os::unix::net::UnixDatagram>) -> io::Result<Self> {
+        let std_sock = end.into();
+        std_sock.set_nonblocking(true)?;
+        Ok(Channel {
+            sock: tokio::net::UnixDatagram::from_std(std_sock)?,
+        })
+    }
+
+    /// Sends one message with `fds` attached.
+    pub async fn send<T: Serialize>(
+        &self,
+        message: &T,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), HandoffError> {
+        let bytes = encode(message);
+        debug_assert!(bytes.len() <= MAX_MESSAGE_BYTES);
+        self.sock
+            .async_io(Interest::WRITABLE, || {
+                fd::send_with_fds(&self.sock, &bytes, fds)
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Receives one message and its descriptors. `Ok(None)` means the peer
+    /// closed its end.
+    pub async fn recv<T: DeserializeOwned>(
+        &self,
+    ) -> Result<Option<(T, Vec<OwnedFd>)>, HandoffError> {
+        let mut buf = vec![0u8; MAX_MESSAGE_BYTES];
+        let received = self
+            .sock
+            .async_io(Interest::READABLE, || {
+                fd::recv_with_fds(self.sock.as_fd(), &mut buf)
+            })
+            .await?;
+        // Any descriptors in `received` are owned: returning early closes them.
+        if received.control_truncated {
+            return Err(ProtocolError::ControlTruncated {
+                limit: fd::MAX_FDS_PER_MESSAGE,
+            }
+            .into());
+        }
+        if received.payload_truncated {
+            return Err(ProtocolError::Oversized {
+                len: MAX_MESSAGE_BYTES,
+                limit: MAX_MESSAGE_BYTES,
+            }
+            .into());
+        }
+        if received.len == 0 && received.fds.is_empty() {
+            return Ok(None);
+        }
+        let message = decode(&buf[..received.len])?;
+        Ok(Some((message, received.fds)))
+    }
+
+    /// Receives one message that must carry no descriptors.
+    pub async fn recv_plain<T: DeserializeOwned>(&self) -> Result<Option<T>, HandoffError> {
+        match self.recv().await? {
+            None => Ok(None),
+            Some((message, fds)) if fds.is_empty() => Ok(Some(message)),
+            Some((_, fds)) => Err(ProtocolError::DescriptorCount {
+                got: fds.len(),
+                expected: 0,
+            }
+            .into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_with_version() {
+        let hello = ToWorker::Hello {
+            worker_id: 7,
+            generation: 2,
+            listeners: vec!["http".into()],
+        };
+        let bytes = encode(&hello);
+        assert!(String::from_utf8_lossy(&bytes).contains("\"v\":1"));
+        assert_eq!(decode::<ToWorker>(&bytes).unwrap(), hello);
+        assert_eq!(
+            decode::<ToMaster>(&encode(&ToMaster::Ready)).unwrap(),
+            ToMaster::Ready
+        );
+    }
+
+    #[test]
+    fn rejects_garbage_unknown_and_other_versions() {
+        assert!(matches!(
+            decode::<ToMaster>(b"\xff\x00garbage"),
+            Err(ProtocolError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode::<ToMaster>(br#"{"v":1,"type":"launch_missiles"}"#),
+            Err(ProtocolError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode::<ToMaster>(br#"{"v":9,"type":"ready"}"#),
+            Err(ProtocolError::Version { got: 9, .. })
+        ));
+    }
+
+    fn pair() -> (Channel, Channel) {
+        let (a, b) = fd::seqpacket_pair().unwrap();
+        (Channel::new(a).unwrap(), Channel::new(b).unwrap())
+    }
+
+    #[tokio::test]
+    async fn descriptors_arrive_close_on_exec_and_eof_is_seen() {
+        let (master, worker) = pair();
+        let (x, _y) = fd::seqpacket_pair().unwrap();
+        let hello = ToWorker::Hello {
+            worker_id: 1,
+            generation: 1,
+            listeners: vec!["a".into()],
+        };
+        master.send(&hello, &[x.as_fd()]).await.unwrap();
+        let (got, fds) = worker.recv::<ToWorker>().await.unwrap().unwrap();
+        assert_eq!(got, hello);
+        assert_eq!(fds.len(), 1);
+        let flags = nix::fcntl::fcntl(&fds[0], nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        assert_ne!(
+            flags & libc::FD_CLOEXEC,
+            0,
+            "received fd must be close-on-exec"
+        );
+        drop(master);
+        assert!(worker.recv::<ToWorker>().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn oversized_and_fd_flooded_messages_are_errors_that_leak_nothing() {
+        let (master, worker) = pair();
+        let huge = vec![b'x'; MAX_MESSAGE_BYTES * 2];
+        master.sock.send(&huge).await.unwrap();
+        assert!(matches!(
+            worker.recv::<ToWorker>().await,
+            Err(HandoffError::Protocol(ProtocolError::Oversized { .. }))
+        ));
+
+        let (x, _y) = fd::seqpacket_pair().unwrap();
+        let many: Vec<BorrowedFd<'_>> = (0..fd::MAX_FDS_PER_MESSAGE + 8)
+            .map(|_| x.as_fd())
+            .collect();
+        let before = std::fs::read_dir("/proc/self/fd").unwrap().count();
+        master.send(&ToMaster::Ready, &many).await.unwrap();
+        assert!(matches!(
+            worker.recv::<ToMaster>().await,
+            Err(HandoffError::Protocol(
+                ProtocolError::ControlTruncated { .. }
+            ))
+        ));
+        let after = std::fs::read_dir("/proc/self/fd").unwrap().count();
+        assert_eq!(
+            before, after,
+            "descriptors of a rejected message must be closed"
+        );
+
+        master.send(&ToMaster::Ready, &[x.as_fd()]).await.unwrap();
+        assert!(matches!(
+            worker.recv_plain::<ToMaster>().await,
+            Err(HandoffError::Protocol(ProtocolError::DescriptorCount {
+                got: 1,
+                expected: 0
+            }))
+        ));
+    }
+}

@@ -1,0 +1,135 @@
+//! The worker's side of the handoff: receive the listening sockets the master
+//! sent, check them, report ready, and learn when to drain. This is also the
+//! API for Rust programs that want to be native baton workers.
+
+use std::net::TcpListener;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
+
+use socket2::{Domain, SockRef, Type};
+
+use crate::error::{HandoffError, ProtocolError, WorkerError};
+use crate::fd;
+use crate::protocol::{Channel, ToMaster, ToWorker};
+
+/// A listening socket received from the master, with its name.
+#[derive(Debug)]
+pub struct NamedListener {
+    pub name: String,
+    /// Non-blocking, listening, shared with the master and the other workers.
+    pub listener: TcpListener,
+}
+
+/// What the master asks of a running worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Instruction {
+    /// Stop accepting, finish what is in flight within `timeout`.
+    Drain { timeout: Duration },
+    /// The master is gone (its end of the handoff socket closed).
+    MasterGone,
+}
+
+/// A worker's connection to its master.
+#[derive(Debug)]
+pub struct Handoff {
+    channel: Channel,
+    pub worker_id: u64,
+    pub generation: u64,
+}
+
+impl Handoff {
+    /// Takes the handoff socket inherited at fd 3 and receives the listeners.
+    /// Must be called once, inside a tokio runtime.
+    pub async fn receive() -> Result<(Self, Vec<NamedListener>), WorkerError> {
+        // SAFETY: called once at start-up by a process that `baton serve`
+        // started with its handoff socket at fd 3; take_handoff checks the
+        // descriptor is a SEQPACKET socket before adopting it.
+        let end =
+            unsafe { fd::take_handoff() }.ok_or(WorkerError::NoHandoff { fd: fd::HANDOFF_FD })?;
+        Self::receive_on(end).await
+    }
+
+    /// Receives the listeners on an already-adopted handoff socket.
+    pub async fn receive_on(end: OwnedFd) -> Result<(Self, Vec<NamedListener>), WorkerError> {
+        let channel = Channel::new(end).map_err(HandoffError::from)?;
+        let (message, fds) = channel
+            .recv::<ToWorker>()
+            .await?
+            .ok_or(WorkerError::MasterGone)?;
+        let ToWorker::Hello {
+            worker_id,
+            generation,
+            listeners: names,
+        } = message
+        else {
+            return Err(
+                HandoffError::from(ProtocolError::Unexpected("expected hello first")).into(),
+            );
+        };
+        if fds.len() != names.len() {
+            return Err(HandoffError::from(ProtocolError::DescriptorCount {
+                got: fds.len(),
+                expected: names.len(),
+            })
+            .into());
+        }
+        let listeners = names
+            .into_iter()
+            .zip(fds)
+            .map(|(name, fd)| adopt_listener(name, fd))
+            .collect::<Result<_, _>>()?;
+        let handoff = Handoff {
+            channel,
+            worker_id,
+            generation,
+        };
+        Ok((handoff, listeners))
+    }
+
+    /// Tells the master this worker accepts on every listener.
+    pub async fn ready(&self) -> Result<(), HandoffError> {
+        self.channel.send(&ToMaster::Ready, &[]).await
+    }
+
+    /// Waits for the master's next instruction.
+    pub async fn next_instruction(&self) -> Result<Instruction, HandoffError> {
+        match self.channel.recv_plain::<ToWorker>().await? {
+            None => Ok(Instruction::MasterGone),
+            Some(ToWorker::Drain { timeout_ms }) => Ok(Instruction::Drain {
+                timeout: Duration::from_millis(timeout_ms),
+            }),
+            Some(ToWorker::Hello { .. }) => Err(ProtocolError::Unexpected("a second hello").into()),
+        }
+    }
+}
+
+/// Checks that a received descriptor is what the master promised: a
+/// listening, non-blocking TCP socket. Anything else fails loudly.
+fn adopt_listener(name: String, fd: OwnedFd) -> Result<NamedListener, WorkerError> {
+    let bad = |reason: String| WorkerError::BadListener {
+        name: name.clone(),
+        reason,
+    };
+    let sock = SockRef::from(&fd);
+    let ty = sock
+        .r#type()
+        .map_err(|e| bad(format!("not a socket ({e})")))?;
+    let domain = sock.domain().map_err(|e| bad(e.to_string()))?;
+    if ty != Type::STREAM || !(domain == Domain::IPV4 || domain == Domain::IPV6) {
+        return Err(bad("not a TCP socket".into()));
+    }
+    if !sock.is_listener().map_err(|e| bad(e.to_string()))? {
+        return Err(bad("the socket is not listening".into()));
+    }
+    // Tokio needs O_NONBLOCK, which the master sets once for every process:
+    // setting it here would change it under the others' feet.
+    if !fd::is_nonblocking(fd.as_fd()).map_err(|e| bad(e.to_string()))? {
+        return Err(bad(
+            "the socket is blocking; the master should have set O_NONBLOCK".into(),
+        ));
+    }
+    Ok(NamedListener {
+        name,
+        listener: TcpListener::from(fd),
+    })
+}

@@ -1,0 +1,103 @@
+//! A worker process: receives the listeners from the master, serves HTTP on
+//! them with hyper, and drains when told to.
+//!
+//! - [`handoff`]: the protocol side, usable by any Rust program.
+//! - [`server`]: accepting, serving and the two-phase drain.
+//! - [`http`]: the built-in handler.
+
+pub mod handoff;
+pub mod http;
+pub mod server;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use signal_hook::consts::SIGTERM;
+use tokio::time::Instant;
+use tracing::{error, info, warn, Instrument};
+
+use crate::cli::{Fault, HttpArgs};
+use crate::error::WorkerError;
+pub use handoff::{Handoff, Instruction, NamedListener};
+use http::HttpState;
+use server::Server;
+
+/// How long a worker told to stop by SIGTERM (not by its master) may drain.
+const SIGTERM_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs the built-in worker until it has drained.
+pub fn run(args: HttpArgs) -> Result<(), WorkerError> {
+    let runtime = if args.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(usize::from(args.threads))
+            .enable_all()
+            .build()
+    }
+    .map_err(WorkerError::Runtime)?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: HttpArgs) -> Result<(), WorkerError> {
+    let (handoff, received) = Handoff::receive().await?;
+    let span = tracing::info_span!(
+        "worker",
+        id = handoff.worker_id,
+        generation = handoff.generation,
+        pid = std::process::id()
+    );
+    serve_listeners(args, handoff, received)
+        .instrument(span)
+        .await
+}
+
+async fn serve_listeners(
+    args: HttpArgs,
+    handoff: Handoff,
+    received: Vec<NamedListener>,
+) -> Result<(), WorkerError> {
+    let mut listeners = Vec::with_capacity(received.len());
+    for NamedListener { name, listener } in received {
+        let listener =
+            tokio::net::TcpListener::from_std(listener).map_err(|e| WorkerError::BadListener {
+                name,
+                reason: e.to_string(),
+            })?;
+        listeners.push(listener);
+    }
+    let state = Arc::new(HttpState::new(args.work));
+    let server = Server::start(listeners, state);
+    handoff.ready().await?;
+
+    let mut sigterm = signal_hook_tokio::Signals::new([SIGTERM]).map_err(WorkerError::Runtime)?;
+    let timeout = tokio::select! {
+        instruction = handoff.next_instruction() => match instruction {
+            Ok(Instruction::Drain { timeout }) => timeout,
+            Ok(Instruction::MasterGone) => {
+                error!("the master is gone; exiting");
+                std::process::exit(1);
+            }
+            Err(e) => {
+                error!(cause = %e, "handoff socket failed; exiting");
+                std::process::exit(1);
+            }
+        },
+        _ = sigterm.next() => {
+            warn!("SIGTERM received without the master; draining");
+            SIGTERM_DRAIN_TIMEOUT
+        }
+    };
+    if args.fault == Some(Fault::ExitOnDrain) {
+        warn!("fault injected: exiting at once instead of draining");
+        std::process::exit(0);
+    }
+    info!(timeout_ms = timeout.as_millis() as u64, "drain requested");
+    server
+        .drain(args.drain_grace, Instant::now() + timeout)
+        .await;
+    Ok(())
+}

@@ -1,0 +1,64 @@
+//! Bad input gets exit code 2 and a message that names the problem.
+
+use crate::support::*;
+
+fn assert_usage_error(args: &[&str], expected: &str) {
+    let (code, stderr) = run_baton(args);
+    assert_eq!(code, 2, "baton {args:?} should exit 2; stderr: {stderr}");
+    assert!(
+        stderr.contains(expected),
+        "baton {args:?} should say {expected:?}; it said: {stderr}"
+    );
+}
+
+#[test]
+fn unknown_flag() {
+    assert_usage_error(&["serve", "--frobnicate"], "--frobnicate");
+}
+
+#[test]
+fn malformed_addresses() {
+    assert_usage_error(&["serve", "--listen", "nonsense"], "not an address");
+    assert_usage_error(&["serve", "--listen", "localhost:80"], "not an address");
+    assert_usage_error(&["serve", "--listen", "127.0.0.1:99999"], "not an address");
+    assert_usage_error(
+        &["serve", "--listen", "a:b=127.0.0.1:1"],
+        "not a listener name",
+    );
+}
+
+#[test]
+fn port_in_use() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap().to_string();
+    assert_usage_error(&["serve", "--listen", &addr], "already in use");
+}
+
+#[test]
+fn same_address_twice() {
+    assert_usage_error(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        "given twice",
+    );
+}
+
+#[test]
+fn bad_durations_and_counts() {
+    assert_usage_error(&["serve", "--drain-timeout", "3x"], "not a duration");
+    assert_usage_error(&["serve", "--ready-timeout", "soon"], "not a duration");
+    assert_usage_error(&["serve", "--workers", "0"], "--workers");
+    assert_usage_error(&["serve", "--backlog=0"], "--backlog");
+}
+
+#[test]
+fn a_worker_started_by_hand_explains_itself() {
+    let (code, stderr) = run_baton(&["worker"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("started by `baton serve`"), "{stderr}");
+}

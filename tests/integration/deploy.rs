@@ -1,0 +1,72 @@
+//! Deploys: a reload starts whatever program file is at the master's path
+//! now. A new program that breaks the handoff protocol, exits, or never gets
+//! ready fails the reload while the old workers go on serving every request.
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use crate::support::*;
+
+/// A "new release" that writes garbage on its handoff socket and lingers.
+const GARBAGE_WORKER: &str = r#"#!/usr/bin/env python3
+import socket, time
+s = socket.socket(fileno=3)
+s.send(b"\xff\xfe not a baton message \x00" * 8)
+time.sleep(30)
+"#;
+
+/// A "new release" that dies at start.
+const CRASHING_WORKER: &str = "#!/bin/sh\nexit 3\n";
+
+/// A "new release" that never says it is ready.
+const SILENT_WORKER: &str = "#!/bin/sh\nexec sleep 30\n";
+
+fn light_load(baton: &Baton, duration: Duration) -> LoadPlan {
+    LoadPlan::new(baton.addr, mixed_clients(8, 8, 2), duration)
+}
+
+#[test]
+fn broken_releases_fail_the_reload_and_lose_nothing() {
+    let _heavy = heavy();
+    let (dir, program) = private_copy("broken-release");
+    let original = std::fs::read(&program).unwrap();
+    let baton = Baton::serve_from(&program, &["--workers", "2", "--ready-timeout", "1s"]);
+    let serving = baton.workers();
+    let rt = runtime();
+    let load = rt.spawn(baton::load::run(light_load(&baton, Duration::from_secs(8))));
+
+    let cases = [
+        (GARBAGE_WORKER, "broke the handoff protocol"),
+        (CRASHING_WORKER, "exited before it was ready (exit code 3)"),
+        (SILENT_WORKER, "not ready within 1s"),
+    ];
+    for (n, (release, reason)) in cases.iter().enumerate() {
+        replace_file(&program, release.as_bytes(), true);
+        baton.signal(nix::sys::signal::Signal::SIGHUP);
+        let line = baton.wait_log_nth("reload failed", n + 1, Duration::from_secs(10));
+        assert!(
+            line.contains(reason),
+            "reload failure should say {reason:?}: {line}"
+        );
+        // The failed worker is killed and reaped; the old ones keep serving.
+        baton.wait_workers(Duration::from_secs(5), |w| w == serving);
+    }
+    let report = rt.block_on(load).unwrap();
+    eprintln!("failed reloads under load: {report}");
+    assert!(
+        report.failures.is_empty(),
+        "{report}: {:#?}",
+        &report.failures[..report.failures.len().min(5)]
+    );
+    assert!(report.by_pid.keys().all(|pid| serving.contains(pid)));
+
+    // Putting a good release back and reloading deploys it.
+    replace_file(&program, &original, true);
+    baton.reload();
+    let deployed = baton.wait_workers(Duration::from_secs(10), |w| {
+        w.len() == 2 && w.iter().all(|p| !serving.contains(p))
+    });
+    assert_eq!(deployed.len(), 2);
+    assert!(std::fs::metadata(&program).unwrap().permissions().mode() & 0o111 != 0);
+    drop(dir);
+}

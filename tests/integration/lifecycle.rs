@@ -1,0 +1,112 @@
+//! Start, stop, reload bookkeeping: exit codes, no process left behind, no
+//! descriptor leaked.
+
+use std::net::TcpStream;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::support::*;
+
+#[test]
+fn sigterm_drains_every_worker_and_exits_zero() {
+    let mut baton = Baton::serve(&["--workers", "2"]);
+    let workers = baton.wait_workers(Duration::from_secs(5), |w| w.len() == 2);
+    baton.signal(Signal::SIGTERM);
+    let status = baton.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(baton.count_log("worker exited after draining"), 2);
+    // Reaped by the master itself: not even a zombie is left.
+    for pid in workers {
+        assert!(
+            stat(pid).is_none(),
+            "worker {pid} is still there: {:?}",
+            stat(pid)
+        );
+    }
+}
+
+#[test]
+fn sigint_drains_like_sigterm() {
+    let mut baton = Baton::serve(&["--workers", "1"]);
+    baton.signal(Signal::SIGINT);
+    assert_eq!(baton.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    assert_eq!(baton.count_log("worker exited after draining"), 1);
+}
+
+#[test]
+fn sigquit_stops_at_once() {
+    let mut baton = Baton::serve(&["--workers", "2", "--drain-grace", "30s"]);
+    let workers = baton.workers();
+    baton.signal(Signal::SIGQUIT);
+    assert_eq!(baton.wait_exit(Duration::from_secs(2)).code(), Some(0));
+    assert!(workers.iter().all(|&pid| stat(pid).is_none()));
+}
+
+#[test]
+fn workers_die_with_a_killed_master() {
+    let baton = Baton::serve(&["--workers", "2"]);
+    let workers = baton.wait_workers(Duration::from_secs(5), |w| w.len() == 2);
+    baton.signal(Signal::SIGKILL);
+    assert!(
+        wait_until(Duration::from_secs(1), || workers
+            .iter()
+            .all(|&pid| is_dead(pid))),
+        "workers outlived their master: {:?}",
+        workers.iter().map(|&pid| stat(pid)).collect::<Vec<_>>()
+    );
+    // Nobody keeps the port: it now refuses.
+    assert!(wait_until(Duration::from_secs(1), || TcpStream::connect(
+        baton.addr
+    )
+    .is_err()));
+}
+
+#[test]
+fn twenty_reloads_leak_no_descriptor_and_no_process() {
+    let baton = Baton::serve(&["--workers", "2", "--drain-grace", "50ms"]);
+    baton.wait_workers(Duration::from_secs(5), |w| w.len() == 2);
+    let fds = baton.fd_count();
+    for _ in 0..20 {
+        baton.reload();
+    }
+    baton.wait_log_nth("worker exited after draining", 40, Duration::from_secs(10));
+    baton.wait_workers(Duration::from_secs(5), |w| w.len() == 2);
+    assert!(
+        wait_until(Duration::from_secs(5), || baton.fd_count() == fds),
+        "the master had {fds} descriptors before 20 reloads and {} after",
+        baton.fd_count()
+    );
+    assert!(
+        children(baton.pid()).iter().all(|&(_, state)| state != 'Z'),
+        "no zombie"
+    );
+}
+
+#[test]
+fn reloads_asked_for_during_a_reload_are_coalesced() {
+    // A long ready timeout is irrelevant here; a slow drain keeps old
+    // generations around, which must not matter either.
+    let baton = Baton::serve(&["--workers", "2"]);
+    for _ in 0..5 {
+        baton.signal(Signal::SIGHUP);
+    }
+    baton.wait_log("reload complete", Duration::from_secs(10));
+    // However many SIGHUPs arrived during the first reload, one more follows.
+    let settled = wait_until(Duration::from_secs(10), || {
+        let started = baton.count_log("reload started");
+        started == baton.count_log("reload complete") && started >= 1
+    });
+    assert!(settled);
+    assert!(
+        baton.count_log("reload started") <= 2,
+        "reloads were not coalesced"
+    );
+    assert_eq!(
+        baton
+            .wait_workers(Duration::from_secs(5), |w| w.len() >= 2)
+            .len()
+            >= 2,
+        true
+    );
+}

@@ -1,0 +1,9 @@
+//! Integration tests: every one runs the real `baton` binary in real
+//! processes, on real loopback sockets, with real signals.
+
+mod support;
+
+mod bad_input;
+mod deploy;
+mod lifecycle;
+mod zero_downtime;

@@ -1,0 +1,390 @@
+//! The test harness: runs the real `baton` binary, captures its log lines so
+//! tests can wait for lifecycle events instead of sleeping, inspects its
+//! process tree through /proc, and kills everything it started on drop.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+pub use baton::load::{ClientMode, FailureKind, LoadPlan, LoadReport};
+
+/// The binary under test.
+pub fn baton_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_baton"))
+}
+
+/// Tests that put load on the machine take this lock so that they do not
+/// starve each other of CPU (the machine has 2 cores).
+pub fn heavy() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Log lines of a child process, shared with the thread that reads them.
+#[derive(Default)]
+struct Logs {
+    lines: Mutex<Vec<String>>,
+    grew: Condvar,
+}
+
+/// A running `baton serve`, killed with its workers when dropped.
+pub struct Baton {
+    child: Option<Child>,
+    pid: u32,
+    logs: Arc<Logs>,
+    /// The first listener's address.
+    pub addr: SocketAddr,
+}
+
+impl Baton {
+    /// Starts `baton serve ARGS` on a free loopback port and waits until
+    /// every worker is ready.
+    pub fn serve(args: &[&str]) -> Baton {
+        Self::serve_from(&baton_bin(), args)
+    }
+
+    /// Like [`Baton::serve`], from another copy of the program.
+    pub fn serve_from(program: &Path, args: &[&str]) -> Baton {
+        let baton = Self::spawn(program, args);
+        baton.wait_log("all workers ready", Duration::from_secs(20));
+        baton
+    }
+
+    /// Starts `baton serve ARGS` without waiting for readiness.
+    pub fn spawn(program: &Path, args: &[&str]) -> Baton {
+        let mut cmd = Command::new(program);
+        cmd.arg("serve");
+        if !args.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        cmd.args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start baton");
+        let pid = child.id();
+        let logs = Arc::new(Logs::default());
+        let stderr = child.stderr.take().expect("piped stderr");
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("[baton {pid}] {line}");
+                sink.lines.lock().unwrap().push(line);
+                sink.grew.notify_all();
+            }
+        });
+        let mut baton = Baton {
+            child: Some(child),
+            pid,
+            logs,
+            addr: "0.0.0.0:0".parse().unwrap(),
+        };
+        if let Some(line) = baton.try_wait_log("listening", Duration::from_secs(20)) {
+            let addr = field(&line, "addr").expect("listening line names its addr");
+            baton.addr = addr.parse().expect("a socket address");
+        }
+        baton
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.pid as i32), signal).expect("signal the master");
+    }
+
+    /// Lines logged so far that contain `pattern`.
+    pub fn count_log(&self, pattern: &str) -> usize {
+        self.logs
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(pattern))
+            .count()
+    }
+
+    /// Waits for the `n`th line containing `pattern` and returns it.
+    pub fn try_wait_log_nth(&self, pattern: &str, n: usize, within: Duration) -> Option<String> {
+        let deadline = Instant::now() + within;
+        let mut lines = self.logs.lines.lock().unwrap();
+        loop {
+            if let Some(line) = lines.iter().filter(|l| l.contains(pattern)).nth(n - 1) {
+                return Some(line.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            lines = self
+                .logs
+                .grew
+                .wait_timeout(lines, deadline - now)
+                .unwrap()
+                .0;
+        }
+    }
+
+    pub fn try_wait_log(&self, pattern: &str, within: Duration) -> Option<String> {
+        self.try_wait_log_nth(pattern, 1, within)
+    }
+
+    /// Waits for the `n`th line containing `pattern`, failing the test if it
+    /// does not come.
+    pub fn wait_log_nth(&self, pattern: &str, n: usize, within: Duration) -> String {
+        self.try_wait_log_nth(pattern, n, within)
+            .unwrap_or_else(|| {
+                panic!("baton did not log {pattern:?} ({n} times) within {within:?}")
+            })
+    }
+
+    pub fn wait_log(&self, pattern: &str, within: Duration) -> String {
+        self.wait_log_nth(pattern, 1, within)
+    }
+
+    /// Sends SIGHUP and waits for the reload to complete; returns the
+    /// generation it rolled in.
+    pub fn reload(&self) -> u64 {
+        let done = self.count_log("reload complete");
+        self.signal(Signal::SIGHUP);
+        let line = self.wait_log_nth("reload complete", done + 1, Duration::from_secs(30));
+        field(&line, "generation").unwrap().parse().unwrap()
+    }
+
+    /// Live (not zombie) child processes of the master.
+    pub fn workers(&self) -> Vec<u32> {
+        children(self.pid)
+            .into_iter()
+            .filter(|&(_, state)| state != 'Z')
+            .map(|(pid, _)| pid)
+            .collect()
+    }
+
+    /// Waits until the master has exactly `n` live children that answer the
+    /// condition `accept`.
+    pub fn wait_workers(&self, within: Duration, accept: impl Fn(&[u32]) -> bool) -> Vec<u32> {
+        let deadline = Instant::now() + within;
+        loop {
+            let workers = self.workers();
+            if accept(&workers) {
+                return workers;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "workers {workers:?} did not reach the expected state within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits for the master to exit.
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("not yet reaped");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for baton") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "baton did not exit within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The master's open descriptors.
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid))
+            .expect("read the master's fds")
+            .count()
+    }
+}
+
+impl Drop for Baton {
+    fn drop(&mut self) {
+        let workers = children(self.pid);
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for (pid, _) in workers {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
+}
+
+/// The value of `key=value` in a tracing log line.
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let needle = format!(" {key}=");
+    let start = line.find(&needle)? + needle.len();
+    let rest = &line[start..];
+    Some(rest.split_whitespace().next()?.trim_matches('"'))
+}
+
+/// Children of `parent` with their process state letter, from /proc.
+pub fn children(parent: u32) -> Vec<(u32, char)> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Some((state, ppid)) = stat(pid) {
+            if ppid == parent {
+                found.push((pid, state));
+            }
+        }
+    }
+    found
+}
+
+/// A process's state letter and parent, or `None` if it is gone.
+pub fn stat(pid: u32) -> Option<(char, u32)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces: fields resume after the last ')'.
+    let mut fields = text.rsplit_once(')')?.1.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+/// Whether `pid` is gone or dead (a zombie waiting for its reaper).
+pub fn is_dead(pid: u32) -> bool {
+    stat(pid).is_none_or(|(state, _)| state == 'Z' || state == 'X')
+}
+
+/// Polls `condition` every few milliseconds until it holds or `within` passes.
+pub fn wait_until(within: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A runtime for the load generator, separate from the test's thread.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+/// The mixed load the zero-downtime tests use: clients that open a new
+/// connection per request, clients on keep-alive connections and clients
+/// uploading 16 KiB bodies.
+pub fn mixed_clients(new_connection: usize, keep_alive: usize, uploads: usize) -> Vec<ClientMode> {
+    let mut clients = vec![ClientMode::NewConnection; new_connection];
+    clients.extend(vec![
+        ClientMode::KeepAlive {
+            max_idle: Duration::ZERO
+        };
+        keep_alive
+    ]);
+    clients.extend(vec![
+        ClientMode::Upload {
+            body_bytes: 16 * 1024
+        };
+        uploads
+    ]);
+    clients
+}
+
+/// Copies the binary into a fresh directory, so a test can replace the file
+/// (a deploy) without touching the one other tests run.
+pub fn private_copy(name: &str) -> (tempdir::TempDir, PathBuf) {
+    let dir = tempdir::TempDir::new(name);
+    let path = dir.path().join("baton");
+    std::fs::copy(baton_bin(), &path).expect("copy the baton binary");
+    (dir, path)
+}
+
+pub mod tempdir {
+    use std::path::{Path, PathBuf};
+
+    /// A directory under the target dir, removed on drop.
+    pub struct TempDir(PathBuf);
+
+    impl TempDir {
+        pub fn new(name: &str) -> Self {
+            let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+            let path = base.join(format!(
+                "{name}-{}-{}",
+                std::process::id(),
+                fastrand::u32(..)
+            ));
+            std::fs::create_dir_all(&path).expect("create a test directory");
+            TempDir(path)
+        }
+
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// Replaces the file at `path` with `contents`, as a deploy would: a new
+/// file renamed over the old one, so that running processes keep theirs.
+pub fn replace_file(path: &Path, contents: &[u8], executable: bool) {
+    use std::os::unix::fs::PermissionsExt;
+    let staging = path.with_extension("new");
+    std::fs::write(&staging, contents).expect("write the new file");
+    if executable {
+        std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::rename(&staging, path).expect("rename over the old file");
+}
+
+/// Runs `baton ARGS` to completion (killing it after 20 s) and returns its
+/// exit code and stderr.
+pub fn run_baton(args: &[&str]) -> (i32, String) {
+    let mut child = Command::new(baton_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run baton");
+    let exited = wait_until(Duration::from_secs(20), || {
+        child.try_wait().expect("wait for baton").is_some()
+    });
+    if !exited {
+        let _ = child.kill();
+    }
+    let output = child.wait_with_output().expect("collect baton's output");
+    assert!(exited, "baton {args:?} did not exit within 20 s");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}

@@ -1,0 +1,236 @@
+//! The property baton exists for: under concurrent load, reloads and crashes
+//! refuse no connection and fail no request.
+
+use std::collections::HashSet;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::support::*;
+
+/// The load of the reload tests: 32 clients opening a connection per
+/// request, 32 on keep-alive connections, 8 uploading 16 KiB bodies.
+fn reload_load(baton: &Baton, duration: Duration) -> LoadPlan {
+    LoadPlan::new(baton.addr, mixed_clients(32, 32, 8), duration)
+}
+
+fn describe_failures(report: &LoadReport) -> String {
+    let mut text = format!("{report}\n");
+    for failure in report.failures.iter().take(20) {
+        text += &format!(
+            "  {} after {:?} (worker {:?}): {}\n",
+            failure.kind,
+            failure.ended - failure.started,
+            failure.worker_pid,
+            failure.detail
+        );
+    }
+    text
+}
+
+#[test]
+fn four_workers_share_one_port() {
+    let _heavy = heavy();
+    let baton = Baton::serve(&["--workers", "4"]);
+    let workers = baton.wait_workers(Duration::from_secs(5), |w| w.len() == 4);
+    assert_eq!(workers.len(), 4);
+
+    let mut plan = LoadPlan::new(
+        baton.addr,
+        vec![ClientMode::NewConnection; 8],
+        Duration::from_secs(30),
+    );
+    plan.requests_per_client = Some(25);
+    let report = runtime().block_on(baton::load::run(plan));
+    assert_eq!(report.attempted, 200);
+    assert_eq!(report.ok, 200, "{}", describe_failures(&report));
+    assert!(
+        report.by_pid.len() >= 2,
+        "only {:?} answered",
+        report.by_pid
+    );
+    for pid in report.by_pid.keys() {
+        assert!(
+            workers.contains(pid),
+            "pid {pid} is not one of the workers {workers:?}"
+        );
+    }
+}
+
+#[test]
+fn reloads_under_mixed_load_fail_nothing() {
+    let _heavy = heavy();
+    let baton = Baton::serve(&["--workers", "4"]);
+    let first: HashSet<u32> = baton.workers().into_iter().collect();
+    let rt = runtime();
+    let load = rt.spawn(baton::load::run(reload_load(
+        &baton,
+        Duration::from_secs(11),
+    )));
+
+    for _ in 0..3 {
+        sleep(Duration::from_secs(2));
+        baton.reload();
+    }
+    let report = rt.block_on(load).unwrap();
+    eprintln!("reloads under load: {report}");
+
+    assert!(report.failures.is_empty(), "{}", describe_failures(&report));
+    assert!(
+        report.ok > 1000,
+        "too little load to prove anything: {report}"
+    );
+    let last = baton.wait_workers(Duration::from_secs(10), |w| w.len() == 4);
+    assert!(
+        last.iter().all(|pid| !first.contains(pid)),
+        "every worker is replaced: first {first:?}, last {last:?}"
+    );
+    assert!(
+        report.by_pid.len() >= 8,
+        "old and new workers served: {:?}",
+        report.by_pid
+    );
+}
+
+#[test]
+fn idle_keep_alive_clients_survive_reloads() {
+    let _heavy = heavy();
+    let baton = Baton::serve(&["--workers", "4"]);
+    let mut clients = vec![
+        ClientMode::KeepAlive {
+            max_idle: Duration::from_secs(1)
+        };
+        24
+    ];
+    clients.extend(mixed_clients(8, 8, 0));
+    let rt = runtime();
+    let load = rt.spawn(baton::load::run(LoadPlan::new(
+        baton.addr,
+        clients,
+        Duration::from_secs(12),
+    )));
+
+    for _ in 0..4 {
+        sleep(Duration::from_millis(2000));
+        baton.reload();
+    }
+    let report = rt.block_on(load).unwrap();
+    eprintln!("idle keep-alive clients across reloads: {report}");
+    assert!(report.failures.is_empty(), "{}", describe_failures(&report));
+    assert!(report.ok > 500, "{report}");
+}
+
+#[test]
+fn killed_workers_are_replaced_and_only_their_in_flight_requests_fail() {
+    let _heavy = heavy();
+    let baton = Baton::serve(&["--workers", "4"]);
+    let rt = runtime();
+    let load = rt.spawn(baton::load::run(reload_load(
+        &baton,
+        Duration::from_secs(11),
+    )));
+
+    let mut kills: Vec<(u32, Instant)> = Vec::new();
+    let mut slowest = Duration::ZERO;
+    for _ in 0..6 {
+        sleep(Duration::from_millis(1500));
+        let workers = baton.wait_workers(Duration::from_secs(1), |w| w.len() == 4);
+        let victim = workers[fastrand::usize(..workers.len())];
+        let ready_before = baton.count_log("worker ready");
+        let killed_at = Instant::now();
+        kill(Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
+        kills.push((victim, killed_at));
+        baton.wait_log_nth("worker ready", ready_before + 1, Duration::from_secs(1));
+        slowest = slowest.max(killed_at.elapsed());
+    }
+    let report = rt.block_on(load).unwrap();
+    eprintln!("kills under load: {report}; slowest replacement {slowest:?}");
+
+    assert_eq!(
+        report.count(FailureKind::Refused),
+        0,
+        "{}",
+        describe_failures(&report)
+    );
+    assert_eq!(
+        report.count(FailureKind::Timeout),
+        0,
+        "{}",
+        describe_failures(&report)
+    );
+    assert_eq!(
+        report.count(FailureKind::BadStatus),
+        0,
+        "{}",
+        describe_failures(&report)
+    );
+    let killed: HashSet<u32> = kills.iter().map(|&(pid, _)| pid).collect();
+    let unexplained: Vec<_> = report
+        .failures
+        .iter()
+        .filter(|f| {
+            let on_killed_connection = f.worker_pid.is_some_and(|pid| killed.contains(&pid));
+            let in_flight_at_a_kill = kills
+                .iter()
+                .any(|&(_, at)| f.started <= at && at <= f.ended);
+            !(on_killed_connection || in_flight_at_a_kill)
+        })
+        .collect();
+    assert!(
+        unexplained.is_empty(),
+        "failures not caused by a kill: {unexplained:#?}"
+    );
+    assert!(report.ok > 1000, "{report}");
+}
+
+#[test]
+fn all_workers_killed_at_once_refuses_nothing() {
+    let _heavy = heavy();
+    let baton = Baton::serve(&["--workers", "4"]);
+    let workers = baton.wait_workers(Duration::from_secs(5), |w| w.len() == 4);
+    let ready_before = baton.count_log("worker ready");
+    for &pid in &workers {
+        kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    }
+    // Connect at once, while no worker may be accepting: the connections wait
+    // in the master's accept queue.
+    let mut plan = LoadPlan::new(
+        baton.addr,
+        vec![ClientMode::NewConnection; 16],
+        Duration::from_secs(30),
+    );
+    plan.requests_per_client = Some(5);
+    let report = runtime().block_on(baton::load::run(plan));
+    assert_eq!(report.ok, 80, "{}", describe_failures(&report));
+    baton.wait_log_nth("worker ready", ready_before + 4, Duration::from_secs(5));
+    assert!(
+        report.by_pid.keys().all(|pid| !workers.contains(pid)),
+        "answered by the replacements only: {:?}",
+        report.by_pid
+    );
+}
+
+/// The tests above must be able to fail: a worker that exits at once on
+/// drain, as a naive server does, fails requests under the same load.
+#[test]
+fn a_worker_that_does_not_drain_is_caught() {
+    let _heavy = heavy();
+    let baton = Baton::serve(&["--workers", "4", "--fault", "exit-on-drain"]);
+    let rt = runtime();
+    let load = rt.spawn(baton::load::run(reload_load(
+        &baton,
+        Duration::from_secs(6),
+    )));
+    for _ in 0..2 {
+        sleep(Duration::from_secs(2));
+        baton.reload();
+    }
+    let report = rt.block_on(load).unwrap();
+    eprintln!("with the fault injected: {report}");
+    assert!(
+        !report.failures.is_empty(),
+        "the load must notice workers that exit without draining: {report}"
+    );
+}
