@@ -5,5 +5,6 @@ mod support;
 
 mod bad_input;
 mod deploy;
+mod http;
 mod lifecycle;
 mod zero_downtime;

@@ -1,0 +1,178 @@
+//! The built-in worker's HTTP behaviour: its endpoints over HTTP/1.1 and h2c,
+//! malformed requests, and request bodies that are still being uploaded when
+//! their worker is told to drain.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::support::*;
+
+/// Sends raw bytes and reads until the server closes or goes quiet.
+fn exchange(stream: &mut TcpStream, bytes: &[u8]) -> String {
+    stream.write_all(bytes).unwrap();
+    read_response(stream)
+}
+
+fn read_response(stream: &mut TcpStream) -> String {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut response = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                response.extend_from_slice(&buf[..n]);
+                if complete(&response) {
+                    break;
+                }
+            }
+            Err(e) => panic!(
+                "reading the response: {e}; got so far: {:?}",
+                String::from_utf8_lossy(&response)
+            ),
+        }
+    }
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// Whether `response` holds a whole response with a Content-Length body.
+fn complete(response: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(response);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    head.lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(|v| v.trim().parse::<usize>().unwrap())
+        })
+        .is_some_and(|len| body.len() >= len)
+}
+
+/// A keep-alive connection that a worker has certainly accepted: one request
+/// has been answered on it.
+fn accepted_connection(baton: &Baton) -> TcpStream {
+    let mut conn = TcpStream::connect(baton.addr).unwrap();
+    let response = exchange(&mut conn, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    conn
+}
+
+#[test]
+fn endpoints_over_http1() {
+    let baton = Baton::serve(&["--workers", "1"]);
+    let pid = baton.workers()[0];
+    let mut conn = TcpStream::connect(baton.addr).unwrap();
+    let root = exchange(&mut conn, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(root.starts_with("HTTP/1.1 200"), "{root}");
+    assert!(
+        root.ends_with(&format!("Process handled by pid: {pid}")),
+        "{root}"
+    );
+    let health = exchange(&mut conn, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let post = exchange(
+        &mut conn,
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+    );
+    assert!(
+        post.ends_with(&format!("pid: {pid}, received 5 bytes")),
+        "{post}"
+    );
+    let missing = exchange(&mut conn, b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+}
+
+#[test]
+fn endpoints_over_h2c() {
+    let baton = Baton::serve(&["--workers", "1"]);
+    let pid = baton.workers()[0];
+    let body = runtime().block_on(async {
+        let stream = tokio::net::TcpStream::connect(baton.addr).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = Request::post("/")
+            .body(Full::new(Bytes::from_static(b"abc")))
+            .unwrap();
+        let response = sender.send_request(req).await.unwrap();
+        assert_eq!(response.version(), hyper::Version::HTTP_2);
+        assert_eq!(response.status(), 200);
+        response.into_body().collect().await.unwrap().to_bytes()
+    });
+    assert_eq!(
+        &body[..],
+        format!("Process handled by pid: {pid}, received 3 bytes").as_bytes()
+    );
+}
+
+#[test]
+fn malformed_requests_get_400_and_harm_no_worker() {
+    let baton = Baton::serve(&["--workers", "1"]);
+    let workers = baton.workers();
+    for garbage in [
+        &b"\x16\x03\x01\x02\x00garbage that is not http\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n",
+        b"GET /\x7f\x00 HTTP/9.9\r\n\r\n",
+    ] {
+        let mut conn = TcpStream::connect(baton.addr).unwrap();
+        let response = exchange(&mut conn, garbage);
+        assert!(
+            response.starts_with("HTTP/1.1 400"),
+            "{garbage:?} got {response:?}"
+        );
+    }
+    let mut conn = TcpStream::connect(baton.addr).unwrap();
+    assert!(exchange(&mut conn, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").starts_with("HTTP/1.1 200"));
+    assert_eq!(baton.workers(), workers, "no worker crashed");
+}
+
+#[test]
+fn an_upload_in_flight_finishes_across_a_reload() {
+    let baton = Baton::serve(&["--workers", "1"]);
+    let mut conn = accepted_connection(&baton);
+    conn.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 20000\r\n\r\n")
+        .unwrap();
+    conn.write_all(&[b'a'; 10000]).unwrap();
+    baton.reload();
+    baton.wait_log("draining: stopped accepting", Duration::from_secs(5));
+    conn.write_all(&[b'b'; 10000]).unwrap();
+    let response = read_response(&mut conn);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("received 20000 bytes"), "{response}");
+    assert!(
+        response.to_ascii_lowercase().contains("connection: close"),
+        "{response}"
+    );
+}
+
+#[test]
+fn a_drain_that_overruns_its_timeout_ends_at_the_deadline() {
+    let baton = Baton::serve(&[
+        "--workers",
+        "1",
+        "--drain-timeout",
+        "1s",
+        "--drain-grace",
+        "200ms",
+    ]);
+    let mut conn = accepted_connection(&baton);
+    // An upload that never finishes keeps the old worker busy.
+    conn.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\nstart")
+        .unwrap();
+    baton.reload();
+    let exited = baton.wait_log("worker exited after draining", Duration::from_secs(5));
+    assert!(exited.contains("generation=1"), "{exited}");
+    baton.wait_log("drain deadline passed", Duration::from_secs(1));
+}
