@@ -141,12 +141,19 @@ impl Channel {
         &self,
     ) -> Result<Option<(T, Vec<OwnedFd>)>, HandoffError> {
         let mut buf = vec![0u8; MAX_MESSAGE_BYTES];
-        let received = self
+        let received = match self
             .sock
             .async_io(Interest::READABLE, || {
                 fd::recv_with_fds(self.sock.as_fd(), &mut buf)
             })
-            .await?;
+            .await
+        {
+            Ok(received) => received,
+            // A peer that exits without reading what was sent to it resets
+            // the connection: that is the peer going away, like EOF.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
         // Any descriptors in `received` are owned: returning early closes them.
         if received.control_truncated {
             return Err(ProtocolError::ControlTruncated {
@@ -244,6 +251,14 @@ mod tests {
         );
         drop(master);
         assert!(worker.recv::<ToWorker>().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_exits_without_reading_is_gone_not_broken() {
+        let (master, worker) = pair();
+        master.send(&ToMaster::Ready, &[]).await.unwrap();
+        drop(worker); // unread data: the kernel resets the connection
+        assert!(master.recv::<ToMaster>().await.unwrap().is_none());
     }
 
     #[tokio::test]
