@@ -3,10 +3,12 @@
 
 use std::ffi::OsString;
 use std::num::NonZeroUsize;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::check::{parse_url, CheckOptions, Target};
 use crate::config::{name_listeners, own_program_path, parse_duration, ListenSpec, MasterConfig};
 
 #[derive(Debug, Parser)]
@@ -28,12 +30,18 @@ pub enum Command {
     /// SIGHUP reloads (rolling restart, one worker at a time); SIGTERM or SIGINT
     /// drain every worker and exit; SIGQUIT stops at once.
     Serve(ServeArgs),
+    /// Zero-downtime check: drive HTTP load while reloading (and optionally
+    /// killing workers), report every failure, exit 1 if anything failed.
+    ///
+    /// By default it starts `baton serve` with the given serve options on a
+    /// free loopback port; with --url it checks any running server.
+    Check(CheckArgs),
     /// A worker process, started by `baton serve`.
     #[command(hide = true)]
     Worker(WorkerArgs),
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Address to listen on, [NAME=]HOST:PORT; repeat for several
     /// [default: 127.0.0.1:8080]
@@ -115,12 +123,140 @@ impl HttpArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// How long to drive load
+    #[arg(long, value_name = "DUR", default_value = "20s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// Concurrent client connections
+    #[arg(long, value_name = "N", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub connections: u32,
+
+    /// Share of connections kept alive between requests (the rest open a
+    /// new connection per request)
+    #[arg(long, value_name = "RATIO", default_value_t = 0.5, value_parser = parse_ratio)]
+    pub keepalive_ratio: f64,
+
+    /// Reload this often (SIGHUP, or --reload-command); 0s for never
+    #[arg(long, value_name = "DUR", default_value = "3s", value_parser = parse_duration)]
+    pub reload_every: Duration,
+
+    /// SIGKILL a random worker this often (self-hosted only)
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub kill_every: Option<Duration>,
+
+    /// A request without a complete answer within this counts as a timeout
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Write the report as JSON to FILE
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+
+    /// Draw the timeline (requests/s and p99 latency, reloads and kills
+    /// marked) as an SVG to FILE
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<PathBuf>,
+
+    /// Check the server at this URL (http://HOST:PORT/PATH) instead of
+    /// starting one
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+
+    /// With --url: the command (run by sh) that reloads the server
+    #[arg(long, value_name = "CMD", requires = "url")]
+    pub reload_command: Option<String>,
+
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{s:?} is not a ratio from 0 to 1, like 0.5")),
+    }
+}
+
+impl CheckArgs {
+    /// Validates the arguments into the check's options.
+    pub fn into_options(self) -> Result<CheckOptions, String> {
+        let target = match self.url {
+            Some(url) => {
+                if self.kill_every.is_some() {
+                    return Err("--kill-every needs a server baton starts itself; it cannot kill the workers of --url".into());
+                }
+                let (url, addr) = parse_url(&url)?;
+                Target::External {
+                    url,
+                    addr,
+                    reload_command: self.reload_command,
+                }
+            }
+            None => {
+                let mut serve = self.serve;
+                if serve.listen.is_empty() {
+                    serve
+                        .listen
+                        .push("127.0.0.1:0".parse().expect("a valid address"));
+                }
+                // Validate now, so that a bad serve option is a usage error
+                // of the check itself.
+                serve.clone().into_config()?;
+                let program = own_program_path().map_err(|e| {
+                    format!("cannot find baton's own program file to start the server from: {e}")
+                })?;
+                Target::SelfHosted {
+                    program,
+                    serve_args: serve.to_args(),
+                }
+            }
+        };
+        Ok(CheckOptions {
+            target,
+            duration: self.duration,
+            connections: self.connections as usize,
+            keepalive_ratio: self.keepalive_ratio,
+            reload_every: (!self.reload_every.is_zero()).then_some(self.reload_every),
+            kill_every: self.kill_every.filter(|every| !every.is_zero()),
+            request_timeout: self.request_timeout,
+            json: self.json,
+            plot: self.plot,
+            progress: true,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
 pub struct WorkerArgs {
     #[command(flatten)]
     pub http: HttpArgs,
 }
 
 impl ServeArgs {
+    /// The same options as command-line arguments for `baton serve`.
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = Vec::new();
+        for listen in &self.listen {
+            args.extend(["--listen".into(), listen.to_string().into()]);
+        }
+        if let Some(workers) = self.workers {
+            args.extend(["--workers".into(), workers.to_string().into()]);
+        }
+        let duration = |d: Duration| OsString::from(humantime::format_duration(d).to_string());
+        args.extend([
+            "--backlog".into(),
+            self.backlog.to_string().into(),
+            "--ready-timeout".into(),
+            duration(self.ready_timeout),
+            "--drain-timeout".into(),
+            duration(self.drain_timeout),
+        ]);
+        args.extend(self.http.to_args());
+        args
+    }
+
     /// Validates the arguments into the master's configuration.
     pub fn into_config(self) -> Result<MasterConfig, String> {
         let listeners = name_listeners(&self.listen)?;

@@ -21,11 +21,14 @@
 //!   reloads, shutdown.
 //! - [`worker`]: the worker side: receive the listeners, serve HTTP with
 //!   hyper, drain without failing a request.
-//! - [`load`]: an HTTP load generator that counts every failure by kind; the
-//!   tests use it to prove that nothing is refused or failed.
+//! - [`load`]: an HTTP load generator that counts every failure by kind.
+//! - [`check`]: `baton check`, the zero-downtime check: load, reloads and
+//!   kills on a schedule, a report, an exit code.
+//! - [`procfs`]: the process tree as /proc shows it.
 
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod error;
@@ -33,6 +36,7 @@ pub mod fd;
 pub mod listeners;
 pub mod load;
 pub mod master;
+pub mod procfs;
 pub mod protocol;
 pub mod signals;
 pub mod worker;

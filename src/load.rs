@@ -13,6 +13,7 @@ use std::error::Error as _;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,8 @@ pub enum ClientMode {
 #[derive(Debug, Clone)]
 pub struct LoadPlan {
     pub target: SocketAddr,
+    /// The `Host` header sent.
+    pub host: String,
     pub path: String,
     pub clients: Vec<ClientMode>,
     /// Each client stops after this long.
@@ -50,20 +53,43 @@ pub struct LoadPlan {
     pub requests_per_client: Option<u64>,
     /// Connect, send and read the whole response within this, or it is a timeout.
     pub request_timeout: Duration,
+    /// Live counts, for a progress line.
+    pub progress: Arc<Progress>,
 }
 
 impl LoadPlan {
     pub fn new(target: SocketAddr, clients: Vec<ClientMode>, duration: Duration) -> Self {
         LoadPlan {
             target,
+            host: target.to_string(),
             path: "/".to_owned(),
             clients,
             duration,
             requests_per_client: None,
             request_timeout: Duration::from_secs(10),
+            progress: Arc::default(),
         }
     }
 }
+
+/// Counters that a progress display can read while the load runs.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub attempted: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+/// One successful request: when it started and how long it took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sample {
+    /// Microseconds from the start of the load.
+    pub start_us: u32,
+    pub latency_us: u32,
+}
+
+/// The most samples a run keeps (8 bytes each); past that, latency is still
+/// counted in the overall histogram but not in the timeline.
+pub const MAX_SAMPLES: usize = 32 << 20;
 
 /// Kinds of failed request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -107,6 +133,18 @@ pub struct Failure {
     pub detail: String,
 }
 
+impl Failure {
+    /// Whether the death of worker `pid`, sent SIGKILL at `sent` and seen
+    /// dead at `dead`, explains this failure: a reset or early EOF on a
+    /// connection that worker had served, or on one in flight while it died
+    /// (a worker may still accept between the signal and its death). A
+    /// refused connection or a timeout is never explained by a kill.
+    pub fn explained_by_kill(&self, pid: u32, sent: Instant, dead: Instant) -> bool {
+        matches!(self.kind, FailureKind::Reset | FailureKind::Eof)
+            && (self.worker_pid == Some(pid) || (self.started <= dead && sent <= self.ended))
+    }
+}
+
 /// Everything a load run observed.
 #[derive(Debug)]
 pub struct LoadReport {
@@ -117,7 +155,16 @@ pub struct LoadReport {
     pub by_pid: BTreeMap<u32, u64>,
     /// Latency of successful requests, in microseconds.
     pub latency_us: Histogram<u64>,
+    /// Every successful request, up to [`MAX_SAMPLES`], for timelines and
+    /// for latency inside and outside reload windows.
+    pub samples: Vec<Sample>,
+    /// Successful requests beyond [`MAX_SAMPLES`].
+    pub samples_dropped: u64,
+    /// When the load started: `Sample::start_us` counts from here.
+    pub started: Instant,
     pub elapsed: Duration,
+    /// Concurrent clients that ran.
+    pub clients: usize,
 }
 
 impl Default for LoadReport {
@@ -128,7 +175,11 @@ impl Default for LoadReport {
             failures: Vec::new(),
             by_pid: BTreeMap::new(),
             latency_us: Histogram::new(3).expect("3 significant figures is valid"),
+            samples: Vec::new(),
+            samples_dropped: 0,
+            started: Instant::now(),
             elapsed: Duration::ZERO,
+            clients: 0,
         }
     }
 }
@@ -152,7 +203,76 @@ impl LoadReport {
         self.latency_us
             .add(&other.latency_us)
             .expect("histograms of one configuration merge");
+        self.samples.extend(other.samples);
+        self.samples_dropped += other.samples_dropped;
     }
+
+    /// Latency histograms (µs) of the requests that overlapped one of
+    /// `windows`, and of the others.
+    pub fn latency_split(
+        &self,
+        windows: &[(Instant, Instant)],
+    ) -> (Histogram<u64>, Histogram<u64>) {
+        let to_us = |t: Instant| t.saturating_duration_since(self.started).as_micros() as u64;
+        let windows: Vec<(u64, u64)> = windows.iter().map(|&(a, b)| (to_us(a), to_us(b))).collect();
+        let mut inside = Histogram::new(3).expect("valid");
+        let mut outside = Histogram::new(3).expect("valid");
+        for sample in &self.samples {
+            let start = u64::from(sample.start_us);
+            let end = start + u64::from(sample.latency_us);
+            let overlaps = windows.iter().any(|&(a, b)| start <= b && a <= end);
+            let histogram = if overlaps { &mut inside } else { &mut outside };
+            let _ = histogram.record(u64::from(sample.latency_us));
+        }
+        (inside, outside)
+    }
+
+    /// Requests per bucket of `bucket` length: (ok, failed, p99 latency µs).
+    pub fn timeline(&self, bucket: Duration) -> Vec<TimelineBucket> {
+        let bucket_us = bucket.as_micros().max(1) as u64;
+        // Whole buckets only: a last, partial one would look like a drop.
+        let count = ((self.elapsed.as_micros() as u64) / bucket_us).max(1) as usize;
+        let mut histograms: Vec<Histogram<u64>> = (0..count)
+            .map(|_| Histogram::new(2).expect("valid"))
+            .collect();
+        let mut failed = vec![0u64; count];
+        for sample in &self.samples {
+            let index = (u64::from(sample.start_us) / bucket_us) as usize;
+            if let Some(histogram) = histograms.get_mut(index) {
+                let _ = histogram.record(u64::from(sample.latency_us));
+            }
+        }
+        for failure in &self.failures {
+            let at = failure
+                .started
+                .saturating_duration_since(self.started)
+                .as_micros() as u64;
+            if let Some(count) = failed.get_mut((at / bucket_us) as usize) {
+                *count += 1;
+            }
+        }
+        histograms
+            .iter()
+            .zip(failed)
+            .enumerate()
+            .map(|(i, (h, failed))| TimelineBucket {
+                start: bucket.mul_f64(i as f64),
+                ok: h.len(),
+                failed,
+                p99_us: h.value_at_quantile(0.99),
+            })
+            .collect()
+    }
+}
+
+/// One bucket of [`LoadReport::timeline`].
+#[derive(Debug, Clone, Copy)]
+pub struct TimelineBucket {
+    /// From the start of the load.
+    pub start: Duration,
+    pub ok: u64,
+    pub failed: u64,
+    pub p99_us: u64,
 }
 
 impl fmt::Display for LoadReport {
@@ -185,12 +305,25 @@ pub async fn run(plan: LoadPlan) -> LoadReport {
     let plan = Arc::new(plan);
     let started = Instant::now();
     let deadline = started + plan.duration;
+    let sample_cap = MAX_SAMPLES / plan.clients.len().max(1);
     let clients: Vec<_> = plan
         .clients
         .iter()
-        .map(|&mode| tokio::spawn(run_client(plan.clone(), mode, deadline)))
+        .map(|&mode| {
+            tokio::spawn(run_client(
+                plan.clone(),
+                mode,
+                started,
+                deadline,
+                sample_cap,
+            ))
+        })
         .collect();
-    let mut report = LoadReport::default();
+    let mut report = LoadReport {
+        started,
+        clients: plan.clients.len(),
+        ..LoadReport::default()
+    };
     for client in clients {
         report.merge(client.await.expect("load clients do not panic"));
     }
@@ -204,7 +337,13 @@ struct Connection {
     worker_pid: Option<u32>,
 }
 
-async fn run_client(plan: Arc<LoadPlan>, mode: ClientMode, deadline: Instant) -> LoadReport {
+async fn run_client(
+    plan: Arc<LoadPlan>,
+    mode: ClientMode,
+    epoch: Instant,
+    deadline: Instant,
+    sample_cap: usize,
+) -> LoadReport {
     let mut report = LoadReport::default();
     let mut connection: Option<Connection> = None;
     let mut rng = fastrand::Rng::new();
@@ -224,6 +363,7 @@ async fn run_client(plan: Arc<LoadPlan>, mode: ClientMode, deadline: Instant) ->
         let worker_pid = connection.as_ref().and_then(|c| c.worker_pid);
         let started = Instant::now();
         report.attempted += 1;
+        plan.progress.attempted.fetch_add(1, Ordering::Relaxed);
         let outcome = timeout(plan.request_timeout, request(&plan, mode, &mut connection))
             .await
             .unwrap_or_else(|_| {
@@ -235,14 +375,22 @@ async fn run_client(plan: Arc<LoadPlan>, mode: ClientMode, deadline: Instant) ->
         match outcome {
             Ok(pid) => {
                 report.ok += 1;
-                let _ = report
-                    .latency_us
-                    .record(started.elapsed().as_micros() as u64);
+                let latency_us = started.elapsed().as_micros() as u64;
+                let _ = report.latency_us.record(latency_us);
+                if report.samples.len() < sample_cap {
+                    report.samples.push(Sample {
+                        start_us: started.duration_since(epoch).as_micros() as u32,
+                        latency_us: latency_us.min(u64::from(u32::MAX)) as u32,
+                    });
+                } else {
+                    report.samples_dropped += 1;
+                }
                 if let Some(pid) = pid {
                     *report.by_pid.entry(pid).or_default() += 1;
                 }
             }
             Err((kind, detail)) => {
+                plan.progress.failed.fetch_add(1, Ordering::Relaxed);
                 connection = None;
                 report.failures.push(Failure {
                     kind,

@@ -18,6 +18,7 @@ fn main() -> ExitCode {
     init_tracing();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Check(args) => check(args),
         Command::Worker(args) => match baton::worker::run(args.http) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -57,6 +58,42 @@ fn serve(args: baton::cli::ServeArgs) -> ExitCode {
             } else {
                 EXIT_FAILURE
             })
+        }
+    }
+}
+
+fn check(args: baton::cli::CheckArgs) -> ExitCode {
+    let options = match args.into_options() {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("baton check: {message}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    // The load runs on two threads, like a separate load generator would.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("baton check: cannot start the tokio runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    match runtime.block_on(baton::check::run(options)) {
+        Ok(report) => {
+            println!("{report}");
+            if report.passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_FAILURE)
+            }
+        }
+        Err(e) => {
+            eprintln!("baton check: {e}");
+            ExitCode::from(EXIT_FAILURE)
         }
     }
 }

@@ -28,6 +28,10 @@ pub use worker::{WorkerEvent, WorkerHandle, WorkerId};
 /// A worker that lived at least this long before crashing is restarted at
 /// once; one that dies sooner counts towards the crash-loop backoff.
 const STABLE_LIFETIME: Duration = Duration::from_secs(1);
+/// Quick deaths in a row that are restarted at once; from the next one on,
+/// restarts back off. More than one, so that two unlucky kills in a row are
+/// not taken for a crash loop.
+const QUICK_FAILURES_BEFORE_BACKOFF: u32 = 2;
 /// The first delay of the crash-loop backoff, doubled per quick failure.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 /// The longest crash-loop backoff.
@@ -64,8 +68,28 @@ struct Worker {
     /// The slot it serves, or will serve once a rollout hands it over.
     slot: usize,
     generation: u64,
+    cause: Cause,
     state: WorkerState,
     started: Instant,
+}
+
+/// Why a worker was started; logged, so that operators (and `baton check`)
+/// can tell a crash replacement from a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    Start,
+    Replacement,
+    Reload,
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Cause::Start => "start",
+            Cause::Replacement => "replacement",
+            Cause::Reload => "reload",
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,7 +159,7 @@ impl Supervisor {
         info!(workers = self.slots.len(), program = %self.config.program.display(), "starting workers");
         for slot in 0..self.slots.len() {
             self.slots[slot].generation = 1;
-            match self.spawn(slot, 1) {
+            match self.spawn(slot, 1, Cause::Start) {
                 Ok(id) => self.slots[slot].current = Some(id),
                 Err(reason) => {
                     self.fail_start(reason);
@@ -170,7 +194,7 @@ impl Supervisor {
 
     /// Starts a worker for `slot`. The caller decides whether it fills the
     /// slot now (start, crash) or later (rollout).
-    fn spawn(&mut self, slot: usize, generation: u64) -> Result<WorkerId, String> {
+    fn spawn(&mut self, slot: usize, generation: u64, cause: Cause) -> Result<WorkerId, String> {
         let id = self.next_id;
         self.next_id += 1;
         let launch = worker::Launch {
@@ -183,13 +207,14 @@ impl Supervisor {
             ready_timeout: self.config.ready_timeout,
         };
         let handle = worker::spawn(launch, self.events_tx.clone()).map_err(|e| e.to_string())?;
-        info!(pid = handle.pid, slot, generation, "worker started");
+        info!(pid = handle.pid, slot, generation, cause = %cause, "worker started");
         self.workers.insert(
             id,
             Worker {
                 handle,
                 slot,
                 generation,
+                cause,
                 state: WorkerState::Starting,
                 started: Instant::now(),
             },
@@ -226,6 +251,7 @@ impl Supervisor {
             pid = worker.handle.pid,
             slot = worker.slot,
             generation = worker.generation,
+            cause = %worker.cause,
             "worker ready"
         );
 
@@ -308,16 +334,16 @@ impl Supervisor {
     }
 
     /// Restarts `slot` now, or after a backoff when its workers keep dying
-    /// young: the first quick death restarts at once, later ones wait
+    /// young: the first quick deaths restart at once, later ones wait
     /// 100 ms, 200 ms, … up to [`BACKOFF_CAP`].
     fn schedule_restart(&mut self, slot: usize, quick: bool) {
         let state = &mut self.slots[slot];
         state.quick_failures = if quick { state.quick_failures + 1 } else { 0 };
-        if state.quick_failures <= 1 {
+        if state.quick_failures <= QUICK_FAILURES_BEFORE_BACKOFF {
             self.restart(slot);
             return;
         }
-        let exponent = (state.quick_failures - 2).min(16);
+        let exponent = (state.quick_failures - QUICK_FAILURES_BEFORE_BACKOFF - 1).min(16);
         let delay = BACKOFF_FIRST.saturating_mul(1 << exponent).min(BACKOFF_CAP);
         warn!(
             slot,
@@ -331,7 +357,7 @@ impl Supervisor {
     fn restart(&mut self, slot: usize) {
         self.slots[slot].restart_at = None;
         let generation = self.slots[slot].generation;
-        match self.spawn(slot, generation) {
+        match self.spawn(slot, generation, Cause::Replacement) {
             Ok(id) => self.slots[slot].current = Some(id),
             Err(reason) => {
                 error!(slot, %reason, "cannot start a replacement worker");
@@ -400,7 +426,7 @@ impl Supervisor {
         let Some(slot) = rollout.slot_to_start() else {
             return;
         };
-        match self.spawn(slot, generation) {
+        match self.spawn(slot, generation, Cause::Reload) {
             Ok(id) => {
                 if let Some(rollout) = self.rollout.as_mut() {
                     rollout.started(id);

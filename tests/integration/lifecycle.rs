@@ -103,3 +103,33 @@ fn reloads_asked_for_during_a_reload_are_coalesced() {
     // Old generations drain away, leaving the configured count.
     baton.wait_workers(Duration::from_secs(10), |w| w.len() == 2);
 }
+
+#[test]
+fn workers_inherit_only_their_handoff_socket() {
+    // The master itself inherits a stray descriptor without close-on-exec,
+    // as happens under careless parents; its workers must not get it.
+    let stray = std::fs::File::open("/dev/zero").unwrap();
+    let baton = Baton::spawn_with_fd(&stray, 40, &["--workers", "2"]);
+    baton.wait_log("all workers ready", Duration::from_secs(20));
+    assert!(std::fs::read_link(format!("/proc/{}/fd/40", baton.pid())).is_ok());
+    for pid in baton.workers() {
+        let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                let target = std::fs::read_link(e.path()).unwrap_or_default();
+                format!(
+                    "{} -> {}",
+                    e.file_name().to_string_lossy(),
+                    target.display()
+                )
+            })
+            .collect();
+        assert!(
+            !fds.iter().any(|fd| fd.contains("/dev/zero")),
+            "worker {pid} inherited the master's stray descriptor: {fds:#?}"
+        );
+        let handoff = std::fs::read_link(format!("/proc/{pid}/fd/3")).unwrap();
+        assert!(handoff.to_string_lossy().starts_with("socket:"), "{fds:#?}");
+    }
+}

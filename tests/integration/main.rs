@@ -4,6 +4,7 @@
 mod support;
 
 mod bad_input;
+mod check;
 mod deploy;
 mod http;
 mod lifecycle;

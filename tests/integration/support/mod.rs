@@ -60,7 +60,29 @@ impl Baton {
 
     /// Starts `baton serve ARGS` without waiting for readiness.
     pub fn spawn(program: &Path, args: &[&str]) -> Baton {
-        let mut cmd = Command::new(program);
+        Self::spawn_command(Command::new(program), args)
+    }
+
+    /// Starts `baton serve ARGS` with `file` inherited at descriptor `at`,
+    /// without close-on-exec.
+    pub fn spawn_with_fd(file: &std::fs::File, at: i32, args: &[&str]) -> Baton {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let source = file.as_raw_fd();
+        let mut cmd = Command::new(baton_bin());
+        // SAFETY: dup2 is async-signal-safe; the file outlives the spawn.
+        unsafe {
+            cmd.pre_exec(move || {
+                if nix::libc::dup2(source, at) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Self::spawn_command(cmd, args)
+    }
+
+    fn spawn_command(mut cmd: Command, args: &[&str]) -> Baton {
         cmd.arg("serve");
         if !args.contains(&"--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);

@@ -1,0 +1,134 @@
+//! The timeline picture: requests per second and p99 latency over the run,
+//! with each reload (its window shaded) and each kill marked.
+
+use std::path::Path;
+use std::time::Duration;
+
+use plotters::prelude::*;
+
+use super::report::CheckReport;
+use crate::load::LoadReport;
+
+/// Width of one point of the timeline.
+const BUCKET: Duration = Duration::from_millis(250);
+
+/// Draws the timeline as an SVG file at `path`.
+pub fn write_svg(path: &Path, load: &LoadReport, report: &CheckReport) -> Result<(), String> {
+    // The font backend loads fontconfig at run time and panics when it is
+    // missing: turn that into an error the user can act on.
+    let drawn = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| draw(path, load, report)));
+    match drawn {
+        Ok(result) => result.map_err(|e| format!("cannot draw {}: {e}", path.display())),
+        Err(_) => Err(format!(
+            "cannot draw {}: no usable font; install fontconfig and a font (Debian: fonts-dejavu-core)",
+            path.display()
+        )),
+    }
+}
+
+fn draw(
+    path: &Path,
+    load: &LoadReport,
+    report: &CheckReport,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let timeline = load.timeline(BUCKET);
+    let per_second = 1.0 / BUCKET.as_secs_f64();
+    let end_s = load.elapsed.as_secs_f64().max(0.1);
+    let rate: Vec<(f64, f64)> = timeline
+        .iter()
+        .map(|b| (b.start.as_secs_f64(), b.ok as f64 * per_second))
+        .collect();
+    let failed: Vec<(f64, f64)> = timeline
+        .iter()
+        .map(|b| (b.start.as_secs_f64(), b.failed as f64 * per_second))
+        .collect();
+    let p99: Vec<(f64, f64)> = timeline
+        .iter()
+        .map(|b| (b.start.as_secs_f64(), b.p99_us as f64 / 1000.0))
+        .collect();
+    let max_rate = rate.iter().map(|&(_, r)| r).fold(1.0, f64::max) * 1.1;
+    let max_p99 = p99.iter().map(|&(_, l)| l).fold(1.0, f64::max) * 1.1;
+
+    let root = SVGBackend::new(path, (1100, 700)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let title = format!(
+        "baton check: {} requests, {} failed, {} reloads, {} kills",
+        report.requests,
+        report.failures.total(),
+        report.reloads.len(),
+        report.kills.len()
+    );
+    let root = root.titled(&title, ("sans-serif", 22))?;
+    let (top, bottom) = root.split_vertically(340);
+
+    let mut chart = ChartBuilder::on(&top)
+        .margin(12)
+        .x_label_area_size(30)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..end_s, 0.0..max_rate)?;
+    chart
+        .configure_mesh()
+        .y_desc("requests/s")
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .x_desc("seconds")
+        .draw()?;
+    mark_events(&mut chart, report, max_rate)?;
+    chart
+        .draw_series(LineSeries::new(rate, BLUE.stroke_width(2)))?
+        .label("ok requests/s")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLUE));
+    chart
+        .draw_series(LineSeries::new(failed, RED.stroke_width(2)))?
+        .label("failed requests/s")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED));
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+
+    let mut chart = ChartBuilder::on(&bottom)
+        .margin(12)
+        .x_label_area_size(30)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..end_s, 0.0..max_p99)?;
+    chart
+        .configure_mesh()
+        .y_desc("p99 latency (ms)")
+        .y_label_formatter(&|v| format!("{v:.1}"))
+        .x_desc("seconds (shaded: reloads, red lines: kills)")
+        .draw()?;
+    mark_events(&mut chart, report, max_p99)?;
+    chart.draw_series(LineSeries::new(p99, MAGENTA.stroke_width(2)))?;
+    root.present()?;
+    Ok(())
+}
+
+/// Shades reload windows and draws a line at each kill.
+fn mark_events<DB: DrawingBackend>(
+    chart: &mut ChartContext<
+        '_,
+        DB,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
+    report: &CheckReport,
+    top: f64,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    chart.draw_series(report.reloads.iter().map(|reload| {
+        let start = reload.at_s;
+        // Make even a 5 ms reload visible.
+        let end = start + (reload.duration_ms / 1000.0).max(0.05);
+        let color = if reload.ok {
+            GREEN.mix(0.25)
+        } else {
+            RED.mix(0.35)
+        };
+        Rectangle::new([(start, 0.0), (end, top)], color.filled())
+    }))?;
+    chart.draw_series(
+        report.kills.iter().map(|kill| {
+            PathElement::new([(kill.at_s, 0.0), (kill.at_s, top)], RED.stroke_width(1))
+        }),
+    )?;
+    Ok(())
+}

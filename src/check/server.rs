@@ -1,0 +1,257 @@
+//! The server a self-hosted check drives: `baton serve` in a child process,
+//! whose log lines are read as lifecycle events (listening, ready, reload
+//! outcome, a crashed worker replaced).
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+use super::CheckError;
+use crate::procfs;
+
+/// Log lines kept to explain a server that failed.
+const TAIL_LINES: usize = 40;
+
+/// What the server's log says happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerEvent {
+    Listening(SocketAddr),
+    AllReady,
+    ReloadComplete,
+    ReloadFailed(String),
+    /// A worker process ended; `crashed` unless it was draining.
+    WorkerExited {
+        pid: u32,
+        slot: usize,
+        crashed: bool,
+    },
+    /// A worker started to replace a crashed one is ready.
+    ReplacementReady {
+        slot: usize,
+    },
+}
+
+/// Reads one log line of `baton serve`.
+pub fn parse_event(line: &str) -> Option<ServerEvent> {
+    if line.contains(" listening ") {
+        let addr = value_after(line, "addr=")?.split_whitespace().next()?;
+        return addr.parse().ok().map(ServerEvent::Listening);
+    }
+    if line.contains("all workers ready") {
+        return Some(ServerEvent::AllReady);
+    }
+    if line.contains("reload complete") {
+        return Some(ServerEvent::ReloadComplete);
+    }
+    if line.contains("reload failed") {
+        let reason = value_after(line, "reason=").unwrap_or("see the server's log");
+        return Some(ServerEvent::ReloadFailed(reason.trim().to_owned()));
+    }
+    if line.contains("worker ready") && line.contains("cause=replacement") {
+        return Some(ServerEvent::ReplacementReady {
+            slot: number(line, "slot=")?,
+        });
+    }
+    let crashed = line.contains("worker crashed");
+    if crashed || line.contains("worker exited") {
+        return Some(ServerEvent::WorkerExited {
+            pid: number(line, "pid=")?,
+            slot: number(line, "slot=")?,
+            crashed,
+        });
+    }
+    None
+}
+
+fn value_after<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    Some(&line[line.find(key)? + key.len()..])
+}
+
+fn number<T: std::str::FromStr>(line: &str, key: &str) -> Option<T> {
+    value_after(line, key)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A running `baton serve` started by the check.
+pub struct ManagedServer {
+    child: Child,
+    pid: u32,
+    pub addr: SocketAddr,
+    events: mpsc::UnboundedReceiver<ServerEvent>,
+    tail: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl ManagedServer {
+    /// Starts `program serve ARGS` and waits until every worker is ready.
+    pub async fn start(
+        program: &Path,
+        serve_args: &[OsString],
+        within: Duration,
+    ) -> Result<Self, CheckError> {
+        let mut child = Command::new(program)
+            .arg("serve")
+            .args(serve_args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| CheckError::Server(format!("cannot start {}: {e}", program.display())))?;
+        let pid = child.id().expect("a just-spawned child has a pid");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
+        let log_tail = tail.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(event) = parse_event(&line) {
+                    let _ = events_tx.send(event);
+                }
+                let mut tail = log_tail.lock().expect("the tail lock is never poisoned");
+                if tail.len() == TAIL_LINES {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            }
+        });
+
+        let mut addr = None;
+        let started = timeout(within, async {
+            while let Some(event) = events.recv().await {
+                match event {
+                    ServerEvent::Listening(a) if addr.is_none() => addr = Some(a),
+                    ServerEvent::AllReady => return true,
+                    _ => {}
+                }
+            }
+            false
+        })
+        .await
+        .unwrap_or(false);
+        let mut server = ManagedServer {
+            child,
+            pid,
+            addr: addr.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+            events,
+            tail,
+        };
+        if !started || addr.is_none() {
+            let _ = server.child.start_kill();
+            let status = server.child.wait().await.ok();
+            return Err(CheckError::Server(format!(
+                "baton serve did not become ready within {} (exit: {})\n{}",
+                humantime::format_duration(within),
+                status.map_or("still running".to_owned(), |s| s.to_string()),
+                server.tail().join("\n")
+            )));
+        }
+        Ok(server)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Asks for a reload, as `kill -HUP` does.
+    pub fn reload(&self) -> Result<(), CheckError> {
+        kill(Pid::from_raw(self.pid as i32), Signal::SIGHUP)
+            .map_err(|e| CheckError::Server(format!("cannot signal the server: {e}")))
+    }
+
+    /// SIGKILLs one worker chosen at random; returns its pid.
+    pub fn kill_random_worker(&self) -> Option<u32> {
+        let workers = procfs::live_children(self.pid);
+        let victim = *workers.get(fastrand::usize(..workers.len().max(1)))?;
+        kill(Pid::from_raw(victim as i32), Signal::SIGKILL).ok()?;
+        Some(victim)
+    }
+
+    /// The next event from the server's log; `None` once the log closed.
+    pub async fn next_event(&mut self) -> Option<ServerEvent> {
+        self.events.recv().await
+    }
+
+    pub fn rss_bytes(&self) -> Option<u64> {
+        procfs::rss_bytes(self.pid)
+    }
+
+    /// The last log lines, for explaining a failure.
+    pub fn tail(&self) -> Vec<String> {
+        self.tail
+            .lock()
+            .expect("the tail lock is never poisoned")
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Stops the server gracefully (SIGTERM), killing it if it takes longer
+    /// than `within`.
+    pub async fn stop(mut self, within: Duration) -> Option<ExitStatus> {
+        let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGTERM);
+        match timeout(within, self.child.wait()).await {
+            Ok(status) => status.ok(),
+            Err(_) => {
+                let _ = self.child.start_kill();
+                self.child.wait().await.ok()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_masters_log_lines() {
+        assert_eq!(
+            parse_event(
+                "2026-01-01T00:00:00Z  INFO baton::master: listening name=http addr=127.0.0.1:4000"
+            ),
+            Some(ServerEvent::Listening("127.0.0.1:4000".parse().unwrap()))
+        );
+        assert_eq!(
+            parse_event("INFO baton::master: all workers ready workers=2 generation=1"),
+            Some(ServerEvent::AllReady)
+        );
+        assert_eq!(
+            parse_event("ERROR baton::master: reload failed; the old workers keep serving generation=2 replaced=0 slots=2 reason=the new worker failed: x y"),
+            Some(ServerEvent::ReloadFailed("the new worker failed: x y".into()))
+        );
+        assert_eq!(
+            parse_event(
+                "INFO baton::master: worker ready pid=1 slot=3 generation=1 cause=replacement"
+            ),
+            Some(ServerEvent::ReplacementReady { slot: 3 })
+        );
+        assert_eq!(
+            parse_event("WARN baton::master: worker crashed; replacing it pid=77 slot=1 generation=1 status=signal 9 (SIGKILL)"),
+            Some(ServerEvent::WorkerExited { pid: 77, slot: 1, crashed: true })
+        );
+        assert_eq!(
+            parse_event("INFO baton::master: worker exited after draining pid=78 slot=0 generation=1 status=exit code 0"),
+            Some(ServerEvent::WorkerExited { pid: 78, slot: 0, crashed: false })
+        );
+        assert_eq!(
+            parse_event("INFO baton::master: worker ready pid=1 slot=0 generation=2 cause=reload"),
+            None
+        );
+    }
+}

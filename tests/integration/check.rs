@@ -1,0 +1,214 @@
+//! `baton check`, the zero-downtime check: it passes on baton, and it catches
+//! a server that refuses connections while it restarts.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::tempdir::TempDir;
+use crate::support::*;
+
+/// Runs `baton check ARGS` and returns its exit code, stdout and stderr.
+fn run_check(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(baton_bin())
+        .arg("check")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run baton check");
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (
+        output.status.code().unwrap_or(-1),
+        text(&output.stdout),
+        text(&output.stderr),
+    )
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).expect("the check wrote its JSON");
+    serde_json::from_str(&text).expect("the JSON report parses")
+}
+
+#[test]
+fn baton_passes_its_own_check_with_json_and_plot() {
+    let _heavy = heavy();
+    let dir = TempDir::new("check-self");
+    let json = dir.path().join("report.json");
+    let svg = dir.path().join("timeline.svg");
+    let (code, stdout, stderr) = run_check(&[
+        "--duration",
+        "10s",
+        "--reload-every",
+        "2s",
+        "--workers",
+        "2",
+        "--json",
+        json.to_str().unwrap(),
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("PASS"), "{stdout}");
+
+    let report = read_json(&json);
+    let requests = report["requests"].as_u64().unwrap();
+    assert!(requests >= 2000, "thousands of requests: {report}");
+    assert_eq!(report["ok"].as_u64(), Some(requests));
+    for kind in ["refused", "reset", "timeout", "eof", "bad_status"] {
+        assert_eq!(
+            report["failures"][kind].as_u64(),
+            Some(0),
+            "{kind}: {report}"
+        );
+    }
+    for percentile in ["p50", "p90", "p99", "max"] {
+        assert!(
+            report["latency_ms"][percentile].as_f64().unwrap() > 0.0,
+            "{report}"
+        );
+    }
+    let reloads = report["reloads"].as_array().unwrap();
+    assert!(reloads.len() >= 4, "{report}");
+    for reload in reloads {
+        assert_eq!(reload["ok"].as_bool(), Some(true), "{reload}");
+        assert!(reload["duration_ms"].as_f64().unwrap() > 0.0);
+    }
+    let workers = report["workers"].as_object().unwrap();
+    assert!(
+        workers.len() >= 2 * 5,
+        "two workers per generation: {report}"
+    );
+
+    let picture = std::fs::read_to_string(&svg).expect("the check drew its plot");
+    assert!(
+        picture.starts_with("<svg"),
+        "{}",
+        &picture[..picture.len().min(200)]
+    );
+    assert!(picture.trim_end().ends_with("</svg>"));
+    assert!(picture.contains("<polyline"), "the plot has lines");
+    assert!(picture.contains("requests/s"), "the plot has labels");
+}
+
+/// A Python server that is simply stopped and started again on reload, as
+/// a naive deploy does.
+const NAIVE_SERVER: &str = r#"
+import http.server, sys
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = b"naive"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer.allow_reuse_address = True
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"#;
+
+struct NaiveServer {
+    dir: TempDir,
+    port: u16,
+}
+
+impl NaiveServer {
+    fn start() -> Self {
+        let dir = TempDir::new("naive");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        std::fs::write(dir.path().join("server.py"), NAIVE_SERVER).unwrap();
+        let server = NaiveServer { dir, port };
+        let status = Command::new("sh")
+            .args(["-c", &server.start_command()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert!(wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        }));
+        server
+    }
+
+    fn start_command(&self) -> String {
+        let dir = self.dir.path().display();
+        format!(
+            "python3 {dir}/server.py {port} >/dev/null 2>&1 & echo $! > {dir}/pid",
+            port = self.port
+        )
+    }
+
+    /// Stop, a pause in which nothing listens, start again.
+    fn restart_command(&self) -> String {
+        let dir = self.dir.path().display();
+        format!("kill $(cat {dir}/pid); sleep 0.5; {}", self.start_command())
+    }
+}
+
+impl Drop for NaiveServer {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.dir.path().join("pid")) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
+    }
+}
+
+#[test]
+fn a_naive_restart_is_caught_with_its_refused_connections() {
+    let _heavy = heavy();
+    let server = NaiveServer::start();
+    let json = server.dir.path().join("report.json");
+    let url = format!("http://127.0.0.1:{}/", server.port);
+    let (code, stdout, stderr) = run_check(&[
+        "--url",
+        &url,
+        "--reload-command",
+        &server.restart_command(),
+        "--duration",
+        "6s",
+        "--reload-every",
+        "2s",
+        "--connections",
+        "16",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        code, 1,
+        "the check must fail.\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("FAIL"), "{stdout}");
+    let report = read_json(&json);
+    assert!(
+        report["failures"]["refused"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    assert_eq!(report["passed"].as_bool(), Some(false));
+    assert!(report["reloads"].as_array().unwrap().len() >= 2, "{report}");
+}
+
+#[test]
+fn bad_check_options_are_usage_errors() {
+    for (args, expected) in [
+        (&["--keepalive-ratio", "2"][..], "not a ratio"),
+        (&["--url", "ftp://127.0.0.1/"], "only http://"),
+        (
+            &["--url", "http://127.0.0.1:1/", "--kill-every", "1s"],
+            "--kill-every",
+        ),
+        (&["--reload-command", "true"], "--url"),
+        (&["--duration", "forever"], "not a duration"),
+        (&["--workers", "0"], "--workers"),
+    ] {
+        let (code, _, stderr) = run_check(args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{args:?} should say {expected:?}: {stderr}"
+        );
+    }
+}
