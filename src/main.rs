@@ -6,7 +6,6 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 use baton::cli::{Cli, Command};
 
@@ -98,12 +97,28 @@ fn check(args: baton::cli::CheckArgs) -> ExitCode {
     }
 }
 
-/// Logs go to stderr, filtered by RUST_LOG (default `info`).
+/// Logs go to stderr, filtered by RUST_LOG (default `info`): a level, or
+/// `target=level` directives separated by commas. (A target filter rather than
+/// a full env filter keeps regex out of the binary: the master stays small.)
 fn init_tracing() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
+
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|value| match value.parse::<Targets>() {
+            Ok(filter) => Some(filter),
+            Err(e) => {
+                eprintln!("baton: ignoring RUST_LOG={value:?}: {e}");
+                None
+            }
+        })
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
+    let format = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(std::io::stderr().is_terminal());
+    tracing_subscriber::registry()
+        .with(format)
+        .with(filter)
         .init();
 }

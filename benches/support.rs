@@ -1,0 +1,216 @@
+//! What the benchmarks share: running servers as child processes, measuring
+//! them with one HTTP client, medians.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub fn baton_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_baton"))
+}
+
+pub fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// A child process killed (with its process group) on drop.
+pub struct Running {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Running {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let pid = self.child.id() as i32;
+        // SIGTERM first: baton drains and nginx quits; both exit at once idle.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        for _ in 0..200 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `baton serve ARGS` on a free port and waits until it is ready.
+pub fn start_baton(args: &[&str]) -> Running {
+    let mut child = Command::new(baton_bin())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start baton");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut addr = None;
+    for line in lines.by_ref() {
+        let line = line.expect("read baton's log");
+        if line.contains(" listening ") {
+            let value = line
+                .split("addr=")
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap();
+            addr = Some(value.parse().unwrap());
+        }
+        if line.contains("all workers ready") {
+            break;
+        }
+    }
+    // Keep draining the log so that baton never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Running {
+        child,
+        addr: addr.expect("baton logged its address"),
+    }
+}
+
+/// Starts a command that prints its listening address as its first line.
+pub fn start_printing_addr(mut command: Command) -> Running {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the server");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = lines.next().unwrap().unwrap().trim().parse().unwrap();
+    std::thread::spawn(move || for _ in lines {});
+    Running { child, addr }
+}
+
+/// A port that was free a moment ago (for servers that cannot bind port 0
+/// and report it, like nginx).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The HTTP client the throughput benchmarks measure with.
+pub enum Client {
+    /// wrk, from the distribution, when installed: the same client nginx is
+    /// usually measured with.
+    Wrk,
+    /// baton's own load generator otherwise.
+    Builtin,
+}
+
+/// One measurement.
+#[derive(Debug, Clone, Copy)]
+pub struct Throughput {
+    pub requests_per_second: f64,
+    pub errors: u64,
+}
+
+impl Client {
+    pub fn detect() -> Self {
+        let wrk = Command::new("wrk")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if wrk.is_ok() {
+            Client::Wrk
+        } else {
+            Client::Builtin
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Client::Wrk => "wrk -t2 -c100",
+            Client::Builtin => "baton load generator, 100 keep-alive connections",
+        }
+    }
+
+    /// Keep-alive load of 100 connections for `duration`.
+    pub fn measure(&self, addr: SocketAddr, duration: Duration) -> Throughput {
+        match self {
+            Client::Wrk => wrk(addr, duration),
+            Client::Builtin => builtin(addr, duration),
+        }
+    }
+}
+
+fn wrk(addr: SocketAddr, duration: Duration) -> Throughput {
+    let output = Command::new("wrk")
+        .args([
+            "-t2",
+            "-c100",
+            &format!("-d{}s", duration.as_secs().max(1)),
+            &format!("http://{addr}/"),
+        ])
+        .output()
+        .expect("run wrk");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let requests_per_second = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("wrk printed no rate:\n{text}"));
+    let mut errors = 0;
+    for line in text.lines() {
+        if let Some(rest) = line.trim().strip_prefix("Socket errors:") {
+            errors += rest
+                .split(',')
+                .filter_map(|part| part.split_whitespace().last()?.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+        if let Some(rest) = line.trim().strip_prefix("Non-2xx or 3xx responses:") {
+            errors += rest.trim().parse::<u64>().unwrap_or(0);
+        }
+    }
+    Throughput {
+        requests_per_second,
+        errors,
+    }
+}
+
+fn builtin(addr: SocketAddr, duration: Duration) -> Throughput {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let clients = vec![
+        baton::load::ClientMode::KeepAlive {
+            max_idle: Duration::ZERO
+        };
+        100
+    ];
+    let report = runtime.block_on(baton::load::run(baton::load::LoadPlan::new(
+        addr, clients, duration,
+    )));
+    Throughput {
+        requests_per_second: report.ok as f64 / report.elapsed.as_secs_f64(),
+        errors: report.failures.len() as u64,
+    }
+}
+
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    values[values.len() / 2]
+}
