@@ -42,9 +42,9 @@ fn handoff(c: &mut Criterion) {
                 protocol::send_now(&master_end, &hello, &fds).unwrap();
                 runtime.block_on(async {
                     let (_handoff, received) = Handoff::receive_on(worker_end).await.unwrap();
-                    let usable: Vec<tokio::net::TcpListener> = received
+                    let usable: Vec<_> = received
                         .into_iter()
-                        .map(|l| tokio::net::TcpListener::from_std(l.listener).unwrap())
+                        .map(|l| l.listener.into_tokio().unwrap())
                         .collect();
                     assert_eq!(usable.len(), count);
                 });

@@ -113,6 +113,7 @@ fn plain_server(threads: usize, work: u64) {
         let listener = tokio::net::TcpListener::from_std(socket.into()).unwrap();
         println!("{}", listener.local_addr().unwrap());
         let state = Arc::new(baton::worker::http::HttpState::new(work));
+        let listener = baton::worker::TokioListener::Tcp(listener);
         let _server = baton::worker::server::Server::start(vec![listener], state);
         std::future::pending::<()>().await;
     });

@@ -9,7 +9,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::check::{parse_url, CheckOptions, Target};
-use crate::config::{name_listeners, own_program_path, parse_duration, ListenSpec, MasterConfig};
+use crate::config::{
+    name_listeners, own_program_path, parse_duration, parse_mode, ListenSpec, MasterConfig,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -43,10 +45,16 @@ pub enum Command {
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Address to listen on, [NAME=]HOST:PORT; repeat for several
-    /// [default: 127.0.0.1:8080]
+    /// Address to listen on: [NAME=]HOST:PORT, [NAME=][IPv6]:PORT or
+    /// [NAME=]unix:PATH; repeat for several. Under systemd socket activation
+    /// the passed sockets are used, and a --listen with the same NAME refers
+    /// to one of them [default: 127.0.0.1:8080]
     #[arg(long = "listen", value_name = "[NAME=]ADDR")]
     pub listen: Vec<ListenSpec>,
+
+    /// Permissions (octal) of Unix socket files baton creates
+    #[arg(long, value_name = "MODE", value_parser = parse_mode)]
+    pub unix_mode: Option<u32>,
 
     /// Number of worker processes [default: the number of CPUs]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -241,6 +249,9 @@ impl ServeArgs {
         for listen in &self.listen {
             args.extend(["--listen".into(), listen.to_string().into()]);
         }
+        if let Some(mode) = self.unix_mode {
+            args.extend(["--unix-mode".into(), format!("{mode:o}").into()]);
+        }
         if let Some(workers) = self.workers {
             args.extend(["--workers".into(), workers.to_string().into()]);
         }
@@ -259,7 +270,8 @@ impl ServeArgs {
 
     /// Validates the arguments into the master's configuration.
     pub fn into_config(self) -> Result<MasterConfig, String> {
-        let listeners = name_listeners(&self.listen)?;
+        // Names must be unique whatever systemd passes.
+        name_listeners(&self.listen, &[], true)?;
         let workers = match self.workers {
             Some(n) => usize::from(n),
             None => std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
@@ -270,7 +282,8 @@ impl ServeArgs {
         let mut worker_args: Vec<OsString> = vec!["worker".into()];
         worker_args.extend(self.http.to_args());
         Ok(MasterConfig {
-            listeners,
+            listen: self.listen,
+            unix_mode: self.unix_mode,
             workers,
             backlog: self.backlog,
             ready_timeout: self.ready_timeout,

@@ -11,32 +11,69 @@ use std::time::Duration;
 /// The address baton listens on when no `--listen` is given.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
+/// Where a listener listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// `HOST:PORT` or `[IPv6]:PORT`.
+    Tcp(SocketAddr),
+    /// `unix:PATH`.
+    Unix(PathBuf),
+}
+
+impl FromStr for ListenAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() || path.contains('\0') {
+                return Err(format!(
+                    "{s:?} names no socket path; write it like unix:/run/app.sock"
+                ));
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        }
+        s.parse::<SocketAddr>().map(ListenAddr::Tcp).map_err(|_| {
+            format!(
+                "{s:?} is not an address to listen on; write HOST:PORT with an IP address, \
+                 like 127.0.0.1:8080 or [::1]:8080, or unix:PATH"
+            )
+        })
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(addr) => write!(f, "{addr}"),
+            ListenAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
 /// One `--listen [NAME=]ADDR` value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenSpec {
     /// The name workers know the listener by; `None` takes a default.
     pub name: Option<String>,
-    pub addr: SocketAddr,
+    pub addr: ListenAddr,
 }
 
 impl FromStr for ListenSpec {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // A name has no ':' or '/', so the first '=' before either ends it.
         let (name, addr) = match s.split_once('=') {
-            Some((name, addr)) => {
+            Some((name, addr)) if !name.contains([':', '/']) => {
                 validate_name(name)?;
                 (Some(name.to_owned()), addr)
             }
-            None => (None, s),
+            _ => (None, s),
         };
-        let addr = addr.parse::<SocketAddr>().map_err(|_| {
-            format!(
-                "{addr:?} is not an address to listen on; write HOST:PORT with an IP address, \
-                 like 127.0.0.1:8080 or [::1]:8080"
-            )
-        })?;
-        Ok(ListenSpec { name, addr })
+        Ok(ListenSpec {
+            name,
+            addr: addr.parse()?,
+        })
     }
 }
 
@@ -66,6 +103,14 @@ fn validate_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// Parses file permissions in octal, such as `660` or `0660`.
+pub fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8)
+        .ok()
+        .filter(|mode| *mode <= 0o777)
+        .ok_or_else(|| format!("{s:?} is not a file mode; write it in octal, like 0660"))
+}
+
 /// Parses a duration such as `500ms`, `3s` or `1m`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
@@ -76,25 +121,37 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NamedListen {
     pub name: String,
-    pub addr: SocketAddr,
+    pub addr: ListenAddr,
 }
 
-/// Gives every listener a name (`http`, then `http-1`, `http-2`, … for
-/// unnamed ones) and rejects duplicates.
-pub fn name_listeners(specs: &[ListenSpec]) -> Result<Vec<NamedListen>, String> {
+/// Gives every listener a name and rejects duplicates. Unnamed listeners
+/// take the first free name of `http`, `http-1`, `http-2`, …, skipping the
+/// names in `taken` (those of inherited listeners). With no listener at all
+/// and `default_when_empty`, listens on [`DEFAULT_LISTEN`].
+pub fn name_listeners(
+    specs: &[ListenSpec],
+    taken: &[String],
+    default_when_empty: bool,
+) -> Result<Vec<NamedListen>, String> {
     let defaulted: Vec<ListenSpec>;
-    let specs = if specs.is_empty() {
+    let specs = if specs.is_empty() && default_when_empty {
         defaulted = vec![DEFAULT_LISTEN.parse().expect("the default address parses")];
         &defaulted
     } else {
         specs
     };
     let mut named: Vec<NamedListen> = Vec::with_capacity(specs.len());
-    for (index, spec) in specs.iter().enumerate() {
-        let name = spec.name.clone().unwrap_or_else(|| match index {
-            0 => "http".to_owned(),
-            n => format!("http-{n}"),
-        });
+    let is_taken = |name: &str, named: &[NamedListen]| {
+        taken.iter().any(|t| t == name) || named.iter().any(|other| other.name == name)
+    };
+    for spec in specs {
+        let name = match &spec.name {
+            Some(name) => name.clone(),
+            None => std::iter::once("http".to_owned())
+                .chain((1..).map(|n| format!("http-{n}")))
+                .find(|candidate| !is_taken(candidate, &named))
+                .expect("an unbounded sequence has a free name"),
+        };
         if named.iter().any(|other| other.name == name) {
             return Err(format!(
                 "two listeners are named {name:?}; give each its own name"
@@ -108,7 +165,7 @@ pub fn name_listeners(specs: &[ListenSpec]) -> Result<Vec<NamedListen>, String> 
         }
         named.push(NamedListen {
             name,
-            addr: spec.addr,
+            addr: spec.addr.clone(),
         });
     }
     Ok(named)
@@ -117,7 +174,11 @@ pub fn name_listeners(specs: &[ListenSpec]) -> Result<Vec<NamedListen>, String> 
 /// Everything the master needs to run.
 #[derive(Debug, Clone)]
 pub struct MasterConfig {
-    pub listeners: Vec<NamedListen>,
+    /// The `--listen` values; see [`crate::listeners`] for how they combine
+    /// with inherited listeners.
+    pub listen: Vec<ListenSpec>,
+    /// Permissions for Unix socket files baton creates.
+    pub unix_mode: Option<u32>,
     pub workers: usize,
     pub backlog: u32,
     pub ready_timeout: Duration,
@@ -166,7 +227,13 @@ mod tests {
     fn listen_grammar() {
         let spec: ListenSpec = "api=[::1]:9000".parse().unwrap();
         assert_eq!(spec.name.as_deref(), Some("api"));
-        assert_eq!(spec.addr, "[::1]:9000".parse().unwrap());
+        assert_eq!(spec.addr, ListenAddr::Tcp("[::1]:9000".parse().unwrap()));
+        let spec: ListenSpec = "unix:/run/a=b.sock".parse().unwrap();
+        assert_eq!(spec.name, None);
+        assert_eq!(spec.addr, ListenAddr::Unix("/run/a=b.sock".into()));
+        let spec: ListenSpec = "sock=unix:/run/app.sock".parse().unwrap();
+        assert_eq!(spec.name.as_deref(), Some("sock"));
+        assert!("unix:".parse::<ListenSpec>().is_err());
         assert!("localhost:80".parse::<ListenSpec>().is_err());
         assert!("a:b=127.0.0.1:1".parse::<ListenSpec>().is_err());
         assert!("127.0.0.1".parse::<ListenSpec>().is_err());
@@ -174,20 +241,26 @@ mod tests {
 
     #[test]
     fn listeners_get_unique_names() {
-        let named = name_listeners(&[]).unwrap();
+        let named = name_listeners(&[], &[], true).unwrap();
         assert_eq!(named[0].name, "http");
         assert_eq!(named[0].addr.to_string(), DEFAULT_LISTEN);
         let specs: Vec<ListenSpec> = vec![
             "127.0.0.1:1".parse().unwrap(),
             "127.0.0.1:2".parse().unwrap(),
         ];
-        let named = name_listeners(&specs).unwrap();
+        let named = name_listeners(&specs, &[], true).unwrap();
         assert_eq!(named[1].name, "http-1");
+        let named = name_listeners(&specs, &["http".to_owned()], false).unwrap();
+        assert_eq!(
+            (named[0].name.as_str(), named[1].name.as_str()),
+            ("http-1", "http-2")
+        );
+        assert!(name_listeners(&[], &[], false).unwrap().is_empty());
         let dup: Vec<ListenSpec> = vec![
             "a=127.0.0.1:1".parse().unwrap(),
             "a=127.0.0.1:2".parse().unwrap(),
         ];
-        assert!(name_listeners(&dup).is_err());
+        assert!(name_listeners(&dup, &[], true).is_err());
     }
 
     #[test]

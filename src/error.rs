@@ -2,22 +2,42 @@
 //! a person can act on it, what to do.
 
 use std::io;
-use std::net::SocketAddr;
 use std::path::PathBuf;
+
+use crate::config::ListenAddr;
 
 /// Binding a listening socket failed. A usage error: the user chose the address.
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
     #[error("cannot listen on {addr}: the address is already in use; stop what holds it or choose another --listen address")]
-    InUse { addr: SocketAddr },
-    #[error("cannot listen on {addr}: permission denied; ports below 1024 need root or CAP_NET_BIND_SERVICE")]
-    Denied { addr: SocketAddr },
+    InUse { addr: ListenAddr },
+    #[error("cannot listen on {addr}: permission denied; ports below 1024 need root or CAP_NET_BIND_SERVICE, socket files a writable directory")]
+    Denied { addr: ListenAddr },
     #[error("cannot listen on {addr}: {source}")]
-    Other { addr: SocketAddr, source: io::Error },
+    Other { addr: ListenAddr, source: io::Error },
+}
+
+/// The listeners could not be set up. A usage error: the user chose them.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("{0}")]
+    Config(String),
+    #[error("socket activation: listener {name:?} is unusable: {reason}")]
+    Inherited { name: String, reason: String },
+    #[error(
+        "listener {name:?}: systemd passed {inherited}, but --listen says {given}; make them agree"
+    )]
+    Mismatch {
+        name: String,
+        inherited: String,
+        given: String,
+    },
 }
 
 impl BindError {
-    pub fn new(addr: SocketAddr, source: io::Error) -> Self {
+    pub fn new(addr: ListenAddr, source: io::Error) -> Self {
         match source.kind() {
             io::ErrorKind::AddrInUse => BindError::InUse { addr },
             io::ErrorKind::PermissionDenied => BindError::Denied { addr },
@@ -67,7 +87,7 @@ pub enum SpawnError {
 #[derive(Debug, thiserror::Error)]
 pub enum MasterError {
     #[error(transparent)]
-    Bind(#[from] BindError),
+    Listen(#[from] ListenError),
     #[error("cannot find baton's own program file: {0}; run baton by a path or from $PATH")]
     Program(io::Error),
     #[error("cannot install signal handlers: {0}")]
@@ -82,7 +102,7 @@ impl MasterError {
     /// Whether the user's input caused this (exit code 2) rather than the
     /// environment at run time (exit code 1).
     pub fn is_usage(&self) -> bool {
-        matches!(self, MasterError::Bind(_))
+        matches!(self, MasterError::Listen(_))
     }
 }
 

@@ -206,6 +206,23 @@ pub unsafe fn take_handoff() -> Option<OwnedFd> {
     Some(fd)
 }
 
+/// Adopts a descriptor this process inherited (from systemd's socket
+/// activation), making it close-on-exec.
+///
+/// # Safety
+/// `raw` must be a descriptor this process owns and that nothing else uses
+/// or closes.
+pub unsafe fn adopt_inherited(raw: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_GETFD on any number is harmless; it fails on a closed one.
+    if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: open, and ours per this function's contract.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    set_cloexec(fd.as_fd())?;
+    Ok(fd)
+}
+
 fn set_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: F_SETFD on a borrowed, open descriptor.
     if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {

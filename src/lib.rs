@@ -17,6 +17,7 @@
 //! - [`listeners`]: binding the listening sockets, keyed by name.
 //! - [`protocol`]: the master ↔ worker messages and their framing.
 //! - [`signals`]: Unix signals mapped to the master's intents.
+//! - [`systemd`]: socket activation and sd_notify.
 //! - [`master`]: the supervisor: worker slots, crash replacement, rolling
 //!   reloads, shutdown.
 //! - [`worker`]: the worker side: receive the listeners, serve HTTP with
@@ -39,4 +40,5 @@ pub mod master;
 pub mod procfs;
 pub mod protocol;
 pub mod signals;
+pub mod systemd;
 pub mod worker;

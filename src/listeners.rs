@@ -1,24 +1,45 @@
-//! The listening sockets: bound once by the master and kept for its whole
-//! life, so that a connection made while no worker accepts waits in the
-//! kernel's queue instead of being refused. Every worker receives these very
-//! sockets; nothing ever binds a second one, since closing a socket drops its
-//! accept queue (the classic source of resets during reloads).
+//! The listening sockets: bound once by the master (or inherited from
+//! systemd) and kept for its whole life, so that a connection made while no
+//! worker accepts waits in the kernel's queue instead of being refused. Every
+//! worker receives these very sockets; nothing ever binds a second one,
+//! since closing a socket drops its accept queue (the classic source of
+//! resets during reloads).
+//!
+//! With socket activation the rule is: every inherited listener is served.
+//! A `--listen NAME=ADDR` whose NAME is an inherited listener's is satisfied
+//! by that socket (the addresses must agree) and nothing is bound for it;
+//! any other `--listen` is bound in addition. So one configuration works
+//! both with and without systemd.
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 
-use crate::config::NamedListen;
-use crate::error::BindError;
+use crate::config::{name_listeners, ListenAddr, ListenSpec};
+use crate::error::{BindError, ListenError};
 
 /// One bound, listening, non-blocking socket and the name workers know it by.
 #[derive(Debug)]
 pub struct Listener {
     pub name: String,
     /// The address actually bound (port 0 resolved).
-    pub local_addr: SocketAddr,
+    pub local_addr: ListenAddr,
+    /// Whether systemd passed it (rather than baton binding it).
+    pub inherited: bool,
     fd: OwnedFd,
+    /// The socket file baton created, removed when the listener is dropped
+    /// if it is still the same file.
+    created: Option<SocketFile>,
+}
+
+#[derive(Debug)]
+struct SocketFile {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
 }
 
 impl Listener {
@@ -27,19 +48,68 @@ impl Listener {
     }
 }
 
-/// The master's listeners, in the order given on the command line.
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Some(file) = &self.created {
+            let same = std::fs::symlink_metadata(&file.path)
+                .is_ok_and(|m| m.dev() == file.dev && m.ino() == file.ino);
+            if same {
+                let _ = std::fs::remove_file(&file.path);
+            }
+        }
+    }
+}
+
+/// The master's listeners: inherited ones first, then the ones bound.
 #[derive(Debug)]
 pub struct ListenerSet {
     listeners: Vec<Listener>,
 }
 
+/// How to bind the listeners baton creates itself.
+#[derive(Debug, Clone, Copy)]
+pub struct BindOptions {
+    pub backlog: u32,
+    /// Permissions of Unix socket files baton creates.
+    pub unix_mode: Option<u32>,
+}
+
 impl ListenerSet {
-    /// Binds every listener, with `backlog` as the accept queue length.
-    pub fn bind(specs: &[NamedListen], backlog: u32) -> Result<Self, BindError> {
-        let listeners = specs
-            .iter()
-            .map(|spec| bind_tcp(spec, backlog))
-            .collect::<Result<_, _>>()?;
+    /// Takes the inherited listeners and binds the rest of `specs`, by the
+    /// rule in the module docs.
+    pub fn open(
+        inherited: Vec<(String, OwnedFd)>,
+        specs: &[ListenSpec],
+        options: BindOptions,
+    ) -> Result<Self, ListenError> {
+        let mut listeners = Vec::with_capacity(inherited.len() + specs.len());
+        for (name, fd) in inherited {
+            listeners.push(adopt(name, fd)?);
+        }
+        let inherited_names: Vec<String> = listeners.iter().map(|l| l.name.clone()).collect();
+        let mut to_bind = Vec::new();
+        for spec in specs {
+            let Some(name) = &spec.name else {
+                to_bind.push(spec.clone());
+                continue;
+            };
+            match listeners.iter().find(|l| &l.name == name) {
+                Some(listener) if agrees(&spec.addr, &listener.local_addr) => {}
+                Some(listener) => {
+                    return Err(ListenError::Mismatch {
+                        name: name.clone(),
+                        inherited: listener.local_addr.to_string(),
+                        given: spec.addr.to_string(),
+                    })
+                }
+                None => to_bind.push(spec.clone()),
+            }
+        }
+        let named = name_listeners(&to_bind, &inherited_names, listeners.is_empty())
+            .map_err(ListenError::Config)?;
+        for spec in named {
+            listeners.push(bind(spec.name, &spec.addr, options)?);
+        }
         Ok(ListenerSet { listeners })
     }
 
@@ -56,9 +126,66 @@ impl ListenerSet {
     }
 }
 
-fn bind_tcp(spec: &NamedListen, backlog: u32) -> Result<Listener, BindError> {
-    let addr = spec.addr;
-    let fail = |e| BindError::new(addr, e);
+/// Whether `--listen` address `given` describes the inherited socket at
+/// `actual` (port 0 matches any port).
+fn agrees(given: &ListenAddr, actual: &ListenAddr) -> bool {
+    match (given, actual) {
+        (ListenAddr::Tcp(given), ListenAddr::Tcp(actual)) => {
+            given.ip() == actual.ip() && (given.port() == 0 || given.port() == actual.port())
+        }
+        (ListenAddr::Unix(given), ListenAddr::Unix(actual)) => given == actual,
+        _ => false,
+    }
+}
+
+/// Checks an inherited descriptor: a listening stream socket, TCP or Unix.
+fn adopt(name: String, fd: OwnedFd) -> Result<Listener, ListenError> {
+    let bad = |reason: String| ListenError::Inherited {
+        name: name.clone(),
+        reason,
+    };
+    let sock = SockRef::from(&fd);
+    let ty = sock
+        .r#type()
+        .map_err(|e| bad(format!("not a socket ({e})")))?;
+    let domain = sock.domain().map_err(|e| bad(e.to_string()))?;
+    if ty != Type::STREAM || ![Domain::IPV4, Domain::IPV6, Domain::UNIX].contains(&domain) {
+        return Err(bad("not a TCP or Unix stream socket".into()));
+    }
+    if !sock.is_listener().map_err(|e| bad(e.to_string()))? {
+        return Err(bad("the socket is not listening".into()));
+    }
+    let local = sock.local_addr().map_err(|e| bad(e.to_string()))?;
+    let local_addr =
+        listen_addr_of(&local).ok_or_else(|| bad("the socket has no address".into()))?;
+    // O_NONBLOCK is shared by every process holding the socket: set it once,
+    // here, never in a worker.
+    sock.set_nonblocking(true).map_err(|e| bad(e.to_string()))?;
+    Ok(Listener {
+        name,
+        local_addr,
+        inherited: true,
+        fd,
+        created: None,
+    })
+}
+
+fn listen_addr_of(addr: &SockAddr) -> Option<ListenAddr> {
+    if let Some(addr) = addr.as_socket() {
+        return Some(ListenAddr::Tcp(addr));
+    }
+    addr.as_pathname().map(|p| ListenAddr::Unix(p.to_owned()))
+}
+
+fn bind(name: String, addr: &ListenAddr, options: BindOptions) -> Result<Listener, ListenError> {
+    match addr {
+        ListenAddr::Tcp(addr) => bind_tcp(name, *addr, options.backlog).map_err(ListenError::Bind),
+        ListenAddr::Unix(path) => bind_unix(name, path, options),
+    }
+}
+
+fn bind_tcp(name: String, addr: SocketAddr, backlog: u32) -> Result<Listener, BindError> {
+    let fail = |e| BindError::new(ListenAddr::Tcp(addr), e);
     // socket2 creates the socket close-on-exec.
     let socket =
         Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(fail)?;
@@ -67,22 +194,69 @@ fn bind_tcp(spec: &NamedListen, backlog: u32) -> Result<Listener, BindError> {
         socket.set_only_v6(true).map_err(fail)?;
     }
     socket.bind(&addr.into()).map_err(fail)?;
+    let local = socket.local_addr().map_err(fail)?;
+    let listener = listen(socket, backlog).map_err(fail)?;
+    Ok(Listener {
+        name,
+        local_addr: ListenAddr::Tcp(local.as_socket().expect("a TCP socket has an IP address")),
+        inherited: false,
+        fd: listener,
+        created: None,
+    })
+}
+
+/// Binds a Unix socket at `path`. A socket file already there is replaced
+/// only when nothing answers on it (a stale file left by a crash); a live one
+/// is "in use", and anything that is not a socket is left alone.
+fn bind_unix(name: String, path: &Path, options: BindOptions) -> Result<Listener, ListenError> {
+    let addr = ListenAddr::Unix(path.to_owned());
+    let fail = |e| ListenError::Bind(BindError::new(addr.clone(), e));
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(ListenError::Config(format!(
+                "{} exists and is not a socket; remove it or choose another unix: path",
+                path.display()
+            )));
+        }
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(fail(std::io::Error::from(std::io::ErrorKind::AddrInUse)));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                std::fs::remove_file(path).map_err(fail)?;
+            }
+            Err(e) => return Err(fail(e)),
+        }
+    }
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(fail)?;
+    socket
+        .bind(&SockAddr::unix(path).map_err(fail)?)
+        .map_err(fail)?;
+    let meta = std::fs::symlink_metadata(path).map_err(fail)?;
+    let created = SocketFile {
+        path: path.to_owned(),
+        dev: meta.dev(),
+        ino: meta.ino(),
+    };
+    if let Some(mode) = options.unix_mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(fail)?;
+    }
+    let fd = listen(socket, options.backlog).map_err(fail)?;
+    Ok(Listener {
+        name,
+        local_addr: addr,
+        inherited: false,
+        fd,
+        created: Some(created),
+    })
+}
+
+fn listen(socket: Socket, backlog: u32) -> std::io::Result<OwnedFd> {
     // std and tokio use 128, after which connections made during a gap wait
     // seconds on SYN retransmits.
-    socket
-        .listen(i32::try_from(backlog).unwrap_or(i32::MAX))
-        .map_err(fail)?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
     // O_NONBLOCK lives on the open file description that every worker shares:
     // set it once, here, and never from a worker.
-    socket.set_nonblocking(true).map_err(fail)?;
-    let local_addr = socket
-        .local_addr()
-        .map_err(fail)?
-        .as_socket()
-        .expect("a TCP socket has an IP address");
-    Ok(Listener {
-        name: spec.name.clone(),
-        local_addr,
-        fd: socket.into(),
-    })
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }

@@ -36,6 +36,14 @@ fn serve(args: baton::cli::ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    // SAFETY: no other thread exists yet (the runtime starts below).
+    let inherited = match unsafe { baton::systemd::take_listen_fds() } {
+        Ok(inherited) => inherited,
+        Err(message) => {
+            eprintln!("baton: {message}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     // One thread: workers are spawned from the thread that lives as long as
     // the master, which PR_SET_PDEATHSIG needs.
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -48,7 +56,7 @@ fn serve(args: baton::cli::ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    match runtime.block_on(baton::master::run(config)) {
+    match runtime.block_on(baton::master::run(config, inherited)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("baton: {e}");

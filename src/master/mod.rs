@@ -11,6 +11,7 @@ mod rollout;
 mod worker;
 
 use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
 use std::process::ExitStatus;
 use std::time::Duration;
 
@@ -20,8 +21,9 @@ use tracing::{error, info, info_span, warn};
 
 use crate::config::MasterConfig;
 use crate::error::MasterError;
-use crate::listeners::ListenerSet;
+use crate::listeners::{BindOptions, ListenerSet};
 use crate::signals::{Intent, SignalIntents};
+use crate::systemd::Notifier;
 use rollout::Rollout;
 pub use worker::{WorkerEvent, WorkerHandle, WorkerId};
 
@@ -39,13 +41,28 @@ const BACKOFF_CAP: Duration = Duration::from_secs(10);
 
 /// Runs the master until it is told to stop. Returns an error for a failed
 /// start (listeners cannot be bound, the first workers cannot start).
-pub async fn run(config: MasterConfig) -> Result<(), MasterError> {
-    let listeners = ListenerSet::bind(&config.listeners, config.backlog)?;
+///
+/// `inherited` are the listeners systemd passed (see
+/// [`crate::systemd::take_listen_fds`]).
+pub async fn run(
+    config: MasterConfig,
+    inherited: Vec<(String, OwnedFd)>,
+) -> Result<(), MasterError> {
+    let options = BindOptions {
+        backlog: config.backlog,
+        unix_mode: config.unix_mode,
+    };
+    let listeners = ListenerSet::open(inherited, &config.listen, options)?;
     for listener in listeners.iter() {
-        info!(name = %listener.name, addr = %listener.local_addr, "listening");
+        info!(
+            name = %listener.name,
+            addr = %listener.local_addr,
+            inherited = listener.inherited,
+            "listening"
+        );
     }
     let mut signals = SignalIntents::install().map_err(MasterError::Signals)?;
-    let mut supervisor = Supervisor::new(config, listeners);
+    let mut supervisor = Supervisor::new(config, listeners, Notifier::from_env());
     supervisor.start();
     supervisor.run(&mut signals).await
 }
@@ -133,10 +150,14 @@ struct Supervisor {
     reload_queued: bool,
     /// Set when the first start failed: the master exits with it.
     failure: Option<MasterError>,
+    /// systemd, when baton runs under it.
+    notifier: Notifier,
+    /// The last reload's outcome, for STATUS= lines.
+    last_reload: Option<String>,
 }
 
 impl Supervisor {
-    fn new(config: MasterConfig, listeners: ListenerSet) -> Self {
+    fn new(config: MasterConfig, listeners: ListenerSet, notifier: Notifier) -> Self {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let slots = (0..config.workers).map(|_| Slot::default()).collect();
         Supervisor {
@@ -152,7 +173,32 @@ impl Supervisor {
             rollout: None,
             reload_queued: false,
             failure: None,
+            notifier,
+            last_reload: None,
         }
+    }
+
+    /// A STATUS= line a person can read.
+    fn status_line(&self) -> String {
+        let ready = self
+            .slots
+            .iter()
+            .filter(|slot| {
+                slot.current
+                    .and_then(|id| self.workers.get(&id))
+                    .is_some_and(|w| w.state == WorkerState::Ready)
+            })
+            .count();
+        let mut line = format!(
+            "{ready}/{} workers ready, generation {}",
+            self.slots.len(),
+            self.generation
+        );
+        if let Some(reload) = &self.last_reload {
+            line += "; last reload ";
+            line += reload;
+        }
+        line
     }
 
     fn start(&mut self) {
@@ -170,12 +216,15 @@ impl Supervisor {
     }
 
     async fn run(mut self, signals: &mut SignalIntents) -> Result<(), MasterError> {
+        // WATCHDOG=1 comes from this loop, so it stops if the loop stalls.
+        let mut watchdog = self.notifier.watchdog_interval().map(tokio::time::interval);
         loop {
             if self.phase == Phase::Stopping && self.workers.is_empty() {
                 break;
             }
             let next_restart = self.next_restart();
             tokio::select! {
+                _ = tick(&mut watchdog) => self.notifier.watchdog(),
                 Some((intent, signal)) = signals.next() => self.on_signal(intent, signal),
                 Some(event) = self.events_rx.recv() => self.on_event(event),
                 _ = sleep_until(next_restart.unwrap_or_else(Instant::now)), if next_restart.is_some() => {
@@ -262,6 +311,7 @@ impl Supervisor {
                 generation = self.generation,
                 "all workers ready"
             );
+            self.notifier.ready(&self.status_line());
             if std::mem::take(&mut self.reload_queued) {
                 self.request_reload();
             }
@@ -328,6 +378,10 @@ impl Supervisor {
         }
         warn!(pid, slot, generation, %status, "worker crashed; replacing it");
         self.slots[slot].current = None;
+        self.notifier.status(&format!(
+            "{}; worker {pid} crashed ({status})",
+            self.status_line()
+        ));
         let lived = worker.started.elapsed();
         let quick = worker.state == WorkerState::Starting || lived < STABLE_LIFETIME;
         self.schedule_restart(slot, quick);
@@ -402,6 +456,8 @@ impl Supervisor {
                 self.generation += 1;
                 let _span = info_span!("reload", generation = self.generation).entered();
                 info!(generation = self.generation, "reload started");
+                self.notifier
+                    .reloading(&format!("reloading to generation {}", self.generation));
                 self.rollout = Some(Rollout::new(self.generation, self.slots.len()));
                 self.advance_rollout();
             }
@@ -418,6 +474,8 @@ impl Supervisor {
             let elapsed_ms = rollout.started.elapsed().as_millis() as u64;
             info!(generation, elapsed_ms, "reload complete");
             self.rollout = None;
+            self.last_reload = Some(format!("ok in {elapsed_ms} ms"));
+            self.notifier.ready(&self.status_line());
             if std::mem::take(&mut self.reload_queued) {
                 self.request_reload();
             }
@@ -449,6 +507,12 @@ impl Supervisor {
             %reason,
             "reload failed; the old workers keep serving"
         );
+        self.last_reload = Some(format!(
+            "of generation {} FAILED: {reason}",
+            rollout.generation
+        ));
+        // READY=1 ends the reload for systemd whatever its outcome.
+        self.notifier.ready(&self.status_line());
         if let Some(worker) = rollout.pending().and_then(|id| self.workers.get(&id)) {
             worker.handle.kill();
         }
@@ -481,6 +545,10 @@ impl Supervisor {
             return;
         }
         self.phase = Phase::Stopping;
+        self.notifier.stopping(
+            &format!("stopping: {} workers to drain", self.workers.len()),
+            self.config.drain_timeout + Duration::from_secs(5),
+        );
         if let Some(rollout) = self.rollout.take() {
             info!(
                 generation = rollout.generation,
@@ -514,6 +582,15 @@ impl Supervisor {
             self.failure = Some(MasterError::FirstStart { reason });
         }
         self.stop(true);
+    }
+}
+
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::net::TcpListener;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixListener;
 use std::time::Duration;
 
 use socket2::{Domain, SockRef, Type};
@@ -12,12 +13,36 @@ use crate::error::{HandoffError, ProtocolError, WorkerError};
 use crate::fd;
 use crate::protocol::{Channel, ToMaster, ToWorker};
 
+/// A listening socket received from the master: non-blocking, listening,
+/// shared with the master and the other workers.
+#[derive(Debug)]
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl Listener {
+    /// Registers the socket with the current tokio runtime.
+    pub fn into_tokio(self) -> std::io::Result<TokioListener> {
+        Ok(match self {
+            Listener::Tcp(l) => TokioListener::Tcp(tokio::net::TcpListener::from_std(l)?),
+            Listener::Unix(l) => TokioListener::Unix(tokio::net::UnixListener::from_std(l)?),
+        })
+    }
+}
+
+/// A [`Listener`] registered with tokio.
+#[derive(Debug)]
+pub enum TokioListener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
 /// A listening socket received from the master, with its name.
 #[derive(Debug)]
 pub struct NamedListener {
     pub name: String,
-    /// Non-blocking, listening, shared with the master and the other workers.
-    pub listener: TcpListener,
+    pub listener: Listener,
 }
 
 /// What the master asks of a running worker.
@@ -104,7 +129,8 @@ impl Handoff {
 }
 
 /// Checks that a received descriptor is what the master promised: a
-/// listening, non-blocking TCP socket. Anything else fails loudly.
+/// listening, non-blocking TCP or Unix stream socket. Anything else fails
+/// loudly.
 fn adopt_listener(name: String, fd: OwnedFd) -> Result<NamedListener, WorkerError> {
     let bad = |reason: String| WorkerError::BadListener {
         name: name.clone(),
@@ -115,8 +141,8 @@ fn adopt_listener(name: String, fd: OwnedFd) -> Result<NamedListener, WorkerErro
         .r#type()
         .map_err(|e| bad(format!("not a socket ({e})")))?;
     let domain = sock.domain().map_err(|e| bad(e.to_string()))?;
-    if ty != Type::STREAM || !(domain == Domain::IPV4 || domain == Domain::IPV6) {
-        return Err(bad("not a TCP socket".into()));
+    if ty != Type::STREAM || ![Domain::IPV4, Domain::IPV6, Domain::UNIX].contains(&domain) {
+        return Err(bad("not a TCP or Unix stream socket".into()));
     }
     if !sock.is_listener().map_err(|e| bad(e.to_string()))? {
         return Err(bad("the socket is not listening".into()));
@@ -128,8 +154,10 @@ fn adopt_listener(name: String, fd: OwnedFd) -> Result<NamedListener, WorkerErro
             "the socket is blocking; the master should have set O_NONBLOCK".into(),
         ));
     }
-    Ok(NamedListener {
-        name,
-        listener: TcpListener::from(fd),
-    })
+    let listener = if domain == Domain::UNIX {
+        Listener::Unix(UnixListener::from(fd))
+    } else {
+        Listener::Tcp(TcpListener::from(fd))
+    };
+    Ok(NamedListener { name, listener })
 }

@@ -19,7 +19,7 @@ use tracing::{error, info, warn, Instrument};
 
 use crate::cli::{Fault, HttpArgs};
 use crate::error::WorkerError;
-pub use handoff::{Handoff, Instruction, NamedListener};
+pub use handoff::{Handoff, Instruction, Listener, NamedListener, TokioListener};
 use http::HttpState;
 use server::Server;
 
@@ -62,8 +62,9 @@ async fn serve_listeners(
 ) -> Result<(), WorkerError> {
     let mut listeners = Vec::with_capacity(received.len());
     for NamedListener { name, listener } in received {
-        let listener =
-            tokio::net::TcpListener::from_std(listener).map_err(|e| WorkerError::BadListener {
+        let listener = listener
+            .into_tokio()
+            .map_err(|e| WorkerError::BadListener {
                 name,
                 reason: e.to_string(),
             })?;

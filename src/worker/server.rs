@@ -21,12 +21,13 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout_at, Instant};
 use tracing::{debug, info, warn};
 
+use super::handoff::TokioListener;
 use super::http::{handle, HttpState};
 
 /// How often phase 1 of the drain looks whether every connection closed.
@@ -45,7 +46,7 @@ pub struct Server {
 impl Server {
     /// Starts accepting on every listener. Returns once each is registered,
     /// so the caller may report ready.
-    pub fn start(listeners: Vec<TcpListener>, state: Arc<HttpState>) -> Self {
+    pub fn start(listeners: Vec<TokioListener>, state: Arc<HttpState>) -> Self {
         let graceful = Arc::new(GracefulShutdown::new());
         let (stop_accepting, stop_rx) = watch::channel(false);
         let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -100,43 +101,69 @@ impl Server {
 }
 
 async fn accept_loop(
-    listener: TcpListener,
+    listener: TokioListener,
     builder: Arc<auto::Builder<TokioExecutor>>,
     state: Arc<HttpState>,
     graceful: Arc<GracefulShutdown>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        let stream = tokio::select! {
+        let accepted = tokio::select! {
             biased;
             // The only change ever sent is the order to stop.
             _ = stop.changed() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
-                Err(e) => {
-                    // EMFILE and friends: back off briefly rather than spin;
-                    // the connection stays queued for another worker.
-                    warn!(cause = %e, "accept failed");
-                    sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
+            accepted = accept(&listener) => accepted,
         };
-        let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        let service = service_fn(move |req| {
-            let state = state.clone();
-            async move { handle(req, &state).await }
-        });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                debug!(cause = %e, "connection ended with an error");
+        match accepted {
+            Ok(Stream::Tcp(stream)) => {
+                let _ = stream.set_nodelay(true);
+                serve(stream, &builder, &state, &graceful);
             }
-        });
+            Ok(Stream::Unix(stream)) => serve(stream, &builder, &state, &graceful),
+            Err(e) => {
+                // EMFILE and friends: back off briefly rather than spin; the
+                // connection stays queued for another worker.
+                warn!(cause = %e, "accept failed");
+                sleep(Duration::from_millis(10)).await;
+            }
+        }
     }
     // Dropping `listener` closes this worker's descriptor only.
+}
+
+enum Stream {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(listener: &TokioListener) -> std::io::Result<Stream> {
+    Ok(match listener {
+        TokioListener::Tcp(l) => Stream::Tcp(l.accept().await?.0),
+        TokioListener::Unix(l) => Stream::Unix(l.accept().await?.0),
+    })
+}
+
+/// Serves one connection on its own task, watched for the drain.
+fn serve<S>(
+    stream: S,
+    builder: &auto::Builder<TokioExecutor>,
+    state: &Arc<HttpState>,
+    graceful: &GracefulShutdown,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let state = state.clone();
+    let service = service_fn(move |req| {
+        let state = state.clone();
+        async move { handle(req, &state).await }
+    });
+    let connection = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .into_owned();
+    let connection = graceful.watch(connection);
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            debug!(cause = %e, "connection ended with an error");
+        }
+    });
 }

@@ -8,4 +8,5 @@ mod check;
 mod deploy;
 mod http;
 mod lifecycle;
+mod systemd;
 mod zero_downtime;

@@ -6,6 +6,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -60,7 +61,7 @@ impl Baton {
 
     /// Starts `baton serve ARGS` without waiting for readiness.
     pub fn spawn(program: &Path, args: &[&str]) -> Baton {
-        Self::spawn_command(Command::new(program), args)
+        Self::spawn_serve(Command::new(program), args)
     }
 
     /// Starts `baton serve ARGS` with `file` inherited at descriptor `at`,
@@ -79,16 +80,68 @@ impl Baton {
                 Ok(())
             });
         }
-        Self::spawn_command(cmd, args)
+        Self::spawn_serve(cmd, args)
     }
 
-    fn spawn_command(mut cmd: Command, args: &[&str]) -> Baton {
+    /// Starts `baton serve ARGS` as systemd would with socket activation:
+    /// `fds` at descriptors 3, 4, … with LISTEN_FDS, LISTEN_PID (the pid baton
+    /// will have) and LISTEN_FDNAMES, plus `env`.
+    pub fn spawn_activated(
+        fds: &[(&str, BorrowedFd<'_>)],
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Baton {
+        use std::os::unix::process::CommandExt;
+        let sources: Vec<i32> = fds.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
+        let names: Vec<&str> = fds.iter().map(|&(name, _)| name).collect();
+        // sh learns its own pid, which exec keeps.
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "LISTEN_PID=$$ exec \"$0\" \"$@\""])
+            .arg(baton_bin())
+            .arg("serve")
+            .args(args)
+            .env("LISTEN_FDS", fds.len().to_string())
+            .env("LISTEN_FDNAMES", names.join(":"))
+            .envs(env.iter().copied());
+        // SAFETY: only dup2, which is async-signal-safe; the descriptors
+        // outlive the spawn. Two steps, so that no source is overwritten
+        // before it is copied.
+        unsafe {
+            cmd.pre_exec(move || {
+                for (i, &source) in sources.iter().enumerate() {
+                    if nix::libc::dup2(source, 100 + i as i32) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                for i in 0..sources.len() as i32 {
+                    if nix::libc::dup2(100 + i, 3 + i) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        Self::launch(cmd)
+    }
+
+    fn spawn_serve(mut cmd: Command, args: &[&str]) -> Baton {
         cmd.arg("serve");
         if !args.contains(&"--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
-        cmd.args(args)
-            .env("RUST_LOG", "info")
+        cmd.args(args);
+        let mut baton = Self::launch(cmd);
+        if let Some(line) = baton.try_wait_log("listening", Duration::from_secs(20)) {
+            if let Ok(addr) = field(&line, "addr").unwrap_or_default().parse() {
+                baton.addr = addr;
+            }
+        }
+        baton
+    }
+
+    /// Starts a fully formed command whose stderr is baton's log.
+    pub fn launch(mut cmd: Command) -> Baton {
+        cmd.env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -105,17 +158,12 @@ impl Baton {
                 sink.grew.notify_all();
             }
         });
-        let mut baton = Baton {
+        Baton {
             child: Some(child),
             pid,
             logs,
             addr: "0.0.0.0:0".parse().unwrap(),
-        };
-        if let Some(line) = baton.try_wait_log("listening", Duration::from_secs(20)) {
-            let addr = field(&line, "addr").expect("listening line names its addr");
-            baton.addr = addr.parse().expect("a socket address");
         }
-        baton
     }
 
     pub fn pid(&self) -> u32 {
@@ -135,6 +183,11 @@ impl Baton {
             .iter()
             .filter(|l| l.contains(pattern))
             .count()
+    }
+
+    /// Whether any line logged so far contains `pattern`.
+    pub fn logs_contain(&self, pattern: &str) -> bool {
+        self.count_log(pattern) > 0
     }
 
     /// Waits for the `n`th line containing `pattern` and returns it.
@@ -186,11 +239,7 @@ impl Baton {
 
     /// Live (not zombie) child processes of the master.
     pub fn workers(&self) -> Vec<u32> {
-        children(self.pid)
-            .into_iter()
-            .filter(|&(_, state)| state != 'Z')
-            .map(|(pid, _)| pid)
-            .collect()
+        baton::procfs::live_children(self.pid)
     }
 
     /// Waits until the master has exactly `n` live children that answer the
@@ -228,9 +277,7 @@ impl Baton {
 
     /// The master's open descriptors.
     pub fn fd_count(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid))
-            .expect("read the master's fds")
-            .count()
+        baton::procfs::fd_count(self.pid).expect("read the master's fds")
     }
 }
 
@@ -255,38 +302,7 @@ pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     Some(rest.split_whitespace().next()?.trim_matches('"'))
 }
 
-/// Children of `parent` with their process state letter, from /proc.
-pub fn children(parent: u32) -> Vec<(u32, char)> {
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if let Some((state, ppid)) = stat(pid) {
-            if ppid == parent {
-                found.push((pid, state));
-            }
-        }
-    }
-    found
-}
-
-/// A process's state letter and parent, or `None` if it is gone.
-pub fn stat(pid: u32) -> Option<(char, u32)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces: fields resume after the last ')'.
-    let mut fields = text.rsplit_once(')')?.1.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    Some((state, ppid))
-}
+pub use baton::procfs::{children, stat};
 
 /// Whether `pid` is gone or dead (a zombie waiting for its reaper).
 pub fn is_dead(pid: u32) -> bool {
