@@ -22,9 +22,10 @@ fn malformed_addresses() {
     assert_usage_error(&["serve", "--listen", "localhost:80"], "not an address");
     assert_usage_error(&["serve", "--listen", "127.0.0.1:99999"], "not an address");
     assert_usage_error(
-        &["serve", "--listen", "a:b=127.0.0.1:1"],
+        &["serve", "--listen", "a b=127.0.0.1:1"],
         "not a listener name",
     );
+    assert_usage_error(&["serve", "--listen", "unix:"], "names no socket path");
 }
 
 #[test]
