@@ -10,7 +10,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::check::{parse_url, CheckOptions, Target};
 use crate::config::{
-    name_listeners, own_program_path, parse_duration, parse_mode, ListenSpec, MasterConfig,
+    name_listeners, own_program_path, parse_duration, parse_mode, parse_signal, ForeignWorker,
+    ListenSpec, MasterConfig, ReadyMode,
 };
 
 #[derive(Debug, Parser)]
@@ -41,6 +42,16 @@ pub enum Command {
     /// A worker process, started by `baton serve`.
     #[command(hide = true)]
     Worker(WorkerArgs),
+    /// The stage that hands a COMMAND worker its listeners and execs it,
+    /// started by `baton serve -- COMMAND`.
+    #[command(hide = true)]
+    Exec(ExecArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -77,6 +88,36 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub http: HttpArgs,
+
+    /// With a COMMAND: when a worker is ready. `listening`: it waits for
+    /// connections on its listeners (works for any program); `notify`: it
+    /// sends READY=1 to $NOTIFY_SOCKET; `delay:DUR`: it stayed up that long
+    #[arg(long, value_name = "MODE", default_value = "listening")]
+    pub ready: ReadyMode,
+
+    /// With a COMMAND: the signal that asks a worker to drain; SIGKILL
+    /// follows at --drain-timeout
+    #[arg(long, value_name = "SIGNAL", default_value = "SIGTERM", value_parser = parse_signal)]
+    pub drain_signal: nix::sys::signal::Signal,
+
+    /// With a COMMAND: `prefixed` puts "[slot N pid P]" before each line the
+    /// workers print; `raw` passes their output through untouched
+    #[arg(long, value_name = "MODE", default_value = "prefixed")]
+    pub output: OutputMode,
+
+    /// The program each worker runs, with its arguments (after `--`). It
+    /// receives the listeners the systemd way: descriptors from 3 up,
+    /// LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES. Without it, workers run the
+    /// built-in HTTP server
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+/// What happens to a COMMAND worker's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputMode {
+    Prefixed,
+    Raw,
 }
 
 /// Options of the built-in HTTP worker, passed from the master to each worker.
@@ -265,6 +306,23 @@ impl ServeArgs {
             duration(self.drain_timeout),
         ]);
         args.extend(self.http.to_args());
+        if !self.command.is_empty() {
+            let ready = match self.ready {
+                ReadyMode::Notify => "notify".to_owned(),
+                ReadyMode::Listening => "listening".to_owned(),
+                ReadyMode::Delay(d) => format!("delay:{}", humantime::format_duration(d)),
+            };
+            args.extend([
+                "--ready".into(),
+                ready.into(),
+                "--drain-signal".into(),
+                self.drain_signal.as_str().into(),
+                "--output".into(),
+                format!("{:?}", self.output).to_lowercase().into(),
+                "--".into(),
+            ]);
+            args.extend(self.command.iter().cloned());
+        }
         args
     }
 
@@ -279,8 +337,20 @@ impl ServeArgs {
         let program = own_program_path().map_err(|e| {
             format!("cannot find baton's own program file to start workers from: {e}")
         })?;
-        let mut worker_args: Vec<OsString> = vec!["worker".into()];
-        worker_args.extend(self.http.to_args());
+        let (worker_args, foreign) = if self.command.is_empty() {
+            let mut args: Vec<OsString> = vec!["worker".into()];
+            args.extend(self.http.to_args());
+            (args, None)
+        } else {
+            let mut args: Vec<OsString> = vec!["exec".into(), "--".into()];
+            args.extend(self.command.iter().cloned());
+            let foreign = ForeignWorker {
+                ready: self.ready,
+                drain_signal: self.drain_signal,
+                prefix_output: self.output == OutputMode::Prefixed,
+            };
+            (args, Some(foreign))
+        };
         Ok(MasterConfig {
             listen: self.listen,
             unix_mode: self.unix_mode,
@@ -290,6 +360,7 @@ impl ServeArgs {
             drain_timeout: self.drain_timeout,
             program,
             worker_args,
+            foreign,
         })
     }
 }

@@ -157,7 +157,9 @@ pub fn name_listeners(
                 "two listeners are named {name:?}; give each its own name"
             ));
         }
-        if named.iter().any(|other| other.addr == spec.addr) {
+        // Port 0 asks for any free port, so it may be given more than once.
+        let any_port = matches!(spec.addr, ListenAddr::Tcp(addr) if addr.port() == 0);
+        if !any_port && named.iter().any(|other| other.addr == spec.addr) {
             return Err(format!(
                 "{} is given twice as a --listen address",
                 spec.addr
@@ -186,9 +188,64 @@ pub struct MasterConfig {
     /// The file workers are started from, resolved once at start-up. It is a
     /// path, not /proc/self/exe: replacing the file and reloading deploys it.
     pub program: PathBuf,
-    /// Arguments after the program: the hidden `worker` subcommand and its
-    /// options.
+    /// Arguments after the program: the hidden `worker` (built-in) or `exec`
+    /// (COMMAND) subcommand and its options.
     pub worker_args: Vec<OsString>,
+    /// Set when workers run a COMMAND rather than the built-in server.
+    pub foreign: Option<ForeignWorker>,
+}
+
+/// How the master treats workers that run a COMMAND, which does not speak
+/// baton's handoff protocol after it starts.
+#[derive(Debug, Clone)]
+pub struct ForeignWorker {
+    pub ready: ReadyMode,
+    /// Sent to ask the program to drain; SIGKILL follows at the drain timeout.
+    pub drain_signal: nix::sys::signal::Signal,
+    /// Prefix each output line with the worker's slot and pid.
+    pub prefix_output: bool,
+}
+
+/// When a COMMAND worker counts as ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadyMode {
+    /// It sends READY=1 on its NOTIFY_SOCKET.
+    Notify,
+    /// It waits for connections on every listener it was given (seen in
+    /// /proc: the listener is in one of its epoll sets, or it is blocked in
+    /// accept or poll).
+    Listening,
+    /// It has stayed alive this long.
+    Delay(Duration),
+}
+
+impl FromStr for ReadyMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "notify" => Ok(ReadyMode::Notify),
+            "listening" => Ok(ReadyMode::Listening),
+            _ => match s.strip_prefix("delay:") {
+                Some(duration) => parse_duration(duration).map(ReadyMode::Delay),
+                None => Err(format!(
+                    "{s:?} is not a readiness mode; use notify, listening or delay:DUR (like delay:500ms)"
+                )),
+            },
+        }
+    }
+}
+
+/// Parses a signal name such as `SIGTERM`, `TERM` or `sigquit`.
+pub fn parse_signal(s: &str) -> Result<nix::sys::signal::Signal, String> {
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse()
+        .map_err(|_| format!("{s:?} is not a signal name; write it like SIGTERM or INT"))
 }
 
 /// Finds the file this process was started from, as a path that will name

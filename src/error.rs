@@ -79,6 +79,8 @@ pub enum SpawnError {
     Socketpair(io::Error),
     #[error("cannot queue the listeners for the new worker: {0}")]
     Hello(HandoffError),
+    #[error("cannot create the worker's notify socket: {0}")]
+    Notify(io::Error),
     #[error("cannot start worker program {program}: {source}")]
     Exec { program: PathBuf, source: io::Error },
 }
@@ -94,6 +96,8 @@ pub enum MasterError {
     Signals(io::Error),
     #[error("cannot start the tokio runtime: {0}")]
     Runtime(io::Error),
+    #[error("cannot create a directory for the workers' notify sockets: {0}")]
+    RuntimeDir(io::Error),
     #[error("the first workers failed to start: {reason}")]
     FirstStart { reason: String },
 }
@@ -121,4 +125,6 @@ pub enum WorkerError {
     MasterGone,
     #[error("cannot start the tokio runtime: {0}")]
     Runtime(io::Error),
+    #[error("cannot run {command}: {source}")]
+    Exec { command: String, source: io::Error },
 }

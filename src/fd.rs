@@ -223,6 +223,72 @@ pub unsafe fn adopt_inherited(raw: RawFd) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Moves `fds` to descriptors 3, 4, … without close-on-exec, for a program
+/// that takes its listeners the systemd way. Everything else stays
+/// close-on-exec, so these are all the program inherits besides stdio.
+pub fn place_for_exec(fds: Vec<OwnedFd>) -> io::Result<()> {
+    // First out of the way (a received descriptor may sit where another must
+    // go), then into place; dup2 clears close-on-exec on the copy.
+    let mut parked = Vec::with_capacity(fds.len());
+    for fd in &fds {
+        parked.push(fd.try_clone_to_owned_above(PARK_FLOOR)?);
+    }
+    drop(fds);
+    for (i, fd) in parked.iter().enumerate() {
+        let target = HANDOFF_FD + i as RawFd;
+        // SAFETY: dup2 onto a number nothing in this process owns any more
+        // (the handoff socket was dropped, received descriptors were parked
+        // above PARK_FLOOR and their originals closed); the new descriptor
+        // is meant to outlive this process image.
+        if unsafe { libc::dup2(fd.as_raw_fd(), target) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Where [`place_for_exec`] parks descriptors while it moves them.
+const PARK_FLOOR: RawFd = 100;
+
+trait DupAbove {
+    fn try_clone_to_owned_above(&self, floor: RawFd) -> io::Result<OwnedFd>;
+}
+
+impl DupAbove for OwnedFd {
+    fn try_clone_to_owned_above(&self, floor: RawFd) -> io::Result<OwnedFd> {
+        // SAFETY: F_DUPFD_CLOEXEC on a borrowed, open descriptor.
+        let raw = unsafe { libc::fcntl(self.as_raw_fd(), libc::F_DUPFD_CLOEXEC, floor) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fcntl just created `raw` for us alone.
+        Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    }
+}
+
+/// Receives one datagram and the pid of the process that sent it
+/// (SCM_CREDENTIALS; the socket needs SO_PASSCRED).
+pub fn recv_with_pid(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Option<u32>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixCredentials};
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!(UnixCredentials);
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    let mut pid = None;
+    if let Ok(cmsgs) = msg.cmsgs() {
+        for cmsg in cmsgs {
+            if let ControlMessageOwned::ScmCredentials(creds) = cmsg {
+                pid = u32::try_from(creds.pid()).ok();
+            }
+        }
+    }
+    Ok((msg.bytes, pid))
+}
+
 fn set_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: F_SETFD on a borrowed, open descriptor.
     if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {

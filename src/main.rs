@@ -18,6 +18,11 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Check(args) => check(args),
+        Command::Exec(args) => {
+            let error = baton::worker::exec::run(&args.command);
+            tracing::error!("worker failed: {error}");
+            ExitCode::from(EXIT_FAILURE)
+        }
         Command::Worker(args) => match baton::worker::run(args.http) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -62,7 +62,12 @@ pub async fn run(
         );
     }
     let mut signals = SignalIntents::install().map_err(MasterError::Signals)?;
+    let runtime_dir = match config.foreign {
+        Some(_) => Some(RuntimeDir::create().map_err(MasterError::RuntimeDir)?),
+        None => None,
+    };
     let mut supervisor = Supervisor::new(config, listeners, Notifier::from_env());
+    supervisor.runtime_dir = runtime_dir;
     supervisor.start();
     supervisor.run(&mut signals).await
 }
@@ -154,6 +159,37 @@ struct Supervisor {
     notifier: Notifier,
     /// The last reload's outcome, for STATUS= lines.
     last_reload: Option<String>,
+    /// Where COMMAND workers' notify sockets live.
+    runtime_dir: Option<RuntimeDir>,
+}
+
+/// A private directory for the master's sockets, removed when it exits.
+#[derive(Debug)]
+struct RuntimeDir(std::path::PathBuf);
+
+impl RuntimeDir {
+    /// `$XDG_RUNTIME_DIR/baton-PID`, or the same under the temporary
+    /// directory; readable by this user only.
+    fn create() -> std::io::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
+        let base = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let path = base.join(format!("baton-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::DirBuilder::new().mode(0o700).create(&path)?;
+        Ok(RuntimeDir(path))
+    }
+
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for RuntimeDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 impl Supervisor {
@@ -175,6 +211,7 @@ impl Supervisor {
             failure: None,
             notifier,
             last_reload: None,
+            runtime_dir: None,
         }
     }
 
@@ -254,6 +291,12 @@ impl Supervisor {
             args: &self.config.worker_args,
             listeners: &self.listeners,
             ready_timeout: self.config.ready_timeout,
+            foreign: self
+                .config
+                .foreign
+                .as_ref()
+                .zip(self.runtime_dir.as_ref())
+                .map(|(foreign, dir)| (foreign, dir.path())),
         };
         let handle = worker::spawn(launch, self.events_tx.clone()).map_err(|e| e.to_string())?;
         info!(pid = handle.pid, slot, generation, cause = %cause, "worker started");

@@ -3,19 +3,23 @@
 //! deadline, exit) and reports each of those to the supervisor as an event.
 
 use std::ffi::OsString;
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixDatagram;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
+use tokio::io::Interest;
 use tokio::process::Child;
 use tokio::sync::mpsc;
-use tokio::time::{sleep_until, Instant};
-use tracing::{debug, warn, Instrument};
+use tokio::time::{sleep, sleep_until, Instant};
+use tracing::{debug, info, warn, Instrument};
 
+use crate::config::{ForeignWorker, ReadyMode};
 use crate::error::SpawnError;
 use crate::fd;
 use crate::listeners::ListenerSet;
+use crate::procfs;
 use crate::protocol::{self, Channel, ToMaster, ToWorker};
 
 /// Identifies a worker process for the master's whole life (pids get reused).
@@ -73,6 +77,57 @@ pub struct Launch<'a> {
     pub args: &'a [OsString],
     pub listeners: &'a ListenerSet,
     pub ready_timeout: Duration,
+    /// Set for a COMMAND worker, with the directory for its notify socket.
+    pub foreign: Option<(&'a ForeignWorker, &'a Path)>,
+}
+
+/// How often a `--ready listening` worker is looked at.
+const LISTENING_PROBE: Duration = Duration::from_millis(5);
+
+/// A COMMAND worker's own NOTIFY_SOCKET, removed with the worker.
+struct NotifySocket {
+    socket: tokio::net::UnixDatagram,
+    path: PathBuf,
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl NotifySocket {
+    fn bind(path: PathBuf) -> std::io::Result<Self> {
+        let _ = std::fs::remove_file(&path);
+        let socket = UnixDatagram::bind(&path)?;
+        // The kernel attaches each sender's pid, checked on receipt.
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::PassCred, &true)?;
+        socket.set_nonblocking(true)?;
+        Ok(NotifySocket {
+            socket: tokio::net::UnixDatagram::from_std(socket)?,
+            path,
+        })
+    }
+
+    /// The next datagram and its sender's pid.
+    async fn recv(&self) -> std::io::Result<(String, Option<u32>)> {
+        let mut buf = vec![0u8; 4096];
+        let (len, pid) = self
+            .socket
+            .async_io(Interest::READABLE, || {
+                fd::recv_with_pid(self.socket.as_fd(), &mut buf)
+            })
+            .await?;
+        Ok((String::from_utf8_lossy(&buf[..len]).into_owned(), pid))
+    }
+}
+
+/// What the watcher of a COMMAND worker needs.
+struct Foreign {
+    ready: ReadyMode,
+    drain_signal: nix::sys::signal::Signal,
+    notify: NotifySocket,
+    listeners: i32,
 }
 
 /// Starts a worker process and the task that watches it.
@@ -90,6 +145,7 @@ pub fn spawn(
     };
     protocol::send_now(&master_end, &hello, &launch.listeners.fds()).map_err(SpawnError::Hello)?;
 
+    let mut notify = None;
     let mut cmd = tokio::process::Command::new(launch.program);
     cmd.args(launch.args)
         .stdin(Stdio::null())
@@ -104,13 +160,38 @@ pub fn spawn(
         // only, which then drains the workers instead of losing them.
         .process_group(0)
         .kill_on_drop(true);
-    fd::prepare_child(&mut cmd, std::os::fd::AsFd::as_fd(&worker_end));
-    let child = cmd.spawn().map_err(|source| SpawnError::Exec {
+    if let Some((foreign, dir)) = launch.foreign {
+        let socket = NotifySocket::bind(dir.join(format!("notify-{}.sock", launch.id)))
+            .map_err(SpawnError::Notify)?;
+        cmd.env("NOTIFY_SOCKET", &socket.path);
+        notify = Some(socket);
+        if foreign.prefix_output {
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        }
+    }
+    fd::prepare_child(&mut cmd, worker_end.as_fd());
+    let mut child = cmd.spawn().map_err(|source| SpawnError::Exec {
         program: launch.program.to_owned(),
         source,
     })?;
     drop(worker_end);
     let pid = child.id().expect("a just-spawned child has a pid");
+    let prefix = format!("[slot {} pid {pid}]", launch.slot);
+    if let Some(stdout) = child.stdout.take() {
+        tokio::spawn(forward_lines(stdout, prefix.clone(), tokio::io::stdout()));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        tokio::spawn(forward_lines(stderr, prefix, tokio::io::stderr()));
+    }
+    let foreign = launch
+        .foreign
+        .zip(notify)
+        .map(|((foreign, _), notify)| Foreign {
+            ready: foreign.ready,
+            drain_signal: foreign.drain_signal,
+            notify,
+            listeners: launch.listeners.fds().len() as i32,
+        });
     let channel = Channel::new(master_end).map_err(SpawnError::Socketpair)?;
 
     let (orders_tx, orders_rx) = mpsc::unbounded_channel();
@@ -123,6 +204,9 @@ pub fn spawn(
     );
     let watcher = Watcher {
         id: launch.id,
+        pid,
+        foreign,
+        started: Instant::now(),
         child,
         channel,
         orders: orders_rx,
@@ -138,9 +222,32 @@ pub fn spawn(
     })
 }
 
+/// Copies a worker's output to the master's, a line at a time, each behind
+/// `prefix`. Whole lines are written at once, so workers' lines never mix.
+async fn forward_lines(
+    from: impl tokio::io::AsyncRead + Unpin,
+    prefix: String,
+    mut to: impl tokio::io::AsyncWrite + Unpin,
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut lines = tokio::io::BufReader::new(from).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let text = format!("{prefix} {line}\n");
+        if to.write_all(text.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+}
+
 /// Watches one worker until it exits.
 struct Watcher {
     id: WorkerId,
+    pid: u32,
+    /// Set for a COMMAND worker, which says nothing on the handoff socket
+    /// after it execs: readiness comes from its notify socket, from /proc,
+    /// or from time, and drain is a signal.
+    foreign: Option<Foreign>,
+    started: Instant,
     child: Child,
     channel: Channel,
     orders: mpsc::UnboundedReceiver<Order>,
@@ -160,7 +267,35 @@ impl Watcher {
         loop {
             let ready_timer = !ready && !killed && drain_deadline.is_none();
             let drain_timer = drain_deadline.filter(|_| !killed);
+            let ready_mode = self
+                .foreign
+                .as_ref()
+                .map(|f| f.ready)
+                .filter(|_| ready_timer);
+            let probe = matches!(ready_mode, Some(ReadyMode::Listening));
+            let delay = match ready_mode {
+                Some(ReadyMode::Delay(delay)) => Some(self.started + delay),
+                _ => None,
+            };
             tokio::select! {
+                note = recv_notify(self.foreign.as_ref()) => {
+                    if self.accept_notification(note, ready) {
+                        ready = true;
+                        let _ = self.events.send(WorkerEvent::Ready { id });
+                    }
+                }
+                _ = sleep(LISTENING_PROBE), if probe => {
+                    let listeners = self.foreign.as_ref().map_or(0, |f| f.listeners);
+                    let first = fd::HANDOFF_FD;
+                    if procfs::waits_for_connections(self.pid, first..first + listeners) {
+                        ready = true;
+                        let _ = self.events.send(WorkerEvent::Ready { id });
+                    }
+                }
+                _ = sleep_until(delay.unwrap_or_else(Instant::now)), if delay.is_some() => {
+                    ready = true;
+                    let _ = self.events.send(WorkerEvent::Ready { id });
+                }
                 status = self.child.wait() => {
                     let status = match status {
                         Ok(status) => status,
@@ -179,7 +314,8 @@ impl Watcher {
                         let _ = self.events.send(WorkerEvent::Ready { id });
                     }
                     Ok(Some(ToMaster::Ready)) => debug!("duplicate ready ignored"),
-                    // The worker closed its end: it is exiting.
+                    // The worker closed its end: it is exiting, or (a
+                    // COMMAND worker) it has exec'ed its program.
                     Ok(None) => channel_open = false,
                     Err(e) => {
                         channel_open = false;
@@ -189,7 +325,10 @@ impl Watcher {
                 order = self.orders.recv(), if orders_open => match order {
                     Some(Order::Drain(timeout)) => {
                         drain_deadline = Some(Instant::now() + timeout + KILL_MARGIN);
-                        if channel_open {
+                        if let Some(foreign) = &self.foreign {
+                            let pid = nix::unistd::Pid::from_raw(self.pid as i32);
+                            let _ = nix::sys::signal::kill(pid, foreign.drain_signal);
+                        } else if channel_open {
                             if let Err(e) = self.channel.send(&ToWorker::drain(timeout), &[]).await {
                                 self.fail(&mut killed, format!("cannot send drain: {e}"));
                             }
@@ -215,6 +354,37 @@ impl Watcher {
         }
     }
 
+    /// Handles one notify datagram; returns whether it makes the worker
+    /// ready. Only the worker itself (or a process it started) may speak for
+    /// it.
+    fn accept_notification(
+        &self,
+        note: std::io::Result<(String, Option<u32>)>,
+        ready: bool,
+    ) -> bool {
+        let (text, sender) = match note {
+            Ok(note) => note,
+            Err(e) => {
+                debug!(cause = %e, "notify socket");
+                return false;
+            }
+        };
+        if !sender.is_some_and(|pid| procfs::is_self_or_descendant(pid, self.pid)) {
+            warn!(sender = ?sender, "ignored a notification from another process");
+            return false;
+        }
+        for line in text.lines() {
+            if let Some(status) = line.strip_prefix("STATUS=") {
+                info!(%status, "worker status");
+            }
+        }
+        let wants_notify = self
+            .foreign
+            .as_ref()
+            .is_some_and(|f| f.ready == ReadyMode::Notify);
+        !ready && wants_notify && text.lines().any(|l| l == "READY=1")
+    }
+
     fn fail(&mut self, killed: &mut bool, reason: String) {
         let _ = self.events.send(WorkerEvent::Failed {
             id: self.id,
@@ -229,5 +399,12 @@ impl Watcher {
             // Fails only if the process is already gone, which `wait` reports.
             let _ = self.child.start_kill();
         }
+    }
+}
+
+async fn recv_notify(foreign: Option<&Foreign>) -> std::io::Result<(String, Option<u32>)> {
+    match foreign {
+        Some(foreign) => foreign.notify.recv().await,
+        None => std::future::pending().await,
     }
 }

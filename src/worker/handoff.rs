@@ -3,7 +3,7 @@
 //! API for Rust programs that want to be native baton workers.
 
 use std::net::TcpListener;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::time::Duration;
 
@@ -129,11 +129,16 @@ impl Handoff {
 }
 
 /// Checks that a received descriptor is what the master promised: a
-/// listening, non-blocking TCP or Unix stream socket. Anything else fails
-/// loudly.
-fn adopt_listener(name: String, fd: OwnedFd) -> Result<NamedListener, WorkerError> {
+/// listening TCP or Unix stream socket, non-blocking when `need_nonblocking`
+/// (tokio needs it; a COMMAND may do as it likes). Anything else fails
+/// loudly. Returns whether it is a Unix socket.
+pub fn check_listener(
+    name: &str,
+    fd: BorrowedFd<'_>,
+    need_nonblocking: bool,
+) -> Result<bool, WorkerError> {
     let bad = |reason: String| WorkerError::BadListener {
-        name: name.clone(),
+        name: name.to_owned(),
         reason,
     };
     let sock = SockRef::from(&fd);
@@ -149,12 +154,16 @@ fn adopt_listener(name: String, fd: OwnedFd) -> Result<NamedListener, WorkerErro
     }
     // Tokio needs O_NONBLOCK, which the master sets once for every process:
     // setting it here would change it under the others' feet.
-    if !fd::is_nonblocking(fd.as_fd()).map_err(|e| bad(e.to_string()))? {
+    if need_nonblocking && !fd::is_nonblocking(fd).map_err(|e| bad(e.to_string()))? {
         return Err(bad(
             "the socket is blocking; the master should have set O_NONBLOCK".into(),
         ));
     }
-    let listener = if domain == Domain::UNIX {
+    Ok(domain == Domain::UNIX)
+}
+
+fn adopt_listener(name: String, fd: OwnedFd) -> Result<NamedListener, WorkerError> {
+    let listener = if check_listener(&name, fd.as_fd(), true)? {
         Listener::Unix(UnixListener::from(fd))
     } else {
         Listener::Tcp(TcpListener::from(fd))

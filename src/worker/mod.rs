@@ -2,9 +2,11 @@
 //! them with hyper, and drains when told to.
 //!
 //! - [`handoff`]: the protocol side, usable by any Rust program.
+//! - [`exec`]: the stage that turns a COMMAND into a worker.
 //! - [`server`]: accepting, serving and the two-phase drain.
 //! - [`http`]: the built-in handler.
 
+pub mod exec;
 pub mod handoff;
 pub mod http;
 pub mod server;

@@ -5,6 +5,7 @@ mod support;
 
 mod bad_input;
 mod check;
+mod command;
 mod deploy;
 mod http;
 mod lifecycle;

@@ -1,0 +1,68 @@
+//! The exec stage of a COMMAND worker: receive the listeners over the
+//! handoff socket like any worker, put them at descriptors 3, 4, … the way
+//! systemd does (LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES), and exec the
+//! program. After the exec the program is the worker (same pid); it inherits
+//! exactly those descriptors and stdio: the handoff socket, like everything
+//! else, is close-on-exec.
+
+use std::ffi::OsString;
+use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
+
+use crate::error::{HandoffError, ProtocolError, WorkerError};
+use crate::fd;
+use crate::protocol::{self, ToWorker};
+use crate::worker::handoff::check_listener;
+
+/// Receives the listeners and becomes `command`. Returns only on failure.
+pub fn run(command: &[OsString]) -> WorkerError {
+    match prepare(command) {
+        Ok(mut cmd) => WorkerError::Exec {
+            command: command[0].to_string_lossy().into_owned(),
+            source: cmd.exec(),
+        },
+        Err(e) => e,
+    }
+}
+
+fn prepare(command: &[OsString]) -> Result<std::process::Command, WorkerError> {
+    // SAFETY: called once at start-up of a process `baton serve` started with
+    // its handoff socket at fd 3; take_handoff checks it before adopting.
+    let handoff =
+        unsafe { fd::take_handoff() }.ok_or(WorkerError::NoHandoff { fd: fd::HANDOFF_FD })?;
+    // The master queued the hello before starting this process.
+    let mut buf = vec![0u8; protocol::MAX_MESSAGE_BYTES];
+    let received = fd::recv_with_fds(handoff.as_fd(), &mut buf).map_err(HandoffError::from)?;
+    if received.control_truncated || received.payload_truncated {
+        return Err(HandoffError::from(ProtocolError::ControlTruncated {
+            limit: fd::MAX_FDS_PER_MESSAGE,
+        })
+        .into());
+    }
+    let ToWorker::Hello {
+        listeners: names, ..
+    } = protocol::decode::<ToWorker>(&buf[..received.len]).map_err(HandoffError::from)?
+    else {
+        return Err(HandoffError::from(ProtocolError::Unexpected("expected hello first")).into());
+    };
+    if received.fds.len() != names.len() {
+        return Err(HandoffError::from(ProtocolError::DescriptorCount {
+            got: received.fds.len(),
+            expected: names.len(),
+        })
+        .into());
+    }
+    for (name, listener) in names.iter().zip(&received.fds) {
+        check_listener(name, listener.as_fd(), false)?;
+    }
+    drop(handoff);
+    fd::place_for_exec(received.fds).map_err(WorkerError::Runtime)?;
+
+    let mut cmd = std::process::Command::new(&command[0]);
+    cmd.args(&command[1..])
+        .env("LISTEN_FDS", names.len().to_string())
+        // exec keeps this process's pid.
+        .env("LISTEN_PID", std::process::id().to_string())
+        .env("LISTEN_FDNAMES", names.join(":"));
+    Ok(cmd)
+}

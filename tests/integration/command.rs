@@ -1,0 +1,258 @@
+//! Any program as a worker: `baton serve -- COMMAND`. The examples' Node and
+//! Python servers, programs that fail to start or never get ready, what a
+//! COMMAND inherits, and one that ignores its drain signal.
+
+use std::path::PathBuf;
+use std::thread::sleep;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::support::tempdir::TempDir;
+use crate::support::*;
+
+fn example(path: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(path)
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn node_workers_reload_under_load_with_zero_failures() {
+    let _heavy = heavy();
+    let server = example("node/server.js");
+    let baton = Baton::serve(&["--workers", "2", "--", "node", &server]);
+    let first = baton.workers();
+    let rt = runtime();
+    let load = rt.spawn(baton::load::run(LoadPlan::new(
+        baton.addr,
+        mixed_clients(16, 16, 4),
+        Duration::from_secs(10),
+    )));
+    for _ in 0..3 {
+        sleep(Duration::from_millis(2500));
+        baton.reload();
+    }
+    let report = rt.block_on(load).unwrap();
+    eprintln!("node workers across reloads: {report}");
+    assert!(
+        report.failures.is_empty(),
+        "{report}: {:#?}",
+        &report.failures[..report.failures.len().min(5)]
+    );
+    assert!(report.ok > 1000, "{report}");
+    let last = baton.wait_workers(Duration::from_secs(10), |w| w.len() == 2);
+    assert!(
+        last.iter().all(|pid| !first.contains(pid)),
+        "every node worker replaced"
+    );
+}
+
+#[test]
+fn the_tutorials_crashing_workers_refuse_nothing() {
+    let _heavy = heavy();
+    let server = example("node/server.js");
+    let mut cmd = std::process::Command::new(baton_bin());
+    cmd.env("CRASH_AFTER_MS", "2000").args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+        "--",
+        "node",
+        &server,
+    ]);
+    let mut baton = Baton::launch(cmd);
+    let line = baton.wait_log("listening", Duration::from_secs(10));
+    baton.addr = field(&line, "addr").unwrap().parse().unwrap();
+    baton.wait_log("all workers ready", Duration::from_secs(20));
+    // ab-style: every request on a new connection.
+    let plan = LoadPlan::new(
+        baton.addr,
+        vec![ClientMode::NewConnection; 32],
+        Duration::from_secs(8),
+    );
+    let report = runtime().block_on(baton::load::run(plan));
+    eprintln!("crashing node workers: {report}");
+    let crashes = baton.count_log("worker crashed");
+    assert!(crashes >= 4, "the workers crashed ({crashes} times)");
+    assert_eq!(report.count(FailureKind::Refused), 0, "{report}");
+    assert_eq!(report.count(FailureKind::Timeout), 0, "{report}");
+    assert_eq!(report.count(FailureKind::BadStatus), 0, "{report}");
+    // Every crash was replaced: the crashes logged so far each have a ready replacement.
+    baton.wait_log_nth("cause=replacement", crashes, Duration::from_secs(5));
+}
+
+#[test]
+fn a_command_that_cannot_start_fails_the_first_start() {
+    let (code, stderr) = run_baton(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+        "--",
+        "sh",
+        "-c",
+        "exit 3",
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("the first workers failed to start") && stderr.contains("exit code 3"),
+        "{stderr}"
+    );
+
+    let (code, stderr) = run_baton(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--ready",
+        "notify",
+        "--ready-timeout",
+        "1s",
+        "--",
+        "sleep",
+        "30",
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("not ready within 1s"), "{stderr}");
+
+    let (code, stderr) = run_baton(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--",
+        "/nonexistent/program",
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("cannot run /nonexistent/program"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_release_that_fails_on_reload_loses_nothing() {
+    let _heavy = heavy();
+    let dir = TempDir::new("failing-release");
+    let flag = dir.path().join("broken");
+    let script = format!(
+        "if [ -e {} ]; then exit 3; fi; exec python3 {}",
+        flag.display(),
+        example("python/server.py")
+    );
+    let baton = Baton::serve(&[
+        "--workers",
+        "2",
+        "--ready",
+        "notify",
+        "--ready-timeout",
+        "2s",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let serving = baton.workers();
+    let rt = runtime();
+    let load = rt.spawn(baton::load::run(LoadPlan::new(
+        baton.addr,
+        mixed_clients(8, 8, 0),
+        Duration::from_secs(4),
+    )));
+    sleep(Duration::from_secs(1));
+    std::fs::write(&flag, "").unwrap();
+    baton.signal(Signal::SIGHUP);
+    let failed = baton.wait_log("reload failed", Duration::from_secs(10));
+    assert!(failed.contains("exit code 3"), "{failed}");
+    let report = rt.block_on(load).unwrap();
+    eprintln!("python workers, failed reload: {report}");
+    assert!(
+        report.failures.is_empty(),
+        "{report}: {:#?}",
+        &report.failures[..report.failures.len().min(5)]
+    );
+    assert_eq!(
+        baton.wait_workers(Duration::from_secs(5), |w| w == serving),
+        serving
+    );
+    assert!(report.by_pid.keys().all(|pid| serving.contains(pid)));
+}
+
+#[test]
+fn a_command_inherits_exactly_its_listeners() {
+    let baton = Baton::serve(&[
+        "--workers",
+        "1",
+        "--listen",
+        "a=127.0.0.1:0",
+        "--listen",
+        "b=127.0.0.1:0",
+        "--ready",
+        "delay:100ms",
+        "--",
+        "sleep",
+        "30",
+    ]);
+    let pid = baton.workers()[0];
+    // The worker is `sleep` itself now (exec keeps the pid): look at what it holds.
+    let mut fds: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort();
+    assert_eq!(fds, [0, 1, 2, 3, 4]);
+    for fd in [3, 4] {
+        let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap();
+        assert!(link.to_string_lossy().starts_with("socket:"), "{link:?}");
+    }
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let env: Vec<String> = environ
+        .split(|&b| b == 0)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    for expected in [
+        "LISTEN_FDS=2".to_owned(),
+        "LISTEN_FDNAMES=a:b".to_owned(),
+        format!("LISTEN_PID={pid}"),
+    ] {
+        assert!(env.contains(&expected), "{expected} missing from {env:?}");
+    }
+    assert!(
+        env.iter().any(|v| v.starts_with("NOTIFY_SOCKET=")),
+        "{env:?}"
+    );
+}
+
+#[test]
+fn a_worker_that_ignores_its_drain_signal_is_killed_and_the_reload_completes() {
+    let baton = Baton::serve(&[
+        "--workers",
+        "1",
+        "--ready",
+        "delay:100ms",
+        "--drain-timeout",
+        "1s",
+        "--",
+        "sh",
+        "-c",
+        "trap '' TERM; exec sleep 60",
+    ]);
+    let old = baton.workers()[0];
+    baton.reload();
+    let exited = baton.wait_log("worker exited after draining", Duration::from_secs(5));
+    assert!(
+        exited.contains(&format!("pid={old} ")) && exited.contains("SIGKILL"),
+        "{exited}"
+    );
+    assert!(baton.logs_contain("drain deadline passed"));
+}
