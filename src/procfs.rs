@@ -66,7 +66,6 @@ pub fn fd_count(pid: u32) -> Option<usize> {
     Some(fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
 }
 
-
 /// Whether `pid` waits for connections on every descriptor in `fds`: each is
 /// registered in one of its epoll sets or one of its threads is blocked in
 /// accept on it; a thread blocked in poll or select (which /proc does not
