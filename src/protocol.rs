@@ -275,7 +275,17 @@ mod tests {
         let many: Vec<BorrowedFd<'_>> = (0..fd::MAX_FDS_PER_MESSAGE + 8)
             .map(|_| x.as_fd())
             .collect();
-        let before = std::fs::read_dir("/proc/self/fd").unwrap().count();
+        // Other tests open descriptors concurrently: count only copies of `x`.
+        let copies_of_x = || {
+            use std::os::fd::AsRawFd;
+            let target = std::fs::read_link(format!("/proc/self/fd/{}", x.as_raw_fd())).unwrap();
+            std::fs::read_dir("/proc/self/fd")
+                .unwrap()
+                .flatten()
+                .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t == target))
+                .count()
+        };
+        let before = copies_of_x();
         master.send(&ToMaster::Ready, &many).await.unwrap();
         assert!(matches!(
             worker.recv::<ToMaster>().await,
@@ -283,7 +293,7 @@ mod tests {
                 ProtocolError::ControlTruncated { .. }
             ))
         ));
-        let after = std::fs::read_dir("/proc/self/fd").unwrap().count();
+        let after = copies_of_x();
         assert_eq!(
             before, after,
             "descriptors of a rejected message must be closed"
