@@ -71,10 +71,17 @@ impl Baton {
         use std::os::unix::process::CommandExt;
         let source = file.as_raw_fd();
         let mut cmd = Command::new(baton_bin());
-        // SAFETY: dup2 is async-signal-safe; the file outlives the spawn.
+        // SAFETY: dup2 and fcntl are async-signal-safe; the file outlives
+        // the spawn.
         unsafe {
             cmd.pre_exec(move || {
-                if nix::libc::dup2(source, at) < 0 {
+                // dup2 onto itself would leave close-on-exec set.
+                let result = if source == at {
+                    nix::libc::fcntl(at, nix::libc::F_SETFD, 0)
+                } else {
+                    nix::libc::dup2(source, at)
+                };
+                if result < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
