@@ -33,6 +33,13 @@ pub enum Command {
     /// SIGHUP reloads (rolling restart, one worker at a time); SIGTERM or SIGINT
     /// drain every worker and exit; SIGQUIT stops at once.
     Serve(ServeArgs),
+    /// Reload a running baton (like `kill -HUP`) and, with --wait, report
+    /// whether the new generation came in
+    Reload(ReloadArgs),
+    /// Show a running baton's workers
+    Status(StatusArgs),
+    /// Drain a running baton's workers and make it exit
+    Stop(ControlArgs),
     /// Zero-downtime check: drive HTTP load while reloading (and optionally
     /// killing workers), report every failure, exit 1 if anything failed.
     ///
@@ -46,6 +53,41 @@ pub enum Command {
     /// started by `baton serve -- COMMAND`.
     #[command(hide = true)]
     Exec(ExecArgs),
+}
+
+/// Where a control client finds the master.
+#[derive(Debug, Args)]
+pub struct ControlArgs {
+    /// The master's control socket [default: as for `baton serve`]
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+}
+
+impl ControlArgs {
+    pub fn path(&self) -> PathBuf {
+        self.control
+            .clone()
+            .unwrap_or_else(crate::control::default_path)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
+    /// Wait until the new generation is in; exit 1 with the reason if the
+    /// reload failed
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON for machines
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub control: ControlArgs,
 }
 
 #[derive(Debug, Args)]
@@ -66,6 +108,21 @@ pub struct ServeArgs {
     /// Permissions (octal) of Unix socket files baton creates
     #[arg(long, value_name = "MODE", value_parser = parse_mode)]
     pub unix_mode: Option<u32>,
+
+    /// Run workers as this user (the master keeps its privileges to bind
+    /// and to manage them); needs root
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+
+    /// Run workers with this group [default: the --user's primary group]
+    #[arg(long, value_name = "NAME", requires = "user")]
+    pub group: Option<String>,
+
+    /// The control socket `baton reload/status/stop` talk to [default:
+    /// $XDG_RUNTIME_DIR/baton.sock, /run/baton.sock for root, else
+    /// /tmp/baton-UID.sock]
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
 
     /// Number of worker processes [default: the number of CPUs]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -221,6 +278,30 @@ pub struct CheckArgs {
     pub serve: ServeArgs,
 }
 
+/// Looks up `--user` and `--group`.
+fn resolve_identity(user: Option<&str>, group: Option<&str>) -> Result<Option<(u32, u32)>, String> {
+    use nix::unistd::{Group, User};
+    let Some(user) = user else {
+        return Ok(None);
+    };
+    if !nix::unistd::getuid().is_root() {
+        return Err(format!("--user {user} needs baton to run as root"));
+    }
+    let found = User::from_name(user)
+        .map_err(|e| format!("cannot look up user {user:?}: {e}"))?
+        .ok_or_else(|| format!("there is no user {user:?}"))?;
+    let gid = match group {
+        None => found.gid,
+        Some(group) => {
+            Group::from_name(group)
+                .map_err(|e| format!("cannot look up group {group:?}: {e}"))?
+                .ok_or_else(|| format!("there is no group {group:?}"))?
+                .gid
+        }
+    };
+    Ok(Some((found.uid.as_raw(), gid.as_raw())))
+}
+
 fn parse_ratio(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
@@ -293,6 +374,15 @@ impl ServeArgs {
         if let Some(mode) = self.unix_mode {
             args.extend(["--unix-mode".into(), format!("{mode:o}").into()]);
         }
+        if let Some(control) = &self.control {
+            args.extend(["--control".into(), control.into()]);
+        }
+        if let Some(user) = &self.user {
+            args.extend(["--user".into(), user.into()]);
+        }
+        if let Some(group) = &self.group {
+            args.extend(["--group".into(), group.into()]);
+        }
         if let Some(workers) = self.workers {
             args.extend(["--workers".into(), workers.to_string().into()]);
         }
@@ -354,6 +444,8 @@ impl ServeArgs {
         Ok(MasterConfig {
             listen: self.listen,
             unix_mode: self.unix_mode,
+            control: self.control,
+            worker_identity: resolve_identity(self.user.as_deref(), self.group.as_deref())?,
             workers,
             backlog: self.backlog,
             ready_timeout: self.ready_timeout,

@@ -181,6 +181,11 @@ pub struct MasterConfig {
     pub listen: Vec<ListenSpec>,
     /// Permissions for Unix socket files baton creates.
     pub unix_mode: Option<u32>,
+    /// `--user`/`--group`: the uid and gid workers run as.
+    pub worker_identity: Option<(u32, u32)>,
+    /// `--control`: the control socket's path (else a default, see
+    /// [`crate::control::default_path`]).
+    pub control: Option<PathBuf>,
     pub workers: usize,
     pub backlog: u32,
     pub ready_timeout: Duration,

@@ -136,7 +136,14 @@ pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Receive
 ///
 /// `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits, so
 /// workers must be spawned from a thread that lives as long as the master.
-pub fn prepare_child(cmd: &mut tokio::process::Command, handoff: BorrowedFd<'_>) {
+///
+/// With `identity` (uid, gid), the child drops to that user and group, with
+/// no supplementary groups, before it runs anything.
+pub fn prepare_child(
+    cmd: &mut tokio::process::Command,
+    handoff: BorrowedFd<'_>,
+    identity: Option<(u32, u32)>,
+) {
     let source = handoff.as_raw_fd();
     let parent = std::process::id() as libc::pid_t;
     let hook = move || -> io::Result<()> {
@@ -164,6 +171,19 @@ pub fn prepare_child(cmd: &mut tokio::process::Command, handoff: BorrowedFd<'_>)
         } else if unsafe { libc::dup2(source, HANDOFF_FD) } < 0 {
             return Err(io::Error::last_os_error());
         }
+        if let Some((uid, gid)) = identity {
+            // Groups first: after setuid there is no privilege left to
+            // change them.
+            // SAFETY: plain system calls on integers.
+            unsafe {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+        }
         // Close whatever else is open, including descriptors the master
         // inherited from its own parent without close-on-exec.
         // SAFETY: close_range takes plain integers; failure (an old kernel)
@@ -174,7 +194,8 @@ pub fn prepare_child(cmd: &mut tokio::process::Command, handoff: BorrowedFd<'_>)
         Ok(())
     };
     // SAFETY: the hook makes only async-signal-safe calls (prctl, getppid,
-    // fcntl, dup2, close_range) and allocates nothing.
+    // fcntl, dup2, setgroups, setgid, setuid, close_range) and allocates
+    // nothing.
     unsafe {
         cmd.pre_exec(hook);
     }

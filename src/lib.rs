@@ -11,6 +11,8 @@
 //!
 //! - [`cli`]: the command line (`baton serve`, the hidden `baton worker`).
 //! - [`config`]: validated settings built from the command line.
+//! - [`control`]: the control socket and its client (`reload`, `status`,
+//!   `stop`).
 //! - [`error`]: one error enum per boundary, each saying what to do.
 //! - [`fd`]: the only `unsafe` in the crate: SCM_RIGHTS, close-on-exec,
 //!   adopting inherited descriptors, the child's side of `fork`.
@@ -32,6 +34,7 @@
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod error;
 pub mod fd;
 pub mod listeners;

@@ -30,33 +30,80 @@ pub struct Listener {
     /// Whether systemd passed it (rather than baton binding it).
     pub inherited: bool,
     fd: OwnedFd,
-    /// The socket file baton created, removed when the listener is dropped
-    /// if it is still the same file.
-    created: Option<SocketFile>,
+    /// The socket file baton created: held only to be removed with the
+    /// listener.
+    _created: Option<SocketFile>,
 }
 
+/// A socket file baton created; removed on drop if it is still the same
+/// file (another process may have replaced it since).
 #[derive(Debug)]
-struct SocketFile {
+pub struct SocketFile {
     path: PathBuf,
     dev: u64,
     ino: u64,
 }
 
-impl Listener {
-    pub fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+impl SocketFile {
+    fn record(path: &Path) -> std::io::Result<Self> {
+        let meta = std::fs::symlink_metadata(path)?;
+        Ok(SocketFile {
+            path: path.to_owned(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
     }
 }
 
-impl Drop for Listener {
+impl Drop for SocketFile {
     fn drop(&mut self) {
-        if let Some(file) = &self.created {
-            let same = std::fs::symlink_metadata(&file.path)
-                .is_ok_and(|m| m.dev() == file.dev && m.ino() == file.ino);
-            if same {
-                let _ = std::fs::remove_file(&file.path);
-            }
+        let same = std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|m| m.dev() == self.dev && m.ino() == self.ino);
+        if same {
+            let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+/// Makes way for a new Unix socket at `path`: a socket file nothing answers
+/// on (left by a crash) is removed; a live one is `AddrInUse`; anything that
+/// is not a socket is left alone and refused.
+pub fn clear_stale_socket(path: &Path) -> std::io::Result<()> {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !meta.file_type().is_socket() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!(
+                "{} exists and is not a socket; remove it or choose another path",
+                path.display()
+            ),
+        ));
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Err(std::io::Error::from(std::io::ErrorKind::AddrInUse)),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => std::fs::remove_file(path),
+        Err(e) => Err(e),
+    }
+}
+
+/// Binds a Unix socket only this user may connect to (mode 0600), for the
+/// control socket.
+pub fn bind_private_socket(
+    path: &Path,
+) -> std::io::Result<(std::os::unix::net::UnixListener, SocketFile)> {
+    clear_stale_socket(path)?;
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    let file = SocketFile::record(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    listener.set_nonblocking(true)?;
+    Ok((listener, file))
+}
+
+impl Listener {
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 }
 
@@ -166,7 +213,7 @@ fn adopt(name: String, fd: OwnedFd) -> Result<Listener, ListenError> {
         local_addr,
         inherited: true,
         fd,
-        created: None,
+        _created: None,
     })
 }
 
@@ -201,7 +248,7 @@ fn bind_tcp(name: String, addr: SocketAddr, backlog: u32) -> Result<Listener, Bi
         local_addr: ListenAddr::Tcp(local.as_socket().expect("a TCP socket has an IP address")),
         inherited: false,
         fd: listener,
-        created: None,
+        _created: None,
     })
 }
 
@@ -211,33 +258,15 @@ fn bind_tcp(name: String, addr: SocketAddr, backlog: u32) -> Result<Listener, Bi
 fn bind_unix(name: String, path: &Path, options: BindOptions) -> Result<Listener, ListenError> {
     let addr = ListenAddr::Unix(path.to_owned());
     let fail = |e| ListenError::Bind(BindError::new(addr.clone(), e));
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
-            return Err(ListenError::Config(format!(
-                "{} exists and is not a socket; remove it or choose another unix: path",
-                path.display()
-            )));
-        }
-        match std::os::unix::net::UnixStream::connect(path) {
-            Ok(_) => {
-                return Err(fail(std::io::Error::from(std::io::ErrorKind::AddrInUse)));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                std::fs::remove_file(path).map_err(fail)?;
-            }
-            Err(e) => return Err(fail(e)),
-        }
-    }
+    clear_stale_socket(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => ListenError::Config(e.to_string()),
+        _ => fail(e),
+    })?;
     let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(fail)?;
     socket
         .bind(&SockAddr::unix(path).map_err(fail)?)
         .map_err(fail)?;
-    let meta = std::fs::symlink_metadata(path).map_err(fail)?;
-    let created = SocketFile {
-        path: path.to_owned(),
-        dev: meta.dev(),
-        ino: meta.ino(),
-    };
+    let created = SocketFile::record(path).map_err(fail)?;
     if let Some(mode) = options.unix_mode {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(fail)?;
     }
@@ -247,7 +276,7 @@ fn bind_unix(name: String, path: &Path, options: BindOptions) -> Result<Listener
         local_addr: addr,
         inherited: false,
         fd,
-        created: Some(created),
+        _created: Some(created),
     })
 }
 

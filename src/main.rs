@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use baton::cli::{Cli, Command};
+use baton::control::Command as Control;
 
 const EXIT_FAILURE: u8 = 1;
 const EXIT_USAGE: u8 = 2;
@@ -18,6 +19,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Check(args) => check(args),
+        Command::Reload(args) => control(&args.control, Control::Reload { wait: args.wait }),
+        Command::Status(args) => control(&args.control, Control::Status { json: args.json }),
+        Command::Stop(args) => control(&args, Control::Stop),
         Command::Exec(args) => {
             let error = baton::worker::exec::run(&args.command);
             tracing::error!("worker failed: {error}");
@@ -70,6 +74,29 @@ fn serve(args: baton::cli::ServeArgs) -> ExitCode {
             } else {
                 EXIT_FAILURE
             })
+        }
+    }
+}
+
+/// Sends one request to a running master; exit 0 on `ok`, 1 otherwise.
+fn control(args: &baton::cli::ControlArgs, command: Control) -> ExitCode {
+    match baton::control::request(&args.path(), command) {
+        Ok(answer) => {
+            if let Some(body) = answer.strip_prefix("ok\n") {
+                // A bare "ok" line heads a body (the status): print the body.
+                print!("{body}");
+                ExitCode::SUCCESS
+            } else if answer.starts_with("ok") {
+                print!("{answer}");
+                ExitCode::SUCCESS
+            } else {
+                eprint!("baton: {answer}");
+                ExitCode::from(EXIT_FAILURE)
+            }
+        }
+        Err(message) => {
+            eprintln!("baton: {message}");
+            ExitCode::from(EXIT_FAILURE)
         }
     }
 }

@@ -54,6 +54,12 @@ impl ToWorker {
 pub enum ToMaster {
     /// The worker accepts on every listener it was given.
     Ready,
+    /// Counters the master shows in `baton status`, sent every second.
+    Stats {
+        accepted: u64,
+        open_connections: u64,
+        requests: u64,
+    },
 }
 
 #[derive(Serialize, Deserialize)]

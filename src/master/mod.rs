@@ -8,6 +8,7 @@
 //! reaps processes.
 
 mod rollout;
+mod status;
 mod worker;
 
 use std::collections::BTreeMap;
@@ -15,17 +16,18 @@ use std::os::fd::OwnedFd;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, Instant};
 use tracing::{error, info, info_span, warn};
 
 use crate::config::MasterConfig;
+use crate::control;
 use crate::error::MasterError;
 use crate::listeners::{BindOptions, ListenerSet};
 use crate::signals::{Intent, SignalIntents};
 use crate::systemd::Notifier;
 use rollout::Rollout;
-pub use worker::{WorkerEvent, WorkerHandle, WorkerId};
+pub use worker::{WorkerEvent, WorkerHandle, WorkerId, WorkerStats};
 
 /// A worker that lived at least this long before crashing is restarted at
 /// once; one that dies sooner counts towards the crash-loop backoff.
@@ -63,13 +65,49 @@ pub async fn run(
     }
     let mut signals = SignalIntents::install().map_err(MasterError::Signals)?;
     let runtime_dir = match config.foreign {
-        Some(_) => Some(RuntimeDir::create().map_err(MasterError::RuntimeDir)?),
+        Some(_) => {
+            Some(RuntimeDir::create(config.worker_identity).map_err(MasterError::RuntimeDir)?)
+        }
         None => None,
     };
+    let control_socket = open_control_socket(&config)?;
     let mut supervisor = Supervisor::new(config, listeners, Notifier::from_env());
     supervisor.runtime_dir = runtime_dir;
+    // The socket file is removed when `_control_file` drops, as run returns.
+    let _control_file = control_socket.map(|(listener, file)| {
+        tokio::spawn(control::serve(listener, supervisor.control_tx.clone()));
+        file
+    });
     supervisor.start();
     supervisor.run(&mut signals).await
+}
+
+/// Binds the control socket: at `--control`, where failing is an error, or
+/// at the default path, where a socket another baton is using only costs this
+/// one its control socket (several masters may run side by side).
+fn open_control_socket(
+    config: &MasterConfig,
+) -> Result<Option<(tokio::net::UnixListener, crate::listeners::SocketFile)>, MasterError> {
+    let (path, explicit) = match &config.control {
+        Some(path) => (path.clone(), true),
+        None => (control::default_path(), false),
+    };
+    let bound = crate::listeners::bind_private_socket(&path)
+        .and_then(|(listener, file)| Ok((tokio::net::UnixListener::from_std(listener)?, file)));
+    match bound {
+        Ok((listener, file)) => {
+            info!(path = %path.display(), "control socket");
+            Ok(Some((listener, file)))
+        }
+        Err(e) if explicit => Err(MasterError::Control {
+            path,
+            reason: e.to_string(),
+        }),
+        Err(e) => {
+            warn!(path = %path.display(), cause = %e, "no control socket (give one with --control)");
+            Ok(None)
+        }
+    }
 }
 
 /// Where the master is in its life.
@@ -93,6 +131,8 @@ struct Worker {
     cause: Cause,
     state: WorkerState,
     started: Instant,
+    /// The last counters it reported (built-in workers only).
+    stats: Option<WorkerStats>,
 }
 
 /// Why a worker was started; logged, so that operators (and `baton check`)
@@ -133,6 +173,8 @@ struct Slot {
     quick_failures: u32,
     /// When a backed-off restart is due.
     restart_at: Option<Instant>,
+    /// Crashed workers replaced in this slot.
+    restarts: u64,
 }
 
 struct Supervisor {
@@ -161,6 +203,16 @@ struct Supervisor {
     last_reload: Option<String>,
     /// Where COMMAND workers' notify sockets live.
     runtime_dir: Option<RuntimeDir>,
+    /// `baton reload --wait` clients waiting for the reload in progress...
+    reload_waiters: Vec<oneshot::Sender<String>>,
+    /// ...and for the one queued behind it.
+    queued_waiters: Vec<oneshot::Sender<String>>,
+    /// Requests from the control socket.
+    control_rx: mpsc::UnboundedReceiver<control::Request>,
+    /// Kept so that the channel stays open without a control socket.
+    control_tx: mpsc::UnboundedSender<control::Request>,
+    /// When the master started, for `baton status`.
+    started: Instant,
 }
 
 /// A private directory for the master's sockets, removed when it exits.
@@ -170,7 +222,8 @@ struct RuntimeDir(std::path::PathBuf);
 impl RuntimeDir {
     /// `$XDG_RUNTIME_DIR/baton-PID`, or the same under the temporary
     /// directory; readable by this user only.
-    fn create() -> std::io::Result<Self> {
+    /// With `owner`, the workers' user may reach its notify socket in it.
+    fn create(owner: Option<(u32, u32)>) -> std::io::Result<Self> {
         use std::os::unix::fs::DirBuilderExt;
         let base = std::env::var_os("XDG_RUNTIME_DIR")
             .map(std::path::PathBuf::from)
@@ -178,7 +231,11 @@ impl RuntimeDir {
         let path = base.join(format!("baton-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::DirBuilder::new().mode(0o700).create(&path)?;
-        Ok(RuntimeDir(path))
+        let dir = RuntimeDir(path);
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(&dir.0, Some(uid), Some(gid))?;
+        }
+        Ok(dir)
     }
 
     fn path(&self) -> &std::path::Path {
@@ -195,6 +252,7 @@ impl Drop for RuntimeDir {
 impl Supervisor {
     fn new(config: MasterConfig, listeners: ListenerSet, notifier: Notifier) -> Self {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
         let slots = (0..config.workers).map(|_| Slot::default()).collect();
         Supervisor {
             config,
@@ -212,6 +270,11 @@ impl Supervisor {
             notifier,
             last_reload: None,
             runtime_dir: None,
+            reload_waiters: Vec::new(),
+            queued_waiters: Vec::new(),
+            control_rx,
+            control_tx,
+            started: Instant::now(),
         }
     }
 
@@ -264,6 +327,7 @@ impl Supervisor {
                 _ = tick(&mut watchdog) => self.notifier.watchdog(),
                 Some((intent, signal)) = signals.next() => self.on_signal(intent, signal),
                 Some(event) = self.events_rx.recv() => self.on_event(event),
+                Some(request) = self.control_rx.recv() => self.on_control(request),
                 _ = sleep_until(next_restart.unwrap_or_else(Instant::now)), if next_restart.is_some() => {
                     self.restart_due_slots();
                 }
@@ -297,6 +361,7 @@ impl Supervisor {
                 .as_ref()
                 .zip(self.runtime_dir.as_ref())
                 .map(|(foreign, dir)| (foreign, dir.path())),
+            identity: self.config.worker_identity,
         };
         let handle = worker::spawn(launch, self.events_tx.clone()).map_err(|e| e.to_string())?;
         info!(pid = handle.pid, slot, generation, cause = %cause, "worker started");
@@ -309,6 +374,7 @@ impl Supervisor {
                 cause,
                 state: WorkerState::Starting,
                 started: Instant::now(),
+                stats: None,
             },
         );
         Ok(id)
@@ -317,7 +383,7 @@ impl Supervisor {
     fn on_signal(&mut self, intent: Intent, signal: &'static str) {
         info!(signal, "signal received");
         match intent {
-            Intent::Reload => self.request_reload(),
+            Intent::Reload => self.request_reload(None),
             Intent::Shutdown => self.stop(false),
             Intent::Quit => self.stop(true),
         }
@@ -328,6 +394,11 @@ impl Supervisor {
             WorkerEvent::Ready { id } => self.on_ready(id),
             WorkerEvent::Failed { id, reason } => self.on_failed(id, reason),
             WorkerEvent::Exited { id, status } => self.on_exit(id, status),
+            WorkerEvent::Stats { id, stats } => {
+                if let Some(worker) = self.workers.get_mut(&id) {
+                    worker.stats = Some(stats);
+                }
+            }
         }
     }
 
@@ -356,7 +427,7 @@ impl Supervisor {
             );
             self.notifier.ready(&self.status_line());
             if std::mem::take(&mut self.reload_queued) {
-                self.request_reload();
+                self.request_reload(None);
             }
             return;
         }
@@ -453,6 +524,7 @@ impl Supervisor {
 
     fn restart(&mut self, slot: usize) {
         self.slots[slot].restart_at = None;
+        self.slots[slot].restarts += 1;
         let generation = self.slots[slot].generation;
         match self.spawn(slot, generation, Cause::Replacement) {
             Ok(id) => self.slots[slot].current = Some(id),
@@ -484,18 +556,31 @@ impl Supervisor {
         })
     }
 
-    fn request_reload(&mut self) {
+    /// Starts a reload, or queues one behind the reload in progress (however
+    /// many are asked for, one more runs). `waiter` hears the outcome of the
+    /// reload that covers the request.
+    fn request_reload(&mut self, waiter: Option<oneshot::Sender<String>>) {
         match self.phase {
-            Phase::Stopping => info!("reload ignored: shutting down"),
+            Phase::Stopping => {
+                info!("reload ignored: shutting down");
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send("error: baton is shutting down\n".to_owned());
+                }
+            }
             Phase::Starting => {
                 info!("reload queued until the first workers are ready");
                 self.reload_queued = true;
+                self.queued_waiters.extend(waiter);
             }
             Phase::Running if self.rollout.is_some() => {
                 info!("reload queued behind the one in progress");
                 self.reload_queued = true;
+                self.queued_waiters.extend(waiter);
             }
             Phase::Running => {
+                let queued = std::mem::take(&mut self.queued_waiters);
+                self.reload_waiters.extend(queued);
+                self.reload_waiters.extend(waiter);
                 self.generation += 1;
                 let _span = info_span!("reload", generation = self.generation).entered();
                 info!(generation = self.generation, "reload started");
@@ -519,8 +604,11 @@ impl Supervisor {
             self.rollout = None;
             self.last_reload = Some(format!("ok in {elapsed_ms} ms"));
             self.notifier.ready(&self.status_line());
+            self.answer_reload_waiters(format!(
+                "ok: generation {generation} is in ({elapsed_ms} ms)\n"
+            ));
             if std::mem::take(&mut self.reload_queued) {
-                self.request_reload();
+                self.request_reload(None);
             }
             return;
         }
@@ -556,11 +644,39 @@ impl Supervisor {
         ));
         // READY=1 ends the reload for systemd whatever its outcome.
         self.notifier.ready(&self.status_line());
+        self.answer_reload_waiters(format!(
+            "error: reload of generation {} failed: {reason}; the old workers keep serving\n",
+            rollout.generation
+        ));
         if let Some(worker) = rollout.pending().and_then(|id| self.workers.get(&id)) {
             worker.handle.kill();
         }
         if std::mem::take(&mut self.reload_queued) {
-            self.request_reload();
+            self.request_reload(None);
+        }
+    }
+
+    fn answer_reload_waiters(&mut self, answer: String) {
+        for waiter in self.reload_waiters.drain(..) {
+            let _ = waiter.send(answer.clone());
+        }
+    }
+
+    fn on_control(&mut self, request: control::Request) {
+        let control::Request { command, reply } = request;
+        match command {
+            control::Command::Reload { wait: true } => self.request_reload(Some(reply)),
+            control::Command::Reload { wait: false } => {
+                self.request_reload(None);
+                let _ = reply.send("ok: reload requested\n".to_owned());
+            }
+            control::Command::Status { json } => {
+                let _ = reply.send(status::render(self, json));
+            }
+            control::Command::Stop => {
+                self.stop(false);
+                let _ = reply.send("ok: draining every worker, then exiting\n".to_owned());
+            }
         }
     }
 
@@ -599,6 +715,14 @@ impl Supervisor {
             );
         }
         self.reload_queued = false;
+        let waiters: Vec<_> = self
+            .reload_waiters
+            .drain(..)
+            .chain(self.queued_waiters.drain(..))
+            .collect();
+        for waiter in waiters {
+            let _ = waiter.send("error: baton is shutting down\n".to_owned());
+        }
         for slot in &mut self.slots {
             slot.restart_at = None;
         }

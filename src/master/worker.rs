@@ -39,6 +39,16 @@ pub enum WorkerEvent {
     Failed { id: WorkerId, reason: String },
     /// The process is gone and reaped.
     Exited { id: WorkerId, status: ExitStatus },
+    /// The worker's counters.
+    Stats { id: WorkerId, stats: WorkerStats },
+}
+
+/// What a built-in worker reports about its traffic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WorkerStats {
+    pub accepted: u64,
+    pub open_connections: u64,
+    pub requests: u64,
 }
 
 /// What the supervisor asks of a worker.
@@ -79,6 +89,8 @@ pub struct Launch<'a> {
     pub ready_timeout: Duration,
     /// Set for a COMMAND worker, with the directory for its notify socket.
     pub foreign: Option<(&'a ForeignWorker, &'a Path)>,
+    /// The uid and gid the worker runs as, if not the master's.
+    pub identity: Option<(u32, u32)>,
 }
 
 /// How often a `--ready listening` worker is looked at.
@@ -163,13 +175,19 @@ pub fn spawn(
     if let Some((foreign, dir)) = launch.foreign {
         let socket = NotifySocket::bind(dir.join(format!("notify-{}.sock", launch.id)))
             .map_err(SpawnError::Notify)?;
+        if let Some((uid, gid)) = launch.identity {
+            // The worker must be able to send to its socket after it drops
+            // privileges.
+            std::os::unix::fs::chown(&socket.path, Some(uid), Some(gid))
+                .map_err(SpawnError::Notify)?;
+        }
         cmd.env("NOTIFY_SOCKET", &socket.path);
         notify = Some(socket);
         if foreign.prefix_output {
             cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         }
     }
-    fd::prepare_child(&mut cmd, worker_end.as_fd());
+    fd::prepare_child(&mut cmd, worker_end.as_fd(), launch.identity);
     let mut child = cmd.spawn().map_err(|source| SpawnError::Exec {
         program: launch.program.to_owned(),
         source,
@@ -314,6 +332,10 @@ impl Watcher {
                         let _ = self.events.send(WorkerEvent::Ready { id });
                     }
                     Ok(Some(ToMaster::Ready)) => debug!("duplicate ready ignored"),
+                    Ok(Some(ToMaster::Stats { accepted, open_connections, requests })) => {
+                        let stats = WorkerStats { accepted, open_connections, requests };
+                        let _ = self.events.send(WorkerEvent::Stats { id, stats });
+                    }
                     // The worker closed its end: it is exiting, or (a
                     // COMMAND worker) it has exec'ed its program.
                     Ok(None) => channel_open = false,

@@ -116,6 +116,21 @@ impl Handoff {
         self.channel.send(&ToMaster::Ready, &[]).await
     }
 
+    /// Sends counters for `baton status`.
+    pub async fn stats(
+        &self,
+        accepted: u64,
+        open_connections: u64,
+        requests: u64,
+    ) -> Result<(), HandoffError> {
+        let stats = ToMaster::Stats {
+            accepted,
+            open_connections,
+            requests,
+        };
+        self.channel.send(&stats, &[]).await
+    }
+
     /// Waits for the master's next instruction.
     pub async fn next_instruction(&self) -> Result<Instruction, HandoffError> {
         match self.channel.recv_plain::<ToWorker>().await? {

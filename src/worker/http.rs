@@ -20,8 +20,12 @@ pub struct HttpState {
     work: u64,
     /// Set when the drain starts: later HTTP/1 responses close their connection.
     pub draining: AtomicBool,
-    /// Requests answered, for the drain log.
+    /// Requests answered.
     pub requests: AtomicU64,
+    /// Connections accepted.
+    pub accepted: AtomicU64,
+    /// Connections open now.
+    pub open: AtomicU64,
 }
 
 impl HttpState {
@@ -31,6 +35,8 @@ impl HttpState {
             work,
             draining: AtomicBool::new(false),
             requests: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
+            open: AtomicU64::new(0),
         }
     }
 }

@@ -28,6 +28,29 @@ use server::Server;
 /// How long a worker told to stop by SIGTERM (not by its master) may drain.
 const SIGTERM_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How often the worker tells the master its counters.
+const STATS_EVERY: Duration = Duration::from_secs(1);
+
+/// Sends the counters to the master every [`STATS_EVERY`] until the
+/// handoff socket fails.
+async fn report_stats(handoff: Arc<Handoff>, state: Arc<HttpState>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut every = tokio::time::interval(STATS_EVERY);
+    loop {
+        every.tick().await;
+        let sent = handoff
+            .stats(
+                state.accepted.load(Relaxed),
+                state.open.load(Relaxed),
+                state.requests.load(Relaxed),
+            )
+            .await;
+        if sent.is_err() {
+            return;
+        }
+    }
+}
+
 /// Runs the built-in worker until it has drained.
 pub fn run(args: HttpArgs) -> Result<(), WorkerError> {
     let runtime = if args.threads <= 1 {
@@ -73,8 +96,10 @@ async fn serve_listeners(
         listeners.push(listener);
     }
     let state = Arc::new(HttpState::new(args.work));
-    let server = Server::start(listeners, state);
+    let server = Server::start(listeners, state.clone());
     handoff.ready().await?;
+    let handoff = Arc::new(handoff);
+    tokio::spawn(report_stats(handoff.clone(), state));
 
     let mut sigterm = signal_hook_tokio::Signals::new([SIGTERM]).map_err(WorkerError::Runtime)?;
     let timeout = tokio::select! {

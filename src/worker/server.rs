@@ -94,6 +94,7 @@ impl Server {
         }
         info!(
             closed_after_grace = idle,
+            accepted = self.state.accepted.load(Ordering::Relaxed),
             requests = self.state.requests.load(Ordering::Relaxed),
             "drained"
         );
@@ -152,6 +153,9 @@ fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    state.accepted.fetch_add(1, Ordering::Relaxed);
+    state.open.fetch_add(1, Ordering::Relaxed);
+    let counters = state.clone();
     let state = state.clone();
     let service = service_fn(move |req| {
         let state = state.clone();
@@ -165,5 +169,6 @@ fn serve<S>(
         if let Err(e) = connection.await {
             debug!(cause = %e, "connection ended with an error");
         }
+        counters.open.fetch_sub(1, Ordering::Relaxed);
     });
 }

@@ -6,6 +6,7 @@ mod support;
 mod bad_input;
 mod check;
 mod command;
+mod control;
 mod deploy;
 mod http;
 mod lifecycle;

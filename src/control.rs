@@ -1,0 +1,189 @@
+//! The control socket: `baton reload [--wait]`, `baton status [--json]` and
+//! `baton stop` talk to a running master through it.
+//!
+//! One request per connection: a line of at most [`MAX_REQUEST_BYTES`],
+//! answered with text whose first line starts with `ok` or `error`, then the
+//! connection closes. The socket file is 0600 and the peer's uid is checked
+//! (SO_PEERCRED: root or the master's own user). A client that sends garbage,
+//! too much, or nothing at all is answered or dropped on a deadline; at most
+//! [`MAX_CLIENTS`] are served at once. Nothing a client does reaches the
+//! supervisor except a well-formed request.
+
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::time::timeout;
+use tracing::{debug, warn};
+
+/// The longest request line.
+pub const MAX_REQUEST_BYTES: u64 = 256;
+/// Clients served at once; more are turned away.
+pub const MAX_CLIENTS: usize = 512;
+/// How long a client may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a client asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Reload { wait: bool },
+    Status { json: bool },
+    Stop,
+}
+
+impl Command {
+    pub fn parse(line: &str) -> Option<Self> {
+        match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+            ["reload"] => Some(Command::Reload { wait: false }),
+            ["reload", "--wait"] => Some(Command::Reload { wait: true }),
+            ["status"] => Some(Command::Status { json: false }),
+            ["status", "--json"] => Some(Command::Status { json: true }),
+            ["stop"] => Some(Command::Stop),
+            _ => None,
+        }
+    }
+
+    pub fn as_line(&self) -> &'static str {
+        match self {
+            Command::Reload { wait: false } => "reload",
+            Command::Reload { wait: true } => "reload --wait",
+            Command::Status { json: false } => "status",
+            Command::Status { json: true } => "status --json",
+            Command::Stop => "stop",
+        }
+    }
+}
+
+/// A request for the supervisor, with where to send its answer.
+#[derive(Debug)]
+pub struct Request {
+    pub command: Command,
+    pub reply: oneshot::Sender<String>,
+}
+
+/// Where the control socket lives when `--control` is not given:
+/// `$XDG_RUNTIME_DIR/baton.sock`, `/run/baton.sock` for root, else
+/// `/tmp/baton-UID.sock`.
+pub fn default_path() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
+        return Path::new(&dir).join("baton.sock");
+    }
+    let uid = nix::unistd::getuid();
+    if uid.is_root() {
+        PathBuf::from("/run/baton.sock")
+    } else {
+        PathBuf::from(format!("/tmp/baton-{uid}.sock"))
+    }
+}
+
+/// Serves the control socket until the master exits, passing well-formed
+/// requests to `requests`.
+pub async fn serve(listener: UnixListener, requests: mpsc::UnboundedSender<Request>) {
+    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                warn!(cause = %e, "control socket accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            debug!("control socket busy; client turned away");
+            continue;
+        };
+        let requests = requests.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(stream, requests).await {
+                debug!(cause = %e, "control client");
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn handle(stream: UnixStream, requests: mpsc::UnboundedSender<Request>) -> io::Result<()> {
+    let peer = stream.peer_cred()?;
+    let (read, mut write) = stream.into_split();
+    // Read the request first, even from a peer about to be refused: closing
+    // with its request unread would reset the connection before it reads why.
+    let mut line = String::new();
+    let mut limited = BufReader::new(read.take(MAX_REQUEST_BYTES + 1));
+    let read = timeout(REQUEST_TIMEOUT, limited.read_line(&mut line)).await;
+    let me = nix::unistd::getuid().as_raw();
+    let answer = if peer.uid() != 0 && peer.uid() != me {
+        warn!(uid = peer.uid(), "control request refused: wrong user");
+        format!("error: permission denied: only root or uid {me} may control this baton\n")
+    } else {
+        match read {
+            Err(_) => "error: no request in time\n".to_owned(),
+            Ok(Err(_)) => "error: the request is not text\n".to_owned(),
+            Ok(Ok(_)) if line.len() as u64 > MAX_REQUEST_BYTES => {
+                format!("error: requests are at most {MAX_REQUEST_BYTES} bytes\n")
+            }
+            Ok(Ok(_)) => match Command::parse(&line) {
+                None => "error: unknown request; send one of: reload, reload --wait, status, status --json, stop\n"
+                    .to_owned(),
+                Some(command) => ask(&requests, command).await,
+            },
+        }
+    };
+    write.write_all(answer.as_bytes()).await?;
+    write.shutdown().await
+}
+
+/// Passes `command` to the supervisor and waits for its answer.
+async fn ask(requests: &mpsc::UnboundedSender<Request>, command: Command) -> String {
+    let gone = || "error: the master is shutting down\n".to_owned();
+    let (reply, answer) = oneshot::channel();
+    if requests.send(Request { command, reply }).is_err() {
+        return gone();
+    }
+    answer.await.unwrap_or_else(|_| gone())
+}
+
+/// Sends `command` to the master at `path` and returns its answer.
+pub fn request(path: &Path, command: Command) -> Result<String, String> {
+    let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(|e| {
+        format!(
+            "cannot reach baton at {}: {e}; is it running, and is this its --control path?",
+            path.display()
+        )
+    })?;
+    let line = format!("{}\n", command.as_line());
+    // Even if sending fails, the master may have said why: read on.
+    let sent = stream.write_all(line.as_bytes());
+    let mut answer = String::new();
+    let read = stream.read_to_string(&mut answer);
+    if !answer.is_empty() {
+        return Ok(answer);
+    }
+    sent.map_err(|e| format!("cannot send to {}: {e}", path.display()))?;
+    read.map_err(|e| format!("no answer from {}: {e}", path.display()))?;
+    Err(format!("no answer from {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_lines_round_trip() {
+        for command in [
+            Command::Reload { wait: false },
+            Command::Reload { wait: true },
+            Command::Status { json: false },
+            Command::Status { json: true },
+            Command::Stop,
+        ] {
+            assert_eq!(Command::parse(command.as_line()), Some(command));
+        }
+        assert_eq!(Command::parse("reload --now"), None);
+        assert_eq!(Command::parse(""), None);
+    }
+}

@@ -1,0 +1,160 @@
+//! `baton status`: the master and its workers, as a table for people or
+//! JSON for machines.
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::{Phase, Supervisor, WorkerState, WorkerStats};
+
+#[derive(Serialize)]
+struct Status {
+    master: Master,
+    workers: Vec<WorkerRow>,
+    /// Slots waiting out a crash-loop backoff.
+    backoff: Vec<Backoff>,
+}
+
+#[derive(Serialize)]
+struct Master {
+    pid: u32,
+    generation: u64,
+    state: &'static str,
+    uptime_s: f64,
+    workers_wanted: usize,
+    reload_in_progress: bool,
+    last_reload: Option<String>,
+}
+
+#[derive(Serialize)]
+struct WorkerRow {
+    slot: usize,
+    pid: u32,
+    generation: u64,
+    state: &'static str,
+    uptime_s: f64,
+    /// Crashed workers replaced in this slot.
+    restarts: u64,
+    /// Traffic counters; absent for COMMAND workers.
+    #[serde(flatten)]
+    stats: Option<WorkerStats>,
+}
+
+#[derive(Serialize)]
+struct Backoff {
+    slot: usize,
+    quick_failures: u32,
+    restart_in_s: f64,
+}
+
+pub(super) fn render(supervisor: &Supervisor, json: bool) -> String {
+    let status = collect(supervisor);
+    if json {
+        let text = serde_json::to_string_pretty(&status).expect("the status serializes");
+        return format!("ok\n{text}\n");
+    }
+    table(&status)
+}
+
+fn collect(supervisor: &Supervisor) -> Status {
+    let now = Instant::now();
+    let mut workers: Vec<WorkerRow> = supervisor
+        .workers
+        .values()
+        .map(|w| WorkerRow {
+            slot: w.slot,
+            pid: w.handle.pid,
+            generation: w.generation,
+            state: match w.state {
+                WorkerState::Starting => "starting",
+                WorkerState::Ready => "ready",
+                WorkerState::Draining => "draining",
+            },
+            uptime_s: (now - w.started).as_secs_f64(),
+            restarts: supervisor.slots.get(w.slot).map_or(0, |s| s.restarts),
+            stats: w.stats,
+        })
+        .collect();
+    workers.sort_by_key(|w| (w.slot, w.generation, w.pid));
+    let backoff = supervisor
+        .slots
+        .iter()
+        .enumerate()
+        .filter_map(|(slot, s)| {
+            let at = s.restart_at?;
+            Some(Backoff {
+                slot,
+                quick_failures: s.quick_failures,
+                restart_in_s: at.saturating_duration_since(now).as_secs_f64(),
+            })
+        })
+        .collect();
+    Status {
+        master: Master {
+            pid: std::process::id(),
+            generation: supervisor.generation,
+            state: match supervisor.phase {
+                Phase::Starting => "starting",
+                Phase::Running => "running",
+                Phase::Stopping => "stopping",
+            },
+            uptime_s: (now - supervisor.started).as_secs_f64(),
+            workers_wanted: supervisor.slots.len(),
+            reload_in_progress: supervisor.rollout.is_some(),
+            last_reload: supervisor.last_reload.clone(),
+        },
+        workers,
+        backoff,
+    }
+}
+
+fn table(status: &Status) -> String {
+    let master = &status.master;
+    let mut text = format!(
+        "ok\nmaster pid {}, {}, generation {}, up {}; last reload: {}\n",
+        master.pid,
+        master.state,
+        master.generation,
+        human(master.uptime_s),
+        master.last_reload.as_deref().unwrap_or("none"),
+    );
+    text += &format!(
+        "{:<5} {:<8} {:<4} {:<9} {:>8} {:>8} {:>6} {:>9} {:>10}\n",
+        "SLOT", "PID", "GEN", "STATE", "UPTIME", "RESTARTS", "OPEN", "ACCEPTED", "REQUESTS"
+    );
+    for w in &status.workers {
+        let count = |f: fn(&WorkerStats) -> u64| {
+            w.stats
+                .as_ref()
+                .map_or("-".to_owned(), |s| f(s).to_string())
+        };
+        text += &format!(
+            "{:<5} {:<8} {:<4} {:<9} {:>8} {:>8} {:>6} {:>9} {:>10}\n",
+            w.slot,
+            w.pid,
+            w.generation,
+            w.state,
+            human(w.uptime_s),
+            w.restarts,
+            count(|s| s.open_connections),
+            count(|s| s.accepted),
+            count(|s| s.requests),
+        );
+    }
+    for b in &status.backoff {
+        text += &format!(
+            "slot {} is backing off after {} quick crashes: restart in {:.1} s\n",
+            b.slot, b.quick_failures, b.restart_in_s
+        );
+    }
+    text
+}
+
+/// 42s, 3m07s, 2h05m.
+fn human(seconds: f64) -> String {
+    let s = seconds as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+    }
+}

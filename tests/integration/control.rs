@@ -1,0 +1,312 @@
+//! Operating a running baton: the control socket (`reload --wait`,
+//! `status`, `stop`), its defences, the crash-loop backoff, and workers that
+//! run as another user.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::thread::sleep;
+use std::time::Duration;
+
+use crate::support::tempdir::TempDir;
+use crate::support::*;
+
+/// Runs `baton ARGS --control PATH`, optionally as another uid; returns the
+/// exit code, stdout and stderr.
+fn client(args: &[&str], control: &Path, uid: Option<u32>) -> (i32, String, String) {
+    let mut cmd = Command::new(baton_bin());
+    cmd.args(args)
+        .arg("--control")
+        .arg(control)
+        .stdin(Stdio::null());
+    if let Some(uid) = uid {
+        cmd.uid(uid).gid(uid);
+    }
+    let output = cmd.output().expect("run the baton client");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (
+        output.status.code().unwrap_or(-1),
+        text(&output.stdout),
+        text(&output.stderr),
+    )
+}
+
+struct Controlled {
+    _dir: TempDir,
+    path: PathBuf,
+    baton: Baton,
+}
+
+fn serve_with_control(args: &[&str]) -> Controlled {
+    let dir = TempDir::new("control");
+    let path = dir.path().join("baton.sock");
+    let control = path.to_str().unwrap().to_owned();
+    // Before any `-- COMMAND`.
+    let mut all = vec!["--control", &control];
+    all.extend_from_slice(args);
+    let baton = Baton::serve(&all);
+    Controlled {
+        _dir: dir,
+        path,
+        baton,
+    }
+}
+
+#[test]
+fn reload_wait_reports_success_and_failure_and_loses_nothing() {
+    let _heavy = heavy();
+    let dir = TempDir::new("reload-wait");
+    let flag = dir.path().join("broken");
+    let script = format!(
+        "if [ -e {} ]; then exit 4; fi; exec python3 {}/examples/python/server.py",
+        flag.display(),
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let c = serve_with_control(&[
+        "--workers",
+        "2",
+        "--ready",
+        "notify",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let rt = runtime();
+    let load = rt.spawn(baton::load::run(LoadPlan::new(
+        c.baton.addr,
+        mixed_clients(8, 8, 0),
+        Duration::from_secs(6),
+    )));
+
+    let (code, stdout, stderr) = client(&["reload", "--wait"], &c.path, None);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.starts_with("ok: generation 2 is in"), "{stdout}");
+    let serving = c
+        .baton
+        .wait_workers(Duration::from_secs(10), |w| w.len() == 2);
+
+    std::fs::write(&flag, "").unwrap();
+    let (code, stdout, stderr) = client(&["reload", "--wait"], &c.path, None);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("reload of generation 3 failed") && stderr.contains("exit code 4"),
+        "{stderr}"
+    );
+    assert_eq!(
+        c.baton
+            .wait_workers(Duration::from_secs(5), |w| w == serving),
+        serving,
+        "the old workers keep serving"
+    );
+
+    let report = rt.block_on(load).unwrap();
+    eprintln!("reload --wait under load: {report}");
+    assert!(report.failures.is_empty(), "{report}");
+}
+
+#[test]
+fn status_matches_the_process_tree() {
+    let c = serve_with_control(&["--workers", "3"]);
+    let (code, json, stderr) = client(&["status", "--json"], &c.path, None);
+    assert_eq!(code, 0, "{stderr}");
+    let status: serde_json::Value = serde_json::from_str(&json).expect("status --json is JSON");
+    assert_eq!(status["master"]["pid"].as_u64(), Some(c.baton.pid() as u64));
+    let mut pids: Vec<u32> = status["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["pid"].as_u64().unwrap() as u32)
+        .collect();
+    pids.sort();
+    let mut tree = c.baton.workers();
+    tree.sort();
+    assert_eq!(pids, tree);
+    assert!(status["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|w| w["state"] == "ready"));
+
+    let (code, table, _) = client(&["status"], &c.path, None);
+    assert_eq!(code, 0);
+    assert!(
+        table.contains("SLOT") && table.contains("REQUESTS"),
+        "{table}"
+    );
+    assert_eq!(
+        table.lines().filter(|l| l.contains("ready")).count(),
+        3,
+        "{table}"
+    );
+
+    let (code, stdout, _) = client(&["stop"], &c.path, None);
+    assert_eq!(code, 0, "{stdout}");
+    let mut baton = c.baton;
+    assert_eq!(baton.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    assert!(!c.path.exists(), "the control socket is removed on exit");
+}
+
+#[test]
+fn the_control_socket_refuses_other_users_and_survives_abuse() {
+    let c = serve_with_control(&["--workers", "1"]);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&c.path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // Let `nobody` reach the socket file, so that the peer check itself is tested.
+    let dir = c.path.parent().unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&c.path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (code, _, stderr) = client(&["reload"], &c.path, Some(65534));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("permission denied"), "{stderr}");
+    assert_eq!(
+        c.baton.count_log("reload started"),
+        0,
+        "nobody's request did nothing"
+    );
+
+    // Garbage, half a request, an oversized line, and 200 idle clients.
+    let idle: Vec<UnixStream> = (0..200)
+        .map(|_| UnixStream::connect(&c.path).unwrap())
+        .collect();
+    for garbage in [
+        &b"\xff\x00\x01garbage\n"[..],
+        b"reload --now\n",
+        &vec![b'x'; 100_000],
+        b"stat",
+    ] {
+        let mut s = UnixStream::connect(&c.path).unwrap();
+        let _ = s.write_all(garbage);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        assert!(
+            answer.is_empty() || answer.starts_with("error"),
+            "{answer:?}"
+        );
+    }
+    for _ in 0..3 {
+        let (code, stdout, stderr) = client(&["reload", "--wait"], &c.path, None);
+        assert_eq!(code, 0, "{stdout}{stderr}");
+    }
+    drop(idle);
+    let fds_now = baton::procfs::fd_count(c.baton.pid()).unwrap();
+    sleep(Duration::from_millis(200));
+    assert!(
+        wait_until(Duration::from_secs(5), || baton::procfs::fd_count(
+            c.baton.pid()
+        )
+        .unwrap()
+            <= fds_now),
+        "no descriptor leaked"
+    );
+    assert!(c.baton.workers().len() == 1);
+}
+
+#[test]
+fn a_crash_loop_backs_off_to_the_cap_with_flat_resources() {
+    let dir = TempDir::new("crash-loop");
+    let flag = dir.path().join("broken");
+    let script = format!(
+        "if [ -e {} ]; then exit 1; fi; exec sleep 600",
+        flag.display()
+    );
+    let c = serve_with_control(&[
+        "--workers",
+        "1",
+        "--ready",
+        "delay:50ms",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    std::fs::write(&flag, "").unwrap();
+    let first = c.baton.workers()[0];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+
+    // 0, 0, 100, 200, … 6400 ms, then the 10 s cap: reached after ~13 s.
+    c.baton.wait_log("delay_ms=10000", Duration::from_secs(30));
+    let pid = c.baton.pid();
+    let fds = baton::procfs::fd_count(pid).unwrap();
+    let rss = baton::procfs::rss_bytes(pid).unwrap();
+    let (code, json, _) = client(&["status", "--json"], &c.path, None);
+    assert_eq!(code, 0);
+    let status: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(status["backoff"][0]["slot"].as_u64(), Some(0), "{status}");
+    assert!(
+        status["backoff"][0]["quick_failures"].as_u64().unwrap() >= 9,
+        "{status}"
+    );
+
+    // Another cap-length backoff later, nothing has grown.
+    c.baton
+        .wait_log_nth("delay_ms=10000", 2, Duration::from_secs(15));
+    assert_eq!(baton::procfs::fd_count(pid).unwrap(), fds);
+    let rss_after = baton::procfs::rss_bytes(pid).unwrap();
+    assert!(
+        rss_after <= rss + 256 * 1024,
+        "RSS grew from {rss} to {rss_after}"
+    );
+    assert!(c.baton.workers().len() <= 1, "no process piles up");
+}
+
+#[test]
+fn workers_run_as_another_user_on_a_privileged_port() {
+    if !nix::unistd::getuid().is_root() {
+        eprintln!("not root: skipping the privilege test");
+        return;
+    }
+    let port = (81..1024)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port below 1024");
+    let listen = format!("127.0.0.1:{port}");
+    let c = serve_with_control(&["--workers", "2", "--listen", &listen, "--user", "nobody"]);
+    for pid in c.baton.workers() {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .unwrap()
+                .to_owned()
+        };
+        assert!(
+            field("Uid:")
+                .split_whitespace()
+                .skip(1)
+                .all(|id| id == "65534"),
+            "{}",
+            field("Uid:")
+        );
+        assert!(
+            field("Gid:")
+                .split_whitespace()
+                .skip(1)
+                .all(|id| id == "65534"),
+            "{}",
+            field("Gid:")
+        );
+        assert_eq!(
+            field("Groups:").trim(),
+            "Groups:",
+            "no supplementary groups"
+        );
+    }
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
