@@ -10,8 +10,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::check::{parse_url, CheckOptions, Target};
 use crate::config::{
-    name_listeners, own_program_path, parse_duration, parse_mode, parse_signal, ForeignWorker,
-    ListenSpec, MasterConfig, ReadyMode,
+    name_listeners, own_program_path, parse_duration, parse_mode, parse_signal, ConfigSource,
+    ForeignWorker, ListenSpec, MasterConfig, ReadyMode,
 };
 
 #[derive(Debug, Parser)]
@@ -108,6 +108,11 @@ pub struct ServeArgs {
     /// Permissions (octal) of Unix socket files baton creates
     #[arg(long, value_name = "MODE", value_parser = parse_mode)]
     pub unix_mode: Option<u32>,
+
+    /// Read options from this TOML file (keys are these options' names with
+    /// underscores); options given here override it. Re-read on reload
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 
     /// Run workers as this user (the master keeps its privileges to bind
     /// and to manage them); needs root
@@ -278,6 +283,14 @@ pub struct CheckArgs {
     pub serve: ServeArgs,
 }
 
+/// Reads the configuration again from its file and command line.
+pub fn load_config(source: &ConfigSource) -> Result<MasterConfig, String> {
+    let args = crate::config_file::load(&source.file, &source.cli_args)?;
+    let mut config = args.into_config()?;
+    config.source = Some(source.clone());
+    Ok(config)
+}
+
 /// Looks up `--user` and `--group`.
 fn resolve_identity(user: Option<&str>, group: Option<&str>) -> Result<Option<(u32, u32)>, String> {
     use nix::unistd::{Group, User};
@@ -365,6 +378,17 @@ pub struct WorkerArgs {
 }
 
 impl ServeArgs {
+    /// The configuration from these arguments, merged over `--config FILE`
+    /// when given. `cli_args` are the raw arguments after `serve`, kept to
+    /// merge again on every reload.
+    pub fn into_config_with_file(self, cli_args: Vec<OsString>) -> Result<MasterConfig, String> {
+        let Some(file) = self.config.clone() else {
+            return self.into_config();
+        };
+        let source = ConfigSource { file, cli_args };
+        load_config(&source)
+    }
+
     /// The same options as command-line arguments for `baton serve`.
     pub fn to_args(&self) -> Vec<OsString> {
         let mut args: Vec<OsString> = Vec::new();
@@ -376,6 +400,9 @@ impl ServeArgs {
         }
         if let Some(control) = &self.control {
             args.extend(["--control".into(), control.into()]);
+        }
+        if let Some(config) = &self.config {
+            args.extend(["--config".into(), config.into()]);
         }
         if let Some(user) = &self.user {
             args.extend(["--user".into(), user.into()]);
@@ -445,6 +472,7 @@ impl ServeArgs {
             listen: self.listen,
             unix_mode: self.unix_mode,
             control: self.control,
+            source: None,
             worker_identity: resolve_identity(self.user.as_deref(), self.group.as_deref())?,
             workers,
             backlog: self.backlog,

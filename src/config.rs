@@ -181,6 +181,9 @@ pub struct MasterConfig {
     pub listen: Vec<ListenSpec>,
     /// Permissions for Unix socket files baton creates.
     pub unix_mode: Option<u32>,
+    /// Where the configuration came from, to read it again on reload; set
+    /// with `--config`.
+    pub source: Option<ConfigSource>,
     /// `--user`/`--group`: the uid and gid workers run as.
     pub worker_identity: Option<(u32, u32)>,
     /// `--control`: the control socket's path (else a default, see
@@ -198,6 +201,39 @@ pub struct MasterConfig {
     pub worker_args: Vec<OsString>,
     /// Set when workers run a COMMAND rather than the built-in server.
     pub foreign: Option<ForeignWorker>,
+}
+
+/// A `--config` file and the command-line arguments merged over it.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    pub file: PathBuf,
+    pub cli_args: Vec<OsString>,
+}
+
+impl MasterConfig {
+    /// Why `new` cannot replace this configuration while baton runs, if it
+    /// cannot: listeners and privileges are fixed at start.
+    pub fn fixed_changes(&self, new: &MasterConfig) -> Option<String> {
+        let mut changed = Vec::new();
+        if self.listen != new.listen || self.unix_mode != new.unix_mode {
+            changed.push("listen");
+        }
+        if self.backlog != new.backlog {
+            changed.push("backlog");
+        }
+        if self.control != new.control {
+            changed.push("control");
+        }
+        if self.worker_identity != new.worker_identity {
+            changed.push("user/group");
+        }
+        (!changed.is_empty()).then(|| {
+            format!(
+                "{} cannot change while baton runs; restart it for that (with a systemd socket, a restart refuses nothing)",
+                changed.join(", ")
+            )
+        })
+    }
 }
 
 /// How the master treats workers that run a COMMAND, which does not speak

@@ -11,6 +11,7 @@
 //!
 //! - [`cli`]: the command line (`baton serve`, the hidden `baton worker`).
 //! - [`config`]: validated settings built from the command line.
+//! - [`config_file`]: `--config FILE`, merged under the command line.
 //! - [`control`]: the control socket and its client (`reload`, `status`,
 //!   `stop`).
 //! - [`error`]: one error enum per boundary, each saying what to do.
@@ -34,6 +35,7 @@
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod config_file;
 pub mod control;
 pub mod error;
 pub mod fd;

@@ -38,7 +38,12 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: baton::cli::ServeArgs) -> ExitCode {
-    let config = match args.into_config() {
+    // The raw arguments after `serve`, merged over --config again on reload.
+    let cli_args: Vec<std::ffi::OsString> = std::env::args_os()
+        .skip_while(|a| a != "serve")
+        .skip(1)
+        .collect();
+    let config = match args.into_config_with_file(cli_args) {
         Ok(config) => config,
         Err(message) => {
             eprintln!("baton: {message}");

@@ -213,6 +213,9 @@ struct Supervisor {
     control_tx: mpsc::UnboundedSender<control::Request>,
     /// When the master started, for `baton status`.
     started: Instant,
+    /// The configuration before the reload in progress read a new one,
+    /// restored if the reload is abandoned.
+    previous_config: Option<MasterConfig>,
 }
 
 /// A private directory for the master's sockets, removed when it exits.
@@ -275,6 +278,7 @@ impl Supervisor {
             control_rx,
             control_tx,
             started: Instant::now(),
+            previous_config: None,
         }
     }
 
@@ -487,7 +491,7 @@ impl Supervisor {
             ));
             return;
         }
-        if self.slots[slot].current != Some(id) {
+        if self.slots.get(slot).and_then(|s| s.current) != Some(id) {
             return;
         }
         warn!(pid, slot, generation, %status, "worker crashed; replacing it");
@@ -581,12 +585,29 @@ impl Supervisor {
                 let queued = std::mem::take(&mut self.queued_waiters);
                 self.reload_waiters.extend(queued);
                 self.reload_waiters.extend(waiter);
+                if let Err(reason) = self.reread_config() {
+                    error!(%reason, "reload rejected; the workers go on untouched");
+                    self.last_reload = Some(format!("rejected: {reason}"));
+                    self.notifier.status(&self.status_line());
+                    self.answer_reload_waiters(format!("error: reload rejected: {reason}\n"));
+                    return;
+                }
                 self.generation += 1;
                 let _span = info_span!("reload", generation = self.generation).entered();
                 info!(generation = self.generation, "reload started");
                 self.notifier
                     .reloading(&format!("reloading to generation {}", self.generation));
-                self.rollout = Some(Rollout::new(self.generation, self.slots.len()));
+                // A changed worker count takes effect with this generation:
+                // new slots are filled by the rollout, surplus ones drained
+                // when it completes.
+                let wanted = self.config.workers;
+                while self.slots.len() < wanted {
+                    self.slots.push(Slot {
+                        generation: self.generation,
+                        ..Slot::default()
+                    });
+                }
+                self.rollout = Some(Rollout::new(self.generation, wanted));
                 self.advance_rollout();
             }
         }
@@ -602,6 +623,8 @@ impl Supervisor {
             let elapsed_ms = rollout.started.elapsed().as_millis() as u64;
             info!(generation, elapsed_ms, "reload complete");
             self.rollout = None;
+            self.previous_config = None;
+            self.shrink_slots(self.config.workers);
             self.last_reload = Some(format!("ok in {elapsed_ms} ms"));
             self.notifier.ready(&self.status_line());
             self.answer_reload_waiters(format!(
@@ -651,8 +674,44 @@ impl Supervisor {
         if let Some(worker) = rollout.pending().and_then(|id| self.workers.get(&id)) {
             worker.handle.kill();
         }
+        // The old configuration stays in force, worker count included.
+        if let Some(previous) = self.previous_config.take() {
+            self.config = previous;
+        }
+        self.shrink_slots(self.config.workers);
         if std::mem::take(&mut self.reload_queued) {
             self.request_reload(None);
+        }
+    }
+
+    /// Reads the `--config` file again, keeping the configuration in force
+    /// (and its copy for an abandoned reload) or saying why it cannot.
+    fn reread_config(&mut self) -> Result<(), String> {
+        let Some(source) = self.config.source.clone() else {
+            return Ok(());
+        };
+        let new = crate::cli::load_config(&source)?;
+        if let Some(reason) = self.config.fixed_changes(&new) {
+            return Err(reason);
+        }
+        if new.workers != self.config.workers {
+            info!(
+                from = self.config.workers,
+                to = new.workers,
+                "worker count changes"
+            );
+        }
+        self.previous_config = Some(std::mem::replace(&mut self.config, new));
+        Ok(())
+    }
+
+    /// Drains the workers of slots beyond `count` and drops those slots.
+    fn shrink_slots(&mut self, count: usize) {
+        while self.slots.len() > count.max(1) {
+            let slot = self.slots.pop().expect("more slots than count");
+            if let Some(id) = slot.current {
+                self.drain(id);
+            }
         }
     }
 

@@ -310,3 +310,89 @@ fn workers_run_as_another_user_on_a_privileged_port() {
     s.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+/// `baton serve --config FILE`, with the file in its own directory.
+fn serve_with_config(toml: &str) -> (Controlled, PathBuf) {
+    let dir = TempDir::new("config");
+    let file = dir.path().join("baton.toml");
+    std::fs::write(&file, toml).unwrap();
+    let control = dir.path().join("baton.sock");
+    let args = [
+        "--config",
+        file.to_str().unwrap(),
+        "--control",
+        control.to_str().unwrap(),
+    ];
+    let baton = Baton::serve(&args);
+    (
+        Controlled {
+            _dir: dir,
+            path: control,
+            baton,
+        },
+        file,
+    )
+}
+
+#[test]
+fn the_worker_count_follows_the_config_file_on_reload() {
+    let (c, file) =
+        serve_with_config("workers = 2\ndrain_grace = \"100ms\"\nlisten = [\"127.0.0.1:0\"]\n");
+    c.baton
+        .wait_workers(Duration::from_secs(5), |w| w.len() == 2);
+    for count in [4, 2] {
+        std::fs::write(
+            &file,
+            format!("workers = {count}\ndrain_grace = \"100ms\"\nlisten = [\"127.0.0.1:0\"]\n"),
+        )
+        .unwrap();
+        let (code, stdout, stderr) = client(&["reload", "--wait"], &c.path, None);
+        assert_eq!(code, 0, "{stdout}{stderr}");
+        c.baton
+            .wait_workers(Duration::from_secs(10), |w| w.len() == count);
+        let (_, json, _) = client(&["status", "--json"], &c.path, None);
+        let status: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            status["master"]["workers_wanted"].as_u64(),
+            Some(count as u64)
+        );
+    }
+}
+
+#[test]
+fn an_invalid_config_rejects_the_reload_and_loses_nothing() {
+    let _heavy = heavy();
+    let (c, file) = serve_with_config("workers = 2\nlisten = [\"127.0.0.1:0\"]\n");
+    let serving = c
+        .baton
+        .wait_workers(Duration::from_secs(5), |w| w.len() == 2);
+    let rt = runtime();
+    let load = rt.spawn(baton::load::run(LoadPlan::new(
+        c.baton.addr,
+        mixed_clients(8, 8, 2),
+        Duration::from_secs(3),
+    )));
+    for (broken, reason) in [
+        (
+            "workers = \"many\"\nlisten = [\"127.0.0.1:0\"]\n",
+            "--workers",
+        ),
+        (
+            "workers = 2\nlisten = [\"127.0.0.1:0\"]\nwrokers = 3\n",
+            "unknown key",
+        ),
+        // (The harness's --listen overrides the file's; backlog is as fixed.)
+        ("workers = 2\nbacklog = 10\n", "backlog cannot change"),
+    ] {
+        std::fs::write(&file, broken).unwrap();
+        let (code, stdout, stderr) = client(&["reload", "--wait"], &c.path, None);
+        assert_eq!(code, 1, "{stdout}{stderr}");
+        assert!(
+            stderr.contains("reload rejected") && stderr.contains(reason),
+            "{stderr}"
+        );
+    }
+    let report = rt.block_on(load).unwrap();
+    assert!(report.failures.is_empty(), "{report}");
+    assert_eq!(c.baton.workers(), serving, "the workers went on untouched");
+}

@@ -1,0 +1,199 @@
+//! `--config FILE`: every `baton serve` option in TOML, keys named as the
+//! long options with underscores (`workers = 4`, `drain_timeout = "30s"`,
+//! `listen = ["127.0.0.1:8080"]`, `command = ["node", "server.js"]`).
+//!
+//! The file is turned into command-line arguments and parsed by the same
+//! parser as the command line, so both are validated alike; an option given
+//! on the command line replaces the file's. The master reads the file again
+//! on every reload.
+
+use std::ffi::OsString;
+use std::path::Path;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command, ServeArgs};
+
+/// Options that take a list.
+const LISTS: [&str; 2] = ["listen", "command"];
+/// Every key the file may hold.
+const KEYS: [&str; 18] = [
+    "listen",
+    "unix_mode",
+    "control",
+    "user",
+    "group",
+    "workers",
+    "backlog",
+    "ready_timeout",
+    "drain_timeout",
+    "drain_grace",
+    "work",
+    "threads",
+    "ready",
+    "drain_signal",
+    "output",
+    "command",
+    "fault",
+    "config",
+];
+
+/// Reads `file` and merges it under `cli_args` (the arguments after
+/// `serve`), returning the serve options they make together.
+pub fn load(file: &Path, cli_args: &[OsString]) -> Result<ServeArgs, String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read the config file {}: {e}", file.display()))?;
+    let table: toml::Table =
+        toml::from_str(&text).map_err(|e| format!("{} is not valid TOML: {e}", file.display()))?;
+    let from_file = to_args(&table).map_err(|e| format!("{}: {e}", file.display()))?;
+    let (cli_options, cli_command) = split_command(cli_args);
+    let given_on_cli: Vec<String> = cli_options
+        .iter()
+        .filter_map(|a| a.to_str()?.strip_prefix("--"))
+        .map(|a| a.split('=').next().unwrap_or(a).replace('-', "_"))
+        .collect();
+
+    let mut argv: Vec<OsString> = vec!["baton".into(), "serve".into()];
+    let mut file_command = Vec::new();
+    for (key, values) in from_file {
+        if given_on_cli.contains(&key) {
+            continue;
+        }
+        if key == "command" {
+            file_command = values;
+            continue;
+        }
+        for value in values {
+            argv.push(format!("--{}", key.replace('_', "-")).into());
+            argv.push(value);
+        }
+    }
+    argv.extend(cli_options.iter().cloned());
+    let command = if cli_command.is_empty() {
+        file_command
+    } else {
+        cli_command.to_vec()
+    };
+    if !command.is_empty() {
+        argv.push("--".into());
+        argv.extend(command);
+    }
+    match Cli::try_parse_from(argv) {
+        Ok(Cli {
+            command: Command::Serve(args),
+        }) => Ok(args),
+        Ok(_) => unreachable!("the arguments start with serve"),
+        Err(e) => Err(format!(
+            "{} (with {}): {}",
+            "invalid options",
+            file.display(),
+            e.to_string()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches("error: ")
+        )),
+    }
+}
+
+/// The arguments before and after `--`.
+fn split_command(args: &[OsString]) -> (&[OsString], &[OsString]) {
+    match args.iter().position(|a| a == "--") {
+        Some(i) => (&args[..i], &args[i + 1..]),
+        None => (args, &[]),
+    }
+}
+
+/// Each key's values as argument strings, in the file's order.
+fn to_args(table: &toml::Table) -> Result<Vec<(String, Vec<OsString>)>, String> {
+    let mut args = Vec::new();
+    for (key, value) in table {
+        if !KEYS.contains(&key.as_str()) || key == "config" {
+            return Err(format!(
+                "unknown key {key:?}; keys are the serve options: {}",
+                KEYS[..17].join(", ")
+            ));
+        }
+        let values = match value {
+            toml::Value::Array(items) if LISTS.contains(&key.as_str()) => items
+                .iter()
+                .map(|item| scalar(key, item))
+                .collect::<Result<Vec<_>, _>>()?,
+            toml::Value::Array(_) => return Err(format!("{key} takes one value, not a list")),
+            _ if key == "command" => {
+                return Err("command is a list, like [\"node\", \"server.js\"]".to_owned())
+            }
+            other => vec![scalar(key, other)?],
+        };
+        args.push((key.clone(), values));
+    }
+    Ok(args)
+}
+
+fn scalar(key: &str, value: &toml::Value) -> Result<OsString, String> {
+    match value {
+        toml::Value::String(s) => Ok(s.into()),
+        toml::Value::Integer(i) if key == "unix_mode" => Ok(format!("{i:o}").into()),
+        toml::Value::Integer(i) => Ok(i.to_string().into()),
+        toml::Value::Boolean(b) => Ok(b.to_string().into()),
+        other => Err(format!(
+            "{key} = {} is not a value baton takes",
+            other.type_str()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile_path::Path {
+        tempfile_path::Path::new(text)
+    }
+
+    mod tempfile_path {
+        pub struct Path(pub std::path::PathBuf);
+        impl Path {
+            pub fn new(text: &str) -> Self {
+                let path = std::env::temp_dir().join(format!(
+                    "baton-config-{}-{}.toml",
+                    std::process::id(),
+                    fastrand::u64(..)
+                ));
+                std::fs::write(&path, text).unwrap();
+                Path(path)
+            }
+        }
+        impl Drop for Path {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn the_command_line_overrides_the_file() {
+        let file = write("workers = 4\ndrain_timeout = \"5s\"\nlisten = [\"127.0.0.1:9000\", \"b=127.0.0.1:9001\"]\ncommand = [\"node\", \"server.js\"]\n");
+        let args = load(&file.0, &["--workers".into(), "2".into()]).unwrap();
+        assert_eq!(args.workers, Some(2));
+        assert_eq!(args.drain_timeout, std::time::Duration::from_secs(5));
+        assert_eq!(args.listen.len(), 2);
+        assert_eq!(args.command, ["node", "server.js"]);
+        let args = load(&file.0, &["--".into(), "python3".into()]).unwrap();
+        assert_eq!(args.command, ["python3"]);
+    }
+
+    #[test]
+    fn bad_files_say_what_is_wrong() {
+        let file = write("workers = \"many\"\n");
+        assert!(load(&file.0, &[]).unwrap_err().contains("--workers"));
+        let file = write("wrokers = 4\n");
+        assert!(load(&file.0, &[])
+            .unwrap_err()
+            .contains("unknown key \"wrokers\""));
+        let file = write("workers = [1, 2]\n");
+        assert!(load(&file.0, &[]).unwrap_err().contains("one value"));
+        let file = write("workers = \n");
+        assert!(load(&file.0, &[]).unwrap_err().contains("not valid TOML"));
+    }
+}
