@@ -185,23 +185,30 @@ fn agrees(given: &ListenAddr, actual: &ListenAddr) -> bool {
     }
 }
 
-/// Checks an inherited descriptor: a listening stream socket, TCP or Unix.
+/// Checks that `fd` is a listening stream socket, TCP or Unix, and returns
+/// its domain; the reason otherwise. Both the master (for sockets systemd
+/// passed) and each worker (for sockets the master sent) check this.
+pub fn check_listening_socket(fd: BorrowedFd<'_>) -> Result<Domain, String> {
+    let sock = SockRef::from(&fd);
+    let ty = sock.r#type().map_err(|e| format!("not a socket ({e})"))?;
+    let domain = sock.domain().map_err(|e| e.to_string())?;
+    if ty != Type::STREAM || ![Domain::IPV4, Domain::IPV6, Domain::UNIX].contains(&domain) {
+        return Err("not a TCP or Unix stream socket".into());
+    }
+    if !sock.is_listener().map_err(|e| e.to_string())? {
+        return Err("the socket is not listening".into());
+    }
+    Ok(domain)
+}
+
+/// Adopts an inherited descriptor: a listening stream socket, TCP or Unix.
 fn adopt(name: String, fd: OwnedFd) -> Result<Listener, ListenError> {
     let bad = |reason: String| ListenError::Inherited {
         name: name.clone(),
         reason,
     };
+    check_listening_socket(fd.as_fd()).map_err(bad)?;
     let sock = SockRef::from(&fd);
-    let ty = sock
-        .r#type()
-        .map_err(|e| bad(format!("not a socket ({e})")))?;
-    let domain = sock.domain().map_err(|e| bad(e.to_string()))?;
-    if ty != Type::STREAM || ![Domain::IPV4, Domain::IPV6, Domain::UNIX].contains(&domain) {
-        return Err(bad("not a TCP or Unix stream socket".into()));
-    }
-    if !sock.is_listener().map_err(|e| bad(e.to_string()))? {
-        return Err(bad("the socket is not listening".into()));
-    }
     let local = sock.local_addr().map_err(|e| bad(e.to_string()))?;
     let local_addr =
         listen_addr_of(&local).ok_or_else(|| bad("the socket has no address".into()))?;

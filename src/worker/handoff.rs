@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::time::Duration;
 
-use socket2::{Domain, SockRef, Type};
+use socket2::Domain;
 
 use crate::error::{HandoffError, ProtocolError, WorkerError};
 use crate::fd;
@@ -156,17 +156,7 @@ pub fn check_listener(
         name: name.to_owned(),
         reason,
     };
-    let sock = SockRef::from(&fd);
-    let ty = sock
-        .r#type()
-        .map_err(|e| bad(format!("not a socket ({e})")))?;
-    let domain = sock.domain().map_err(|e| bad(e.to_string()))?;
-    if ty != Type::STREAM || ![Domain::IPV4, Domain::IPV6, Domain::UNIX].contains(&domain) {
-        return Err(bad("not a TCP or Unix stream socket".into()));
-    }
-    if !sock.is_listener().map_err(|e| bad(e.to_string()))? {
-        return Err(bad("the socket is not listening".into()));
-    }
+    let domain = crate::listeners::check_listening_socket(fd).map_err(bad)?;
     // Tokio needs O_NONBLOCK, which the master sets once for every process:
     // setting it here would change it under the others' feet.
     if need_nonblocking && !fd::is_nonblocking(fd).map_err(|e| bad(e.to_string()))? {
