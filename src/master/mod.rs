@@ -1,9 +1,10 @@
 //! The master: binds the listeners, keeps one worker in each slot, replaces
 //! crashed workers, rolls new generations in on reload, drains on shutdown.
 //!
-//! All state lives in one [`Supervisor`] driven by one loop over three kinds of
-//! input: signals, events from the per-worker watchers, and restart timers. A
-//! worker's crash is an event to handle, never an error that ends the loop.
+//! All state lives in one [`Supervisor`] driven by one loop over its inputs:
+//! signals, events from the per-worker watchers, control-socket requests,
+//! restart timers and the systemd watchdog tick. A worker's crash is an
+//! event to handle, never an error that ends the loop.
 //! The master never touches a client connection: it only starts, tells and
 //! reaps processes.
 
