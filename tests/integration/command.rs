@@ -26,23 +26,18 @@ fn node_workers_reload_under_load_with_zero_failures() {
     let server = example("node/server.js");
     let baton = Baton::serve(&["--workers", "2", "--", "node", &server]);
     let first = baton.workers();
-    let rt = runtime();
-    let load = rt.spawn(baton::load::run(LoadPlan::new(
+    let load = BackgroundLoad::start(LoadPlan::new(
         baton.addr,
         mixed_clients(16, 16, 4),
         Duration::from_secs(10),
-    )));
+    ));
     for _ in 0..3 {
         sleep(Duration::from_millis(2500));
         baton.reload();
     }
-    let report = rt.block_on(load).unwrap();
+    let report = load.finish();
     eprintln!("node workers across reloads: {report}");
-    assert!(
-        report.failures.is_empty(),
-        "{report}: {:#?}",
-        &report.failures[..report.failures.len().min(5)]
-    );
+    assert_no_failures(&report);
     assert!(report.ok > 1000, "{report}");
     let last = baton.wait_workers(Duration::from_secs(10), |w| w.len() == 2);
     assert!(
@@ -162,24 +157,19 @@ fn a_release_that_fails_on_reload_loses_nothing() {
         &script,
     ]);
     let serving = baton.workers();
-    let rt = runtime();
-    let load = rt.spawn(baton::load::run(LoadPlan::new(
+    let load = BackgroundLoad::start(LoadPlan::new(
         baton.addr,
         mixed_clients(8, 8, 0),
         Duration::from_secs(4),
-    )));
+    ));
     sleep(Duration::from_secs(1));
     std::fs::write(&flag, "").unwrap();
     baton.signal(Signal::SIGHUP);
     let failed = baton.wait_log("reload failed", Duration::from_secs(10));
     assert!(failed.contains("exit code 3"), "{failed}");
-    let report = rt.block_on(load).unwrap();
+    let report = load.finish();
     eprintln!("python workers, failed reload: {report}");
-    assert!(
-        report.failures.is_empty(),
-        "{report}: {:#?}",
-        &report.failures[..report.failures.len().min(5)]
-    );
+    assert_no_failures(&report);
     assert_eq!(
         baton.wait_workers(Duration::from_secs(5), |w| w == serving),
         serving

@@ -88,12 +88,11 @@ fn reload_wait_reports_success_and_failure_and_loses_nothing() {
         "-c",
         &script,
     ]);
-    let rt = runtime();
-    let load = rt.spawn(baton::load::run(LoadPlan::new(
+    let load = BackgroundLoad::start(LoadPlan::new(
         c.baton.addr,
         mixed_clients(8, 8, 0),
         Duration::from_secs(6),
-    )));
+    ));
 
     let (code, stdout, stderr) = client(&["reload", "--wait"], &c.path, None);
     assert_eq!(code, 0, "{stdout}{stderr}");
@@ -116,9 +115,9 @@ fn reload_wait_reports_success_and_failure_and_loses_nothing() {
         "the old workers keep serving"
     );
 
-    let report = rt.block_on(load).unwrap();
+    let report = load.finish();
     eprintln!("reload --wait under load: {report}");
-    assert!(report.failures.is_empty(), "{report}");
+    assert_no_failures(&report);
 }
 
 #[test]
@@ -378,12 +377,11 @@ fn an_invalid_config_rejects_the_reload_and_loses_nothing() {
     let serving = c
         .baton
         .wait_workers(Duration::from_secs(5), |w| w.len() == 2);
-    let rt = runtime();
-    let load = rt.spawn(baton::load::run(LoadPlan::new(
+    let load = BackgroundLoad::start(LoadPlan::new(
         c.baton.addr,
         mixed_clients(8, 8, 2),
         Duration::from_secs(3),
-    )));
+    ));
     for (broken, reason) in [
         (
             "workers = \"many\"\nlisten = [\"127.0.0.1:0\"]\n",
@@ -404,7 +402,7 @@ fn an_invalid_config_rejects_the_reload_and_loses_nothing() {
             "{stderr}"
         );
     }
-    let report = rt.block_on(load).unwrap();
-    assert!(report.failures.is_empty(), "{report}");
+    let report = load.finish();
+    assert_no_failures(&report);
     assert_eq!(c.baton.workers(), serving, "the workers went on untouched");
 }

@@ -32,8 +32,7 @@ fn broken_releases_fail_the_reload_and_lose_nothing() {
     let original = std::fs::read(&program).unwrap();
     let baton = Baton::serve_from(&program, &["--workers", "2", "--ready-timeout", "1s"]);
     let serving = baton.workers();
-    let rt = runtime();
-    let load = rt.spawn(baton::load::run(light_load(&baton, Duration::from_secs(8))));
+    let load = BackgroundLoad::start(light_load(&baton, Duration::from_secs(8)));
 
     let cases = [
         (GARBAGE_WORKER, "broke the handoff protocol"),
@@ -51,13 +50,9 @@ fn broken_releases_fail_the_reload_and_lose_nothing() {
         // The failed worker is killed and reaped; the old ones keep serving.
         baton.wait_workers(Duration::from_secs(5), |w| w == serving);
     }
-    let report = rt.block_on(load).unwrap();
+    let report = load.finish();
     eprintln!("failed reloads under load: {report}");
-    assert!(
-        report.failures.is_empty(),
-        "{report}: {:#?}",
-        &report.failures[..report.failures.len().min(5)]
-    );
+    assert_no_failures(&report);
     assert!(report.by_pid.keys().all(|pid| serving.contains(pid)));
 
     // Putting a good release back and reloading deploys it.

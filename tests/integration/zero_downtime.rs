@@ -16,20 +16,6 @@ fn reload_load(baton: &Baton, duration: Duration) -> LoadPlan {
     LoadPlan::new(baton.addr, mixed_clients(32, 32, 8), duration)
 }
 
-fn describe_failures(report: &LoadReport) -> String {
-    let mut text = format!("{report}\n");
-    for failure in report.failures.iter().take(20) {
-        text += &format!(
-            "  {} after {:?} (worker {:?}): {}\n",
-            failure.kind,
-            failure.ended - failure.started,
-            failure.worker_pid,
-            failure.detail
-        );
-    }
-    text
-}
-
 #[test]
 fn four_workers_share_one_port() {
     let _heavy = heavy();
@@ -64,20 +50,16 @@ fn reloads_under_mixed_load_fail_nothing() {
     let _heavy = heavy();
     let baton = Baton::serve(&["--workers", "4"]);
     let first: HashSet<u32> = baton.workers().into_iter().collect();
-    let rt = runtime();
-    let load = rt.spawn(baton::load::run(reload_load(
-        &baton,
-        Duration::from_secs(11),
-    )));
+    let load = BackgroundLoad::start(reload_load(&baton, Duration::from_secs(11)));
 
     for _ in 0..3 {
         sleep(Duration::from_secs(2));
         baton.reload();
     }
-    let report = rt.block_on(load).unwrap();
+    let report = load.finish();
     eprintln!("reloads under load: {report}");
 
-    assert!(report.failures.is_empty(), "{}", describe_failures(&report));
+    assert_no_failures(&report);
     assert!(
         report.ok > 1000,
         "too little load to prove anything: {report}"
@@ -105,20 +87,15 @@ fn idle_keep_alive_clients_survive_reloads() {
         24
     ];
     clients.extend(mixed_clients(8, 8, 0));
-    let rt = runtime();
-    let load = rt.spawn(baton::load::run(LoadPlan::new(
-        baton.addr,
-        clients,
-        Duration::from_secs(12),
-    )));
+    let load = BackgroundLoad::start(LoadPlan::new(baton.addr, clients, Duration::from_secs(12)));
 
     for _ in 0..4 {
         sleep(Duration::from_millis(2000));
         baton.reload();
     }
-    let report = rt.block_on(load).unwrap();
+    let report = load.finish();
     eprintln!("idle keep-alive clients across reloads: {report}");
-    assert!(report.failures.is_empty(), "{}", describe_failures(&report));
+    assert_no_failures(&report);
     assert!(report.ok > 500, "{report}");
 }
 
@@ -126,11 +103,7 @@ fn idle_keep_alive_clients_survive_reloads() {
 fn killed_workers_are_replaced_and_only_their_in_flight_requests_fail() {
     let _heavy = heavy();
     let baton = Baton::serve(&["--workers", "4"]);
-    let rt = runtime();
-    let load = rt.spawn(baton::load::run(reload_load(
-        &baton,
-        Duration::from_secs(11),
-    )));
+    let load = BackgroundLoad::start(reload_load(&baton, Duration::from_secs(11)));
 
     // (victim, signal sent, death seen): a worker serves until it dies, a
     // little after the signal.
@@ -151,7 +124,7 @@ fn killed_workers_are_replaced_and_only_their_in_flight_requests_fail() {
         baton.wait_log_nth("worker ready", ready_before + 1, Duration::from_secs(1));
         slowest = slowest.max(sent.elapsed());
     }
-    let report = rt.block_on(load).unwrap();
+    let report = load.finish();
     eprintln!("kills under load: {report}; slowest replacement {slowest:?}");
 
     for kind in [
@@ -211,16 +184,12 @@ fn all_workers_killed_at_once_refuses_nothing() {
 fn a_worker_that_does_not_drain_is_caught() {
     let _heavy = heavy();
     let baton = Baton::serve(&["--workers", "4", "--fault", "exit-on-drain"]);
-    let rt = runtime();
-    let load = rt.spawn(baton::load::run(reload_load(
-        &baton,
-        Duration::from_secs(6),
-    )));
+    let load = BackgroundLoad::start(reload_load(&baton, Duration::from_secs(6)));
     for _ in 0..2 {
         sleep(Duration::from_secs(2));
         baton.reload();
     }
-    let report = rt.block_on(load).unwrap();
+    let report = load.finish();
     eprintln!("with the fault injected: {report}");
     assert!(
         !report.failures.is_empty(),

@@ -339,6 +339,47 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .expect("a tokio runtime")
 }
 
+/// Load running in the background while a test acts on the server.
+pub struct BackgroundLoad {
+    runtime: tokio::runtime::Runtime,
+    task: tokio::task::JoinHandle<LoadReport>,
+}
+
+impl BackgroundLoad {
+    pub fn start(plan: LoadPlan) -> Self {
+        let runtime = runtime();
+        let task = runtime.spawn(baton::load::run(plan));
+        BackgroundLoad { runtime, task }
+    }
+
+    /// Waits for the load to end and returns what it saw.
+    pub fn finish(self) -> LoadReport {
+        self.runtime
+            .block_on(self.task)
+            .expect("the load does not panic")
+    }
+}
+
+/// The report and its first failures, for an assertion message.
+pub fn describe_failures(report: &LoadReport) -> String {
+    let mut text = format!("{report}\n");
+    for failure in report.failures.iter().take(20) {
+        text += &format!(
+            "  {} after {:?} (worker {:?}): {}\n",
+            failure.kind,
+            failure.ended - failure.started,
+            failure.worker_pid,
+            failure.detail
+        );
+    }
+    text
+}
+
+/// Fails the test, showing the failures, unless every request succeeded.
+pub fn assert_no_failures(report: &LoadReport) {
+    assert!(report.failures.is_empty(), "{}", describe_failures(report));
+}
+
 /// The mixed load the zero-downtime tests use: clients that open a new
 /// connection per request, clients on keep-alive connections and clients
 /// uploading 16 KiB bodies.
