@@ -285,15 +285,7 @@ impl Supervisor {
 
     /// A STATUS= line a person can read.
     fn status_line(&self) -> String {
-        let ready = self
-            .slots
-            .iter()
-            .filter(|slot| {
-                slot.current
-                    .and_then(|id| self.workers.get(&id))
-                    .is_some_and(|w| w.state == WorkerState::Ready)
-            })
-            .count();
+        let ready = self.ready_slots();
         let mut line = format!(
             "{ready}/{} workers ready, generation {}",
             self.slots.len(),
@@ -553,12 +545,20 @@ impl Supervisor {
         }
     }
 
+    /// Slots whose current worker is ready.
+    fn ready_slots(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|slot| {
+                slot.current
+                    .and_then(|id| self.workers.get(&id))
+                    .is_some_and(|w| w.state == WorkerState::Ready)
+            })
+            .count()
+    }
+
     fn all_slots_ready(&self) -> bool {
-        self.slots.iter().all(|slot| {
-            slot.current
-                .and_then(|id| self.workers.get(&id))
-                .is_some_and(|w| w.state == WorkerState::Ready)
-        })
+        self.ready_slots() == self.slots.len()
     }
 
     /// Starts a reload, or queues one behind the reload in progress (however
