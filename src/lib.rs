@@ -15,14 +15,17 @@
 //! - [`control`]: the control socket and its client (`reload`, `status`,
 //!   `stop`).
 //! - [`error`]: one error enum per boundary, each saying what to do.
-//! - [`fd`]: the only `unsafe` in the crate: SCM_RIGHTS, close-on-exec,
-//!   adopting inherited descriptors, the child's side of `fork`.
+//! - [`fd`]: all `unsafe` descriptor handling: SCM_RIGHTS, close-on-exec,
+//!   adopting inherited descriptors, the child's side of `fork`. (The only
+//!   other `unsafe` maps the [`balance`] table.)
 //! - [`listeners`]: binding the listening sockets, keyed by name.
 //! - [`protocol`]: the master ↔ worker messages and their framing.
 //! - [`signals`]: Unix signals mapped to the master's intents.
 //! - [`systemd`]: socket activation and sd_notify.
 //! - [`master`]: the supervisor: worker slots, crash replacement, rolling
 //!   reloads, shutdown.
+//! - [`balance`]: the shared table that spreads new connections evenly
+//!   across workers.
 //! - [`worker`]: the worker side: receive the listeners, serve HTTP with
 //!   hyper, drain without failing a request.
 //! - [`load`]: an HTTP load generator that counts every failure by kind.
@@ -32,6 +35,7 @@
 
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
+pub mod balance;
 pub mod check;
 pub mod cli;
 pub mod config;
