@@ -37,6 +37,7 @@ fn handoff(c: &mut Criterion) {
                     worker_id: 1,
                     generation: 1,
                     listeners: names.clone(),
+                    balance: false,
                 };
                 let fds: Vec<_> = sockets.iter().map(|s| s.as_fd()).collect();
                 protocol::send_now(&master_end, &hello, &fds).unwrap();

@@ -29,11 +29,15 @@ pub const MAX_MESSAGE_BYTES: usize = 4096;
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ToWorker {
     /// The first message: who the worker is, and its listeners, whose
-    /// descriptors are attached in the same order as `listeners`.
+    /// descriptors are attached in the same order as `listeners`. With
+    /// `balance`, one more descriptor follows them: the accept-balance table
+    /// (see [`crate::balance`]).
     Hello {
         worker_id: u64,
         generation: u64,
         listeners: Vec<String>,
+        #[serde(default)]
+        balance: bool,
     },
     /// Stop accepting and finish what is in flight within `timeout_ms`, after
     /// which the master kills the worker.
@@ -205,6 +209,7 @@ mod tests {
             worker_id: 7,
             generation: 2,
             listeners: vec!["http".into()],
+            balance: true,
         };
         let bytes = encode(&hello);
         assert!(String::from_utf8_lossy(&bytes).contains("\"v\":1"));
@@ -244,6 +249,7 @@ mod tests {
             worker_id: 1,
             generation: 1,
             listeners: vec!["a".into()],
+            balance: false,
         };
         master.send(&hello, &[x.as_fd()]).await.unwrap();
         let (got, fds) = worker.recv::<ToWorker>().await.unwrap().unwrap();

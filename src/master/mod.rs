@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, Instant};
 use tracing::{error, info, info_span, warn};
 
+use crate::balance::ShareTable;
 use crate::config::MasterConfig;
 use crate::control;
 use crate::error::MasterError;
@@ -217,6 +218,10 @@ struct Supervisor {
     /// The configuration before the reload in progress read a new one,
     /// restored if the reload is abandoned.
     previous_config: Option<MasterConfig>,
+    /// Where workers publish their open connections to split new ones
+    /// evenly; `None` if it could not be created (workers then accept
+    /// unpaced).
+    balance: Option<ShareTable>,
 }
 
 /// A private directory for the master's sockets, removed when it exits.
@@ -280,6 +285,9 @@ impl Supervisor {
             control_tx,
             started: Instant::now(),
             previous_config: None,
+            balance: ShareTable::create()
+                .inspect_err(|e| warn!(cause = %e, "no accept balance: workers accept unpaced"))
+                .ok(),
         }
     }
 
@@ -359,6 +367,7 @@ impl Supervisor {
                 .zip(self.runtime_dir.as_ref())
                 .map(|(foreign, dir)| (foreign, dir.path())),
             identity: self.config.worker_identity,
+            balance: self.balance.as_ref().map(ShareTable::fd),
         };
         let handle = worker::spawn(launch, self.events_tx.clone()).map_err(|e| e.to_string())?;
         info!(pid = handle.pid, slot, generation, cause = %cause, "worker started");
@@ -459,6 +468,9 @@ impl Supervisor {
             return;
         };
         let pid = worker.handle.pid;
+        if let Some(table) = &self.balance {
+            table.forget(pid);
+        }
         let (slot, generation) = (worker.slot, worker.generation);
         let status = describe(status);
 

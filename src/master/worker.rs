@@ -3,7 +3,7 @@
 //! deadline, exit) and reports each of those to the supervisor as an event.
 
 use std::ffi::OsString;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -91,6 +91,8 @@ pub struct Launch<'a> {
     pub foreign: Option<(&'a ForeignWorker, &'a Path)>,
     /// The uid and gid the worker runs as, if not the master's.
     pub identity: Option<(u32, u32)>,
+    /// The accept-balance table, sent after the listeners.
+    pub balance: Option<BorrowedFd<'a>>,
 }
 
 /// How often a `--ready listening` worker is looked at.
@@ -154,8 +156,11 @@ pub fn spawn(
         worker_id: launch.id,
         generation: launch.generation,
         listeners: launch.listeners.names(),
+        balance: launch.balance.is_some(),
     };
-    protocol::send_now(&master_end, &hello, &launch.listeners.fds()).map_err(SpawnError::Hello)?;
+    let mut fds = launch.listeners.fds();
+    fds.extend(launch.balance);
+    protocol::send_now(&master_end, &hello, &fds).map_err(SpawnError::Hello)?;
 
     let mut notify = None;
     let mut cmd = tokio::process::Command::new(launch.program);

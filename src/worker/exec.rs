@@ -40,23 +40,30 @@ fn prepare(command: &[OsString]) -> Result<std::process::Command, WorkerError> {
         .into());
     }
     let ToWorker::Hello {
-        listeners: names, ..
+        listeners: names,
+        balance,
+        ..
     } = protocol::decode::<ToWorker>(&buf[..received.len]).map_err(HandoffError::from)?
     else {
         return Err(HandoffError::from(ProtocolError::Unexpected("expected hello first")).into());
     };
-    if received.fds.len() != names.len() {
+    let mut fds = received.fds;
+    let expected = names.len() + usize::from(balance);
+    if fds.len() != expected {
         return Err(HandoffError::from(ProtocolError::DescriptorCount {
-            got: received.fds.len(),
-            expected: names.len(),
+            got: fds.len(),
+            expected,
         })
         .into());
     }
-    for (name, listener) in names.iter().zip(&received.fds) {
+    // A COMMAND does not speak baton's protocol: the accept-balance table is
+    // of no use to it (see the README on fairness for COMMAND workers).
+    fds.truncate(names.len());
+    for (name, listener) in names.iter().zip(&fds) {
         check_listener(name, listener.as_fd(), false)?;
     }
     drop(handoff);
-    fd::place_for_exec(received.fds).map_err(WorkerError::Runtime)?;
+    fd::place_for_exec(fds).map_err(WorkerError::Runtime)?;
 
     let mut cmd = std::process::Command::new(&command[0]);
     cmd.args(&command[1..])

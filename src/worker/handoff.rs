@@ -5,10 +5,13 @@
 use std::net::TcpListener;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixListener;
+use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::Domain;
+use tracing::warn;
 
+use crate::balance::AcceptShare;
 use crate::error::{HandoffError, ProtocolError, WorkerError};
 use crate::fd;
 use crate::protocol::{Channel, ToMaster, ToWorker};
@@ -60,6 +63,10 @@ pub struct Handoff {
     channel: Channel,
     pub worker_id: u64,
     pub generation: u64,
+    /// This worker's place in the accept-balance table, for
+    /// [`super::accept::Acceptor`]; `None` if the master sent none or it
+    /// could not be used (the worker then accepts unpaced).
+    pub balance: Option<Arc<AcceptShare>>,
 }
 
 impl Handoff {
@@ -85,19 +92,30 @@ impl Handoff {
             worker_id,
             generation,
             listeners: names,
+            balance,
         } = message
         else {
             return Err(
                 HandoffError::from(ProtocolError::Unexpected("expected hello first")).into(),
             );
         };
-        if fds.len() != names.len() {
+        let expected = names.len() + usize::from(balance);
+        if fds.len() != expected {
             return Err(HandoffError::from(ProtocolError::DescriptorCount {
                 got: fds.len(),
-                expected: names.len(),
+                expected,
             })
             .into());
         }
+        let mut fds = fds;
+        let balance = if balance {
+            let table = fds.pop().expect("counted above");
+            AcceptShare::join(table)
+                .inspect_err(|e| warn!(cause = %e, "no accept balance: accepting unpaced"))
+                .ok()
+        } else {
+            None
+        };
         let listeners = names
             .into_iter()
             .zip(fds)
@@ -107,6 +125,7 @@ impl Handoff {
             channel,
             worker_id,
             generation,
+            balance,
         };
         Ok((handoff, listeners))
     }
@@ -174,4 +193,65 @@ fn adopt_listener(name: String, fd: OwnedFd) -> Result<NamedListener, WorkerErro
         Listener::Tcp(TcpListener::from(fd))
     };
     Ok(NamedListener { name, listener })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balance::ShareTable;
+    use crate::protocol::{self, ToWorker};
+
+    fn listener() -> TcpListener {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        listener
+    }
+
+    /// Sends a hello naming one listener, with `fds` attached, and receives
+    /// it as a worker would.
+    async fn receive(
+        balance: bool,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(Handoff, Vec<NamedListener>), WorkerError> {
+        let (master_end, worker_end) = fd::seqpacket_pair().unwrap();
+        let master_end = std::os::unix::net::UnixDatagram::from(master_end);
+        let hello = ToWorker::Hello {
+            worker_id: 1,
+            generation: 1,
+            listeners: vec!["http".into()],
+            balance,
+        };
+        protocol::send_now(&master_end, &hello, fds).unwrap();
+        Handoff::receive_on(worker_end).await
+    }
+
+    #[tokio::test]
+    async fn the_balance_table_follows_the_listeners() {
+        let table = ShareTable::create().unwrap();
+        let listener = listener();
+        let (handoff, listeners) = receive(true, &[listener.as_fd(), table.fd()])
+            .await
+            .unwrap();
+        assert_eq!(listeners.len(), 1);
+        assert!(handoff.balance.is_some());
+        assert_eq!(table.snapshot(), vec![(std::process::id(), false, 0)]);
+    }
+
+    #[tokio::test]
+    async fn a_missing_table_is_a_protocol_error() {
+        let listener = listener();
+        let err = receive(true, &[listener.as_fd()]).await.unwrap_err();
+        assert!(err.to_string().contains("descriptor"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn something_else_in_place_of_the_table_only_costs_the_balance() {
+        let listener = listener();
+        let other = listener.try_clone().unwrap();
+        let (handoff, listeners) = receive(true, &[listener.as_fd(), other.as_fd()])
+            .await
+            .unwrap();
+        assert_eq!(listeners.len(), 1);
+        assert!(handoff.balance.is_none());
+    }
 }
