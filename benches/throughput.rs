@@ -110,11 +110,13 @@ fn plain_server(threads: usize, work: u64) {
             .unwrap();
         socket.listen(1024).unwrap();
         socket.set_nonblocking(true).unwrap();
-        let listener = tokio::net::TcpListener::from_std(socket.into()).unwrap();
+        let listener: std::net::TcpListener = socket.into();
         println!("{}", listener.local_addr().unwrap());
         let state = Arc::new(baton::worker::http::HttpState::new(work));
-        let listener = baton::worker::TokioListener::Tcp(listener);
-        let _server = baton::worker::server::Server::start(vec![listener], state);
+        let acceptor =
+            baton::worker::accept::Acceptor::new(baton::worker::Listener::Tcp(listener), None)
+                .unwrap();
+        let _server = baton::worker::server::Server::start(vec![acceptor], state);
         std::future::pending::<()>().await;
     });
 }

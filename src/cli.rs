@@ -200,9 +200,24 @@ pub struct HttpArgs {
     #[arg(long, value_name = "DUR", default_value = "3s", value_parser = parse_duration)]
     pub drain_grace: Duration,
 
+    /// How workers share new connections. `balanced`: a worker with more
+    /// connections open than the least-loaded one leaves the next connection
+    /// to the others for a millisecond; `kernel`: whichever worker wakes
+    /// first takes it (uneven: one worker can serve several times what
+    /// another does)
+    #[arg(long, value_name = "MODE", default_value = "balanced")]
+    pub accept: AcceptMode,
+
     /// Break a property on purpose, to prove that the tests notice
     #[arg(long, value_name = "FAULT", hide = true)]
     pub fault: Option<Fault>,
+}
+
+/// How a built-in worker accepts: see [`crate::balance`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AcceptMode {
+    Balanced,
+    Kernel,
 }
 
 /// Deliberate faults for testing the tests.
@@ -223,6 +238,12 @@ impl HttpArgs {
             "--drain-grace".into(),
             humantime::format_duration(self.drain_grace)
                 .to_string()
+                .into(),
+            "--accept".into(),
+            self.accept
+                .to_possible_value()
+                .expect("modes are not skipped")
+                .get_name()
                 .into(),
         ];
         if let Some(fault) = self.fault {
@@ -495,6 +516,7 @@ mod tests {
             work: 5,
             threads: 2,
             drain_grace: Duration::from_millis(1500),
+            accept: AcceptMode::Kernel,
             fault: Some(Fault::ExitOnDrain),
         };
         let mut argv: Vec<OsString> = vec!["baton".into(), "worker".into()];
@@ -505,6 +527,7 @@ mod tests {
         assert_eq!(parsed.http.work, 5);
         assert_eq!(parsed.http.threads, 2);
         assert_eq!(parsed.http.drain_grace, Duration::from_millis(1500));
+        assert_eq!(parsed.http.accept, AcceptMode::Kernel);
         assert_eq!(parsed.http.fault, Some(Fault::ExitOnDrain));
     }
 }

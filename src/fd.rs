@@ -330,3 +330,16 @@ pub fn is_nonblocking(fd: BorrowedFd<'_>) -> io::Result<bool> {
     }
     Ok(flags & libc::O_NONBLOCK != 0)
 }
+
+/// Registers a non-blocking descriptor with the current tokio runtime, for
+/// readiness (the accept path waits for a pending connection before
+/// deciding whether to take it).
+pub fn register_readable(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: the `OwnedFd` is moved in and owned by the `AsyncFd` for its
+    // whole life: nothing else can close or replace the descriptor while it
+    // is registered.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+    };
+    registered.map_err(|e| e.into_parts().1)
+}

@@ -2,10 +2,12 @@
 //! them with hyper, and drains when told to.
 //!
 //! - [`handoff`]: the protocol side, usable by any Rust program.
+//! - [`accept`]: accepting this worker's share of the connections.
 //! - [`exec`]: the stage that turns a COMMAND into a worker.
 //! - [`server`]: accepting, serving and the two-phase drain.
 //! - [`http`]: the built-in handler.
 
+pub mod accept;
 pub mod exec;
 pub mod handoff;
 pub mod http;
@@ -19,8 +21,9 @@ use signal_hook::consts::SIGTERM;
 use tokio::time::Instant;
 use tracing::{error, info, warn, Instrument};
 
-use crate::cli::{Fault, HttpArgs};
+use crate::cli::{AcceptMode, Fault, HttpArgs};
 use crate::error::WorkerError;
+use accept::Acceptor;
 pub use handoff::{Handoff, Instruction, Listener, NamedListener, TokioListener};
 use http::HttpState;
 use server::Server;
@@ -85,18 +88,21 @@ async fn serve_listeners(
     handoff: Handoff,
     received: Vec<NamedListener>,
 ) -> Result<(), WorkerError> {
-    let mut listeners = Vec::with_capacity(received.len());
+    let balance = match args.accept {
+        AcceptMode::Balanced => handoff.balance.clone(),
+        AcceptMode::Kernel => None,
+    };
+    let mut acceptors = Vec::with_capacity(received.len());
     for NamedListener { name, listener } in received {
-        let listener = listener
-            .into_tokio()
-            .map_err(|e| WorkerError::BadListener {
+        let acceptor =
+            Acceptor::new(listener, balance.clone()).map_err(|e| WorkerError::BadListener {
                 name,
                 reason: e.to_string(),
             })?;
-        listeners.push(listener);
+        acceptors.push(acceptor);
     }
     let state = Arc::new(HttpState::new(args.work));
-    let server = Server::start(listeners, state.clone());
+    let server = Server::start(acceptors, state.clone());
     handoff.ready().await?;
     let handoff = Arc::new(handoff);
     tokio::spawn(report_stats(handoff.clone(), state));

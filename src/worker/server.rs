@@ -6,7 +6,8 @@
 //! request it has not read yet, racing every client about to reuse them:
 //!
 //! 1. Stop accepting (drop this worker's copy of each listener: the master
-//!    and the other workers keep the socket and its queue) and answer every
+//!    and the other workers keep the socket and its queue; leave the
+//!    accept-balance table, so nobody defers to this worker) and answer every
 //!    HTTP/1 request with `Connection: close`. Busy connections leave after
 //!    their next response; this lasts until none is open or the grace period
 //!    ends.
@@ -27,8 +28,9 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout_at, Instant};
 use tracing::{debug, info, warn};
 
-use super::handoff::TokioListener;
+use super::accept::{Accepted, Acceptor, Stream};
 use super::http::{handle, HttpState};
+use crate::balance::OpenConnection;
 
 /// How often phase 1 of the drain looks whether every connection closed.
 const DRAIN_POLL: Duration = Duration::from_millis(10);
@@ -46,17 +48,17 @@ pub struct Server {
 impl Server {
     /// Starts accepting on every listener. Returns once each is registered,
     /// so the caller may report ready.
-    pub fn start(listeners: Vec<TokioListener>, state: Arc<HttpState>) -> Self {
+    pub fn start(acceptors: Vec<Acceptor>, state: Arc<HttpState>) -> Self {
         let graceful = Arc::new(GracefulShutdown::new());
         let (stop_accepting, stop_rx) = watch::channel(false);
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder.http1().timer(TokioTimer::new());
         let builder = Arc::new(builder);
-        let accept_loops = listeners
+        let accept_loops = acceptors
             .into_iter()
-            .map(|listener| {
+            .map(|acceptor| {
                 tokio::spawn(accept_loop(
-                    listener,
+                    acceptor,
                     builder.clone(),
                     state.clone(),
                     graceful.clone(),
@@ -102,7 +104,7 @@ impl Server {
 }
 
 async fn accept_loop(
-    listener: TokioListener,
+    acceptor: Acceptor,
     builder: Arc<auto::Builder<TokioExecutor>>,
     state: Arc<HttpState>,
     graceful: Arc<GracefulShutdown>,
@@ -113,14 +115,17 @@ async fn accept_loop(
             biased;
             // The only change ever sent is the order to stop.
             _ = stop.changed() => break,
-            accepted = accept(&listener) => accepted,
+            accepted = acceptor.accept() => accepted,
         };
         match accepted {
-            Ok(Stream::Tcp(stream)) => {
-                let _ = stream.set_nodelay(true);
-                serve(stream, &builder, &state, &graceful);
-            }
-            Ok(Stream::Unix(stream)) => serve(stream, &builder, &state, &graceful),
+            Ok(Accepted {
+                stream: Stream::Tcp(stream),
+                open,
+            }) => serve(stream, open, &builder, &state, &graceful),
+            Ok(Accepted {
+                stream: Stream::Unix(stream),
+                open,
+            }) => serve(stream, open, &builder, &state, &graceful),
             Err(e) => {
                 // EMFILE and friends: back off briefly rather than spin; the
                 // connection stays queued for another worker.
@@ -129,24 +134,14 @@ async fn accept_loop(
             }
         }
     }
-    // Dropping `listener` closes this worker's descriptor only.
-}
-
-enum Stream {
-    Tcp(tokio::net::TcpStream),
-    Unix(tokio::net::UnixStream),
-}
-
-async fn accept(listener: &TokioListener) -> std::io::Result<Stream> {
-    Ok(match listener {
-        TokioListener::Tcp(l) => Stream::Tcp(l.accept().await?.0),
-        TokioListener::Unix(l) => Stream::Unix(l.accept().await?.0),
-    })
+    acceptor.stop();
+    // Dropping `acceptor` closes this worker's descriptor only.
 }
 
 /// Serves one connection on its own task, watched for the drain.
 fn serve<S>(
     stream: S,
+    open: Option<OpenConnection>,
     builder: &auto::Builder<TokioExecutor>,
     state: &Arc<HttpState>,
     graceful: &GracefulShutdown,
@@ -170,5 +165,6 @@ fn serve<S>(
             debug!(cause = %e, "connection ended with an error");
         }
         counters.open.fetch_sub(1, Ordering::Relaxed);
+        drop(open);
     });
 }

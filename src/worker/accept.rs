@@ -1,0 +1,124 @@
+//! Accepting connections on a shared listening socket, paced by the
+//! accept-balance table (see [`crate::balance`]) so that no worker takes
+//! more than its share while another idles.
+//!
+//! This is the accept path of the built-in worker and of any Rust program
+//! that serves with [`super::Handoff`]: wrap each listener in an
+//! [`Acceptor`], give it the handoff's balance, and call
+//! [`Acceptor::accept`] in a loop. Each [`Accepted`] carries a guard that
+//! counts the connection as open until it drops: keep it for as long as the
+//! connection lives.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+
+use nix::sys::socket::{accept4, SockFlag};
+use tokio::io::unix::AsyncFd;
+use tokio::time::{timeout_at, Instant};
+
+use super::handoff::Listener;
+use crate::balance::{AcceptShare, OpenConnection, YIELD_FOR};
+use crate::fd;
+
+/// A listener registered with tokio, accepting its share of connections.
+#[derive(Debug)]
+pub struct Acceptor {
+    socket: AsyncFd<OwnedFd>,
+    unix: bool,
+    balance: Option<Arc<AcceptShare>>,
+}
+
+/// An accepted connection, registered with tokio.
+#[derive(Debug)]
+pub enum Stream {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+/// A connection and its place in the balance table.
+#[derive(Debug)]
+pub struct Accepted {
+    pub stream: Stream,
+    /// Counts the connection as open in the balance table until dropped.
+    pub open: Option<OpenConnection>,
+}
+
+impl Acceptor {
+    /// Registers `listener` with the current tokio runtime. With `balance`,
+    /// accepts are paced by the table and this worker counts as accepting
+    /// from now on; without, every pending connection is taken at once.
+    pub fn new(listener: Listener, balance: Option<Arc<AcceptShare>>) -> io::Result<Self> {
+        let (socket, unix) = match listener {
+            Listener::Tcp(l) => (OwnedFd::from(l), false),
+            Listener::Unix(l) => (OwnedFd::from(l), true),
+        };
+        let socket = fd::register_readable(socket)?;
+        if let Some(share) = &balance {
+            share.set_accepting(true);
+        }
+        Ok(Acceptor {
+            socket,
+            unix,
+            balance,
+        })
+    }
+
+    /// The next connection. While this worker has more connections open than
+    /// its share, a pending connection is left to the others until one of
+    /// this worker's connections closes or [`YIELD_FOR`] has passed, then
+    /// taken if still there. Cancel-safe: nothing is accepted until it
+    /// returns.
+    pub async fn accept(&self) -> io::Result<Accepted> {
+        let mut yield_until = None;
+        loop {
+            let mut ready = self.socket.readable().await?;
+            if let Some(share) = self.balance.as_ref().filter(|s| s.over_share()) {
+                let until = *yield_until.get_or_insert_with(|| Instant::now() + YIELD_FOR);
+                if Instant::now() < until {
+                    // Readiness may be stale (nothing pending): waiting on is
+                    // harmless then, and the accept below finds out.
+                    drop(ready);
+                    let _ = timeout_at(until, share.closed()).await;
+                    continue;
+                }
+            }
+            let accepted = ready.try_io(|socket| {
+                accept4(
+                    socket.get_ref().as_fd(),
+                    SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+                )
+                .map_err(io::Error::from)
+            });
+            match accepted {
+                Ok(connection) => return self.register(connection?),
+                // Another worker took it; readiness was cleared.
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    fn register(&self, connection: OwnedFd) -> io::Result<Accepted> {
+        let stream = if self.unix {
+            Stream::Unix(tokio::net::UnixStream::from_std(connection.into())?)
+        } else {
+            let stream = tokio::net::TcpStream::from_std(connection.into())?;
+            // Responses are small and written whole: do not wait for ACKs.
+            // (A connection the client already reset may refuse; it fails
+            // later, where it is reported.)
+            let _ = stream.set_nodelay(true);
+            Stream::Tcp(stream)
+        };
+        Ok(Accepted {
+            stream,
+            open: self.balance.as_ref().map(AcceptShare::opened),
+        })
+    }
+
+    /// Stops counting this worker among those that accept (on drain).
+    pub fn stop(&self) {
+        if let Some(share) = &self.balance {
+            share.set_accepting(false);
+        }
+    }
+}
