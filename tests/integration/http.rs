@@ -2,7 +2,7 @@
 //! malformed requests, and request bodies that are still being uploaded when
 //! their worker is told to drain.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -12,51 +12,6 @@ use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::support::*;
-
-/// Sends raw bytes and reads until the server closes or goes quiet.
-fn exchange(stream: &mut TcpStream, bytes: &[u8]) -> String {
-    stream.write_all(bytes).unwrap();
-    read_response(stream)
-}
-
-fn read_response(stream: &mut TcpStream) -> String {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut response = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                response.extend_from_slice(&buf[..n]);
-                if complete(&response) {
-                    break;
-                }
-            }
-            Err(e) => panic!(
-                "reading the response: {e}; got so far: {:?}",
-                String::from_utf8_lossy(&response)
-            ),
-        }
-    }
-    String::from_utf8_lossy(&response).into_owned()
-}
-
-/// Whether `response` holds a whole response with a Content-Length body.
-fn complete(response: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(response);
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        return false;
-    };
-    head.lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-length: ")
-                .map(|v| v.trim().parse::<usize>().unwrap())
-        })
-        .is_some_and(|len| body.len() >= len)
-}
 
 /// A keep-alive connection that a worker has certainly accepted: one request
 /// has been answered on it.

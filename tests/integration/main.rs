@@ -4,6 +4,7 @@
 mod support;
 
 mod bad_input;
+mod balance;
 mod check;
 mod command;
 mod control;
