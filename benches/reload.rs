@@ -52,11 +52,7 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = support::client_runtime();
     let run = |o| runtime.block_on(check::run(o)).expect("the check runs");
 
     let steady = run(options(Duration::from_secs(8), None, None));

@@ -9,8 +9,19 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use baton::load::ClientMode;
+
 pub fn baton_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_baton"))
+}
+
+/// The runtime the load generator runs on: two threads, like wrk -t2.
+pub fn client_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 pub fn cpus() -> usize {
@@ -149,20 +160,31 @@ impl Client {
     /// Keep-alive load of 100 connections for `duration`.
     pub fn measure(&self, addr: SocketAddr, duration: Duration) -> Throughput {
         match self {
-            Client::Wrk => wrk(addr, duration),
-            Client::Builtin => builtin(addr, duration),
+            Client::Wrk => wrk(addr, duration, &[]),
+            Client::Builtin => builtin(
+                addr,
+                duration,
+                ClientMode::KeepAlive {
+                    max_idle: Duration::ZERO,
+                },
+            ),
+        }
+    }
+
+    /// 100 clients opening a new connection per request, for `duration`.
+    pub fn measure_closing(&self, addr: SocketAddr, duration: Duration) -> Throughput {
+        match self {
+            Client::Wrk => wrk(addr, duration, &["-H", "Connection: close"]),
+            Client::Builtin => builtin(addr, duration, ClientMode::NewConnection),
         }
     }
 }
 
-fn wrk(addr: SocketAddr, duration: Duration) -> Throughput {
+fn wrk(addr: SocketAddr, duration: Duration, extra: &[&str]) -> Throughput {
     let output = Command::new("wrk")
-        .args([
-            "-t2",
-            "-c100",
-            &format!("-d{}s", duration.as_secs().max(1)),
-            &format!("http://{addr}/"),
-        ])
+        .args(["-t2", "-c100", &format!("-d{}s", duration.as_secs().max(1))])
+        .args(extra)
+        .arg(format!("http://{addr}/"))
         .output()
         .expect("run wrk");
     let text = String::from_utf8_lossy(&output.stdout);
@@ -189,18 +211,9 @@ fn wrk(addr: SocketAddr, duration: Duration) -> Throughput {
     }
 }
 
-fn builtin(addr: SocketAddr, duration: Duration) -> Throughput {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let clients = vec![
-        baton::load::ClientMode::KeepAlive {
-            max_idle: Duration::ZERO
-        };
-        100
-    ];
+fn builtin(addr: SocketAddr, duration: Duration, mode: ClientMode) -> Throughput {
+    let runtime = client_runtime();
+    let clients = vec![mode; 100];
     let report = runtime.block_on(baton::load::run(baton::load::LoadPlan::new(
         addr, clients, duration,
     )));
