@@ -30,6 +30,9 @@ lock = threading.Lock()
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # The head and the body are written apart: without TCP_NODELAY the body
+    # waits for the client's delayed ACK, 40 ms per keep-alive request.
+    disable_nagle_algorithm = True
 
     def setup(self):
         super().setup()
