@@ -91,7 +91,9 @@ impl Acceptor {
                 .map_err(io::Error::from)
             });
             match accepted {
-                Ok(connection) => return self.register(connection?),
+                Ok(Ok(connection)) => return self.register(connection),
+                Ok(Err(e)) if gone_before_accepted(&e) => continue,
+                Ok(Err(e)) => return Err(e),
                 // Another worker took it; readiness was cleared.
                 Err(_would_block) => continue,
             }
@@ -121,4 +123,25 @@ impl Acceptor {
             share.set_accepting(false);
         }
     }
+}
+
+/// Errors that concern only the connection being accepted (its client gave
+/// up, or its network failed, before it was taken): accept(2) asks to treat
+/// them like EAGAIN and try the next one at once.
+fn gone_before_accepted(error: &io::Error) -> bool {
+    use nix::errno::Errno;
+    let errno = Errno::from_raw(error.raw_os_error().unwrap_or(0));
+    matches!(
+        errno,
+        Errno::ECONNABORTED
+            | Errno::EINTR
+            | Errno::EPROTO
+            | Errno::ENETDOWN
+            | Errno::ENOPROTOOPT
+            | Errno::EHOSTDOWN
+            | Errno::ENONET
+            | Errno::EHOSTUNREACH
+            | Errno::EOPNOTSUPP
+            | Errno::ENETUNREACH
+    )
 }
