@@ -14,10 +14,10 @@
 //! stops (drains, crashes) leaves the table, so nobody defers to it.
 //!
 //! Why this and not an accept thread on an EPOLLEXCLUSIVE epoll: exclusive
-//! wake-ups go to the first idle waiter in the socket's wait queue, which is
-//! always the same worker when all are idle; it needs the same pacing on top
-//! to be even, plus a thread and a cross-thread hand-off per connection. The
-//! measurements behind the choice are in the README (Performance).
+//! wake-ups follow the socket's wait queue, last in first out, so the same
+//! worker keeps winning; it needs the same pacing on top to be even, plus a
+//! thread and a cross-thread hand-off per connection. The measurements
+//! behind the choice are in the README (Accept balance).
 //!
 //! The table is advisory. A worker that ignores it (or a COMMAND worker,
 //! which never sees it) only makes the split less even; nobody ever waits
