@@ -111,6 +111,84 @@ pub fn send_now<T: Serialize>(
     Ok(())
 }
 
+/// Receives one message at once, without a runtime (the exec stage: the
+/// master queued the hello before starting it). `Ok(None)` means the peer
+/// closed its end.
+pub fn recv_now<T: DeserializeOwned>(
+    sock: BorrowedFd<'_>,
+) -> Result<Option<(T, Vec<OwnedFd>)>, HandoffError> {
+    let mut buf = vec![0u8; MAX_MESSAGE_BYTES];
+    let received = fd::recv_with_fds(sock, &mut buf)?;
+    read_message(&buf, received)
+}
+
+/// Turns one received datagram into a message and its descriptors.
+fn read_message<T: DeserializeOwned>(
+    buf: &[u8],
+    received: fd::Received,
+) -> Result<Option<(T, Vec<OwnedFd>)>, HandoffError> {
+    // Any descriptors in `received` are owned: returning early closes them.
+    if received.control_truncated {
+        return Err(ProtocolError::ControlTruncated {
+            limit: fd::MAX_FDS_PER_MESSAGE,
+        }
+        .into());
+    }
+    if received.payload_truncated {
+        return Err(ProtocolError::Oversized {
+            len: MAX_MESSAGE_BYTES,
+            limit: MAX_MESSAGE_BYTES,
+        }
+        .into());
+    }
+    if received.len == 0 && received.fds.is_empty() {
+        return Ok(None);
+    }
+    let message = decode(&buf[..received.len])?;
+    Ok(Some((message, received.fds)))
+}
+
+/// A hello with its descriptors matched to what it announces.
+#[derive(Debug)]
+pub struct Hello {
+    pub worker_id: u64,
+    pub generation: u64,
+    /// Each listener's name and socket, in the master's order.
+    pub listeners: Vec<(String, OwnedFd)>,
+    /// The accept-balance table, when the master sent one.
+    pub balance: Option<OwnedFd>,
+}
+
+impl Hello {
+    /// Checks that the first message is a hello and that `fds` are exactly
+    /// the descriptors it announces.
+    pub fn from_received(message: ToWorker, mut fds: Vec<OwnedFd>) -> Result<Self, ProtocolError> {
+        let ToWorker::Hello {
+            worker_id,
+            generation,
+            listeners: names,
+            balance,
+        } = message
+        else {
+            return Err(ProtocolError::Unexpected("expected hello first"));
+        };
+        let expected = names.len() + usize::from(balance);
+        if fds.len() != expected {
+            return Err(ProtocolError::DescriptorCount {
+                got: fds.len(),
+                expected,
+            });
+        }
+        let balance = if balance { fds.pop() } else { None };
+        Ok(Hello {
+            worker_id,
+            generation,
+            listeners: names.into_iter().zip(fds).collect(),
+            balance,
+        })
+    }
+}
+
 /// One end of a handoff socketpair, driven by tokio.
 #[derive(Debug)]
 pub struct Channel {
@@ -164,25 +242,7 @@ impl Channel {
             Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        // Any descriptors in `received` are owned: returning early closes them.
-        if received.control_truncated {
-            return Err(ProtocolError::ControlTruncated {
-                limit: fd::MAX_FDS_PER_MESSAGE,
-            }
-            .into());
-        }
-        if received.payload_truncated {
-            return Err(ProtocolError::Oversized {
-                len: MAX_MESSAGE_BYTES,
-                limit: MAX_MESSAGE_BYTES,
-            }
-            .into());
-        }
-        if received.len == 0 && received.fds.is_empty() {
-            return Ok(None);
-        }
-        let message = decode(&buf[..received.len])?;
-        Ok(Some((message, received.fds)))
+        read_message(&buf, received)
     }
 
     /// Receives one message that must carry no descriptors.

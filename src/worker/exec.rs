@@ -6,12 +6,12 @@
 //! else, is close-on-exec.
 
 use std::ffi::OsString;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 
-use crate::error::{HandoffError, ProtocolError, WorkerError};
+use crate::error::{HandoffError, WorkerError};
 use crate::fd;
-use crate::protocol::{self, ToWorker};
+use crate::protocol::{self, Hello, ToWorker};
 use crate::worker::handoff::check_listener;
 
 /// Receives the listeners and becomes `command`. Returns only on failure.
@@ -31,34 +31,16 @@ fn prepare(command: &[OsString]) -> Result<std::process::Command, WorkerError> {
     let handoff =
         unsafe { fd::take_handoff() }.ok_or(WorkerError::NoHandoff { fd: fd::HANDOFF_FD })?;
     // The master queued the hello before starting this process.
-    let mut buf = vec![0u8; protocol::MAX_MESSAGE_BYTES];
-    let received = fd::recv_with_fds(handoff.as_fd(), &mut buf).map_err(HandoffError::from)?;
-    if received.control_truncated || received.payload_truncated {
-        return Err(HandoffError::from(ProtocolError::ControlTruncated {
-            limit: fd::MAX_FDS_PER_MESSAGE,
-        })
-        .into());
-    }
-    let ToWorker::Hello {
-        listeners: names,
-        balance,
-        ..
-    } = protocol::decode::<ToWorker>(&buf[..received.len]).map_err(HandoffError::from)?
-    else {
-        return Err(HandoffError::from(ProtocolError::Unexpected("expected hello first")).into());
-    };
-    let mut fds = received.fds;
-    let expected = names.len() + usize::from(balance);
-    if fds.len() != expected {
-        return Err(HandoffError::from(ProtocolError::DescriptorCount {
-            got: fds.len(),
-            expected,
-        })
-        .into());
-    }
+    let (message, fds) =
+        protocol::recv_now::<ToWorker>(handoff.as_fd())?.ok_or(WorkerError::MasterGone)?;
+    let Hello {
+        listeners, balance, ..
+    } = Hello::from_received(message, fds).map_err(HandoffError::from)?;
     // A COMMAND does not speak baton's protocol: the accept-balance table is
-    // of no use to it (see the README on fairness for COMMAND workers).
-    fds.truncate(names.len());
+    // of no use to it (see the README on fairness for COMMAND workers). It is
+    // closed now, before descriptors are moved into place for the exec.
+    drop(balance);
+    let (names, fds): (Vec<String>, Vec<OwnedFd>) = listeners.into_iter().unzip();
     for (name, listener) in names.iter().zip(&fds) {
         check_listener(name, listener.as_fd(), false)?;
     }

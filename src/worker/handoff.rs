@@ -14,7 +14,7 @@ use tracing::warn;
 use crate::balance::AcceptShare;
 use crate::error::{HandoffError, ProtocolError, WorkerError};
 use crate::fd;
-use crate::protocol::{Channel, ToMaster, ToWorker};
+use crate::protocol::{Channel, Hello, ToMaster, ToWorker};
 
 /// A listening socket received from the master: non-blocking, listening,
 /// shared with the master and the other workers.
@@ -88,43 +88,21 @@ impl Handoff {
             .recv::<ToWorker>()
             .await?
             .ok_or(WorkerError::MasterGone)?;
-        let ToWorker::Hello {
-            worker_id,
-            generation,
-            listeners: names,
-            balance,
-        } = message
-        else {
-            return Err(
-                HandoffError::from(ProtocolError::Unexpected("expected hello first")).into(),
-            );
-        };
-        let expected = names.len() + usize::from(balance);
-        if fds.len() != expected {
-            return Err(HandoffError::from(ProtocolError::DescriptorCount {
-                got: fds.len(),
-                expected,
-            })
-            .into());
-        }
-        let mut fds = fds;
-        let balance = if balance {
-            let table = fds.pop().expect("counted above");
+        let hello = Hello::from_received(message, fds).map_err(HandoffError::from)?;
+        let balance = hello.balance.and_then(|table| {
             AcceptShare::join(table)
                 .inspect_err(|e| warn!(cause = %e, "no accept balance: accepting unpaced"))
                 .ok()
-        } else {
-            None
-        };
-        let listeners = names
+        });
+        let listeners = hello
+            .listeners
             .into_iter()
-            .zip(fds)
             .map(|(name, fd)| adopt_listener(name, fd))
             .collect::<Result<_, _>>()?;
         let handoff = Handoff {
             channel,
-            worker_id,
-            generation,
+            worker_id: hello.worker_id,
+            generation: hello.generation,
             balance,
         };
         Ok((handoff, listeners))
