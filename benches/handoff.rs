@@ -8,6 +8,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
 use baton::fd;
 use baton::protocol::{self, ToWorker};
+use baton::worker::accept::Acceptor;
 use baton::worker::Handoff;
 
 fn listeners(count: usize) -> Vec<std::net::TcpListener> {
@@ -45,7 +46,7 @@ fn handoff(c: &mut Criterion) {
                     let (_handoff, received) = Handoff::receive_on(worker_end).await.unwrap();
                     let usable: Vec<_> = received
                         .into_iter()
-                        .map(|l| l.listener.into_tokio().unwrap())
+                        .map(|l| Acceptor::new(l.listener, None).unwrap())
                         .collect();
                     assert_eq!(usable.len(), count);
                 });

@@ -180,6 +180,7 @@ impl ShareTable {
     }
 
     /// (pid, accepting, open connections) of every worker in the table.
+    #[cfg(test)]
     pub fn snapshot(&self) -> Vec<(u32, bool, u64)> {
         self.mapping
             .entries()

@@ -17,28 +17,12 @@ use crate::fd;
 use crate::protocol::{Channel, Hello, ToMaster, ToWorker};
 
 /// A listening socket received from the master: non-blocking, listening,
-/// shared with the master and the other workers.
+/// shared with the master and the other workers. Accept on it with
+/// [`super::accept::Acceptor`].
 #[derive(Debug)]
 pub enum Listener {
     Tcp(TcpListener),
     Unix(UnixListener),
-}
-
-impl Listener {
-    /// Registers the socket with the current tokio runtime.
-    pub fn into_tokio(self) -> std::io::Result<TokioListener> {
-        Ok(match self {
-            Listener::Tcp(l) => TokioListener::Tcp(tokio::net::TcpListener::from_std(l)?),
-            Listener::Unix(l) => TokioListener::Unix(tokio::net::UnixListener::from_std(l)?),
-        })
-    }
-}
-
-/// A [`Listener`] registered with tokio.
-#[derive(Debug)]
-pub enum TokioListener {
-    Tcp(tokio::net::TcpListener),
-    Unix(tokio::net::UnixListener),
 }
 
 /// A listening socket received from the master, with its name.

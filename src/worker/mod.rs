@@ -24,7 +24,7 @@ use tracing::{error, info, warn, Instrument};
 use crate::cli::{AcceptMode, Fault, HttpArgs};
 use crate::error::WorkerError;
 use accept::Acceptor;
-pub use handoff::{Handoff, Instruction, Listener, NamedListener, TokioListener};
+pub use handoff::{Handoff, Instruction, Listener, NamedListener};
 use http::HttpState;
 use server::Server;
 
