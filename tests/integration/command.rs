@@ -51,20 +51,8 @@ fn the_tutorials_crashing_workers_refuse_nothing() {
     let _heavy = heavy();
     let server = example("node/server.js");
     let mut cmd = std::process::Command::new(baton_bin());
-    cmd.env("CRASH_AFTER_MS", "2000").args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--workers",
-        "2",
-        "--",
-        "node",
-        &server,
-    ]);
-    let mut baton = Baton::launch(cmd);
-    let line = baton.wait_log("listening", Duration::from_secs(10));
-    baton.addr = field(&line, "addr").unwrap().parse().unwrap();
-    baton.wait_log("all workers ready", Duration::from_secs(20));
+    cmd.env("CRASH_AFTER_MS", "2000");
+    let baton = Baton::serve_command(cmd, &["--workers", "2", "--", "node", &server]);
     // ab-style: every request on a new connection.
     let plan = LoadPlan::new(
         baton.addr,

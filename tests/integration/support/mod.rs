@@ -54,7 +54,13 @@ impl Baton {
 
     /// Like [`Baton::serve`], from another copy of the program.
     pub fn serve_from(program: &Path, args: &[&str]) -> Baton {
-        let baton = Self::spawn(program, args);
+        Self::serve_command(Command::new(program), args)
+    }
+
+    /// Like [`Baton::serve`], with `cmd` (a program and, say, environment)
+    /// in place of the plain binary.
+    pub fn serve_command(cmd: Command, args: &[&str]) -> Baton {
+        let baton = Self::spawn_serve(cmd, args);
         baton.wait_log("all workers ready", Duration::from_secs(20));
         baton
     }
