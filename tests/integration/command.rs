@@ -70,55 +70,41 @@ fn the_tutorials_crashing_workers_refuse_nothing() {
     baton.wait_log_nth("cause=replacement", crashes, Duration::from_secs(5));
 }
 
+/// Runs `baton serve` on a free port with `args` and checks that the first
+/// start fails (exit 1) with every one of `reasons` in the log.
+fn assert_first_start_fails(args: &[&str], reasons: &[&str]) {
+    let mut argv = vec!["serve", "--listen", "127.0.0.1:0"];
+    argv.extend_from_slice(args);
+    let (code, stderr) = run_baton(&argv);
+    assert_eq!(code, 1, "{stderr}");
+    for reason in reasons {
+        assert!(stderr.contains(reason), "{stderr}");
+    }
+}
+
 #[test]
 fn a_command_that_cannot_start_fails_the_first_start() {
-    let (code, stderr) = run_baton(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--workers",
-        "2",
-        "--",
-        "sh",
-        "-c",
-        "exit 3",
-    ]);
-    assert_eq!(code, 1, "{stderr}");
-    assert!(
-        stderr.contains("the first workers failed to start") && stderr.contains("exit code 3"),
-        "{stderr}"
+    assert_first_start_fails(
+        &["--workers", "2", "--", "sh", "-c", "exit 3"],
+        &["the first workers failed to start", "exit code 3"],
     );
-
-    let (code, stderr) = run_baton(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--workers",
-        "1",
-        "--ready",
-        "notify",
-        "--ready-timeout",
-        "1s",
-        "--",
-        "sleep",
-        "30",
-    ]);
-    assert_eq!(code, 1, "{stderr}");
-    assert!(stderr.contains("not ready within 1s"), "{stderr}");
-
-    let (code, stderr) = run_baton(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--workers",
-        "1",
-        "--",
-        "/nonexistent/program",
-    ]);
-    assert_eq!(code, 1, "{stderr}");
-    assert!(
-        stderr.contains("cannot run /nonexistent/program"),
-        "{stderr}"
+    assert_first_start_fails(
+        &[
+            "--workers",
+            "1",
+            "--ready",
+            "notify",
+            "--ready-timeout",
+            "1s",
+            "--",
+            "sleep",
+            "30",
+        ],
+        &["not ready within 1s"],
+    );
+    assert_first_start_fails(
+        &["--workers", "1", "--", "/nonexistent/program"],
+        &["cannot run /nonexistent/program"],
     );
 }
 
