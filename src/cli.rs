@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::check::{parse_url, CheckOptions, Target};
 use crate::config::{
-    name_listeners, own_program_path, parse_duration, parse_mode, parse_signal, ConfigSource,
+    name_listeners, own_program_path, parse_mode, parse_signal, ConfigSource, DurationRange,
     ForeignWorker, ListenSpec, MasterConfig, ReadyMode,
 };
 
@@ -140,12 +140,14 @@ pub struct ServeArgs {
 
     /// How long a new worker may take to become ready before the start or
     /// reload counts as failed
-    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = "10s",
+          value_parser = DurationRange::TIMEOUT.parser())]
     pub ready_timeout: Duration,
 
     /// How long a draining worker may take to finish its requests before it
     /// is killed
-    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = "30s",
+          value_parser = DurationRange::DRAIN.parser())]
     pub drain_timeout: Duration,
 
     #[command(flatten)]
@@ -196,9 +198,37 @@ pub struct HttpArgs {
 
     /// While draining, how long an idle keep-alive connection stays open. A
     /// client that reuses its connection within this time gets its answer
-    /// (with `Connection: close`) instead of a reset
-    #[arg(long, value_name = "DUR", default_value = "3s", value_parser = parse_duration)]
+    /// (with `Connection: close`) instead of a reset; clients that think
+    /// longer between requests than this can race the close. Capped by
+    /// --drain-timeout
+    #[arg(long, value_name = "DUR", default_value = "20s",
+          value_parser = DurationRange::WAIT.parser())]
     pub drain_grace: Duration,
+
+    /// How long a client may take to send a request's headers: from the
+    /// connection's start, or from its first byte after an idle keep-alive
+    /// pause, to the end of the headers. Slow or silent clients are closed
+    #[arg(long, value_name = "DUR", default_value = "10s",
+          value_parser = DurationRange::CLIENT_TIMEOUT.parser())]
+    pub header_timeout: Duration,
+
+    /// How long a keep-alive connection (HTTP/1 or HTTP/2) may sit idle
+    /// between requests before it is closed
+    #[arg(long, value_name = "DUR", default_value = "75s",
+          value_parser = DurationRange::CLIENT_TIMEOUT.parser())]
+    pub keepalive_timeout: Duration,
+
+    /// How long a request body may pause between two chunks before the
+    /// request is answered 408 and its connection closed
+    #[arg(long, value_name = "DUR", default_value = "60s",
+          value_parser = DurationRange::CLIENT_TIMEOUT.parser())]
+    pub body_timeout: Duration,
+
+    /// HTTP/2: ping the client after this long without a frame from it, and
+    /// close the connection if the ping is not answered within as long
+    #[arg(long, value_name = "DUR", default_value = "20s",
+          value_parser = DurationRange::CLIENT_TIMEOUT.parser())]
+    pub http2_ping: Duration,
 
     /// How workers share new connections. `balanced`: a worker with more
     /// connections open than the least-loaded one leaves the next connection
@@ -236,9 +266,15 @@ impl HttpArgs {
             "--threads".into(),
             self.threads.to_string().into(),
             "--drain-grace".into(),
-            humantime::format_duration(self.drain_grace)
-                .to_string()
-                .into(),
+            duration_arg(self.drain_grace),
+            "--header-timeout".into(),
+            duration_arg(self.header_timeout),
+            "--keepalive-timeout".into(),
+            duration_arg(self.keepalive_timeout),
+            "--body-timeout".into(),
+            duration_arg(self.body_timeout),
+            "--http2-ping".into(),
+            duration_arg(self.http2_ping),
             "--accept".into(),
             self.accept
                 .to_possible_value()
@@ -257,7 +293,8 @@ impl HttpArgs {
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// How long to drive load
-    #[arg(long, value_name = "DUR", default_value = "20s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = "20s",
+          value_parser = DurationRange::RUN.parser())]
     pub duration: Duration,
 
     /// Concurrent client connections
@@ -271,15 +308,17 @@ pub struct CheckArgs {
     pub keepalive_ratio: f64,
 
     /// Reload this often (SIGHUP, or --reload-command); 0s for never
-    #[arg(long, value_name = "DUR", default_value = "3s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = "3s",
+          value_parser = DurationRange::SCHEDULE.parser())]
     pub reload_every: Duration,
 
     /// SIGKILL a random worker this often (self-hosted only)
-    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    #[arg(long, value_name = "DUR", value_parser = DurationRange::SCHEDULE.parser())]
     pub kill_every: Option<Duration>,
 
     /// A request without a complete answer within this counts as a timeout
-    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = "10s",
+          value_parser = DurationRange::TIMEOUT.parser())]
     pub request_timeout: Duration,
 
     /// Write the report as JSON to FILE
@@ -310,6 +349,11 @@ pub fn load_config(source: &ConfigSource) -> Result<MasterConfig, String> {
     let mut config = args.into_config()?;
     config.source = Some(source.clone());
     Ok(config)
+}
+
+/// A duration as an argument that parses back to the same value.
+fn duration_arg(duration: Duration) -> OsString {
+    humantime::format_duration(duration).to_string().into()
 }
 
 /// Looks up `--user` and `--group`.
@@ -434,14 +478,13 @@ impl ServeArgs {
         if let Some(workers) = self.workers {
             args.extend(["--workers".into(), workers.to_string().into()]);
         }
-        let duration = |d: Duration| OsString::from(humantime::format_duration(d).to_string());
         args.extend([
             "--backlog".into(),
             self.backlog.to_string().into(),
             "--ready-timeout".into(),
-            duration(self.ready_timeout),
+            duration_arg(self.ready_timeout),
             "--drain-timeout".into(),
-            duration(self.drain_timeout),
+            duration_arg(self.drain_timeout),
         ]);
         args.extend(self.http.to_args());
         if !self.command.is_empty() {
@@ -516,6 +559,10 @@ mod tests {
             work: 5,
             threads: 2,
             drain_grace: Duration::from_millis(1500),
+            header_timeout: Duration::from_secs(4),
+            keepalive_timeout: Duration::from_secs(5),
+            body_timeout: Duration::from_secs(6),
+            http2_ping: Duration::from_secs(7),
             accept: AcceptMode::Kernel,
             fault: Some(Fault::ExitOnDrain),
         };
@@ -527,6 +574,10 @@ mod tests {
         assert_eq!(parsed.http.work, 5);
         assert_eq!(parsed.http.threads, 2);
         assert_eq!(parsed.http.drain_grace, Duration::from_millis(1500));
+        assert_eq!(parsed.http.header_timeout, Duration::from_secs(4));
+        assert_eq!(parsed.http.keepalive_timeout, Duration::from_secs(5));
+        assert_eq!(parsed.http.body_timeout, Duration::from_secs(6));
+        assert_eq!(parsed.http.http2_ping, Duration::from_secs(7));
         assert_eq!(parsed.http.accept, AcceptMode::Kernel);
         assert_eq!(parsed.http.fault, Some(Fault::ExitOnDrain));
     }

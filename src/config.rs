@@ -117,6 +117,66 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{s:?} is not a duration ({e}); write it like 500ms, 3s or 1m"))
 }
 
+/// The range a duration option accepts. Every duration baton takes is
+/// bounded: a huge one would overflow the clock when added to it, and a zero
+/// one makes most timeouts fail everything they guard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationRange {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+impl DurationRange {
+    /// Timeouts that guard something: never zero, at most an hour.
+    pub const TIMEOUT: Self = Self::new(Duration::from_millis(10), HOUR);
+    /// Client timeouts of the built-in server: at least 100 ms (less would
+    /// close connections of healthy clients on a busy machine), at most an
+    /// hour.
+    pub const CLIENT_TIMEOUT: Self = Self::new(Duration::from_millis(100), HOUR);
+    /// How long a drain may take: never zero (that would be a kill), at most
+    /// a day.
+    pub const DRAIN: Self = Self::new(Duration::from_millis(10), DAY);
+    /// Waits where zero means "at once": at most an hour.
+    pub const WAIT: Self = Self::new(Duration::ZERO, HOUR);
+    /// Schedules of the check, where zero means "never": at most a day.
+    pub const SCHEDULE: Self = Self::new(Duration::ZERO, DAY);
+    /// How long the check runs.
+    pub const RUN: Self = Self::new(Duration::from_millis(100), DAY);
+
+    pub const fn new(min: Duration, max: Duration) -> Self {
+        DurationRange { min, max }
+    }
+
+    /// Parses `s` and checks it against this range.
+    pub fn parse(self, s: &str) -> Result<Duration, String> {
+        let duration = parse_duration(s)?;
+        if duration < self.min || duration > self.max {
+            return Err(format!(
+                "{s:?} is out of range: give a duration from {} to {}",
+                humantime::format_duration(self.min),
+                humantime::format_duration(self.max)
+            ));
+        }
+        Ok(duration)
+    }
+
+    /// A clap value parser for this range.
+    pub fn parser(self) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync {
+        move |s| self.parse(s)
+    }
+}
+
+/// The instant `after` from `from`, or far in the future if that overflows
+/// the clock: time arithmetic on values from outside never panics.
+pub fn deadline(from: tokio::time::Instant, after: Duration) -> tokio::time::Instant {
+    from.checked_add(after)
+        .or_else(|| from.checked_add(100 * 365 * DAY))
+        .unwrap_or(from)
+}
+
 /// A listener after defaults are applied: every one has a unique name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NamedListen {
@@ -268,7 +328,7 @@ impl FromStr for ReadyMode {
             "notify" => Ok(ReadyMode::Notify),
             "listening" => Ok(ReadyMode::Listening),
             _ => match s.strip_prefix("delay:") {
-                Some(duration) => parse_duration(duration).map(ReadyMode::Delay),
+                Some(duration) => DurationRange::WAIT.parse(duration).map(ReadyMode::Delay),
                 None => Err(format!(
                     "{s:?} is not a readiness mode; use notify, listening or delay:DUR (like delay:500ms)"
                 )),
@@ -365,5 +425,28 @@ mod tests {
     fn durations() {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("3x").unwrap_err().contains("500ms"));
+    }
+
+    #[test]
+    fn durations_out_of_range_say_the_range() {
+        let range = DurationRange::TIMEOUT;
+        assert_eq!(range.parse("2s").unwrap(), Duration::from_secs(2));
+        for bad in ["0s", "2h", "500000000000years", "18446744073709551615s"] {
+            let error = range.parse(bad).unwrap_err();
+            assert!(error.contains("from 10ms to 1h"), "{bad}: {error}");
+        }
+        assert!(range.parse("-5s").unwrap_err().contains("not a duration"));
+        assert!("delay:0s".parse::<ReadyMode>().is_ok());
+        assert!("delay:2days".parse::<ReadyMode>().is_err());
+    }
+
+    #[test]
+    fn deadlines_never_overflow() {
+        let now = tokio::time::Instant::now();
+        assert!(deadline(now, Duration::MAX) > now);
+        assert_eq!(
+            deadline(now, Duration::from_secs(1)),
+            now + Duration::from_secs(1)
+        );
     }
 }

@@ -17,7 +17,7 @@ use crate::cli::{Cli, Command, ServeArgs};
 /// Options that take a list.
 const LISTS: [&str; 2] = ["listen", "command"];
 /// Every key the file may hold.
-const KEYS: [&str; 18] = [
+const KEYS: [&str; 23] = [
     "listen",
     "unix_mode",
     "control",
@@ -28,12 +28,17 @@ const KEYS: [&str; 18] = [
     "ready_timeout",
     "drain_timeout",
     "drain_grace",
+    "header_timeout",
+    "keepalive_timeout",
+    "body_timeout",
+    "http2_ping",
     "work",
     "threads",
     "ready",
     "drain_signal",
     "output",
     "command",
+    "accept",
     "fault",
     "config",
 ];
@@ -45,6 +50,14 @@ pub fn load(file: &Path, cli_args: &[OsString]) -> Result<ServeArgs, String> {
         .map_err(|e| format!("cannot read the config file {}: {e}", file.display()))?;
     let table: toml::Table =
         toml::from_str(&text).map_err(|e| format!("{} is not valid TOML: {e}", file.display()))?;
+    if table.is_empty() {
+        // Most often a file caught while an editor or a deploy rewrites it:
+        // applying it would silently reset every option to its default.
+        return Err(format!(
+            "{} sets no option; if it is being rewritten, write the new file beside it and rename it over this one",
+            file.display()
+        ));
+    }
     let from_file = to_args(&table).map_err(|e| format!("{}: {e}", file.display()))?;
     let (cli_options, cli_command) = split_command(cli_args);
     let given_on_cli: Vec<String> = cli_options
@@ -111,7 +124,7 @@ fn to_args(table: &toml::Table) -> Result<Vec<(String, Vec<OsString>)>, String> 
         if !KEYS.contains(&key.as_str()) || key == "config" {
             return Err(format!(
                 "unknown key {key:?}; keys are the serve options: {}",
-                KEYS[..17].join(", ")
+                KEYS[..KEYS.len() - 1].join(", ")
             ));
         }
         let values = match value {
@@ -195,5 +208,9 @@ mod tests {
         assert!(load(&file.0, &[]).unwrap_err().contains("one value"));
         let file = write("workers = \n");
         assert!(load(&file.0, &[]).unwrap_err().contains("not valid TOML"));
+        let file = write("# nothing yet\n");
+        assert!(load(&file.0, &[]).unwrap_err().contains("sets no option"));
+        let file = write("ready_timeout = \"500000000000years\"\n");
+        assert!(load(&file.0, &[]).unwrap_err().contains("out of range"));
     }
 }

@@ -778,7 +778,9 @@ impl Supervisor {
         self.phase = Phase::Stopping;
         self.notifier.stopping(
             &format!("stopping: {} workers to drain", self.workers.len()),
-            self.config.drain_timeout + Duration::from_secs(5),
+            self.config
+                .drain_timeout
+                .saturating_add(Duration::from_secs(5)),
         );
         if let Some(rollout) = self.rollout.take() {
             info!(

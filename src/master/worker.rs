@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep, sleep_until, Instant};
 use tracing::{debug, info, warn, Instrument};
 
-use crate::config::{ForeignWorker, ReadyMode};
+use crate::config::{deadline, ForeignWorker, ReadyMode};
 use crate::error::SpawnError;
 use crate::fd;
 use crate::listeners::ListenerSet;
@@ -234,7 +234,7 @@ pub fn spawn(
         channel,
         orders: orders_rx,
         events,
-        ready_deadline: Instant::now() + launch.ready_timeout,
+        ready_deadline: deadline(Instant::now(), launch.ready_timeout),
         ready_timeout: launch.ready_timeout,
     };
     tokio::spawn(watcher.run().instrument(span));
@@ -297,7 +297,7 @@ impl Watcher {
                 .filter(|_| ready_timer);
             let probe = matches!(ready_mode, Some(ReadyMode::Listening));
             let delay = match ready_mode {
-                Some(ReadyMode::Delay(delay)) => Some(self.started + delay),
+                Some(ReadyMode::Delay(delay)) => Some(deadline(self.started, delay)),
                 _ => None,
             };
             tokio::select! {
@@ -351,7 +351,7 @@ impl Watcher {
                 },
                 order = self.orders.recv(), if orders_open => match order {
                     Some(Order::Drain(timeout)) => {
-                        drain_deadline = Some(Instant::now() + timeout + KILL_MARGIN);
+                        drain_deadline = Some(deadline(Instant::now(), timeout.saturating_add(KILL_MARGIN)));
                         if let Some(foreign) = &self.foreign {
                             let pid = nix::unistd::Pid::from_raw(self.pid as i32);
                             let _ = nix::sys::signal::kill(pid, foreign.drain_signal);

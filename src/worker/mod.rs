@@ -131,7 +131,10 @@ async fn serve_listeners(
     }
     info!(timeout_ms = timeout.as_millis() as u64, "drain requested");
     server
-        .drain(args.drain_grace, Instant::now() + timeout)
+        .drain(
+            args.drain_grace,
+            crate::config::deadline(Instant::now(), timeout),
+        )
         .await;
     Ok(())
 }
