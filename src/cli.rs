@@ -409,6 +409,13 @@ impl CheckArgs {
                         .listen
                         .push("127.0.0.1:0".parse().expect("a valid address"));
                 }
+                if serve.control.is_none() {
+                    // Its own control socket, so that the check runs beside
+                    // a baton that uses the default one.
+                    let dir = crate::control::default_dir();
+                    crate::control::ensure_private_dir(&dir)?;
+                    serve.control = Some(dir.join(format!("check-{}.sock", std::process::id())));
+                }
                 // Validate now, so that a bad serve option is a usage error
                 // of the check itself.
                 serve.clone().into_config()?;

@@ -4,7 +4,9 @@
 //! One request per connection: a line of at most [`MAX_REQUEST_BYTES`],
 //! answered with text whose first line starts with `ok` or `error`, then the
 //! connection closes. The socket file is 0600 and the peer's uid is checked
-//! (SO_PEERCRED: root or the master's own user). A client that sends garbage,
+//! on both sides (SO_PEERCRED): the master serves root and its own user
+//! only, and a client believes only a master of its own user or root. The
+//! default path lies in a directory only the user can write. A client that sends garbage,
 //! too much, or nothing at all is answered or dropped on a deadline; at most
 //! [`MAX_CLIENTS`] are served at once. Nothing a client does reaches the
 //! supervisor except a well-formed request.
@@ -66,18 +68,84 @@ pub struct Request {
 }
 
 /// Where the control socket lives when `--control` is not given:
-/// `$XDG_RUNTIME_DIR/baton.sock`, `/run/baton.sock` for root, else
-/// `/tmp/baton-UID.sock`.
+/// `control.sock` in a directory only this user can write (see
+/// [`default_dir`]), so that nobody else can put a socket there first and
+/// answer in the master's name.
 pub fn default_path() -> PathBuf {
+    default_dir().join("control.sock")
+}
+
+/// `$XDG_RUNTIME_DIR/baton`, `/run/baton` for root, else `/tmp/baton-UID`.
+pub fn default_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
-        return Path::new(&dir).join("baton.sock");
+        return Path::new(&dir).join("baton");
     }
     let uid = nix::unistd::getuid();
     if uid.is_root() {
-        PathBuf::from("/run/baton.sock")
+        PathBuf::from("/run/baton")
     } else {
-        PathBuf::from(format!("/tmp/baton-{uid}.sock"))
+        PathBuf::from(format!("/tmp/baton-{uid}"))
     }
+}
+
+/// Creates `dir` (mode 0700) if it is missing, and checks that it belongs
+/// to this user and that nobody else may write in it.
+pub fn ensure_private_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => check_private_dir(dir),
+        Err(e) => Err(format!("cannot create {}: {e}", dir.display())),
+    }
+}
+
+/// Checks that `dir` is a directory (not a link) of this user that nobody
+/// else may write in.
+pub fn check_private_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::getuid().as_raw();
+    let meta = std::fs::symlink_metadata(dir)
+        .map_err(|e| format!("cannot inspect {}: {e}", dir.display()))?;
+    let problem = if !meta.is_dir() {
+        Some("is not a directory".to_owned())
+    } else if meta.uid() != me {
+        Some(format!("belongs to uid {}, not to uid {me}", meta.uid()))
+    } else if meta.mode() & 0o022 != 0 {
+        Some(format!(
+            "may be written by others (mode {:o})",
+            meta.mode() & 0o777
+        ))
+    } else {
+        None
+    };
+    match problem {
+        None => Ok(()),
+        Some(problem) => Err(format!(
+            "{} {problem}, so another user could answer in baton's name; remove it, or give --control PATH in a directory only you can write",
+            dir.display()
+        )),
+    }
+}
+
+/// Whether a control client running as `me` may believe a master that runs
+/// as `peer` and listens at `path`: its own user and root always; for root,
+/// also the user that owns both the socket and a directory only that user
+/// (or root) can write, like a systemd `RuntimeDirectory=` of a service
+/// running as its own user.
+fn trusted_peer(me: u32, peer: u32, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if peer == me || peer == 0 {
+        return true;
+    }
+    if me != 0 {
+        return false;
+    }
+    let owned_by_peer = std::fs::symlink_metadata(path).is_ok_and(|m| m.uid() == peer);
+    let dir_private = path
+        .parent()
+        .and_then(|dir| std::fs::symlink_metadata(dir).ok())
+        .is_some_and(|m| m.is_dir() && (m.uid() == peer || m.uid() == 0) && m.mode() & 0o022 == 0);
+    owned_by_peer && dir_private
 }
 
 /// Serves the control socket until the master exits, passing well-formed
@@ -147,7 +215,9 @@ async fn ask(requests: &mpsc::UnboundedSender<Request>, command: Command) -> Str
     answer.await.unwrap_or_else(|_| gone())
 }
 
-/// Sends `command` to the master at `path` and returns its answer.
+/// Sends `command` to the master at `path` and returns its answer. The
+/// master must run as this user or root (SO_PEERCRED): an answer from
+/// anyone else is not read.
 pub fn request(path: &Path, command: Command) -> Result<String, String> {
     let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(|e| {
         format!(
@@ -155,6 +225,17 @@ pub fn request(path: &Path, command: Command) -> Result<String, String> {
             path.display()
         )
     })?;
+    let peer = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+        .map_err(|e| format!("cannot tell who listens at {}: {e}", path.display()))?;
+    let me = nix::unistd::getuid().as_raw();
+    if !trusted_peer(me, peer.uid(), path) {
+        return Err(format!(
+            "refusing to talk to {}: the process listening there (pid {}) runs as uid {}, not as uid {me} or root, so it is not your baton; nothing was sent",
+            path.display(),
+            peer.pid(),
+            peer.uid()
+        ));
+    }
     let line = format!("{}\n", command.as_line());
     // Even if sending fails, the master may have said why: read on.
     let sent = stream.write_all(line.as_bytes());

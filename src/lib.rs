@@ -20,6 +20,7 @@
 //!   other `unsafe` maps the [`balance`] table.)
 //! - [`listeners`]: binding the listening sockets, keyed by name.
 //! - [`protocol`]: the master ↔ worker messages and their framing.
+//! - [`rlimit`]: the open-file limit, raised for the workers to inherit.
 //! - [`signals`]: Unix signals mapped to the master's intents.
 //! - [`systemd`]: socket activation and sd_notify.
 //! - [`master`]: the supervisor: worker slots, crash replacement, rolling
@@ -48,6 +49,7 @@ pub mod load;
 pub mod master;
 pub mod procfs;
 pub mod protocol;
+pub mod rlimit;
 pub mod signals;
 pub mod systemd;
 pub mod worker;

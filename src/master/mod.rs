@@ -56,6 +56,17 @@ pub async fn run(
         backlog: config.backlog,
         unix_mode: config.unix_mode,
     };
+    match crate::rlimit::raise_open_files() {
+        Ok(limit) => info!(
+            soft = limit.soft,
+            hard = limit.hard,
+            was = limit.was,
+            "open-file limit"
+        ),
+        Err(e) => {
+            warn!(cause = %e, "cannot raise the open-file limit; workers keep the one baton started with")
+        }
+    }
     let listeners = ListenerSet::open(inherited, &config.listen, options)?;
     for listener in listeners.iter() {
         info!(
@@ -76,39 +87,49 @@ pub async fn run(
     let mut supervisor = Supervisor::new(config, listeners, Notifier::from_env());
     supervisor.runtime_dir = runtime_dir;
     // The socket file is removed when `_control_file` drops, as run returns.
-    let _control_file = control_socket.map(|(listener, file)| {
-        tokio::spawn(control::serve(listener, supervisor.control_tx.clone()));
-        file
-    });
+    let (control_listener, _control_file) = control_socket;
+    tokio::spawn(control::serve(
+        control_listener,
+        supervisor.control_tx.clone(),
+    ));
     supervisor.start();
     supervisor.run(&mut signals).await
 }
 
-/// Binds the control socket: at `--control`, where failing is an error, or
-/// at the default path, where a socket another baton is using only costs this
-/// one its control socket (several masters may run side by side).
+/// Binds the control socket at `--control`, or at the default path in a
+/// directory only this user can write (created if missing). A path in use,
+/// or a default directory someone else could write in, is an error: a
+/// master without its control socket could not be reloaded or stopped by
+/// `baton`, and a socket someone else put there could answer in its name.
 fn open_control_socket(
     config: &MasterConfig,
-) -> Result<Option<(tokio::net::UnixListener, crate::listeners::SocketFile)>, MasterError> {
-    let (path, explicit) = match &config.control {
-        Some(path) => (path.clone(), true),
-        None => (control::default_path(), false),
+) -> Result<(tokio::net::UnixListener, crate::listeners::SocketFile), MasterError> {
+    let path = match &config.control {
+        Some(path) => path.clone(),
+        None => {
+            let dir = control::default_dir();
+            control::ensure_private_dir(&dir).map_err(|reason| MasterError::Control {
+                path: control::default_path(),
+                reason,
+            })?;
+            control::default_path()
+        }
     };
     let bound = crate::listeners::bind_private_socket(&path)
         .and_then(|(listener, file)| Ok((tokio::net::UnixListener::from_std(listener)?, file)));
     match bound {
         Ok((listener, file)) => {
             info!(path = %path.display(), "control socket");
-            Ok(Some((listener, file)))
+            Ok((listener, file))
         }
-        Err(e) if explicit => Err(MasterError::Control {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(MasterError::Control {
+            path,
+            reason: "a running program listens there (another baton?)".to_owned(),
+        }),
+        Err(e) => Err(MasterError::Control {
             path,
             reason: e.to_string(),
         }),
-        Err(e) => {
-            warn!(path = %path.display(), cause = %e, "no control socket (give one with --control)");
-            Ok(None)
-        }
     }
 }
 
@@ -211,7 +232,7 @@ struct Supervisor {
     queued_waiters: Vec<oneshot::Sender<String>>,
     /// Requests from the control socket.
     control_rx: mpsc::UnboundedReceiver<control::Request>,
-    /// Kept so that the channel stays open without a control socket.
+    /// Given to the control socket's server.
     control_tx: mpsc::UnboundedSender<control::Request>,
     /// When the master started, for `baton status`.
     started: Instant,

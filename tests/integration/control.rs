@@ -220,6 +220,103 @@ fn the_control_socket_refuses_other_users_and_survives_abuse() {
     assert!(c.baton.workers().len() == 1);
 }
 
+/// A program of another user that listens at a control path and answers
+/// every client "ok", as an impersonator would; it records what it is sent.
+const IMPERSONATOR: &str = r#"
+import socket, sys
+path, log = sys.argv[1], sys.argv[2]
+s = socket.socket(socket.AF_UNIX)
+s.bind(path)
+s.listen(16)
+print("listening", flush=True)
+while True:
+    c, _ = s.accept()
+    c.settimeout(2)
+    try:
+        data = c.recv(4096)
+    except OSError:
+        data = b""
+    with open(log, "ab") as f:
+        f.write(data)
+    try:
+        c.sendall(b"ok: generation 99 is in\n")
+    except OSError:
+        pass
+    c.close()
+"#;
+
+#[test]
+fn a_control_socket_of_another_user_is_not_believed() {
+    use std::io::BufRead;
+    use std::os::unix::fs::PermissionsExt;
+    const ATTACKER: u32 = 1;
+    let dir = TempDir::new("impersonated");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let path = dir.path().join("control.sock");
+    let log = dir.path().join("received");
+    std::fs::write(&log, b"").unwrap();
+    std::os::unix::fs::chown(&log, Some(ATTACKER), Some(ATTACKER)).unwrap();
+    let mut fake = KillOnDrop(
+        Command::new("python3")
+            .args(["-c", IMPERSONATOR])
+            .arg(&path)
+            .arg(&log)
+            .uid(ATTACKER)
+            .gid(ATTACKER)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start python3"),
+    );
+    let mut line = String::new();
+    std::io::BufReader::new(fake.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "listening");
+
+    for args in [&["status"][..], &["reload", "--wait"], &["stop"]] {
+        let (code, stdout, stderr) = client(args, &path, None);
+        assert_ne!(
+            code, 0,
+            "baton {args:?} believed the impersonator: {stdout}"
+        );
+        assert!(!stdout.contains("ok"), "{args:?} reported {stdout:?}");
+        assert!(
+            stderr.contains(&format!("runs as uid {ATTACKER}")),
+            "{args:?} should say whose socket it is: {stderr}"
+        );
+    }
+    drop(fake);
+    assert_eq!(
+        std::fs::read(&log).unwrap(),
+        b"",
+        "no request reached the impersonator"
+    );
+
+    // The default control directory taken by another user: the master
+    // refuses to start rather than run without its control socket.
+    const VICTIM: u32 = 65534;
+    let taken = PathBuf::from(format!("/tmp/baton-{VICTIM}"));
+    let _ = std::fs::remove_dir_all(&taken);
+    std::fs::create_dir(&taken).unwrap();
+    std::fs::set_permissions(&taken, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::os::unix::fs::chown(&taken, Some(ATTACKER), Some(ATTACKER)).unwrap();
+    let output = Command::new(baton_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--workers", "1"])
+        .env_remove("XDG_RUNTIME_DIR")
+        .uid(VICTIM)
+        .gid(VICTIM)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run baton serve");
+    let _ = std::fs::remove_dir_all(&taken);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("belongs to uid {ATTACKER}")),
+        "the error says who owns the directory: {stderr}"
+    );
+}
+
 #[test]
 fn a_crash_loop_backs_off_to_the_cap_with_flat_resources() {
     let dir = TempDir::new("crash-loop");

@@ -46,7 +46,8 @@ fn serves_on_the_socket_systemd_socket_activate_passes() {
         "RUST_LOG=info",
     ])
     .arg(baton_bin())
-    .args(["serve", "--workers", "2"]);
+    .args(["serve", "--workers", "2", "--control"])
+    .arg(private_control_path());
     let baton = Baton::launch(cmd);
     baton.wait_log("Listening on", Duration::from_secs(10));
     // The first connection makes systemd-socket-activate exec baton; it waits

@@ -112,6 +112,8 @@ impl Baton {
         cmd.args(["-c", "LISTEN_PID=$$ exec \"$0\" \"$@\""])
             .arg(baton_bin())
             .arg("serve")
+            .arg("--control")
+            .arg(private_control_path())
             .args(args)
             .env("LISTEN_FDS", fds.len().to_string())
             .env("LISTEN_FDNAMES", names.join(":"))
@@ -141,6 +143,9 @@ impl Baton {
         cmd.arg("serve");
         if !args.contains(&"--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        if !args.contains(&"--control") {
+            cmd.arg("--control").arg(private_control_path());
         }
         cmd.args(args);
         let mut baton = Self::launch(cmd);
@@ -305,6 +310,29 @@ impl Drop for Baton {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
         }
     }
+}
+
+/// A child process that is killed and reaped when dropped, even when the
+/// test fails.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A control socket path of this test's own, so that masters started side
+/// by side never share one.
+pub fn private_control_path() -> PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "control-{}-{}.sock",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ))
 }
 
 /// The value of `key=value` in a tracing log line.
