@@ -112,11 +112,19 @@ fn plain_server(threads: usize, work: u64) {
         socket.set_nonblocking(true).unwrap();
         let listener: std::net::TcpListener = socket.into();
         println!("{}", listener.local_addr().unwrap());
-        let state = Arc::new(baton::worker::http::HttpState::new(work));
+        let args = baton::cli::HttpArgs {
+            work,
+            ..Default::default()
+        };
+        let state = Arc::new(baton::worker::http::HttpState::new(
+            args.work,
+            args.body_timeout,
+        ));
         let acceptor =
             baton::worker::accept::Acceptor::new(baton::worker::Listener::Tcp(listener), None)
                 .unwrap();
-        let _server = baton::worker::server::Server::start(vec![acceptor], state);
+        let _server =
+            baton::worker::server::Server::start(vec![acceptor], state, args.server_options());
         std::future::pending::<()>().await;
     });
 }

@@ -257,7 +257,28 @@ pub enum Fault {
     ExitOnDrain,
 }
 
+/// The built-in worker's defaults, as the command line gives them.
+impl Default for HttpArgs {
+    fn default() -> Self {
+        match Cli::parse_from(["baton", "worker"]).command {
+            Command::Worker(args) => args.http,
+            _ => unreachable!("parsed as the worker subcommand"),
+        }
+    }
+}
+
 impl HttpArgs {
+    /// The server's client limits.
+    pub fn server_options(&self) -> crate::worker::server::ServerOptions {
+        crate::worker::server::ServerOptions {
+            limits: crate::worker::connection::Limits {
+                header: self.header_timeout,
+                keepalive: self.keepalive_timeout,
+            },
+            http2_ping: self.http2_ping,
+        }
+    }
+
     /// The same options as command-line arguments for `baton worker`.
     pub fn to_args(&self) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec![

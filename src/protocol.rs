@@ -40,7 +40,8 @@ pub enum ToWorker {
         balance: bool,
     },
     /// Stop accepting and finish what is in flight within `timeout_ms`, after
-    /// which the master kills the worker.
+    /// which the master kills the worker. Sent again to a worker that is
+    /// draining, it hurries the drain: the grace ends at once.
     Drain { timeout_ms: u64 },
 }
 

@@ -42,6 +42,11 @@ const QUICK_FAILURES_BEFORE_BACKOFF: u32 = 2;
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 /// The longest crash-loop backoff.
 const BACKOFF_CAP: Duration = Duration::from_secs(10);
+/// Generations whose workers may drain at their own pace at once. Draining
+/// workers keep idle keep-alive connections for the whole grace; in a reload
+/// storm the workers of older generations are hurried (their grace ends at
+/// once), so that processes and memory stay bounded.
+const MAX_DRAINING_GENERATIONS: usize = 2;
 
 /// Runs the master until it is told to stop. Returns an error for a failed
 /// start (listeners cannot be bound, the first workers cannot start).
@@ -182,6 +187,15 @@ enum WorkerState {
     Starting,
     Ready,
     Draining,
+    /// Draining, and told to end its grace early: a reload storm left more
+    /// than [`MAX_DRAINING_GENERATIONS`] generations draining.
+    Hurried,
+}
+
+impl WorkerState {
+    fn is_draining(self) -> bool {
+        matches!(self, WorkerState::Draining | WorkerState::Hurried)
+    }
 }
 
 /// One of the `--workers` positions the master keeps filled.
@@ -495,7 +509,7 @@ impl Supervisor {
         let (slot, generation) = (worker.slot, worker.generation);
         let status = describe(status);
 
-        if worker.state == WorkerState::Draining {
+        if worker.state.is_draining() {
             info!(pid, slot, generation, %status, "worker exited after draining");
             return;
         }
@@ -777,7 +791,7 @@ impl Supervisor {
         let Some(worker) = self.workers.get_mut(&id) else {
             return;
         };
-        if worker.state == WorkerState::Draining {
+        if worker.state.is_draining() {
             return;
         }
         worker.state = WorkerState::Draining;
@@ -788,6 +802,32 @@ impl Supervisor {
             "draining worker"
         );
         worker.handle.drain(self.config.drain_timeout);
+        self.hurry_old_generations();
+    }
+
+    /// Hurries the workers of the oldest generations draining while more
+    /// than [`MAX_DRAINING_GENERATIONS`] drain at their own pace.
+    fn hurry_old_generations(&mut self) {
+        let draining: std::collections::BTreeSet<u64> = self
+            .workers
+            .values()
+            .filter(|w| w.state == WorkerState::Draining)
+            .map(|w| w.generation)
+            .collect();
+        let excess = draining.len().saturating_sub(MAX_DRAINING_GENERATIONS);
+        let oldest: Vec<u64> = draining.into_iter().take(excess).collect();
+        for worker in self.workers.values_mut() {
+            if worker.state == WorkerState::Draining && oldest.contains(&worker.generation) {
+                worker.state = WorkerState::Hurried;
+                info!(
+                    pid = worker.handle.pid,
+                    slot = worker.slot,
+                    generation = worker.generation,
+                    "hurrying a draining worker"
+                );
+                worker.handle.hurry();
+            }
+        }
     }
 
     /// Stops every worker: drained, or killed when `now`.

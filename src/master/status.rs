@@ -68,6 +68,7 @@ fn collect(supervisor: &Supervisor) -> Status {
                 WorkerState::Starting => "starting",
                 WorkerState::Ready => "ready",
                 WorkerState::Draining => "draining",
+                WorkerState::Hurried => "hurried",
             },
             uptime_s: (now - w.started).as_secs_f64(),
             restarts: supervisor.slots.get(w.slot).map_or(0, |s| s.restarts),

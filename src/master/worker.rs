@@ -55,6 +55,8 @@ pub struct WorkerStats {
 #[derive(Debug)]
 enum Order {
     Drain(Duration),
+    /// End the grace of the drain in progress at once.
+    Hurry,
     Kill,
 }
 
@@ -70,6 +72,13 @@ impl WorkerHandle {
     /// Tells the worker to drain within `timeout`; it is killed after that.
     pub fn drain(&self, timeout: Duration) {
         let _ = self.orders.send(Order::Drain(timeout));
+    }
+
+    /// Tells a draining worker to end its grace at once: its idle
+    /// connections close, its requests in flight keep the drain deadline.
+    /// (A COMMAND worker has no such order; it drains at its own pace.)
+    pub fn hurry(&self) {
+        let _ = self.orders.send(Order::Hurry);
     }
 
     /// Kills the worker at once.
@@ -357,6 +366,15 @@ impl Watcher {
                             let _ = nix::sys::signal::kill(pid, foreign.drain_signal);
                         } else if channel_open {
                             if let Err(e) = self.channel.send(&ToWorker::drain(timeout), &[]).await {
+                                self.fail(&mut killed, format!("cannot send drain: {e}"));
+                            }
+                        }
+                    }
+                    Some(Order::Hurry) => {
+                        let left = drain_deadline
+                            .map(|at| at.saturating_duration_since(Instant::now()).saturating_sub(KILL_MARGIN));
+                        if let (Some(left), None, true) = (left, &self.foreign, channel_open) {
+                            if let Err(e) = self.channel.send(&ToWorker::drain(left), &[]).await {
                                 self.fail(&mut killed, format!("cannot send drain: {e}"));
                             }
                         }

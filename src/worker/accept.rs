@@ -117,10 +117,18 @@ impl Acceptor {
         })
     }
 
-    /// Stops counting this worker among those that accept (on drain).
+    /// Stops counting this worker among those that accept (on drain, or
+    /// while it cannot accept).
     pub fn stop(&self) {
         if let Some(share) = &self.balance {
             share.set_accepting(false);
+        }
+    }
+
+    /// Counts this worker among those that accept again.
+    pub fn resume(&self) {
+        if let Some(share) = &self.balance {
+            share.set_accepting(true);
         }
     }
 }

@@ -35,7 +35,9 @@ pub struct NamedListener {
 /// What the master asks of a running worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Instruction {
-    /// Stop accepting, finish what is in flight within `timeout`.
+    /// Stop accepting, finish what is in flight within `timeout`. A second
+    /// drain while draining hurries it: idle connections close now, and
+    /// what is in flight has `timeout` left.
     Drain { timeout: Duration },
     /// The master is gone (its end of the handoff socket closed).
     MasterGone,

@@ -1,23 +1,26 @@
 //! The built-in worker's HTTP handler, the tutorial's server: `/` answers
 //! `Process handled by pid: <pid>`, `/healthz` answers 200, a request body is
 //! read to its end and its size reported, and `--work N` burns N iterations of
-//! CPU per request. While the worker drains, every HTTP/1 response carries
-//! `Connection: close`, so that busy keep-alive clients leave on their own.
+//! CPU per request. A request body that pauses longer than the body timeout
+//! between two chunks is answered 408.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE};
-use hyper::{Method, Request, Response, StatusCode, Version};
+use hyper::{Method, Request, Response, StatusCode};
 
 /// What the handler shares across connections.
 #[derive(Debug)]
 pub struct HttpState {
     pid: u32,
     work: u64,
+    /// The longest pause between two chunks of a request body.
+    body_timeout: Duration,
     /// Set when the drain starts: later HTTP/1 responses close their connection.
     pub draining: AtomicBool,
     /// Requests answered.
@@ -29,10 +32,11 @@ pub struct HttpState {
 }
 
 impl HttpState {
-    pub fn new(work: u64) -> Self {
+    pub fn new(work: u64, body_timeout: Duration) -> Self {
         HttpState {
             pid: std::process::id(),
             work,
+            body_timeout,
             draining: AtomicBool::new(false),
             requests: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
@@ -45,14 +49,8 @@ pub async fn handle(
     req: Request<Incoming>,
     state: &HttpState,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let http1 = req.version() < Version::HTTP_2;
-    let mut response = route(req, state).await;
+    let response = route(req, state).await;
     state.requests.fetch_add(1, Ordering::Relaxed);
-    if http1 && state.draining.load(Ordering::Relaxed) {
-        response
-            .headers_mut()
-            .insert(CONNECTION, HeaderValue::from_static("close"));
-    }
     Ok(response)
 }
 
@@ -64,32 +62,57 @@ async fn route(req: Request<Incoming>, state: &HttpState) -> Response<Full<Bytes
             burn_cpu(state.work);
             text(StatusCode::OK, format!("Process handled by pid: {pid}"))
         }
-        (&Method::POST | &Method::PUT, _) => match body_len(req.into_body()).await {
-            Ok(received) => {
-                burn_cpu(state.work);
-                text(
-                    StatusCode::OK,
-                    format!("Process handled by pid: {pid}, received {received} bytes"),
-                )
+        (&Method::POST | &Method::PUT, _) => {
+            match body_len(req.into_body(), state.body_timeout).await {
+                Ok(received) => {
+                    burn_cpu(state.work);
+                    text(
+                        StatusCode::OK,
+                        format!("Process handled by pid: {pid}, received {received} bytes"),
+                    )
+                }
+                Err(BodyError::Stalled) => {
+                    let mut response = text(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "the request body stalled\n".to_owned(),
+                    );
+                    response
+                        .headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                    response
+                }
+                Err(BodyError::Broken(e)) => text(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the request body: {e}\n"),
+                ),
             }
-            Err(e) => text(
-                StatusCode::BAD_REQUEST,
-                format!("cannot read the request body: {e}\n"),
-            ),
-        },
+        }
         _ => text(StatusCode::NOT_FOUND, "not found\n".to_owned()),
     }
 }
 
-/// Reads a body to its end without keeping it, returning its length.
-async fn body_len(mut body: Incoming) -> Result<u64, hyper::Error> {
+/// Why a request body could not be read.
+enum BodyError {
+    /// No chunk came within the body timeout.
+    Stalled,
+    Broken(hyper::Error),
+}
+
+/// Reads a body to its end without keeping it, returning its length; each
+/// chunk must come within `pause` of the one before.
+async fn body_len(mut body: Incoming, pause: Duration) -> Result<u64, BodyError> {
     let mut len = 0u64;
-    while let Some(frame) = body.frame().await {
-        if let Some(data) = frame?.data_ref() {
+    loop {
+        let frame = tokio::time::timeout(pause, body.frame())
+            .await
+            .map_err(|_| BodyError::Stalled)?;
+        let Some(frame) = frame else {
+            return Ok(len);
+        };
+        if let Some(data) = frame.map_err(BodyError::Broken)?.data_ref() {
             len += data.len() as u64;
         }
     }
-    Ok(len)
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

@@ -3,11 +3,13 @@
 //!
 //! - [`handoff`]: the protocol side, usable by any Rust program.
 //! - [`accept`]: accepting this worker's share of the connections.
+//! - [`connection`]: one connection's life, each phase bounded in time.
 //! - [`exec`]: the stage that turns a COMMAND into a worker.
 //! - [`server`]: accepting, serving and the two-phase drain.
 //! - [`http`]: the built-in handler.
 
 pub mod accept;
+pub mod connection;
 pub mod exec;
 pub mod handoff;
 pub mod http;
@@ -101,8 +103,8 @@ async fn serve_listeners(
             })?;
         acceptors.push(acceptor);
     }
-    let state = Arc::new(HttpState::new(args.work));
-    let server = Server::start(acceptors, state.clone());
+    let state = Arc::new(HttpState::new(args.work, args.body_timeout));
+    let server = Server::start(acceptors, state.clone(), args.server_options());
     handoff.ready().await?;
     let handoff = Arc::new(handoff);
     tokio::spawn(report_stats(handoff.clone(), state));
@@ -130,11 +132,20 @@ async fn serve_listeners(
         std::process::exit(0);
     }
     info!(timeout_ms = timeout.as_millis() as u64, "drain requested");
+    let deadline = crate::config::deadline(Instant::now(), timeout);
     server
-        .drain(
-            args.drain_grace,
-            crate::config::deadline(Instant::now(), timeout),
-        )
+        .drain(args.drain_grace, deadline, hurried(&handoff))
         .await;
     Ok(())
+}
+
+/// Resolves when the master sends a second drain (a reload storm hurries
+/// old generations), with the time it leaves for requests in flight. Never
+/// resolves if the master says nothing more.
+async fn hurried(handoff: &Handoff) -> Duration {
+    match handoff.next_instruction().await {
+        Ok(Instruction::Drain { timeout }) => timeout,
+        // Gone or broken: the drain goes on to its deadline.
+        Ok(Instruction::MasterGone) | Err(_) => std::future::pending().await,
+    }
 }

@@ -1,101 +1,149 @@
 //! Accepting and serving connections, and draining them without failing a
 //! request.
 //!
-//! The drain has two phases, because hyper's graceful shutdown alone closes
-//! idle keep-alive connections at once and drops accepted connections whose
-//! request it has not read yet, racing every client about to reuse them:
+//! Each connection runs on its own task under [`super::connection`], which
+//! bounds every phase of it in time. The drain has two phases, because
+//! closing an idle keep-alive connection races its client's next request
+//! (hyper's graceful shutdown alone closes them all at once):
 //!
 //! 1. Stop accepting (drop this worker's copy of each listener: the master
 //!    and the other workers keep the socket and its queue; leave the
 //!    accept-balance table, so nobody defers to this worker) and answer every
-//!    HTTP/1 request with `Connection: close`. Busy connections leave after
-//!    their next response; this lasts until none is open or the grace period
-//!    ends.
-//! 2. Graceful shutdown of what is left (idle connections close, requests in
-//!    flight finish), bounded by the drain deadline.
+//!    HTTP/1 request with `Connection: close`; HTTP/2 connections get GOAWAY.
+//!    Idle keep-alive connections stay open, so that each client's next
+//!    request is answered and its connection closes after it. This lasts
+//!    until no connection is open, the grace ends, or the master hurries the
+//!    drain (a reload storm).
+//! 2. Idle connections close (never while a request is waiting in them),
+//!    connections still sending their headers are dropped, requests in
+//!    flight finish; all bounded by the drain deadline.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::header::{HeaderValue, CONNECTION};
 use hyper::service::service_fn;
+use hyper::Version;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio::time::{sleep, timeout_at, Instant};
+use tokio::time::{sleep, sleep_until, Instant};
 use tracing::{debug, info, warn};
 
 use super::accept::{Accepted, Acceptor, Stream};
+use super::connection::{self, DrainPhase, Ended, Limits, Tracked};
 use super::http::{handle, HttpState};
 use crate::balance::OpenConnection;
+use crate::config::deadline;
 
-/// How often phase 1 of the drain looks whether every connection closed.
+/// How often the drain looks whether every connection closed.
 const DRAIN_POLL: Duration = Duration::from_millis(10);
+
+/// How long a worker that ran out of descriptors stops accepting (nginx
+/// waits 500 ms too): its pending connections wait for other workers, and
+/// its own connections get the chance to close.
+const OUT_OF_DESCRIPTORS_PAUSE: Duration = Duration::from_millis(500);
+
+/// The built-in server's client limits.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerOptions {
+    pub limits: Limits,
+    /// HTTP/2: ping after this long without a frame, close when the ping
+    /// is not answered within as long.
+    pub http2_ping: Duration,
+}
 
 /// A running HTTP server over one or more listeners.
 pub struct Server {
     state: Arc<HttpState>,
-    /// Tracks every open connection and shuts them down in phase 2. Shared
-    /// with the accept loops, which register each new connection.
-    graceful: Arc<GracefulShutdown>,
-    stop_accepting: watch::Sender<bool>,
+    /// Tells the accept loops to stop and every connection the drain phase.
+    drain_tx: watch::Sender<DrainPhase>,
     accept_loops: Vec<JoinHandle<()>>,
+}
+
+/// What every accept loop shares.
+struct Shared {
+    builder: auto::Builder<TokioExecutor>,
+    state: Arc<HttpState>,
+    limits: Limits,
+    drain_rx: watch::Receiver<DrainPhase>,
 }
 
 impl Server {
     /// Starts accepting on every listener. Returns once each is registered,
     /// so the caller may report ready.
-    pub fn start(acceptors: Vec<Acceptor>, state: Arc<HttpState>) -> Self {
-        let graceful = Arc::new(GracefulShutdown::new());
-        let (stop_accepting, stop_rx) = watch::channel(false);
+    pub fn start(acceptors: Vec<Acceptor>, state: Arc<HttpState>, options: ServerOptions) -> Self {
+        let (drain_tx, drain_rx) = watch::channel(DrainPhase::Serving);
         let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder.http1().timer(TokioTimer::new());
-        let builder = Arc::new(builder);
+        // Header and idle time limits are the connection task's, which
+        // tells them apart (hyper's header timer also runs while idle).
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(None);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(options.http2_ping)
+            .keep_alive_timeout(options.http2_ping);
+        let shared = Arc::new(Shared {
+            builder,
+            state: state.clone(),
+            limits: options.limits,
+            drain_rx,
+        });
         let accept_loops = acceptors
             .into_iter()
-            .map(|acceptor| {
-                tokio::spawn(accept_loop(
-                    acceptor,
-                    builder.clone(),
-                    state.clone(),
-                    graceful.clone(),
-                    stop_rx.clone(),
-                ))
-            })
+            .map(|acceptor| tokio::spawn(accept_loop(acceptor, shared.clone())))
             .collect();
         Server {
             state,
-            graceful,
-            stop_accepting,
+            drain_tx,
             accept_loops,
         }
     }
 
-    /// Drains: see the module docs. Returns when every connection closed, or
-    /// at `deadline` with some still open.
-    pub async fn drain(self, grace: Duration, deadline: Instant) {
+    /// Drains: see the module docs. `hurry` resolves if the master asks to
+    /// end the grace early, with the time left for requests in flight.
+    /// Returns when every connection closed, or at the deadline with some
+    /// still open.
+    pub async fn drain(
+        self,
+        grace: Duration,
+        deadline_at: Instant,
+        hurry: impl std::future::Future<Output = Duration>,
+    ) {
         self.state.draining.store(true, Ordering::Relaxed);
-        let _ = self.stop_accepting.send(true);
+        let _ = self.drain_tx.send(DrainPhase::Draining);
         for accept_loop in self.accept_loops {
             let _ = accept_loop.await;
         }
-        let graceful = Arc::try_unwrap(self.graceful)
-            .expect("the accept loops, the only other owners, have ended");
-        info!(open = graceful.count(), "draining: stopped accepting");
+        let open = || self.state.open.load(Ordering::Relaxed);
+        info!(open = open(), "draining: stopped accepting");
 
-        let grace_end = (Instant::now() + grace).min(deadline);
-        while graceful.count() > 0 && Instant::now() < grace_end {
-            sleep(DRAIN_POLL).await;
+        let mut deadline_at = deadline_at;
+        let grace_end = deadline(Instant::now(), grace).min(deadline_at);
+        tokio::select! {
+            _ = all_closed(&self.state) => {}
+            _ = sleep_until(grace_end) => {}
+            left = hurry => {
+                deadline_at = deadline_at.min(deadline(Instant::now(), left));
+                info!(open = open(), "drain hurried: closing idle connections now");
+            }
         }
-        let idle = graceful.count();
-        if timeout_at(deadline, graceful.shutdown()).await.is_err() {
-            warn!("drain deadline passed with connections still open");
+        let after_grace = open();
+        let _ = self.drain_tx.send(DrainPhase::Closing);
+        tokio::select! {
+            _ = all_closed(&self.state) => {}
+            _ = sleep_until(deadline_at) => {
+                warn!(open = open(), "drain deadline passed with connections still open");
+            }
         }
         info!(
-            closed_after_grace = idle,
+            open_after_grace = after_grace,
             accepted = self.state.accepted.load(Ordering::Relaxed),
             requests = self.state.requests.load(Ordering::Relaxed),
             "drained"
@@ -103,32 +151,48 @@ impl Server {
     }
 }
 
-async fn accept_loop(
-    acceptor: Acceptor,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    state: Arc<HttpState>,
-    graceful: Arc<GracefulShutdown>,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
+/// Resolves once no connection is open.
+async fn all_closed(state: &HttpState) {
+    while state.open.load(Ordering::Relaxed) > 0 {
+        sleep(DRAIN_POLL).await;
+    }
+}
+
+async fn accept_loop(acceptor: Acceptor, shared: Arc<Shared>) {
+    let mut drain = shared.drain_rx.clone();
+    let draining = |drain: &watch::Receiver<DrainPhase>| *drain.borrow() != DrainPhase::Serving;
+    while !draining(&drain) {
         let accepted = tokio::select! {
             biased;
-            // The only change ever sent is the order to stop.
-            _ = stop.changed() => break,
+            _ = drain.changed() => continue,
             accepted = acceptor.accept() => accepted,
         };
         match accepted {
             Ok(Accepted {
                 stream: Stream::Tcp(stream),
                 open,
-            }) => serve(stream, open, &builder, &state, &graceful),
+            }) => serve(stream, open, &shared),
             Ok(Accepted {
                 stream: Stream::Unix(stream),
                 open,
-            }) => serve(stream, open, &builder, &state, &graceful),
+            }) => serve(stream, open, &shared),
+            Err(e) if out_of_descriptors(&e) => {
+                // One line per pause, not one per attempt. The pending
+                // connection stays queued for the other workers.
+                warn!(
+                    cause = %e,
+                    pause_ms = OUT_OF_DESCRIPTORS_PAUSE.as_millis() as u64,
+                    open = shared.state.open.load(Ordering::Relaxed),
+                    "out of descriptors: not accepting for a while"
+                );
+                acceptor.stop();
+                tokio::select! {
+                    _ = drain.changed() => {}
+                    _ = sleep(OUT_OF_DESCRIPTORS_PAUSE) => {}
+                }
+                acceptor.resume();
+            }
             Err(e) => {
-                // EMFILE and friends: back off briefly rather than spin; the
-                // connection stays queued for another worker.
                 warn!(cause = %e, "accept failed");
                 sleep(Duration::from_millis(10)).await;
             }
@@ -138,33 +202,65 @@ async fn accept_loop(
     // Dropping `acceptor` closes this worker's descriptor only.
 }
 
-/// Serves one connection on its own task, watched for the drain.
-fn serve<S>(
-    stream: S,
-    open: Option<OpenConnection>,
-    builder: &auto::Builder<TokioExecutor>,
-    state: &Arc<HttpState>,
-    graceful: &GracefulShutdown,
-) where
+/// EMFILE, ENFILE, and the memory errors accept(2) lists with them.
+fn out_of_descriptors(error: &std::io::Error) -> bool {
+    use nix::errno::Errno;
+    matches!(
+        Errno::from_raw(error.raw_os_error().unwrap_or(0)),
+        Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM
+    )
+}
+
+/// Serves one connection on its own task.
+fn serve<S>(stream: S, open: Option<OpenConnection>, shared: &Arc<Shared>)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let state = &shared.state;
     state.accepted.fetch_add(1, Ordering::Relaxed);
     state.open.fetch_add(1, Ordering::Relaxed);
-    let counters = state.clone();
-    let state = state.clone();
-    let service = service_fn(move |req| {
+    let (stream, tracker) = Tracked::new(stream);
+    let service = {
         let state = state.clone();
-        async move { handle(req, &state).await }
-    });
-    let connection = builder
+        let tracker = tracker.clone();
+        service_fn(move |req| {
+            let state = state.clone();
+            let tracker = tracker.clone();
+            async move {
+                let _in_flight = tracker.request();
+                let http1 = req.version() < Version::HTTP_2;
+                let mut response = handle(req, &state).await?;
+                // Draining, or this connection is closing: the client must
+                // not send another request on it.
+                if http1 && (state.draining.load(Ordering::Relaxed) || tracker.closing()) {
+                    response
+                        .headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                }
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        })
+    };
+    let connection = shared
+        .builder
         .serve_connection(TokioIo::new(stream), service)
         .into_owned();
-    let connection = graceful.watch(connection);
+    let shared = shared.clone();
     tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            debug!(cause = %e, "connection ended with an error");
+        let ended = connection::run(
+            connection,
+            |connection: std::pin::Pin<&mut _>| connection.graceful_shutdown(),
+            tracker,
+            shared.limits,
+            shared.drain_rx.clone(),
+        )
+        .await;
+        match ended {
+            Ended::Closed => {}
+            Ended::TimedOut => debug!("connection too slow; dropped"),
+            Ended::Failed(cause) => debug!(%cause, "connection ended with an error"),
         }
-        counters.open.fetch_sub(1, Ordering::Relaxed);
+        shared.state.open.fetch_sub(1, Ordering::Relaxed);
         drop(open);
     });
 }

@@ -1,0 +1,399 @@
+//! One client connection of the built-in server, from accept to close, with
+//! every phase bounded in time and a close that never races a request.
+//!
+//! A connection is always in one of these phases, derived from what its
+//! parts record in a shared [`Tracker`]:
+//!
+//! - **idle**: no request in flight and no byte of the next one yet. It may
+//!   last `keepalive_timeout` after a response, or `header_timeout` on a new
+//!   connection (a client that connects and says nothing).
+//! - **header**: bytes of a request have come, its head is not complete. It
+//!   may last `header_timeout` from the first byte: slow-header clients
+//!   (slowloris) are dropped.
+//! - **request**: a request is in the handler, which bounds the gaps in its
+//!   body itself (`body_timeout`).
+//!
+//! Closing an idle HTTP/1 connection races a client that sends its next
+//! request at that moment: the request arrives at a closed socket and the
+//! client sees a reset or an early EOF (hyper's own graceful shutdown does
+//! exactly this to every idle connection). So an idle connection is closed
+//! from inside its read: the next time hyper polls for a request, the read
+//! looks at the socket first; if a request is already there it is served
+//! (with `Connection: close`), and only an empty socket reads as the end of
+//! the stream, which hyper answers by closing cleanly. After the close, the
+//! socket lingers, reading and discarding, until the client closes its end
+//! (or [`LINGER_FOR`] passes), so that a late byte from the client cannot
+//! turn the close into a reset that destroys the last response.
+//!
+//! HTTP/2 has its own way: GOAWAY (hyper's graceful shutdown), which tells
+//! the client which streams were served.
+//!
+//! While the worker drains ([`DrainPhase`]), idle connections stay open so
+//! that their clients' next requests are answered (with `Connection: close`);
+//! when the grace ends, idle connections close as above, connections still
+//! in the header phase are dropped, and requests in flight finish.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::task::AtomicWaker;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::sync::watch;
+use tokio::time::{sleep_until, timeout, Instant};
+
+use crate::config::deadline;
+
+/// How long a closed connection keeps reading what its client still sends.
+pub const LINGER_FOR: Duration = Duration::from_secs(2);
+
+/// How long an idle connection asked to close may take to do so before it
+/// is dropped (its client reads nothing, so hyper cannot finish writing).
+const CLOSE_ALLOWANCE: Duration = Duration::from_secs(2);
+
+/// Where the worker is in its drain; every connection watches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DrainPhase {
+    Serving,
+    /// Not accepting; responses close their connections; idle HTTP/1
+    /// connections wait for their clients' next requests; HTTP/2 ones are
+    /// sent GOAWAY.
+    Draining,
+    /// The grace is over: idle connections close, slow ones are dropped.
+    Closing,
+}
+
+/// The time limits of a connection's phases.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub header: Duration,
+    pub keepalive: Duration,
+}
+
+/// No value recorded.
+const NEVER: u64 = u64::MAX;
+
+/// What the reading side, the request handler and the connection's task
+/// record about one connection. Times are milliseconds since `opened`.
+#[derive(Debug)]
+pub struct Tracker {
+    opened: Instant,
+    /// When the first byte after the last idle moment came.
+    head_started_ms: AtomicU64,
+    /// When the last request in flight was answered, or the connection
+    /// opened.
+    idle_since_ms: AtomicU64,
+    /// When the connection was asked to close.
+    close_asked_ms: AtomicU64,
+    in_flight: AtomicU32,
+    answered: AtomicU64,
+    /// The client spoke HTTP/2 (its first bytes were the HTTP/2 preface).
+    http2: AtomicBool,
+    /// The task that last read, to wake it when a close is asked.
+    reader: AtomicWaker,
+}
+
+impl Tracker {
+    fn new() -> Self {
+        Tracker {
+            opened: Instant::now(),
+            head_started_ms: AtomicU64::new(NEVER),
+            idle_since_ms: AtomicU64::new(0),
+            close_asked_ms: AtomicU64::new(NEVER),
+            in_flight: AtomicU32::new(0),
+            answered: AtomicU64::new(0),
+            http2: AtomicBool::new(false),
+            reader: AtomicWaker::new(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.opened.elapsed().as_millis() as u64
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        deadline(self.opened, Duration::from_millis(ms))
+    }
+
+    /// Whether the connection has been asked to close: its HTTP/1
+    /// responses carry `Connection: close`.
+    pub fn closing(&self) -> bool {
+        self.close_asked_ms.load(Ordering::Acquire) != NEVER
+    }
+
+    fn is_idle(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+            && self.head_started_ms.load(Ordering::Acquire) == NEVER
+    }
+
+    /// Bytes came from the client.
+    fn read(&self, first_bytes: Option<&[u8]>) {
+        if first_bytes.is_some_and(|bytes| bytes.starts_with(b"PRI * HTTP/2.0")) {
+            self.http2.store(true, Ordering::Relaxed);
+        }
+        if self.in_flight.load(Ordering::Acquire) == 0 {
+            let now = self.now_ms();
+            let _ = self.head_started_ms.compare_exchange(
+                NEVER,
+                now,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// A request reached the handler; the guard marks it answered on drop.
+    pub fn request(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.head_started_ms.store(NEVER, Ordering::Release);
+        InFlight(self.clone())
+    }
+
+    /// Asks the connection to close at its next idle read, and wakes the
+    /// read that waits.
+    fn ask_close(&self) {
+        let now = self.now_ms();
+        let _ =
+            self.close_asked_ms
+                .compare_exchange(NEVER, now, Ordering::AcqRel, Ordering::Relaxed);
+        self.reader.wake();
+    }
+
+    /// What the connection's task should do next, and when.
+    fn next_step(&self, drain: DrainPhase, limits: &Limits) -> Step {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return Step::Wait;
+        }
+        let http2 = self.http2.load(Ordering::Relaxed);
+        let now_if_closing = |at: Instant| match drain {
+            DrainPhase::Closing => Instant::now(),
+            _ => at,
+        };
+        let head = self.head_started_ms.load(Ordering::Acquire);
+        if head != NEVER && !http2 {
+            return Step::Drop(now_if_closing(deadline(self.at(head), limits.header)));
+        }
+        let asked = self.close_asked_ms.load(Ordering::Acquire);
+        if asked != NEVER {
+            return Step::Drop(deadline(self.at(asked), CLOSE_ALLOWANCE));
+        }
+        let idle_limit = if self.answered.load(Ordering::Relaxed) == 0 && !http2 {
+            limits.header
+        } else {
+            limits.keepalive
+        };
+        let idle_since = self.at(self.idle_since_ms.load(Ordering::Acquire));
+        Step::Close(now_if_closing(deadline(idle_since, idle_limit)))
+    }
+}
+
+/// What a connection's task waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// A request is in flight: nothing to time here.
+    Wait,
+    /// Idle: ask it to close at this instant.
+    Close(Instant),
+    /// Too slow (headers, or closing): drop it at this instant.
+    Drop(Instant),
+}
+
+/// A request in flight; marks it answered when dropped.
+#[derive(Debug)]
+pub struct InFlight(Arc<Tracker>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let tracker = &self.0;
+        tracker.answered.fetch_add(1, Ordering::Relaxed);
+        tracker
+            .idle_since_ms
+            .store(tracker.now_ms(), Ordering::Release);
+        tracker.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A client stream whose reads are recorded in a [`Tracker`], and which
+/// reads as ended when the connection is asked to close while idle and
+/// nothing waits in the socket.
+pub struct Tracked<S: AsyncRead + Unpin + Send + 'static> {
+    /// `None` only once drop has handed the stream to the linger task.
+    stream: Option<S>,
+    tracker: Arc<Tracker>,
+    read_any: bool,
+    /// Set when hyper shut down the writing side: a clean close, after which
+    /// the socket lingers.
+    shut_down: bool,
+}
+
+impl<S: AsyncRead + Unpin + Send + 'static> Tracked<S> {
+    pub fn new(stream: S) -> (Self, Arc<Tracker>) {
+        let tracker = Arc::new(Tracker::new());
+        let tracked = Tracked {
+            stream: Some(stream),
+            tracker: tracker.clone(),
+            read_any: false,
+            shut_down: false,
+        };
+        (tracked, tracker)
+    }
+
+    fn stream(&mut self) -> Pin<&mut S> {
+        Pin::new(self.stream.as_mut().expect("present until drop"))
+    }
+}
+
+impl<S: AsyncRead + Unpin + Send + 'static> AsyncRead for Tracked<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        // Registered before the close is looked at, so that a close asked
+        // from now on wakes this read.
+        self.tracker.reader.register(cx.waker());
+        let closing = self.tracker.closing();
+        let before = buf.filled().len();
+        match self.stream().poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    let first = (!self.read_any).then(|| &buf.filled()[before..]);
+                    self.tracker.read(first);
+                    self.read_any = true;
+                }
+                Poll::Ready(Ok(()))
+            }
+            // Nothing waiting, and asked to close while idle: end of stream.
+            Poll::Pending if closing && self.tracker.is_idle() => Poll::Ready(Ok(())),
+            other => other,
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for Tracked<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.stream().poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.stream().poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream
+            .as_ref()
+            .is_some_and(AsyncWrite::is_write_vectored)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.stream().poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let result = self.stream().poll_shutdown(cx);
+        if let Poll::Ready(Ok(())) = result {
+            self.shut_down = true;
+        }
+        result
+    }
+}
+
+impl<S: AsyncRead + Unpin + Send + 'static> Drop for Tracked<S> {
+    fn drop(&mut self) {
+        if !self.shut_down {
+            return;
+        }
+        if let (Some(stream), Ok(runtime)) =
+            (self.stream.take(), tokio::runtime::Handle::try_current())
+        {
+            runtime.spawn(linger(stream));
+        }
+    }
+}
+
+/// Reads and discards until the client closes, or [`LINGER_FOR`] passes.
+async fn linger<S: AsyncRead + Unpin>(mut stream: S) {
+    let mut sink = [0u8; 1024];
+    let _ = timeout(LINGER_FOR, async {
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// How a connection ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// Closed by either side without an error.
+    Closed,
+    /// Dropped because a phase took too long.
+    TimedOut,
+    /// hyper reported an error (a malformed request, a reset).
+    Failed(String),
+}
+
+/// Drives `connection` to its end, closing it when a phase runs out of time
+/// or the drain says so. `shutdown` starts hyper's graceful shutdown of the
+/// connection (GOAWAY for HTTP/2).
+pub async fn run<C, E>(
+    connection: C,
+    shutdown: impl Fn(Pin<&mut C>),
+    tracker: Arc<Tracker>,
+    limits: Limits,
+    mut drain: watch::Receiver<DrainPhase>,
+) -> Ended
+where
+    C: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    tokio::pin!(connection);
+    let mut drain_open = true;
+    let mut goaway_sent = false;
+    loop {
+        let phase = *drain.borrow_and_update();
+        let http2 = tracker.http2.load(Ordering::Relaxed);
+        let wants_goaway = phase >= DrainPhase::Draining || tracker.closing();
+        if http2 && wants_goaway && !goaway_sent {
+            tracker.ask_close();
+            shutdown(connection.as_mut());
+            goaway_sent = true;
+        }
+        // The deadline is derived from what the tracker recorded; the
+        // connection may have moved on when it passes, so it is looked at
+        // again then, and acted on only if it still holds.
+        let wake_at = match tracker.next_step(phase, &limits) {
+            Step::Wait => deadline(Instant::now(), limits.header.min(limits.keepalive)),
+            Step::Close(at) | Step::Drop(at) => at,
+        };
+        tokio::select! {
+            ended = &mut connection => {
+                return match ended {
+                    Ok(()) => Ended::Closed,
+                    Err(e) => Ended::Failed(e.to_string()),
+                };
+            }
+            changed = drain.changed(), if drain_open => drain_open = changed.is_ok(),
+            _ = sleep_until(wake_at) => {
+                match tracker.next_step(phase, &limits) {
+                    Step::Drop(at) if at <= Instant::now() => return Ended::TimedOut,
+                    Step::Close(at) if at <= Instant::now() => tracker.ask_close(),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
