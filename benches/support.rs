@@ -161,13 +161,7 @@ impl Client {
     pub fn measure(&self, addr: SocketAddr, duration: Duration) -> Throughput {
         match self {
             Client::Wrk => wrk(addr, duration, &[]),
-            Client::Builtin => builtin(
-                addr,
-                duration,
-                ClientMode::KeepAlive {
-                    max_idle: Duration::ZERO,
-                },
-            ),
+            Client::Builtin => builtin(addr, duration, ClientMode::BUSY),
         }
     }
 

@@ -77,8 +77,11 @@ pub fn load(file: &Path, cli_args: &[OsString]) -> Result<ServeArgs, String> {
             continue;
         }
         for value in values {
-            argv.push(format!("--{}", key.replace('_', "-")).into());
-            argv.push(value);
+            // One `--key=value` word: a value that starts with '-' stays a
+            // value.
+            let mut arg = OsString::from(format!("--{}=", key.replace('_', "-")));
+            arg.push(value);
+            argv.push(arg);
         }
     }
     argv.extend(cli_options.iter().cloned());

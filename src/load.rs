@@ -25,16 +25,20 @@ use hyper::header::{HeaderValue, CONNECTION, HOST};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio::time::{sleep, timeout};
+use tokio::time::{sleep_until, timeout};
 
 /// How one client behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientMode {
     /// A new connection per request (`Connection: close`).
     NewConnection,
-    /// One connection reused until the server closes it; waits a random
-    /// time up to `max_idle` between requests.
-    KeepAlive { max_idle: Duration },
+    /// One connection reused until the server closes it; thinks a random
+    /// time from `min_idle` to `max_idle` before each request (the first
+    /// one too, so that many thinking clients do not all arrive at once).
+    KeepAlive {
+        min_idle: Duration,
+        max_idle: Duration,
+    },
     /// POSTs of `body_bytes` on a reused connection.
     Upload { body_bytes: usize },
 }
@@ -55,6 +59,23 @@ pub struct LoadPlan {
     pub request_timeout: Duration,
     /// Live counts, for a progress line.
     pub progress: Arc<Progress>,
+}
+
+impl ClientMode {
+    /// A keep-alive client that sends its next request as soon as it has
+    /// the answer to the last.
+    pub const BUSY: ClientMode = ClientMode::KeepAlive {
+        min_idle: Duration::ZERO,
+        max_idle: Duration::ZERO,
+    };
+
+    /// A keep-alive client that thinks up to `max_idle` between requests.
+    pub const fn thinking(max_idle: Duration) -> ClientMode {
+        ClientMode::KeepAlive {
+            min_idle: Duration::ZERO,
+            max_idle,
+        }
+    }
 }
 
 impl LoadPlan {
@@ -352,10 +373,17 @@ async fn run_client(
             .requests_per_client
             .is_none_or(|limit| report.attempted < limit)
     {
-        if let (ClientMode::KeepAlive { max_idle }, Some(_)) = (mode, &connection) {
+        if let ClientMode::KeepAlive { min_idle, max_idle } = mode {
             if !max_idle.is_zero() {
-                sleep(max_idle.mul_f64(rng.f64())).await;
-                if Instant::now() >= deadline {
+                let think = if report.attempted == 0 {
+                    max_idle.mul_f64(rng.f64())
+                } else {
+                    min_idle + max_idle.saturating_sub(min_idle).mul_f64(rng.f64())
+                };
+                // A think that outlasts the run ends it.
+                let wake = Instant::now() + think;
+                sleep_until(wake.min(deadline).into()).await;
+                if wake >= deadline {
                     break;
                 }
             }

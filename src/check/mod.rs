@@ -139,12 +139,7 @@ pub async fn run(options: CheckOptions) -> Result<CheckReport, CheckError> {
     };
 
     let keepalive = options.keepalive_connections();
-    let mut clients = vec![
-        ClientMode::KeepAlive {
-            max_idle: Duration::ZERO
-        };
-        keepalive
-    ];
+    let mut clients = vec![ClientMode::BUSY; keepalive];
     clients.extend(vec![
         ClientMode::NewConnection;
         options.connections - keepalive

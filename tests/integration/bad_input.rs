@@ -55,6 +55,30 @@ fn bad_durations_and_counts() {
     assert_usage_error(&["serve", "--ready-timeout", "soon"], "not a duration");
     assert_usage_error(&["serve", "--workers", "0"], "--workers");
     assert_usage_error(&["serve", "--backlog=0"], "--backlog");
+    for (flag, value) in [
+        ("--ready-timeout", "500000000000years"),
+        ("--ready-timeout", "0s"),
+        ("--drain-timeout", "18446744073709551615s"),
+        ("--drain-timeout", "0s"),
+        ("--drain-grace", "2h"),
+        ("--header-timeout", "0s"),
+        ("--keepalive-timeout", "10years"),
+        ("--ready", "delay:2days"),
+    ] {
+        assert_usage_error(&["serve", flag, value], "out of range");
+    }
+    assert_usage_error(&["check", "--duration", "0s"], "out of range");
+}
+
+#[test]
+fn an_empty_config_file_is_refused_at_start() {
+    let dir = crate::support::tempdir::TempDir::new("empty-config");
+    let file = dir.path().join("baton.toml");
+    std::fs::write(&file, "# being rewritten\n").unwrap();
+    assert_usage_error(
+        &["serve", "--config", file.to_str().unwrap()],
+        "sets no option",
+    );
 }
 
 #[test]

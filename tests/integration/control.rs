@@ -477,7 +477,7 @@ fn an_invalid_config_rejects_the_reload_and_loses_nothing() {
     let load = BackgroundLoad::start(LoadPlan::new(
         c.baton.addr,
         mixed_clients(8, 8, 2),
-        Duration::from_secs(3),
+        Duration::from_secs(5),
     ));
     for (broken, reason) in [
         (
@@ -490,6 +490,20 @@ fn an_invalid_config_rejects_the_reload_and_loses_nothing() {
         ),
         // (The harness's --listen overrides the file's; backlog is as fixed.)
         ("workers = 2\nbacklog = 10\n", "backlog cannot change"),
+        // Durations out of range: each once crashed or wedged the master.
+        (
+            "workers = 2\nready_timeout = \"500000000000years\"\n",
+            "out of range",
+        ),
+        (
+            "workers = 2\ndrain_timeout = \"18446744073709551615s\"\n",
+            "out of range",
+        ),
+        ("workers = 2\nready_timeout = \"0s\"\n", "out of range"),
+        ("workers = 2\ndrain_timeout = \"-5s\"\n", "not a duration"),
+        ("workers = 2\nheader_timeout = \"0s\"\n", "out of range"),
+        // A file caught half-written.
+        ("", "sets no option"),
     ] {
         std::fs::write(&file, broken).unwrap();
         let (code, stdout, stderr) = client(&["reload", "--wait"], &c.path, None);

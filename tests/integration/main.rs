@@ -9,6 +9,7 @@ mod check;
 mod command;
 mod control;
 mod deploy;
+mod hardening;
 mod http;
 mod lifecycle;
 mod systemd;

@@ -80,12 +80,7 @@ fn reloads_under_mixed_load_fail_nothing() {
 fn idle_keep_alive_clients_survive_reloads() {
     let _heavy = heavy();
     let baton = Baton::serve(&["--workers", "4"]);
-    let mut clients = vec![
-        ClientMode::KeepAlive {
-            max_idle: Duration::from_secs(1)
-        };
-        24
-    ];
+    let mut clients = vec![ClientMode::thinking(Duration::from_secs(1)); 24];
     clients.extend(mixed_clients(8, 8, 0));
     let load = BackgroundLoad::start(LoadPlan::new(baton.addr, clients, Duration::from_secs(12)));
 

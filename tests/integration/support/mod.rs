@@ -419,12 +419,7 @@ pub fn assert_no_failures(report: &LoadReport) {
 /// uploading 16 KiB bodies.
 pub fn mixed_clients(new_connection: usize, keep_alive: usize, uploads: usize) -> Vec<ClientMode> {
     let mut clients = vec![ClientMode::NewConnection; new_connection];
-    clients.extend(vec![
-        ClientMode::KeepAlive {
-            max_idle: Duration::ZERO
-        };
-        keep_alive
-    ]);
+    clients.extend(vec![ClientMode::BUSY; keep_alive]);
     clients.extend(vec![
         ClientMode::Upload {
             body_bytes: 16 * 1024

@@ -1,0 +1,242 @@
+//! What production brings: clients that send nothing or trickle, the
+//! open-file limit, thousands of keep-alive clients that think for seconds.
+//! None of it may cost a normal client a request or keep old workers alive.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+/// `baton` with its open-file limit set to `soft`/`hard` before it starts,
+/// as systemd (1024 soft) or a tight container would.
+fn with_open_files(soft: u64, hard: u64) -> Command {
+    let mut cmd = Command::new(baton_bin());
+    // SAFETY: setrlimit is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            let limit = nix::libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            if nix::libc::setrlimit(nix::libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// The soft open-file limit /proc shows for `pid`.
+fn soft_open_files(pid: u32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    line.split_whitespace().nth(3).unwrap().parse().unwrap()
+}
+
+/// Connections that send nothing at all.
+fn silent_connections(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|_| TcpStream::connect(addr).expect("connect a silent client"))
+        .collect()
+}
+
+/// One `GET /` on a new connection; how long the whole answer took.
+fn timed_get(addr: SocketAddr, limit: Duration) -> Result<Duration, String> {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(limit)).unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .map_err(|e| format!("{e} after {:?}", started.elapsed()))?;
+    if !answer.starts_with("HTTP/1.1 200") {
+        return Err(format!("answered {answer:?}"));
+    }
+    Ok(started.elapsed())
+}
+
+#[test]
+fn silent_connections_cannot_exhaust_workers_started_with_a_low_soft_limit() {
+    let _heavy = heavy();
+    let baton = Baton::serve_command(with_open_files(1024, 20000), &["--workers", "2"]);
+    let workers = baton.wait_workers(Duration::from_secs(5), |w| w.len() == 2);
+    for &worker in &workers {
+        assert_eq!(
+            soft_open_files(worker),
+            20000,
+            "worker {worker} inherits the raised limit"
+        );
+    }
+    let silent = silent_connections(baton.addr, 2200);
+    for i in 0..20 {
+        let took = timed_get(baton.addr, Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("request {i} behind 2,200 silent clients: {e}"));
+        assert!(took < Duration::from_secs(2), "request {i} took {took:?}");
+    }
+    drop(silent);
+}
+
+#[test]
+fn out_of_descriptors_pauses_accept_and_logs_once_per_pause() {
+    let _heavy = heavy();
+    // Soft and hard alike: nothing to raise, the workers run out.
+    let baton = Baton::serve_command(
+        with_open_files(128, 128),
+        &["--workers", "2", "--header-timeout", "3s"],
+    );
+    let silent = silent_connections(baton.addr, 400);
+    let watched = Duration::from_secs(3);
+    std::thread::sleep(watched);
+    let lines = baton.count_log("out of descriptors");
+    assert!(lines > 0, "the workers ran out of descriptors");
+    // Two workers, one line per 500 ms pause each: 12 in 3 s, a few more
+    // for timing.
+    assert!(
+        lines <= 16,
+        "{lines} lines in {watched:?}: one per pause, not one per attempt"
+    );
+    // The header timeout frees the descriptors: service resumes by itself.
+    let took = timed_get(baton.addr, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("service did not resume: {e}"));
+    eprintln!("first request after descriptors ran out answered in {took:?}");
+    drop(silent);
+}
+
+/// How a slow client's connection ended, and when.
+async fn slow_client(addr: SocketAddr, trickle: bool, limit: Duration) -> Option<Duration> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = Instant::now();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let header = b"GET / HTTP/1.1\r\nHost: slow\r\nX-Slow: ";
+    let mut sent = 0;
+    let mut buf = [0u8; 256];
+    let closed = tokio::time::timeout(limit, async {
+        loop {
+            if trickle {
+                // One byte every 200 ms: the headers never end.
+                let byte = header.get(sent).copied().unwrap_or(b'x');
+                if stream.write_all(&[byte]).await.is_err() {
+                    return;
+                }
+                sent += 1;
+            }
+            match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    closed.ok().map(|()| started.elapsed())
+}
+
+/// `n` silent and `n` trickling clients at once; how long each lasted
+/// (None: still open at `limit`).
+fn slow_clients(addr: SocketAddr, n: usize, limit: Duration) -> Vec<Option<Duration>> {
+    runtime().block_on(async {
+        let clients: Vec<_> = (0..2 * n)
+            .map(|i| tokio::spawn(slow_client(addr, i % 2 == 1, limit)))
+            .collect();
+        let mut lasted = Vec::new();
+        for client in clients {
+            lasted.push(client.await.unwrap());
+        }
+        lasted
+    })
+}
+
+#[test]
+fn silent_and_slow_header_clients_are_closed_by_the_header_timeout() {
+    let _heavy = heavy();
+    let baton = Baton::serve(&["--workers", "2", "--header-timeout", "1s"]);
+    let lasted = slow_clients(baton.addr, 50, Duration::from_secs(15));
+    let open = lasted.iter().filter(|l| l.is_none()).count();
+    assert_eq!(open, 0, "{open} slow clients were never closed");
+    let longest = lasted.iter().flatten().max().unwrap();
+    eprintln!("100 slow clients closed, the last after {longest:?}");
+    assert!(*longest >= Duration::from_secs(1), "not before the timeout");
+    // And the service is fine.
+    timed_get(baton.addr, Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn slow_clients_do_not_keep_old_workers_past_the_grace() {
+    let _heavy = heavy();
+    let grace = Duration::from_secs(1);
+    let baton = Baton::serve(&[
+        "--workers",
+        "2",
+        "--header-timeout",
+        "60s",
+        "--drain-grace",
+        "1s",
+    ]);
+    let old = baton.wait_workers(Duration::from_secs(5), |w| w.len() == 2);
+    let descriptors = || {
+        old.iter()
+            .map(|&w| baton::procfs::fd_count(w).unwrap_or(0))
+            .sum::<usize>()
+    };
+    let before = descriptors();
+    let addr = baton.addr;
+    let slow = std::thread::spawn(move || slow_clients(addr, 100, Duration::from_secs(30)));
+    // Every slow client is connected and accepted before the reload.
+    assert!(
+        wait_until(Duration::from_secs(10), || descriptors() >= before + 200),
+        "the 200 slow clients reached the workers"
+    );
+    let reloaded = Instant::now();
+    baton.reload();
+    assert!(
+        wait_until(grace + Duration::from_secs(1), || old
+            .iter()
+            .all(|&w| is_dead(w))),
+        "old workers still alive {:?} after the reload with a {grace:?} grace",
+        reloaded.elapsed()
+    );
+    eprintln!("old workers gone {:?} after the reload", reloaded.elapsed());
+    let lasted = slow.join().unwrap();
+    assert!(
+        lasted.iter().all(Option::is_some),
+        "the drain closed them all"
+    );
+}
+
+#[test]
+fn keep_alive_clients_that_think_for_seconds_lose_nothing_through_reloads() {
+    let _heavy = heavy();
+    // baton's defaults, but for the port and control socket.
+    let baton = Baton::serve(&[]);
+    let clients = vec![
+        ClientMode::KeepAlive {
+            min_idle: Duration::from_secs(2),
+            max_idle: Duration::from_secs(12),
+        };
+        3000
+    ];
+    let load = BackgroundLoad::start(LoadPlan::new(baton.addr, clients, Duration::from_secs(32)));
+    // The first reload once most clients have connected (their first
+    // requests spread over 12 s), the second while the first generation
+    // still drains.
+    for pause in [10, 8] {
+        std::thread::sleep(Duration::from_secs(pause));
+        baton.reload();
+    }
+    let report = load.finish();
+    eprintln!("3,000 thinking keep-alive clients, 2 reloads: {report}");
+    assert_no_failures(&report);
+    assert!(
+        report.ok > 5000,
+        "too little load to prove anything: {report}"
+    );
+}
