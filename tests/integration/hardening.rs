@@ -240,3 +240,62 @@ fn keep_alive_clients_that_think_for_seconds_lose_nothing_through_reloads() {
         "too little load to prove anything: {report}"
     );
 }
+
+#[test]
+fn a_reload_storm_hurries_old_generations_so_processes_stay_bounded() {
+    let _heavy = heavy();
+    let baton = Baton::serve(&["--workers", "2"]);
+    // Idle keep-alive clients hold every draining worker for its whole grace
+    // unless the drain is hurried.
+    let mut clients = vec![
+        ClientMode::KeepAlive {
+            min_idle: Duration::from_secs(1),
+            max_idle: Duration::from_secs(8),
+        };
+        200
+    ];
+    clients.extend(mixed_clients(4, 4, 0));
+    let load = BackgroundLoad::start(LoadPlan::new(baton.addr, clients, Duration::from_secs(14)));
+    std::thread::sleep(Duration::from_secs(4));
+    let mut most_alive = 0;
+    let mut most_draining_generations = 0;
+    let mut hurried = 0;
+    let storm = Instant::now();
+    while storm.elapsed() < Duration::from_secs(8) {
+        baton.signal(nix::sys::signal::Signal::SIGHUP);
+        std::thread::sleep(Duration::from_millis(200));
+        let status = baton.status();
+        let workers = status["workers"].as_array().unwrap();
+        let draining: std::collections::BTreeSet<u64> = workers
+            .iter()
+            .filter(|w| w["state"] == "draining")
+            .map(|w| w["generation"].as_u64().unwrap())
+            .collect();
+        most_draining_generations = most_draining_generations.max(draining.len());
+        hurried += workers.iter().filter(|w| w["state"] == "hurried").count();
+        most_alive = most_alive.max(baton.workers().len());
+    }
+    let report = load.finish();
+    eprintln!(
+        "reload storm: {} reloads, at most {most_alive} workers alive, {most_draining_generations} generations draining at their own pace; {report}",
+        baton.count_log("reload complete")
+    );
+    // Hurried workers close their idle connections and leave within
+    // milliseconds; status rarely catches one.
+    let hurried = hurried + baton.count_log("hurrying a draining worker");
+    assert!(hurried > 0, "old generations were hurried");
+    assert!(
+        most_draining_generations <= 2,
+        "{most_draining_generations} generations drained at once"
+    );
+    // 2 serving, 1 starting, 2 generations of 2 draining, and the hurried
+    // ones finishing their last requests.
+    assert!(most_alive <= 12, "{most_alive} workers alive at once");
+    for kind in [
+        FailureKind::Refused,
+        FailureKind::Timeout,
+        FailureKind::BadStatus,
+    ] {
+        assert_eq!(report.count(kind), 0, "{}", describe_failures(&report));
+    }
+}

@@ -43,6 +43,8 @@ pub struct Baton {
     logs: Arc<Logs>,
     /// The first listener's address.
     pub addr: SocketAddr,
+    /// Its control socket, when the harness chose it.
+    pub control: Option<PathBuf>,
 }
 
 impl Baton {
@@ -144,11 +146,13 @@ impl Baton {
         if !args.contains(&"--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
-        if !args.contains(&"--control") {
-            cmd.arg("--control").arg(private_control_path());
+        let control = (!args.contains(&"--control")).then(private_control_path);
+        if let Some(path) = &control {
+            cmd.arg("--control").arg(path);
         }
         cmd.args(args);
         let mut baton = Self::launch(cmd);
+        baton.control = control;
         if let Some(line) = baton.try_wait_log("listening", Duration::from_secs(20)) {
             if let Ok(addr) = field(&line, "addr").unwrap_or_default().parse() {
                 baton.addr = addr;
@@ -181,6 +185,7 @@ impl Baton {
             pid,
             logs,
             addr: "0.0.0.0:0".parse().unwrap(),
+            control: None,
         }
     }
 
@@ -253,6 +258,22 @@ impl Baton {
         self.signal(Signal::SIGHUP);
         let line = self.wait_log_nth("reload complete", done + 1, Duration::from_secs(30));
         field(&line, "generation").unwrap().parse().unwrap()
+    }
+
+    /// `baton status --json`, parsed.
+    pub fn status(&self) -> serde_json::Value {
+        let control = self
+            .control
+            .as_ref()
+            .expect("a control socket the harness chose");
+        let output = Command::new(baton_bin())
+            .args(["status", "--json", "--control"])
+            .arg(control)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run baton status");
+        assert!(output.status.success(), "baton status failed: {output:?}");
+        serde_json::from_slice(&output.stdout).expect("status JSON")
     }
 
     /// Live (not zombie) child processes of the master.
