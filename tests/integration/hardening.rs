@@ -299,3 +299,42 @@ fn a_reload_storm_hurries_old_generations_so_processes_stay_bounded() {
         assert_eq!(report.count(kind), 0, "{}", describe_failures(&report));
     }
 }
+
+/// The c10k run for the README's figures (a minute; run it by name with
+/// `--ignored`): 10,000 keep-alive clients thinking 5–15 s, two reloads.
+#[test]
+#[ignore = "a minute of 10,000 connections; run by hand for the figures"]
+fn c10k_thinking_clients_through_reloads() {
+    let _heavy = heavy();
+    let baton = Baton::serve(&["--workers", "2"]);
+    let clients = vec![
+        ClientMode::KeepAlive {
+            min_idle: Duration::from_secs(5),
+            max_idle: Duration::from_secs(15),
+        };
+        10_000
+    ];
+    let load = BackgroundLoad::start(LoadPlan::new(baton.addr, clients, Duration::from_secs(60)));
+    let rss_mib = |pids: &[u32]| -> Vec<u64> {
+        pids.iter()
+            .filter_map(|&p| baton::procfs::rss_bytes(p))
+            .map(|b| b >> 20)
+            .collect()
+    };
+    for pause in [20, 20] {
+        std::thread::sleep(Duration::from_secs(pause));
+        let old = baton.workers();
+        eprintln!("before the reload: worker RSS (MiB) {:?}", rss_mib(&old));
+        let started = Instant::now();
+        baton.reload();
+        let reloaded = started.elapsed();
+        wait_until(Duration::from_secs(40), || old.iter().all(|&w| is_dead(w)));
+        eprintln!(
+            "reload in {reloaded:?}; old generation gone {:?} after it started",
+            started.elapsed()
+        );
+    }
+    let report = load.finish();
+    eprintln!("c10k: {report}");
+    assert_no_failures(&report);
+}
