@@ -806,8 +806,12 @@ impl Supervisor {
     }
 
     /// Hurries the workers of the oldest generations draining while more
-    /// than [`MAX_DRAINING_GENERATIONS`] drain at their own pace.
+    /// than [`MAX_DRAINING_GENERATIONS`] drain at their own pace. (A COMMAND
+    /// worker has no order for it: its drain signal was sent already.)
     fn hurry_old_generations(&mut self) {
+        if self.config.foreign.is_some() {
+            return;
+        }
         let draining: std::collections::BTreeSet<u64> = self
             .workers
             .values()

@@ -74,9 +74,8 @@ impl WorkerHandle {
         let _ = self.orders.send(Order::Drain(timeout));
     }
 
-    /// Tells a draining worker to end its grace at once: its idle
+    /// Tells a draining built-in worker to end its grace at once: its idle
     /// connections close, its requests in flight keep the drain deadline.
-    /// (A COMMAND worker has no such order; it drains at its own pace.)
     pub fn hurry(&self) {
         let _ = self.orders.send(Order::Hurry);
     }

@@ -124,9 +124,12 @@ impl Tracker {
         self.close_asked_ms.load(Ordering::Acquire) != NEVER
     }
 
-    fn is_idle(&self) -> bool {
+    /// An HTTP/1 connection between requests. (HTTP/2 is closed with
+    /// GOAWAY instead: its client may open a stream at any time.)
+    fn is_idle_http1(&self) -> bool {
         self.in_flight.load(Ordering::Acquire) == 0
             && self.head_started_ms.load(Ordering::Acquire) == NEVER
+            && !self.http2.load(Ordering::Relaxed)
     }
 
     /// Bytes came from the client.
@@ -267,7 +270,7 @@ impl<S: AsyncRead + Unpin + Send + 'static> AsyncRead for Tracked<S> {
                 Poll::Ready(Ok(()))
             }
             // Nothing waiting, and asked to close while idle: end of stream.
-            Poll::Pending if closing && self.tracker.is_idle() => Poll::Ready(Ok(())),
+            Poll::Pending if closing && self.tracker.is_idle_http1() => Poll::Ready(Ok(())),
             other => other,
         }
     }
@@ -374,10 +377,14 @@ where
         }
         // The deadline is derived from what the tracker recorded; the
         // connection may have moved on when it passes, so it is looked at
-        // again then, and acted on only if it still holds.
+        // again then, and acted on only if it still holds. What happens
+        // from now on can only set a deadline at least the shortest limit
+        // away, so waking that often misses none.
+        let shortest = limits.header.min(limits.keepalive);
+        let recheck = deadline(Instant::now(), shortest);
         let wake_at = match tracker.next_step(phase, &limits) {
-            Step::Wait => deadline(Instant::now(), limits.header.min(limits.keepalive)),
-            Step::Close(at) | Step::Drop(at) => at,
+            Step::Wait => recheck,
+            Step::Close(at) | Step::Drop(at) => at.min(recheck),
         };
         tokio::select! {
             ended = &mut connection => {

@@ -338,3 +338,39 @@ fn c10k_thinking_clients_through_reloads() {
     eprintln!("c10k: {report}");
     assert_no_failures(&report);
 }
+
+#[test]
+fn an_idle_h2c_connection_is_closed_with_goaway() {
+    let baton = Baton::serve(&["--workers", "1", "--keepalive-timeout", "1s"]);
+    let mut stream = TcpStream::connect(baton.addr).unwrap();
+    // The HTTP/2 preface and an empty SETTINGS frame, then silence.
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .unwrap();
+    stream.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    let mut received = Vec::new();
+    stream
+        .read_to_end(&mut received)
+        .expect("the server closes the connection");
+    let closed_after = started.elapsed();
+    // Frames: 3-byte length, 1-byte type; GOAWAY is type 7.
+    let mut types = Vec::new();
+    let mut rest = &received[..];
+    while rest.len() >= 9 {
+        let len = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+        types.push(rest[3]);
+        rest = &rest[(9 + len).min(rest.len())..];
+    }
+    assert!(
+        types.contains(&7),
+        "a GOAWAY before the close: frame types {types:?}"
+    );
+    assert!(
+        closed_after >= Duration::from_millis(900) && closed_after < Duration::from_secs(8),
+        "closed after {closed_after:?}, with a 1 s idle limit"
+    );
+}
