@@ -19,6 +19,8 @@
 //!   adopting inherited descriptors, the child's side of `fork`. (The only
 //!   other `unsafe` maps the [`balance`] table.)
 //! - [`listeners`]: binding the listening sockets, keyed by name.
+//! - [`backlog`]: the listen backlog, read back and kept as the operator
+//!   set it.
 //! - [`protocol`]: the master ↔ worker messages and their framing.
 //! - [`rlimit`]: the open-file limit, raised for the workers to inherit.
 //! - [`signals`]: Unix signals mapped to the master's intents.
@@ -36,6 +38,7 @@
 
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
+pub mod backlog;
 pub mod balance;
 pub mod check;
 pub mod cli;

@@ -29,6 +29,10 @@ pub struct Listener {
     pub local_addr: ListenAddr,
     /// Whether systemd passed it (rather than baton binding it).
     pub inherited: bool,
+    /// The listen backlog to keep (see [`crate::backlog`]): `--backlog` for
+    /// the TCP listeners baton binds, what systemd set for inherited ones;
+    /// `None` where it cannot be read back (Unix sockets).
+    pub backlog: Option<u32>,
     fd: OwnedFd,
     /// The socket file baton created: held only to be removed with the
     /// listener.
@@ -171,6 +175,40 @@ impl ListenerSet {
     pub fn fds(&self) -> Vec<BorrowedFd<'_>> {
         self.listeners.iter().map(Listener::as_fd).collect()
     }
+
+    /// Reads every TCP listener's backlog back and sets it again where a
+    /// worker changed it; returns what was changed.
+    pub fn keep_backlogs(&self) -> Vec<BacklogRestored> {
+        let mut restored = Vec::new();
+        for listener in &self.listeners {
+            let Some(wanted) = listener.backlog else {
+                continue;
+            };
+            let Ok(Some(found)) = crate::backlog::read(listener.as_fd()) else {
+                continue;
+            };
+            if found != wanted {
+                let result = crate::backlog::restore(listener.as_fd(), wanted);
+                restored.push(BacklogRestored {
+                    listener: listener.name.clone(),
+                    found,
+                    wanted,
+                    result,
+                });
+            }
+        }
+        restored
+    }
+}
+
+/// A listener whose backlog a worker changed, set back.
+#[derive(Debug)]
+pub struct BacklogRestored {
+    pub listener: String,
+    /// The backlog the worker left.
+    pub found: u32,
+    pub wanted: u32,
+    pub result: std::io::Result<()>,
 }
 
 /// Whether `--listen` address `given` describes the inherited socket at
@@ -219,6 +257,7 @@ fn adopt(name: String, fd: OwnedFd) -> Result<Listener, ListenError> {
         name,
         local_addr,
         inherited: true,
+        backlog: crate::backlog::read(fd.as_fd()).ok().flatten(),
         fd,
         _created: None,
     })
@@ -254,6 +293,7 @@ fn bind_tcp(name: String, addr: SocketAddr, backlog: u32) -> Result<Listener, Bi
         name,
         local_addr: ListenAddr::Tcp(local.as_socket().expect("a TCP socket has an IP address")),
         inherited: false,
+        backlog: Some(backlog),
         fd: listener,
         _created: None,
     })
@@ -282,6 +322,7 @@ fn bind_unix(name: String, path: &Path, options: BindOptions) -> Result<Listener
         name,
         local_addr: addr,
         inherited: false,
+        backlog: None,
         fd,
         _created: Some(created),
     })

@@ -458,6 +458,8 @@ impl Supervisor {
             cause = %worker.cause,
             "worker ready"
         );
+        let pid = worker.handle.pid;
+        self.keep_backlogs(pid);
 
         if self.phase == Phase::Starting && self.all_slots_ready() {
             self.phase = Phase::Running;
@@ -803,6 +805,30 @@ impl Supervisor {
         );
         worker.handle.drain(self.config.drain_timeout);
         self.hurry_old_generations();
+    }
+
+    /// Sets the listen backlog back where a worker (`pid`, just ready)
+    /// changed it by calling `listen()` again on the shared socket.
+    fn keep_backlogs(&self, pid: u32) {
+        for restored in self.listeners.keep_backlogs() {
+            match restored.result {
+                Ok(()) => warn!(
+                    listener = %restored.listener,
+                    found = restored.found,
+                    backlog = restored.wanted,
+                    pid,
+                    "a worker changed the listen backlog; set back"
+                ),
+                Err(e) => warn!(
+                    listener = %restored.listener,
+                    found = restored.found,
+                    backlog = restored.wanted,
+                    pid,
+                    cause = %e,
+                    "a worker changed the listen backlog; cannot set it back"
+                ),
+            }
+        }
     }
 
     /// Hurries the workers of the oldest generations draining while more

@@ -220,3 +220,52 @@ fn a_worker_that_ignores_its_drain_signal_is_killed_and_the_reload_completes() {
     );
     assert!(baton.logs_contain("drain deadline passed"));
 }
+
+/// A worker that calls `listen(5)` on the socket it is given, as servers
+/// that listen again (with their own backlog) do, then says it is ready.
+const RELISTENS: &str = r#"
+import os, socket, time
+s = socket.socket(fileno=3)
+s.listen(5)
+n = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+n.sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
+while True:
+    c, _ = s.accept()
+    c.recv(4096)
+    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+    c.close()
+"#;
+
+/// The backlog `ss` shows for the listener on `port`.
+fn backlog_of(port: u16) -> u32 {
+    let output = std::process::Command::new("ss")
+        .args(["-Hlnt", &format!("sport = :{port}")])
+        .output()
+        .expect("run ss");
+    let text = String::from_utf8_lossy(&output.stdout);
+    // State Recv-Q Send-Q ...: a listener's Send-Q is its backlog.
+    text.split_whitespace()
+        .nth(2)
+        .and_then(|q| q.parse().ok())
+        .unwrap_or_else(|| panic!("no listener on port {port}: {text:?}"))
+}
+
+#[test]
+fn a_worker_that_changes_the_backlog_has_it_set_back() {
+    let baton = Baton::serve(&[
+        "--workers",
+        "2",
+        "--backlog",
+        "1000",
+        "--ready",
+        "notify",
+        "--",
+        "python3",
+        "-c",
+        RELISTENS,
+    ]);
+    assert!(baton.logs_contain("a worker changed the listen backlog"));
+    assert_eq!(backlog_of(baton.addr.port()), 1000);
+    baton.reload();
+    assert_eq!(backlog_of(baton.addr.port()), 1000, "and after a reload");
+}
