@@ -53,6 +53,10 @@ pub enum Command {
     /// started by `baton serve -- COMMAND`.
     #[command(hide = true)]
     Exec(ExecArgs),
+    /// The process that stops workers' process groups when the master is
+    /// gone, started by `baton serve`.
+    #[command(hide = true)]
+    Keeper,
 }
 
 /// Where a control client finds the master.

@@ -343,3 +343,32 @@ pub fn register_readable(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<Own
     };
     registered.map_err(|e| e.into_parts().1)
 }
+
+/// Which side of [`fork_detached`] this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forked {
+    Parent,
+    /// The child, in a session of its own.
+    Child,
+}
+
+/// Forks a child that starts a session of its own (no terminal, no process
+/// group shared with the caller). Refuses unless this process has a single
+/// thread: only then may the child run ordinary code after `fork`.
+pub fn fork_detached() -> io::Result<Forked> {
+    let threads = std::fs::read_dir("/proc/self/task")?.count();
+    if threads != 1 {
+        return Err(io::Error::other(format!(
+            "cannot fork with {threads} threads running"
+        )));
+    }
+    // SAFETY: the process has one thread (checked above), so the child
+    // inherits no lock held by another thread.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Parent { .. } => Ok(Forked::Parent),
+        nix::unistd::ForkResult::Child => {
+            let _ = nix::unistd::setsid();
+            Ok(Forked::Child)
+        }
+    }
+}

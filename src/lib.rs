@@ -18,6 +18,7 @@
 //! - [`fd`]: all `unsafe` descriptor handling: SCM_RIGHTS, close-on-exec,
 //!   adopting inherited descriptors, the child's side of `fork`. (The only
 //!   other `unsafe` maps the [`balance`] table.)
+//! - [`keeper`]: stops workers' process trees when the master is gone.
 //! - [`listeners`]: binding the listening sockets, keyed by name.
 //! - [`backlog`]: the listen backlog, read back and kept as the operator
 //!   set it.
@@ -47,6 +48,7 @@ pub mod config_file;
 pub mod control;
 pub mod error;
 pub mod fd;
+pub mod keeper;
 pub mod listeners;
 pub mod load;
 pub mod master;

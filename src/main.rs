@@ -27,6 +27,13 @@ fn main() -> ExitCode {
             tracing::error!("worker failed: {error}");
             ExitCode::from(EXIT_FAILURE)
         }
+        Command::Keeper => match baton::keeper::run() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("keeper failed: {e}");
+                ExitCode::from(EXIT_FAILURE)
+            }
+        },
         Command::Worker(args) => match baton::worker::run(args.http) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

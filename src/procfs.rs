@@ -29,6 +29,30 @@ pub fn is_self_or_descendant(pid: u32, ancestor: u32) -> bool {
     false
 }
 
+/// Live (not zombie) processes in process group `pgid`.
+pub fn group_members(pgid: u32) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            let Ok(text) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            // After the command name: state, parent, process group.
+            let Some((_, rest)) = text.rsplit_once(')') else {
+                return false;
+            };
+            let mut fields = rest.split_whitespace();
+            let state = fields.next().and_then(|s| s.chars().next());
+            let group = fields.nth(1).and_then(|g| g.parse::<u32>().ok());
+            group == Some(pgid) && !matches!(state, Some('Z' | 'X'))
+        })
+        .collect()
+}
+
 /// Children of `parent`, each with its state letter (`Z` for a zombie).
 pub fn children(parent: u32) -> Vec<(u32, char)> {
     let Ok(entries) = fs::read_dir("/proc") else {

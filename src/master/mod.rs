@@ -25,6 +25,7 @@ use crate::balance::ShareTable;
 use crate::config::MasterConfig;
 use crate::control;
 use crate::error::MasterError;
+use crate::keeper::Keeper;
 use crate::listeners::{BindOptions, ListenerSet};
 use crate::signals::{Intent, SignalIntents};
 use crate::systemd::Notifier;
@@ -89,8 +90,13 @@ pub async fn run(
         None => None,
     };
     let control_socket = open_control_socket(&config)?;
+    let keeper = Keeper::start(&config.program)
+        .await
+        .inspect_err(|e| warn!(cause = %e, "no keeper: if the master is killed, processes its workers forked may outlive it"))
+        .ok();
     let mut supervisor = Supervisor::new(config, listeners, Notifier::from_env());
     supervisor.runtime_dir = runtime_dir;
+    supervisor.keeper = keeper;
     // The socket file is removed when `_control_file` drops, as run returns.
     let (control_listener, _control_file) = control_socket;
     tokio::spawn(control::serve(
@@ -257,6 +263,10 @@ struct Supervisor {
     /// evenly; `None` if it could not be created (workers then accept
     /// unpaced).
     balance: Option<ShareTable>,
+    /// Stops the workers' process groups if this master dies; `None` if it
+    /// could not be started (then a killed master can leave a worker's
+    /// children behind).
+    keeper: Option<Keeper>,
 }
 
 /// A private directory for the master's sockets, removed when it exits.
@@ -323,6 +333,7 @@ impl Supervisor {
             balance: ShareTable::create()
                 .inspect_err(|e| warn!(cause = %e, "no accept balance: workers accept unpaced"))
                 .ok(),
+            keeper: None,
         }
     }
 
@@ -403,6 +414,8 @@ impl Supervisor {
                 .map(|(foreign, dir)| (foreign, dir.path())),
             identity: self.config.worker_identity,
             balance: self.balance.as_ref().map(ShareTable::fd),
+            drain_timeout: self.config.drain_timeout,
+            keeper: self.keeper.as_ref(),
         };
         let handle = worker::spawn(launch, self.events_tx.clone()).map_err(|e| e.to_string())?;
         info!(pid = handle.pid, slot, generation, cause = %cause, "worker started");

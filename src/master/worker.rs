@@ -18,6 +18,7 @@ use tracing::{debug, info, warn, Instrument};
 use crate::config::{deadline, ForeignWorker, ReadyMode};
 use crate::error::SpawnError;
 use crate::fd;
+use crate::keeper::Keeper;
 use crate::listeners::ListenerSet;
 use crate::procfs;
 use crate::protocol::{self, Channel, ToMaster, ToWorker};
@@ -101,7 +102,16 @@ pub struct Launch<'a> {
     pub identity: Option<(u32, u32)>,
     /// The accept-balance table, sent after the listeners.
     pub balance: Option<BorrowedFd<'a>>,
+    /// How long processes the worker leaves behind get to finish when it
+    /// crashes (see [`Watcher::stop_group`]).
+    pub drain_timeout: Duration,
+    /// Stops the worker's process group if the master goes away.
+    pub keeper: Option<&'a Keeper>,
 }
+
+/// How often a worker's process group is looked at while what it left
+/// behind stops.
+const GROUP_POLL: Duration = Duration::from_millis(20);
 
 /// How often a `--ready listening` worker is looked at.
 const LISTENING_PROBE: Duration = Duration::from_millis(5);
@@ -244,7 +254,13 @@ pub fn spawn(
         events,
         ready_deadline: deadline(Instant::now(), launch.ready_timeout),
         ready_timeout: launch.ready_timeout,
+        drain_timeout: launch.drain_timeout,
+        keeper: launch.keeper.cloned(),
     };
+    if let Some(keeper) = launch.keeper {
+        // The worker leads its own process group (`process_group(0)`).
+        keeper.watch(pid);
+    }
     tokio::spawn(watcher.run().instrument(span));
     Ok(WorkerHandle {
         id: launch.id,
@@ -285,6 +301,8 @@ struct Watcher {
     events: mpsc::UnboundedSender<WorkerEvent>,
     ready_deadline: Instant,
     ready_timeout: Duration,
+    drain_timeout: Duration,
+    keeper: Option<Keeper>,
 }
 
 impl Watcher {
@@ -336,7 +354,16 @@ impl Watcher {
                             std::os::unix::process::ExitStatusExt::from_raw(0xff00)
                         }
                     };
-                    let _ = self.events.send(WorkerEvent::Exited { id, status });
+                    // A drained worker is gone when its whole tree is; a
+                    // crashed one is replaced at once, and what it left
+                    // behind is stopped meanwhile.
+                    if drain_deadline.is_some() {
+                        self.stop_group(drain_deadline, killed).await;
+                        let _ = self.events.send(WorkerEvent::Exited { id, status });
+                    } else {
+                        let _ = self.events.send(WorkerEvent::Exited { id, status });
+                        self.stop_group(None, killed).await;
+                    }
                     return;
                 }
                 message = self.channel.recv_plain::<ToMaster>(), if channel_open => match message {
@@ -427,6 +454,40 @@ impl Watcher {
             .as_ref()
             .is_some_and(|f| f.ready == ReadyMode::Notify);
         !ready && wants_notify && text.lines().any(|l| l == "READY=1")
+    }
+
+    /// Stops what is left of the worker's process group after the worker
+    /// itself exited (children of a forking server or a shell wrapper):
+    /// the drain signal (SIGTERM for built-in workers), then SIGKILL at
+    /// `deadline` (the drain's, or the drain timeout from now); SIGKILL at
+    /// once if the worker was killed.
+    async fn stop_group(&self, deadline_at: Option<Instant>, killed: bool) {
+        use nix::sys::signal::{killpg, Signal};
+        let pgid = nix::unistd::Pid::from_raw(self.pid as i32);
+        let left = procfs::group_members(self.pid);
+        if !left.is_empty() {
+            let signal = match &self.foreign {
+                _ if killed => Signal::SIGKILL,
+                Some(foreign) => foreign.drain_signal,
+                None => Signal::SIGTERM,
+            };
+            warn!(left = left.len(), %signal, "the worker's processes outlived it; stopping them");
+            let _ = killpg(pgid, signal);
+            let until = deadline_at.unwrap_or_else(|| deadline(Instant::now(), self.drain_timeout));
+            while !procfs::group_members(self.pid).is_empty() {
+                if Instant::now() >= until {
+                    warn!(
+                        "processes the worker left are still alive at the deadline; killing them"
+                    );
+                    let _ = killpg(pgid, Signal::SIGKILL);
+                    break;
+                }
+                sleep(GROUP_POLL).await;
+            }
+        }
+        if let Some(keeper) = &self.keeper {
+            keeper.forget(self.pid);
+        }
     }
 
     fn fail(&mut self, killed: &mut bool, reason: String) {

@@ -224,16 +224,28 @@ fn a_worker_that_ignores_its_drain_signal_is_killed_and_the_reload_completes() {
 /// A worker that calls `listen(5)` on the socket it is given, as servers
 /// that listen again (with their own backlog) do, then says it is ready.
 const RELISTENS: &str = r#"
-import os, socket, time
+import os, socket
 s = socket.socket(fileno=3)
 s.listen(5)
 n = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 n.sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
-while True:
-    c, _ = s.accept()
-    c.recv(4096)
-    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
-    c.close()
+"#;
+
+/// Serves `ok` on the shared (non-blocking) socket `s`, forever.
+const SERVE_OK: &str = r#"
+import select
+def serve(s):
+    while True:
+        select.select([s], [], [])
+        try:
+            c, _ = s.accept()
+        except BlockingIOError:
+            continue
+        c.setblocking(True)
+        c.recv(4096)
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        c.close()
+serve(s)
 "#;
 
 /// The backlog `ss` shows for the listener on `port`.
@@ -262,10 +274,85 @@ fn a_worker_that_changes_the_backlog_has_it_set_back() {
         "--",
         "python3",
         "-c",
-        RELISTENS,
+        &format!("{RELISTENS}{SERVE_OK}"),
     ]);
     assert!(baton.logs_contain("a worker changed the listen backlog"));
     assert_eq!(backlog_of(baton.addr.port()), 1000);
     baton.reload();
     assert_eq!(backlog_of(baton.addr.port()), 1000, "and after a reload");
+}
+
+/// A server that forks two children which accept on the same socket, as
+/// gunicorn, puma's cluster mode or a shell wrapper do.
+const FORKS_TWO: &str = r#"
+import os, socket
+s = socket.socket(fileno=3)
+for _ in range(2):
+    if os.fork() == 0:
+        break
+else:
+    n = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    n.sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
+"#;
+
+/// Every process of the workers' trees: each worker and its children.
+fn worker_trees(baton: &Baton) -> Vec<u32> {
+    let workers = baton.wait_workers(Duration::from_secs(10), |w| {
+        w.len() == 2
+            && w.iter()
+                .all(|&p| baton::procfs::live_children(p).len() == 2)
+    });
+    workers
+        .iter()
+        .flat_map(|&w| std::iter::once(w).chain(baton::procfs::live_children(w)))
+        .collect()
+}
+
+fn serve_forking() -> Baton {
+    Baton::serve(&[
+        "--workers",
+        "2",
+        "--ready",
+        "notify",
+        "--",
+        "python3",
+        "-c",
+        &format!("{FORKS_TWO}{SERVE_OK}"),
+    ])
+}
+
+fn assert_all_gone(pids: &[u32], after: &str) {
+    assert!(
+        wait_until(Duration::from_secs(2), || pids.iter().all(|&p| is_dead(p))),
+        "after {after}, still alive: {:?}",
+        pids.iter().filter(|&&p| !is_dead(p)).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_forking_worker_leaves_nothing_behind_after_reload_stop_or_a_killed_master() {
+    // A reload: the old generation's children go with their worker.
+    let baton = serve_forking();
+    let old = worker_trees(&baton);
+    assert_eq!(old.len(), 6);
+    baton.reload();
+    assert_all_gone(&old, "a reload");
+    let old = worker_trees(&baton);
+
+    // `stop`: the whole tree, then the master.
+    let mut baton = baton;
+    baton.signal(Signal::SIGTERM);
+    assert_eq!(baton.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    assert_all_gone(&old, "stop");
+
+    // A SIGKILLed master: the keeper stops every group, and the port is free.
+    let baton = serve_forking();
+    let addr = baton.addr.to_string();
+    let old = worker_trees(&baton);
+    let mut baton = baton;
+    baton.signal(Signal::SIGKILL);
+    baton.wait_exit(Duration::from_secs(5));
+    assert_all_gone(&old, "SIGKILL of the master");
+    let again = Baton::serve(&["--workers", "1", "--listen", &addr]);
+    assert_eq!(again.addr.to_string(), addr, "the port was free at once");
 }

@@ -1,0 +1,115 @@
+//! The keeper: what stops a worker's whole process tree when the master is
+//! gone.
+//!
+//! A COMMAND may fork (gunicorn's and puma's masters, a shell wrapper), and
+//! its children hold the listening socket too. Each worker is started as
+//! the leader of its own process group, and the master stops the group, not
+//! only the leader: when a worker exits, whatever is left of its group gets
+//! the drain signal, then SIGKILL at the deadline (see
+//! [`crate::master::WorkerHandle`]). That needs a master. A SIGKILLed master
+//! runs no code, and `PR_SET_PDEATHSIG` reaches only the workers it started,
+//! not their children: they would go on serving old code and hold the port,
+//! so that the next `baton serve` could not bind it.
+//!
+//! So the master starts a keeper first: `baton keeper`, which detaches
+//! (forks, the parent exits, the child starts its own session) and reads
+//! the master's list of worker process groups from a pipe whose only writer
+//! is the master. When the pipe ends, which happens however the master
+//! ends, the keeper SIGKILLs every group still listed and exits.
+//!
+//! Limits: a process that leaves its group (`setsid`, `setpgid`) escapes
+//! both the master and the keeper; under systemd the service's cgroup still
+//! catches it at stop (`KillMode=mixed`).
+
+use std::io::{self, BufRead};
+use std::path::Path;
+use std::process::Stdio;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+/// The master's side: tells the keeper which process groups to stop if the
+/// master goes away.
+#[derive(Debug, Clone)]
+pub struct Keeper {
+    lines: mpsc::UnboundedSender<String>,
+}
+
+impl Keeper {
+    /// Starts `program keeper` and the task that writes to it. The keeper
+    /// is detached: it is not a child of the master once started.
+    pub async fn start(program: &Path) -> io::Result<Self> {
+        let mut child = tokio::process::Command::new(program)
+            .arg("keeper")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .env_remove("LISTEN_FDNAMES")
+            .env_remove("NOTIFY_SOCKET")
+            .spawn()?;
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        // The first process only forks the keeper and exits.
+        let status = child.wait().await?;
+        if !status.success() {
+            return Err(io::Error::other(format!(
+                "the keeper did not start ({status})"
+            )));
+        }
+        let (lines, mut to_write) = mpsc::unbounded_channel::<String>();
+        tokio::spawn(async move {
+            while let Some(line) = to_write.recv().await {
+                if stdin.write_all(line.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Keeper { lines })
+    }
+
+    /// Stops group `pgid` if the master goes away.
+    pub fn watch(&self, pgid: u32) {
+        let _ = self.lines.send(format!("+{pgid}\n"));
+    }
+
+    /// Group `pgid` is empty: leave it alone.
+    pub fn forget(&self, pgid: u32) {
+        let _ = self.lines.send(format!("-{pgid}\n"));
+    }
+}
+
+/// The keeper process (`baton keeper`): detaches, then follows the list on
+/// standard input until it ends, and SIGKILLs every group left on it.
+/// Called before any thread exists.
+pub fn run() -> io::Result<()> {
+    // Its own session: no terminal's signals, not in the master's process
+    // group, and not the master's child.
+    if crate::fd::fork_detached()? == crate::fd::Forked::Parent {
+        return Ok(());
+    }
+    let mut groups = std::collections::BTreeSet::new();
+    for line in io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        let (sign, pgid) = line.split_at(line.len().min(1));
+        let Ok(pgid) = pgid.parse::<u32>() else {
+            continue;
+        };
+        match sign {
+            "+" => {
+                groups.insert(pgid);
+            }
+            "-" => {
+                groups.remove(&pgid);
+            }
+            _ => {}
+        }
+    }
+    for pgid in groups {
+        if pgid > 1 {
+            let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
+        }
+    }
+    std::process::exit(0);
+}
