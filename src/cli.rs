@@ -157,10 +157,12 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub http: HttpArgs,
 
-    /// With a COMMAND: when a worker is ready. `listening`: it waits for
-    /// connections on its listeners (works for any program); `notify`: it
-    /// sends READY=1 to $NOTIFY_SOCKET; `delay:DUR`: it stayed up that long
-    #[arg(long, value_name = "MODE", default_value = "listening")]
+    /// With a COMMAND: when a worker is ready. `listening`: its process
+    /// tree waits for connections on every listener, or has accepted one
+    /// (works for any program); `notify`: it sends READY=1 to
+    /// $NOTIFY_SOCKET; `auto`: whichever comes first; `delay:DUR`: it stayed
+    /// up that long
+    #[arg(long, value_name = "MODE", default_value = "auto")]
     pub ready: ReadyMode,
 
     /// With a COMMAND: the signal that asks a worker to drain; SIGKILL
@@ -522,6 +524,7 @@ impl ServeArgs {
         if !self.command.is_empty() {
             let ready = match self.ready {
                 ReadyMode::Notify => "notify".to_owned(),
+                ReadyMode::Auto => "auto".to_owned(),
                 ReadyMode::Listening => "listening".to_owned(),
                 ReadyMode::Delay(d) => format!("delay:{}", humantime::format_duration(d)),
             };

@@ -310,11 +310,12 @@ pub struct ForeignWorker {
 /// When a COMMAND worker counts as ready.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadyMode {
+    /// Whichever comes first of `Notify` and `Listening`.
+    Auto,
     /// It sends READY=1 on its NOTIFY_SOCKET.
     Notify,
-    /// It waits for connections on every listener it was given (seen in
-    /// /proc: the listener is in one of its epoll sets, or it is blocked in
-    /// accept or poll).
+    /// Its process tree serves every listener it was given, as /proc
+    /// shows (see [`crate::procfs::tree_serves`]).
     Listening,
     /// It has stayed alive this long.
     Delay(Duration),
@@ -325,12 +326,13 @@ impl FromStr for ReadyMode {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
+            "auto" => Ok(ReadyMode::Auto),
             "notify" => Ok(ReadyMode::Notify),
             "listening" => Ok(ReadyMode::Listening),
             _ => match s.strip_prefix("delay:") {
                 Some(duration) => DurationRange::WAIT.parse(duration).map(ReadyMode::Delay),
                 None => Err(format!(
-                    "{s:?} is not a readiness mode; use notify, listening or delay:DUR (like delay:500ms)"
+                    "{s:?} is not a readiness mode; use auto, notify, listening or delay:DUR (like delay:500ms)"
                 )),
             },
         }

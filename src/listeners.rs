@@ -176,6 +176,21 @@ impl ListenerSet {
         self.listeners.iter().map(Listener::as_fd).collect()
     }
 
+    /// How /proc shows each listener, to recognise it in a worker's
+    /// descriptor table.
+    pub fn ids(&self) -> Vec<crate::procfs::ListenerId> {
+        self.listeners
+            .iter()
+            .map(|l| crate::procfs::ListenerId {
+                inode: nix::sys::stat::fstat(l.as_fd()).map_or(0, |st| st.st_ino),
+                tcp: match l.local_addr {
+                    ListenAddr::Tcp(addr) => Some(addr),
+                    ListenAddr::Unix(_) => None,
+                },
+            })
+            .collect()
+    }
+
     /// Reads every TCP listener's backlog back and sets it again where a
     /// worker changed it; returns what was changed.
     pub fn keep_backlogs(&self) -> Vec<BacklogRestored> {

@@ -90,35 +90,189 @@ pub fn fd_count(pid: u32) -> Option<usize> {
     Some(fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
 }
 
-/// Whether `pid` waits for connections on every descriptor in `fds`: each is
-/// registered in one of its epoll sets or one of its threads is blocked in
-/// accept on it; a thread blocked in poll or select (which /proc does not
-/// break down by descriptor) counts for all of them.
-pub fn waits_for_connections(pid: u32, fds: std::ops::Range<i32>) -> bool {
+/// A listening socket as /proc shows it: its inode (`socket:[INODE]` in a
+/// process's descriptor table) and, for TCP, its local address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerId {
+    pub inode: u64,
+    pub tcp: Option<std::net::SocketAddr>,
+}
+
+/// Whether the process tree under `root` (it and its descendants) is
+/// serving `listeners`: each listener is waited on by some process of the
+/// tree (registered in an epoll set, or a thread blocked in accept, poll or
+/// select on it, whatever its descriptor number there), or the tree holds a
+/// connection accepted from one of them (a busy worker is serving, even if
+/// it is never caught waiting).
+pub fn tree_serves(root: u32, listeners: &[ListenerId]) -> bool {
+    let tree = descendants_and_self(root);
+    let mut waited: Vec<u64> = Vec::new();
+    let mut held: Vec<u64> = Vec::new();
+    for &pid in &tree {
+        let sockets = socket_fds(pid);
+        held.extend(sockets.iter().map(|&(_, inode)| inode));
+        let inode_of = |fd: i32| sockets.iter().find(|&&(f, _)| f == fd).map(|&(_, i)| i);
+        waited.extend(epoll_interests(pid).into_iter().filter_map(inode_of));
+        waited.extend(blocked_on(pid).into_iter().filter_map(inode_of));
+    }
+    if listeners.iter().all(|l| waited.contains(&l.inode)) {
+        return true;
+    }
+    let accepted = accepted_inodes(listeners);
+    held.iter().any(|inode| accepted.contains(inode))
+}
+
+/// `root` and every process below it.
+fn descendants_and_self(root: u32) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return vec![root];
+    };
+    let parents: Vec<(u32, u32)> = entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| Some((pid, stat(pid)?.1)))
+        .collect();
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(
+            parents
+                .iter()
+                .filter(|&&(_, p)| p == parent)
+                .map(|&(pid, _)| pid),
+        );
+        i += 1;
+    }
+    tree
+}
+
+/// `pid`'s descriptors that are sockets, with their inodes.
+fn socket_fds(pid: u32) -> Vec<(i32, u64)> {
+    let Ok(entries) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let fd = entry.file_name().to_str()?.parse::<i32>().ok()?;
+            let target = fs::read_link(entry.path()).ok()?;
+            let inode = target
+                .to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()?;
+            Some((fd, inode))
+        })
+        .collect()
+}
+
+/// The descriptors `pid`'s threads are blocked on in accept, poll or
+/// select (x86-64 system call numbers). poll's and select's descriptor sets
+/// are read from the process's memory.
+fn blocked_on(pid: u32) -> Vec<i32> {
     const ACCEPT: [u64; 2] = [43, 288]; // accept, accept4
-    const POLL: [u64; 4] = [7, 23, 270, 271]; // poll, select, pselect6, ppoll
-    let mut waited: Vec<i32> = epoll_interests(pid);
-    if let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) {
-        for task in tasks.flatten() {
-            let Ok(syscall) = fs::read_to_string(task.path().join("syscall")) else {
-                continue;
-            };
-            let mut fields = syscall.split_whitespace();
-            let Some(number) = fields.next().and_then(|n| n.parse::<u64>().ok()) else {
-                continue;
-            };
-            if POLL.contains(&number) {
-                return true;
+    const POLL: [u64; 2] = [7, 271]; // poll, ppoll
+    const SELECT: [u64; 2] = [23, 270]; // select, pselect6
+    let mut fds = Vec::new();
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return fds;
+    };
+    for task in tasks.flatten() {
+        let Ok(syscall) = fs::read_to_string(task.path().join("syscall")) else {
+            continue;
+        };
+        let mut fields = syscall.split_whitespace();
+        let Some(number) = fields.next().and_then(|n| n.parse::<u64>().ok()) else {
+            continue;
+        };
+        let args: Vec<u64> = fields
+            .take(3)
+            .filter_map(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok())
+            .collect();
+        let (Some(&a0), Some(&a1)) = (args.first(), args.get(1)) else {
+            continue;
+        };
+        if ACCEPT.contains(&number) {
+            fds.push(a0 as i32);
+        } else if POLL.contains(&number) {
+            // struct pollfd { int fd; short events; short revents; }
+            let count = a1.min(1024) as usize;
+            if let Some(bytes) = read_memory(pid, a0, count * 8) {
+                fds.extend(
+                    bytes
+                        .chunks_exact(8)
+                        .map(|p| i32::from_ne_bytes([p[0], p[1], p[2], p[3]])),
+                );
             }
-            if ACCEPT.contains(&number) {
-                let fd = fields
-                    .next()
-                    .and_then(|a| i32::from_str_radix(a.trim_start_matches("0x"), 16).ok());
-                waited.extend(fd);
+        } else if SELECT.contains(&number) {
+            // nfds, then the read set: a bitmap of nfds bits.
+            let nfds = a0.min(65536) as usize;
+            if let Some(bits) = read_memory(pid, a1, nfds.div_ceil(8)) {
+                fds.extend(
+                    (0..nfds)
+                        .filter(|fd| bits[fd / 8] & (1 << (fd % 8)) != 0)
+                        .map(|fd| fd as i32),
+                );
             }
         }
     }
-    fds.clone().all(|fd| waited.contains(&fd))
+    fds
+}
+
+/// `len` bytes of `pid`'s memory at `address` (root, or the same user for a
+/// descendant).
+fn read_memory(pid: u32, address: u64, len: usize) -> Option<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    if address == 0 || len == 0 {
+        return None;
+    }
+    let file = fs::File::open(format!("/proc/{pid}/mem")).ok()?;
+    let mut buf = vec![0u8; len];
+    file.read_exact_at(&mut buf, address).ok()?;
+    Some(buf)
+}
+
+/// Inodes of connections accepted from TCP `listeners` (established, local
+/// address the listener's, and held by a process: a connection still in the
+/// accept queue has inode 0).
+fn accepted_inodes(listeners: &[ListenerId]) -> Vec<u64> {
+    let addrs: Vec<std::net::SocketAddr> = listeners.iter().filter_map(|l| l.tcp).collect();
+    if addrs.is_empty() {
+        return Vec::new();
+    }
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
+            let (Some(local), Some(state), Some(inode)) =
+                (fields.get(1), fields.get(3), fields.get(9))
+            else {
+                continue;
+            };
+            let Some(port) = local
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+            else {
+                continue;
+            };
+            // 01: ESTABLISHED. The port is enough to tell: the listener's
+            // port is not used for anything else on this host.
+            if *state == "01" && addrs.iter().any(|a| a.port() == port) {
+                if let Ok(inode) = inode.parse::<u64>() {
+                    if inode != 0 {
+                        inodes.push(inode);
+                    }
+                }
+            }
+        }
+    }
+    inodes
 }
 
 /// The descriptors registered in any of `pid`'s epoll sets.

@@ -159,7 +159,7 @@ struct Foreign {
     ready: ReadyMode,
     drain_signal: nix::sys::signal::Signal,
     notify: NotifySocket,
-    listeners: i32,
+    listeners: Vec<procfs::ListenerId>,
 }
 
 /// Starts a worker process and the task that watches it.
@@ -231,7 +231,7 @@ pub fn spawn(
             ready: foreign.ready,
             drain_signal: foreign.drain_signal,
             notify,
-            listeners: launch.listeners.fds().len() as i32,
+            listeners: launch.listeners.ids(),
         });
     let channel = Channel::new(master_end).map_err(SpawnError::Socketpair)?;
 
@@ -321,7 +321,7 @@ impl Watcher {
                 .as_ref()
                 .map(|f| f.ready)
                 .filter(|_| ready_timer);
-            let probe = matches!(ready_mode, Some(ReadyMode::Listening));
+            let probe = matches!(ready_mode, Some(ReadyMode::Listening | ReadyMode::Auto));
             let delay = match ready_mode {
                 Some(ReadyMode::Delay(delay)) => Some(deadline(self.started, delay)),
                 _ => None,
@@ -334,9 +334,8 @@ impl Watcher {
                     }
                 }
                 _ = sleep(LISTENING_PROBE), if probe => {
-                    let listeners = self.foreign.as_ref().map_or(0, |f| f.listeners);
-                    let first = fd::HANDOFF_FD;
-                    if procfs::waits_for_connections(self.pid, first..first + listeners) {
+                    let listeners = self.foreign.as_ref().map_or(&[][..], |f| &f.listeners[..]);
+                    if procfs::tree_serves(self.pid, listeners) {
                         ready = true;
                         let _ = self.events.send(WorkerEvent::Ready { id });
                     }
@@ -452,7 +451,7 @@ impl Watcher {
         let wants_notify = self
             .foreign
             .as_ref()
-            .is_some_and(|f| f.ready == ReadyMode::Notify);
+            .is_some_and(|f| matches!(f.ready, ReadyMode::Notify | ReadyMode::Auto));
         !ready && wants_notify && text.lines().any(|l| l == "READY=1")
     }
 

@@ -356,3 +356,108 @@ fn a_forking_worker_leaves_nothing_behind_after_reload_stop_or_a_killed_master()
     let again = Baton::serve(&["--workers", "1", "--listen", &addr]);
     assert_eq!(again.addr.to_string(), addr, "the port was free at once");
 }
+
+/// Serves `ok` one connection at a time on `s` (a single-threaded select()
+/// server); on SIGTERM it finishes the request in hand and exits.
+const SERVE_UNTIL_TERM: &str = r#"
+import select, signal, sys
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+def serve(s):
+    while not stop:
+        try:
+            ready, _, _ = select.select([s], [], [], 0.1)
+        except InterruptedError:
+            continue
+        if not ready:
+            continue
+        try:
+            c, _ = s.accept()
+        except BlockingIOError:
+            continue
+        c.setblocking(True)
+        c.recv(65536)
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        c.close()
+    sys.exit(0)
+"#;
+
+/// Readiness shapes of real servers, as small stand-ins (no READY=1 from
+/// any of them: the process tree alone must tell).
+#[test]
+fn readiness_is_seen_in_the_whole_process_tree_and_on_the_real_listener() {
+    // gunicorn: the parent waits for its child and never touches the
+    // socket; the child serves it.
+    let parent_waits = format!(
+        "import os, socket\ns = socket.socket(fileno=3)\nif os.fork():\n    os.wait()\nelse:\n{}\n    serve(s)\n",
+        SERVE_UNTIL_TERM
+            .lines()
+            .map(|l| format!("    {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // uvicorn --fd 3: serves on a duplicate of descriptor 3.
+    let duplicate = format!(
+        "import os, socket\n{SERVE_UNTIL_TERM}\ns = socket.socket(fileno=os.dup(3))\nos.close(3)\nserve(s)\n"
+    );
+    // A parent that sleeps in select() on something else for 2 s before it
+    // serves (hypercorn's parent, puma's cluster master): not ready early.
+    let waits_elsewhere = format!(
+        "import os, select, socket\n{SERVE_UNTIL_TERM}\nr, w = os.pipe()\nselect.select([r], [], [], 2)\nserve(socket.socket(fileno=3))\n"
+    );
+    for (shape, program, at_least) in [
+        ("a parent that does not poll", &parent_waits, Duration::ZERO),
+        ("a duplicated listener", &duplicate, Duration::ZERO),
+        (
+            "select() on something else",
+            &waits_elsewhere,
+            Duration::from_millis(1900),
+        ),
+    ] {
+        let baton = Baton::serve(&["--workers", "1", "--", "python3", "-c", program]);
+        let started = baton.wait_log("worker started", Duration::from_secs(1));
+        let ready = baton.wait_log("worker ready", Duration::from_secs(1));
+        let at = |line: &str| -> f64 {
+            let stamp = line.split_whitespace().next().unwrap();
+            let clock = stamp.rsplit_once('T').unwrap().1.trim_end_matches('Z');
+            clock
+                .split(':')
+                .map(|part| part.parse::<f64>().unwrap())
+                .fold(0.0, |total, part| total * 60.0 + part)
+        };
+        let took = Duration::from_secs_f64((at(&ready) - at(&started)).max(0.0));
+        assert!(
+            took >= at_least,
+            "{shape}: ready after {took:?}, before it served"
+        );
+        let mut answer = String::new();
+        let mut stream = std::net::TcpStream::connect(baton.addr).unwrap();
+        use std::io::{Read, Write};
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{shape}: {answer}");
+    }
+}
+
+#[test]
+fn a_single_threaded_select_worker_reloads_under_load_without_failures() {
+    let _heavy = heavy();
+    let program = format!("import socket\n{SERVE_UNTIL_TERM}\nserve(socket.socket(fileno=3))\n");
+    let baton = Baton::serve(&["--workers", "2", "--", "python3", "-c", &program]);
+    let load = BackgroundLoad::start(LoadPlan::new(
+        baton.addr,
+        vec![ClientMode::NewConnection; 16],
+        Duration::from_secs(9),
+    ));
+    for _ in 0..3 {
+        sleep(Duration::from_secs(2));
+        baton.reload();
+    }
+    let report = load.finish();
+    eprintln!("single-threaded select() workers across 3 reloads: {report}");
+    assert_eq!(baton.count_log("reload failed"), 0);
+    assert_no_failures(&report);
+    assert!(report.ok > 500, "{report}");
+}
