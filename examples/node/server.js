@@ -5,18 +5,19 @@
 // Two changes from the tutorial:
 // - It does not bind a port: baton hands it the listening socket the systemd
 //   way (descriptor 3, LISTEN_FDS, LISTEN_PID), and `listen({ fd: 3 })` takes it.
-// - On SIGTERM (baton's drain signal) it drains without failing a request:
-//   it stops accepting at once (the other workers take the queue), answers
-//   every later request with `Connection: close`, closes idle keep-alive
-//   connections only after a grace period (a client about to reuse one is
-//   answered, not reset), and exits when its last connection has closed.
+// - On SIGTERM (baton's drain signal) it drains without failing a request,
+//   with baton-drain.js beside it: it stops accepting at once (the other
+//   workers take the queue), answers every later request with
+//   `Connection: close`, closes idle keep-alive connections only after a
+//   grace period (a client about to reuse one is answered, not reset), and
+//   exits when its last connection has closed.
 //
 // CRASH_AFTER_MS=N reproduces the tutorial's crashes: the process exits with
 // status 1 at a random moment between N/2 and N milliseconds after it starts.
 
 'use strict';
 const http = require('http');
-const net = require('net');
+const drain = require('./baton-drain');
 
 const GRACE_MS = Number(process.env.DRAIN_GRACE_MS || 3000);
 
@@ -25,34 +26,19 @@ if (Number(process.env.LISTEN_PID) !== process.pid || Number(process.env.LISTEN_
   process.exit(2);
 }
 
-let draining = false;
-
 const server = http.createServer((req, res) => {
   // Read any request body to its end before answering.
   let received = 0;
   req.on('data', (chunk) => { received += chunk.length; });
   req.on('end', () => {
-    if (draining) res.setHeader('Connection', 'close');
     const body = req.method === 'POST'
       ? `Process handled by pid: ${process.pid}, received ${received} bytes`
       : `Process handled by pid: ${process.pid}`;
     res.end(body);
   });
 });
-// Keep idle connections longer than clients do; baton's drain decides when
-// they close.
-server.keepAliveTimeout = 65000;
 server.listen({ fd: 3 }, () => console.log(`worker ${process.pid} listening`));
-
-process.on('SIGTERM', () => {
-  if (draining) return;
-  draining = true;
-  // net.Server#close stops accepting only. (http.Server#close would also
-  // destroy idle keep-alive sockets at once, racing clients about to reuse
-  // them.) Its callback runs when the last connection has closed.
-  net.Server.prototype.close.call(server, () => process.exit(0));
-  setTimeout(() => server.closeIdleConnections(), GRACE_MS);
-});
+drain(server, { graceMs: GRACE_MS });
 
 const crashAfter = Number(process.env.CRASH_AFTER_MS || 0);
 if (crashAfter > 0) {

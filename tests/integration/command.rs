@@ -461,3 +461,43 @@ fn a_single_threaded_select_worker_reloads_under_load_without_failures() {
     assert_no_failures(&report);
     assert!(report.ok > 500, "{report}");
 }
+
+/// A plain Node.js `http` server, as users write one, with the shipped
+/// drain module and nothing else baton-specific but `listen({ fd: 3 })`.
+fn node_with_drain_module() -> String {
+    format!(
+        "const http = require('http');\n\
+         const drain = require({:?});\n\
+         const server = http.createServer((req, res) => {{\n\
+           req.resume();\n\
+           req.on('end', () => res.end(`Process handled by pid: ${{process.pid}}`));\n\
+         }});\n\
+         server.listen({{ fd: 3 }});\n\
+         drain(server, {{ graceMs: 5000 }});\n",
+        example("node/baton-drain.js")
+    )
+}
+
+#[test]
+fn node_http_with_the_drain_module_loses_nothing_through_reloads() {
+    let _heavy = heavy();
+    let program = node_with_drain_module();
+    let baton = Baton::serve(&["--workers", "2", "--", "node", "-e", &program]);
+    let mut clients = vec![
+        ClientMode::KeepAlive {
+            min_idle: Duration::from_millis(500),
+            max_idle: Duration::from_secs(3),
+        };
+        32
+    ];
+    clients.extend(mixed_clients(16, 16, 0));
+    let load = BackgroundLoad::start(LoadPlan::new(baton.addr, clients, Duration::from_secs(14)));
+    for _ in 0..4 {
+        sleep(Duration::from_secs(3));
+        baton.reload();
+    }
+    let report = load.finish();
+    eprintln!("node http with baton-drain.js, 4 reloads: {report}");
+    assert_no_failures(&report);
+    assert!(report.ok > 1000, "{report}");
+}
