@@ -231,23 +231,6 @@ n = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 n.sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
 "#;
 
-/// Serves `ok` on the shared (non-blocking) socket `s`, forever.
-const SERVE_OK: &str = r#"
-import select
-def serve(s):
-    while True:
-        select.select([s], [], [])
-        try:
-            c, _ = s.accept()
-        except BlockingIOError:
-            continue
-        c.setblocking(True)
-        c.recv(4096)
-        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
-        c.close()
-serve(s)
-"#;
-
 /// The backlog `ss` shows for the listener on `port`.
 fn backlog_of(port: u16) -> u32 {
     let output = std::process::Command::new("ss")
@@ -274,7 +257,7 @@ fn a_worker_that_changes_the_backlog_has_it_set_back() {
         "--",
         "python3",
         "-c",
-        &format!("{RELISTENS}{SERVE_OK}"),
+        &format!("{RELISTENS}{SERVE_UNTIL_TERM}serve(s)\n"),
     ]);
     assert!(baton.logs_contain("a worker changed the listen backlog"));
     assert_eq!(backlog_of(baton.addr.port()), 1000);
@@ -317,7 +300,7 @@ fn serve_forking() -> Baton {
         "--",
         "python3",
         "-c",
-        &format!("{FORKS_TWO}{SERVE_OK}"),
+        &format!("{FORKS_TWO}{SERVE_UNTIL_TERM}serve(s)\n"),
     ])
 }
 
