@@ -103,8 +103,9 @@ pub struct ListenerId {
 /// tree (registered in an epoll set, or a thread blocked in accept, poll or
 /// select on it, whatever its descriptor number there), or the tree holds a
 /// connection accepted from one of them (a busy worker is serving, even if
-/// it is never caught waiting).
-pub fn tree_serves(root: u32, listeners: &[ListenerId]) -> bool {
+/// it is never caught waiting; looked up only with `connections`, as it
+/// reads the host's TCP tables).
+pub fn tree_serves(root: u32, listeners: &[ListenerId], connections: bool) -> bool {
     let tree = descendants_and_self(root);
     let mut waited: Vec<u64> = Vec::new();
     let mut held: Vec<u64> = Vec::new();
@@ -117,6 +118,9 @@ pub fn tree_serves(root: u32, listeners: &[ListenerId]) -> bool {
     }
     if listeners.iter().all(|l| waited.contains(&l.inode)) {
         return true;
+    }
+    if !connections {
+        return false;
     }
     let accepted = accepted_inodes(listeners);
     held.iter().any(|inode| accepted.contains(inode))

@@ -313,6 +313,7 @@ impl Watcher {
         let mut orders_open = true;
         let mut killed = false;
         let mut drain_deadline: Option<Instant> = None;
+        let mut probes: u32 = 0;
         loop {
             let ready_timer = !ready && !killed && drain_deadline.is_none();
             let drain_timer = drain_deadline.filter(|_| !killed);
@@ -335,7 +336,11 @@ impl Watcher {
                 }
                 _ = sleep(LISTENING_PROBE), if probe => {
                     let listeners = self.foreign.as_ref().map_or(&[][..], |f| &f.listeners[..]);
-                    if procfs::tree_serves(self.pid, listeners) {
+                    // The connection tables can be large: they are read
+                    // on one probe in twenty.
+                    probes = probes.wrapping_add(1);
+                    let connections = probes % 20 == 0;
+                    if procfs::tree_serves(self.pid, listeners, connections) {
                         ready = true;
                         let _ = self.events.send(WorkerEvent::Ready { id });
                     }

@@ -397,6 +397,7 @@ fn readiness_is_seen_in_the_whole_process_tree_and_on_the_real_listener() {
             Duration::from_millis(1900),
         ),
     ] {
+        eprintln!("readiness shape: {shape}");
         let baton = Baton::serve(&["--workers", "1", "--", "python3", "-c", program]);
         let started = baton.wait_log("worker started", Duration::from_secs(1));
         let ready = baton.wait_log("worker ready", Duration::from_secs(1));
