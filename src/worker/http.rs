@@ -5,7 +5,7 @@
 //! between two chunks is answered 408.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,8 +21,6 @@ pub struct HttpState {
     work: u64,
     /// The longest pause between two chunks of a request body.
     body_timeout: Duration,
-    /// Set when the drain starts: later HTTP/1 responses close their connection.
-    pub draining: AtomicBool,
     /// Requests answered.
     pub requests: AtomicU64,
     /// Connections accepted.
@@ -37,7 +35,6 @@ impl HttpState {
             pid: std::process::id(),
             work,
             body_timeout,
-            draining: AtomicBool::new(false),
             requests: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
             open: AtomicU64::new(0),

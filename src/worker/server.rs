@@ -116,7 +116,6 @@ impl Server {
         deadline_at: Instant,
         hurry: impl std::future::Future<Output = Duration>,
     ) {
-        self.state.draining.store(true, Ordering::Relaxed);
         let _ = self.drain_tx.send(DrainPhase::Draining);
         for accept_loop in self.accept_loops {
             let _ = accept_loop.await;
@@ -221,18 +220,19 @@ where
     state.open.fetch_add(1, Ordering::Relaxed);
     let (stream, tracker) = Tracked::new(stream);
     let service = {
-        let state = state.clone();
+        let shared = shared.clone();
         let tracker = tracker.clone();
         service_fn(move |req| {
-            let state = state.clone();
+            let shared = shared.clone();
             let tracker = tracker.clone();
             async move {
                 let _in_flight = tracker.request();
                 let http1 = req.version() < Version::HTTP_2;
-                let mut response = handle(req, &state).await?;
+                let mut response = handle(req, &shared.state).await?;
                 // Draining, or this connection is closing: the client must
                 // not send another request on it.
-                if http1 && (state.draining.load(Ordering::Relaxed) || tracker.closing()) {
+                let draining = *shared.drain_rx.borrow() != DrainPhase::Serving;
+                if http1 && (draining || tracker.closing()) {
                     response
                         .headers_mut()
                         .insert(CONNECTION, HeaderValue::from_static("close"));
