@@ -395,18 +395,14 @@ impl Watcher {
                             let pid = nix::unistd::Pid::from_raw(self.pid as i32);
                             let _ = nix::sys::signal::kill(pid, foreign.drain_signal);
                         } else if channel_open {
-                            if let Err(e) = self.channel.send(&ToWorker::drain(timeout), &[]).await {
-                                self.fail(&mut killed, format!("cannot send drain: {e}"));
-                            }
+                            self.send_drain(timeout, &mut killed).await;
                         }
                     }
                     Some(Order::Hurry) => {
                         let left = drain_deadline
                             .map(|at| at.saturating_duration_since(Instant::now()).saturating_sub(KILL_MARGIN));
                         if let (Some(left), None, true) = (left, &self.foreign, channel_open) {
-                            if let Err(e) = self.channel.send(&ToWorker::drain(left), &[]).await {
-                                self.fail(&mut killed, format!("cannot send drain: {e}"));
-                            }
+                            self.send_drain(left, &mut killed).await;
                         }
                     }
                     Some(Order::Kill) | None => {
@@ -491,6 +487,14 @@ impl Watcher {
         }
         if let Some(keeper) = &self.keeper {
             keeper.forget(self.pid);
+        }
+    }
+
+    /// Tells a built-in worker to drain within `timeout` (again, to hurry
+    /// it); a worker that cannot be told is failed.
+    async fn send_drain(&mut self, timeout: Duration, killed: &mut bool) {
+        if let Err(e) = self.channel.send(&ToWorker::drain(timeout), &[]).await {
+            self.fail(killed, format!("cannot send drain: {e}"));
         }
     }
 
