@@ -5,12 +5,29 @@ use std::fs;
 
 /// A process's state letter and parent pid, or `None` if it is gone.
 pub fn stat(pid: u32) -> Option<(char, u32)> {
+    stat_fields(pid).map(|(state, ppid, _)| (state, ppid))
+}
+
+/// State letter, parent pid and process group of `pid`.
+fn stat_fields(pid: u32) -> Option<(char, u32, u32)> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may contain spaces: fields resume after the last ')'.
     let mut fields = text.rsplit_once(')')?.1.split_whitespace();
     let state = fields.next()?.chars().next()?;
     let ppid = fields.next()?.parse().ok()?;
-    Some((state, ppid))
+    let pgrp = fields.next()?.parse().ok()?;
+    Some((state, ppid, pgrp))
+}
+
+/// Every process's pid.
+fn pids() -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .collect()
 }
 
 /// Whether `pid` is `ancestor` or one of its descendants (a few generations
@@ -31,36 +48,19 @@ pub fn is_self_or_descendant(pid: u32, ancestor: u32) -> bool {
 
 /// Live (not zombie) processes in process group `pgid`.
 pub fn group_members(pgid: u32) -> Vec<u32> {
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+    pids()
+        .into_iter()
         .filter(|&pid| {
-            let Ok(text) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                return false;
-            };
-            // After the command name: state, parent, process group.
-            let Some((_, rest)) = text.rsplit_once(')') else {
-                return false;
-            };
-            let mut fields = rest.split_whitespace();
-            let state = fields.next().and_then(|s| s.chars().next());
-            let group = fields.nth(1).and_then(|g| g.parse::<u32>().ok());
-            group == Some(pgid) && !matches!(state, Some('Z' | 'X'))
+            stat_fields(pid)
+                .is_some_and(|(state, _, group)| group == pgid && !matches!(state, 'Z' | 'X'))
         })
         .collect()
 }
 
 /// Children of `parent`, each with its state letter (`Z` for a zombie).
 pub fn children(parent: u32) -> Vec<(u32, char)> {
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+    pids()
+        .into_iter()
         .filter_map(|pid| {
             let (state, ppid) = stat(pid)?;
             (ppid == parent).then_some((pid, state))
@@ -128,12 +128,8 @@ pub fn tree_serves(root: u32, listeners: &[ListenerId], connections: bool) -> bo
 
 /// `root` and every process below it.
 fn descendants_and_self(root: u32) -> Vec<u32> {
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return vec![root];
-    };
-    let parents: Vec<(u32, u32)> = entries
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+    let parents: Vec<(u32, u32)> = pids()
+        .into_iter()
         .filter_map(|pid| Some((pid, stat(pid)?.1)))
         .collect();
     let mut tree = vec![root];
