@@ -101,7 +101,7 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), String> {
 
 /// Checks that `dir` is a directory (not a link) of this user that nobody
 /// else may write in.
-pub fn check_private_dir(dir: &Path) -> Result<(), String> {
+fn check_private_dir(dir: &Path) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
     let me = nix::unistd::getuid().as_raw();
     let meta = std::fs::symlink_metadata(dir)
