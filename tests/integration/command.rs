@@ -2,7 +2,6 @@
 //! Python servers, programs that fail to start or never get ready, what a
 //! COMMAND inherits, and one that ignores its drain signal.
 
-use std::path::PathBuf;
 use std::thread::sleep;
 use std::time::Duration;
 
@@ -10,15 +9,6 @@ use nix::sys::signal::Signal;
 
 use crate::support::tempdir::TempDir;
 use crate::support::*;
-
-fn example(path: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("examples")
-        .join(path)
-        .to_str()
-        .unwrap()
-        .to_owned()
-}
 
 #[test]
 fn node_workers_reload_under_load_with_zero_failures() {

@@ -12,5 +12,6 @@ mod deploy;
 mod hardening;
 mod http;
 mod lifecycle;
+mod real_servers;
 mod systemd;
 mod zero_downtime;

@@ -501,6 +501,16 @@ pub fn replace_file(path: &Path, contents: &[u8], executable: bool) {
     std::fs::rename(&staging, path).expect("rename over the old file");
 }
 
+/// The path of a file under `examples/`.
+pub fn example(path: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(path)
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
 /// Runs `baton ARGS` to completion (killing it after 20 s) and returns its
 /// exit code and stderr.
 pub fn run_baton(args: &[&str]) -> (i32, String) {

@@ -1,0 +1,3 @@
+module baton.example/server
+
+go 1.19

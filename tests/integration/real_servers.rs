@@ -1,0 +1,103 @@
+//! Programs users really run, as COMMAND workers, each with the drain recipe
+//! shipped in `examples/` for its ecosystem: `baton check --url` against the
+//! running server, reloaded five times by `baton reload --wait`, must count
+//! zero failed requests. `tests/servers/install` installs what these need
+//! (uvicorn into a venv under target/servers, Debian's Go).
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use crate::support::tempdir::TempDir;
+use crate::support::*;
+
+fn servers_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/servers")
+}
+
+/// Runs `baton check --url` against `baton` for 16 s with a `reload --wait`
+/// every 3 s, and asserts that all five reloads succeeded and nothing failed.
+fn assert_five_reloads_lose_nothing(baton: &Baton, name: &str) {
+    let dir = TempDir::new(&format!("real-{name}"));
+    let json = dir.path().join("report.json");
+    let control = baton
+        .control
+        .as_ref()
+        .expect("the harness chose the control path");
+    let reload = format!(
+        "{} reload --wait --control {}",
+        baton_bin().display(),
+        control.display()
+    );
+    let output = Command::new(baton_bin())
+        .args(["check", "--url", &format!("http://{}/", baton.addr)])
+        .args(["--duration", "16s", "--reload-every", "3s"])
+        .args(["--reload-command", &reload])
+        .args(["--json", json.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run baton check");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    eprintln!("{name}:\n{stdout}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("the check wrote its JSON"))
+            .expect("the JSON report parses");
+    let reloads = report["reloads"].as_array().unwrap();
+    assert_eq!(reloads.len(), 5, "{stdout}");
+    assert!(reloads.iter().all(|r| r["ok"] == true), "{stdout}");
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert_eq!(report["ok"], report["requests"], "{stdout}");
+    assert!(report["ok"].as_u64().unwrap() > 1000, "{stdout}");
+}
+
+/// A tool the tests need that `tests/servers/install` provides.
+fn installed(path: PathBuf) -> String {
+    assert!(
+        path.exists(),
+        "{} is missing: run tests/servers/install first",
+        path.display()
+    );
+    path.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn node_http_with_the_drain_module_passes_the_check() {
+    let _heavy = heavy();
+    let baton = Baton::serve(&["--workers", "2", "--", "node", &example("node/server.js")]);
+    assert_five_reloads_lose_nothing(&baton, "node");
+}
+
+#[test]
+fn uvicorn_with_the_drain_runner_passes_the_check() {
+    let _heavy = heavy();
+    let python = installed(servers_dir().join("venv/bin/python"));
+    let baton = Baton::serve(&[
+        "--workers",
+        "2",
+        "--",
+        &python,
+        &example("python/baton_uvicorn.py"),
+        "--fd",
+        "3",
+        "--no-access-log",
+        "--app-dir",
+        &example("python"),
+        "asgi_app:app",
+    ]);
+    assert_five_reloads_lose_nothing(&baton, "uvicorn");
+}
+
+#[test]
+fn go_net_http_with_batondrain_passes_the_check() {
+    let _heavy = heavy();
+    let program = servers_dir().join("go-server");
+    let built = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&program)
+        .arg(".")
+        .current_dir(example("go"))
+        .status()
+        .expect("run `go build` (tests/servers/install installs Go)");
+    assert!(built.success(), "go build failed");
+    let baton = Baton::serve(&["--workers", "2", "--", program.to_str().unwrap()]);
+    assert_five_reloads_lose_nothing(&baton, "go");
+}
