@@ -12,6 +12,8 @@
 //   grace period (a client about to reuse one is answered, not reset), and
 //   exits when its last connection has closed.
 //
+// WORK=N burns N iterations of a CPU loop per request, like the tutorial's
+// server (500000 is about a millisecond here).
 // CRASH_AFTER_MS=N reproduces the tutorial's crashes: the process exits with
 // status 1 at a random moment between N/2 and N milliseconds after it starts.
 
@@ -20,6 +22,13 @@ const http = require('http');
 const drain = require('./baton-drain');
 
 const GRACE_MS = Number(process.env.DRAIN_GRACE_MS || 3000);
+const WORK = Number(process.env.WORK || 0);
+
+function burnCpu(iterations) {
+  let x = 0;
+  for (let i = 0; i < iterations; i++) x += i % 7;
+  return x;
+}
 
 if (Number(process.env.LISTEN_PID) !== process.pid || Number(process.env.LISTEN_FDS || 0) < 1) {
   console.error('no listening socket was passed: run me as `baton serve -- node server.js`');
@@ -31,6 +40,7 @@ const server = http.createServer((req, res) => {
   let received = 0;
   req.on('data', (chunk) => { received += chunk.length; });
   req.on('end', () => {
+    burnCpu(WORK);
     const body = req.method === 'POST'
       ? `Process handled by pid: ${process.pid}, received ${received} bytes`
       : `Process handled by pid: ${process.pid}`;
