@@ -26,33 +26,11 @@ uvicorn's keep-alive timer closes a connection a client is about to reuse.
 
 import asyncio
 import importlib
-import os
 import sys
 
 import uvicorn
 
-GRACE_S = float(os.environ.get("DRAIN_GRACE_S", "5"))
-
-
-class CloseWhenDraining:
-    """ASGI middleware: once draining, every response says `Connection: close`
-    (uvicorn then closes the connection after it)."""
-
-    def __init__(self, app):
-        self.app = app
-        self.draining = False
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-
-        async def send_closing(message):
-            if self.draining and message["type"] == "http.response.start":
-                headers = [*message.get("headers", []), (b"connection", b"close")]
-                message = {**message, "headers": headers}
-            await send(message)
-
-        return await self.app(scope, receive, send_closing)
+from baton_asgi import GRACE_S, CloseWhenDraining
 
 
 class DrainingServer(uvicorn.Server):

@@ -1,7 +1,7 @@
 //! Programs users really run, as COMMAND workers, each with the drain recipe
 //! shipped in `examples/` for its ecosystem: `baton check --url` against the
-//! running server, reloaded five times by `baton reload --wait`, must count
-//! zero failed requests. `tests/servers/install` installs what these need
+//! running server, reloaded five times or more by `baton reload --wait`, must
+//! count zero failed requests. `tests/servers/install` installs what these need
 //! (uvicorn into a venv under target/servers, Debian's Go).
 
 use std::path::PathBuf;
@@ -14,8 +14,10 @@ fn servers_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/servers")
 }
 
-/// Runs `baton check --url` against `baton` for 16 s with a `reload --wait`
-/// every 3 s, and asserts that all five reloads succeeded and nothing failed.
+/// Runs `baton check --url` against `baton` with a `reload --wait` every 3 s
+/// (the next starts when the last has answered), and asserts that at least
+/// five reloads ran, all succeeded, and nothing failed. 36 s leaves room for
+/// reloads of 6 s, measured on a machine whose cores were both kept busy.
 fn assert_five_reloads_lose_nothing(baton: &Baton, name: &str) {
     let dir = TempDir::new(&format!("real-{name}"));
     let json = dir.path().join("report.json");
@@ -30,7 +32,7 @@ fn assert_five_reloads_lose_nothing(baton: &Baton, name: &str) {
     );
     let output = Command::new(baton_bin())
         .args(["check", "--url", &format!("http://{}/", baton.addr)])
-        .args(["--duration", "16s", "--reload-every", "3s"])
+        .args(["--duration", "36s", "--reload-every", "3s"])
         .args(["--reload-command", &reload])
         .args(["--json", json.to_str().unwrap()])
         .stdin(Stdio::null())
@@ -42,7 +44,7 @@ fn assert_five_reloads_lose_nothing(baton: &Baton, name: &str) {
         serde_json::from_str(&std::fs::read_to_string(&json).expect("the check wrote its JSON"))
             .expect("the JSON report parses");
     let reloads = report["reloads"].as_array().unwrap();
-    assert_eq!(reloads.len(), 5, "{stdout}");
+    assert!(reloads.len() >= 5, "{stdout}");
     assert!(reloads.iter().all(|r| r["ok"] == true), "{stdout}");
     assert_eq!(output.status.code(), Some(0), "{stdout}");
     assert_eq!(report["ok"], report["requests"], "{stdout}");
