@@ -154,6 +154,12 @@ pub struct ServeArgs {
           value_parser = DurationRange::DRAIN.parser())]
     pub drain_timeout: Duration,
 
+    /// Roll a worker whose memory (the resident size of its process group)
+    /// stays above SIZE for 3 s: a new worker takes its slot first, then it
+    /// drains. SIZE like 512MiB or 2GiB (MB and GB are powers of 1000)
+    #[arg(long, value_name = "SIZE", value_parser = crate::config::parse_memory_limit)]
+    pub max_memory: Option<u64>,
+
     #[command(flatten)]
     pub http: HttpArgs,
 
@@ -169,6 +175,13 @@ pub struct ServeArgs {
     /// follows at --drain-timeout
     #[arg(long, value_name = "SIGNAL", default_value = "SIGTERM", value_parser = parse_signal)]
     pub drain_signal: nix::sys::signal::Signal,
+
+    /// With a COMMAND: the systemd watchdog. Workers get WATCHDOG_USEC and
+    /// WATCHDOG_PID and must send WATCHDOG=1 on $NOTIFY_SOCKET at least this
+    /// often once ready; one that misses it is killed and replaced. (Built-in
+    /// workers are always watched: 3 s without their report.)
+    #[arg(long, value_name = "DUR", value_parser = DurationRange::TIMEOUT.parser())]
+    pub watchdog: Option<Duration>,
 
     /// With a COMMAND: `prefixed` puts "[slot N pid P]" before each line the
     /// workers print; `raw` passes their output through untouched
@@ -520,6 +533,9 @@ impl ServeArgs {
             "--drain-timeout".into(),
             duration_arg(self.drain_timeout),
         ]);
+        if let Some(bytes) = self.max_memory {
+            args.extend(["--max-memory".into(), format!("{bytes}B").into()]);
+        }
         args.extend(self.http.to_args());
         if !self.command.is_empty() {
             let ready = match self.ready {
@@ -535,8 +551,11 @@ impl ServeArgs {
                 self.drain_signal.as_str().into(),
                 "--output".into(),
                 format!("{:?}", self.output).to_lowercase().into(),
-                "--".into(),
             ]);
+            if let Some(watchdog) = self.watchdog {
+                args.extend(["--watchdog".into(), duration_arg(watchdog)]);
+            }
+            args.push("--".into());
             args.extend(self.command.iter().cloned());
         }
         args
@@ -564,6 +583,7 @@ impl ServeArgs {
                 ready: self.ready,
                 drain_signal: self.drain_signal,
                 prefix_output: self.output == OutputMode::Prefixed,
+                watchdog: self.watchdog,
             };
             (args, Some(foreign))
         };
@@ -577,6 +597,7 @@ impl ServeArgs {
             backlog: self.backlog,
             ready_timeout: self.ready_timeout,
             drain_timeout: self.drain_timeout,
+            max_memory: self.max_memory,
             program,
             worker_args,
             foreign,

@@ -169,6 +169,18 @@ impl DurationRange {
     }
 }
 
+/// `--max-memory`: a size with a unit (`512MiB`, `2GiB`, `500MB`; `M` and
+/// `G` are powers of 1000, `MiB` and `GiB` of 1024), at least 1 MiB.
+pub fn parse_memory_limit(text: &str) -> Result<u64, String> {
+    let size: bytesize::ByteSize = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size; write it like 512MiB or 2GiB"))?;
+    if size.as_u64() < 1 << 20 {
+        return Err(format!("{text:?} is below the least limit, 1MiB"));
+    }
+    Ok(size.as_u64())
+}
+
 /// The instant `after` from `from`, or far in the future if that overflows
 /// the clock: time arithmetic on values from outside never panics.
 pub fn deadline(from: tokio::time::Instant, after: Duration) -> tokio::time::Instant {
@@ -253,6 +265,9 @@ pub struct MasterConfig {
     pub backlog: u32,
     pub ready_timeout: Duration,
     pub drain_timeout: Duration,
+    /// `--max-memory`: a worker whose process group stays above this many
+    /// resident bytes is rolled (a new worker first, then the old drains).
+    pub max_memory: Option<u64>,
     /// The file workers are started from, resolved once at start-up. It is a
     /// path, not /proc/self/exe: replacing the file and reloading deploys it.
     pub program: PathBuf,
@@ -305,6 +320,9 @@ pub struct ForeignWorker {
     pub drain_signal: nix::sys::signal::Signal,
     /// Prefix each output line with the worker's slot and pid.
     pub prefix_output: bool,
+    /// `--watchdog`: set as WATCHDOG_USEC; a ready worker that sends no
+    /// WATCHDOG=1 for this long is replaced.
+    pub watchdog: Option<Duration>,
 }
 
 /// When a COMMAND worker counts as ready.

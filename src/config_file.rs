@@ -17,7 +17,7 @@ use crate::cli::{Cli, Command, ServeArgs};
 /// Options that take a list.
 const LISTS: [&str; 2] = ["listen", "command"];
 /// Every key the file may hold.
-const KEYS: [&str; 23] = [
+const KEYS: [&str; 25] = [
     "listen",
     "unix_mode",
     "control",
@@ -27,6 +27,7 @@ const KEYS: [&str; 23] = [
     "backlog",
     "ready_timeout",
     "drain_timeout",
+    "max_memory",
     "drain_grace",
     "header_timeout",
     "keepalive_timeout",
@@ -37,6 +38,7 @@ const KEYS: [&str; 23] = [
     "ready",
     "drain_signal",
     "output",
+    "watchdog",
     "command",
     "accept",
     "fault",

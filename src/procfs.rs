@@ -85,6 +85,40 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// What a worker's processes use: the sum over its process group.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Usage {
+    pub rss_bytes: u64,
+    /// User and system CPU time since each process started.
+    pub cpu_s: f64,
+}
+
+/// The resident memory and CPU time of the live processes in group `pgid`
+/// (a worker and what it started).
+pub fn group_usage(pgid: u32) -> Usage {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|&t| t > 0)
+        .unwrap_or(100) as f64;
+    let mut usage = Usage::default();
+    for pid in group_members(pgid) {
+        usage.rss_bytes += rss_bytes(pid).unwrap_or(0);
+        usage.cpu_s += cpu_ticks(pid).unwrap_or(0) as f64 / ticks;
+    }
+    usage
+}
+
+/// User plus system time of `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name: state is field 3, utime 14, stime 15.
+    let mut fields = text.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
 /// Open descriptors of `pid`.
 pub fn fd_count(pid: u32) -> Option<usize> {
     Some(fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())

@@ -27,6 +27,7 @@ use crate::control;
 use crate::error::MasterError;
 use crate::keeper::Keeper;
 use crate::listeners::{BindOptions, ListenerSet};
+use crate::procfs;
 use crate::signals::{Intent, SignalIntents};
 use crate::systemd::Notifier;
 use rollout::Rollout;
@@ -48,6 +49,12 @@ const BACKOFF_CAP: Duration = Duration::from_secs(10);
 /// storm the workers of older generations are hurried (their grace ends at
 /// once), so that processes and memory stay bounded.
 const MAX_DRAINING_GENERATIONS: usize = 2;
+
+/// How often workers' memory is compared with `--max-memory`...
+const MEMORY_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// ...and how many checks in a row a worker must be above it to be rolled:
+/// a short peak is not a leak.
+const MEMORY_CHECKS_OVER: u32 = 3;
 
 /// Runs the master until it is told to stop. Returns an error for a failed
 /// start (listeners cannot be bound, the first workers cannot start).
@@ -167,6 +174,8 @@ struct Worker {
     started: Instant,
     /// The last counters it reported (built-in workers only).
     stats: Option<WorkerStats>,
+    /// Consecutive memory checks that found it above `--max-memory`.
+    over_memory: u32,
 }
 
 /// Why a worker was started; logged, so that operators (and `baton check`)
@@ -176,6 +185,8 @@ enum Cause {
     Start,
     Replacement,
     Reload,
+    /// Its slot's worker stayed above `--max-memory`.
+    Memory,
 }
 
 impl std::fmt::Display for Cause {
@@ -184,6 +195,7 @@ impl std::fmt::Display for Cause {
             Cause::Start => "start",
             Cause::Replacement => "replacement",
             Cause::Reload => "reload",
+            Cause::Memory => "memory",
         })
     }
 }
@@ -218,6 +230,10 @@ struct Slot {
     restart_at: Option<Instant>,
     /// Crashed workers replaced in this slot.
     restarts: u64,
+    /// A worker starting to take this slot over outside a reload (its
+    /// worker used too much memory); the current one drains once it is
+    /// ready.
+    successor: Option<WorkerId>,
 }
 
 struct Supervisor {
@@ -369,6 +385,10 @@ impl Supervisor {
     async fn run(mut self, signals: &mut SignalIntents) -> Result<(), MasterError> {
         // WATCHDOG=1 comes from this loop, so it stops if the loop stalls.
         let mut watchdog = self.notifier.watchdog_interval().map(tokio::time::interval);
+        let mut memory_check = self
+            .config
+            .max_memory
+            .map(|_| tokio::time::interval(MEMORY_CHECK_EVERY));
         loop {
             if self.phase == Phase::Stopping && self.workers.is_empty() {
                 break;
@@ -376,6 +396,7 @@ impl Supervisor {
             let next_restart = self.next_restart();
             tokio::select! {
                 _ = tick(&mut watchdog) => self.notifier.watchdog(),
+                _ = tick(&mut memory_check) => self.check_memory(),
                 Some((intent, signal)) = signals.next() => self.on_signal(intent, signal),
                 Some(event) = self.events_rx.recv() => self.on_event(event),
                 Some(request) = self.control_rx.recv() => self.on_control(request),
@@ -429,6 +450,7 @@ impl Supervisor {
                 state: WorkerState::Starting,
                 started: Instant::now(),
                 stats: None,
+                over_memory: 0,
             },
         );
         Ok(id)
@@ -471,7 +493,7 @@ impl Supervisor {
             cause = %worker.cause,
             "worker ready"
         );
-        let pid = worker.handle.pid;
+        let (pid, slot) = (worker.handle.pid, worker.slot);
         self.keep_backlogs(pid);
 
         if self.phase == Phase::Starting && self.all_slots_ready() {
@@ -485,6 +507,10 @@ impl Supervisor {
             if std::mem::take(&mut self.reload_queued) {
                 self.request_reload(None);
             }
+            return;
+        }
+        if self.slots.get(slot).and_then(|s| s.successor) == Some(id) {
+            self.take_over(slot, id);
             return;
         }
         let handed_over = self.rollout.as_mut().and_then(|r| r.ready(id));
@@ -546,11 +572,25 @@ impl Supervisor {
             ));
             return;
         }
+        if self.slots.get(slot).and_then(|s| s.successor) == Some(id) {
+            warn!(pid, slot, generation, %status, "the worker taking over the slot exited before it was ready; the old one goes on");
+            self.slots[slot].successor = None;
+            return;
+        }
         if self.slots.get(slot).and_then(|s| s.current) != Some(id) {
             return;
         }
         warn!(pid, slot, generation, %status, "worker crashed; replacing it");
         self.slots[slot].current = None;
+        if let Some(successor) = self.slots[slot].successor.take() {
+            // Already starting: it is the replacement.
+            self.slots[slot].current = Some(successor);
+            self.notifier.status(&format!(
+                "{}; worker {pid} crashed ({status})",
+                self.status_line()
+            ));
+            return;
+        }
         self.notifier.status(&format!(
             "{}; worker {pid} crashed ({status})",
             self.status_line()
@@ -772,7 +812,7 @@ impl Supervisor {
     fn shrink_slots(&mut self, count: usize) {
         while self.slots.len() > count.max(1) {
             let slot = self.slots.pop().expect("more slots than count");
-            if let Some(id) = slot.current {
+            for id in slot.current.into_iter().chain(slot.successor) {
                 self.drain(id);
             }
         }
@@ -799,6 +839,71 @@ impl Supervisor {
                 self.stop(false);
                 let _ = reply.send("ok: draining every worker, then exiting\n".to_owned());
             }
+        }
+    }
+
+    /// Rolls each slot whose worker stayed above `--max-memory` for
+    /// [`MEMORY_CHECKS_OVER`] checks in a row.
+    fn check_memory(&mut self) {
+        let Some(limit) = self.config.max_memory else {
+            return;
+        };
+        if self.phase != Phase::Running {
+            return;
+        }
+        for slot in 0..self.slots.len() {
+            let Some(id) = self.slots[slot].current else {
+                continue;
+            };
+            let Some(worker) = self.workers.get_mut(&id) else {
+                continue;
+            };
+            if worker.state != WorkerState::Ready {
+                continue;
+            }
+            let rss = procfs::group_usage(worker.handle.pid).rss_bytes;
+            worker.over_memory = if rss > limit {
+                worker.over_memory + 1
+            } else {
+                0
+            };
+            // A reload replaces it anyway; a successor is on its way.
+            if worker.over_memory < MEMORY_CHECKS_OVER
+                || self.rollout.is_some()
+                || self.slots[slot].successor.is_some()
+            {
+                continue;
+            }
+            let (pid, generation) = (worker.handle.pid, worker.generation);
+            warn!(
+                pid,
+                slot,
+                generation,
+                rss_bytes = rss,
+                limit_bytes = limit,
+                "worker over its memory limit; rolling it"
+            );
+            match self.spawn(slot, generation, Cause::Memory) {
+                Ok(successor) => self.slots[slot].successor = Some(successor),
+                Err(reason) => {
+                    error!(slot, %reason, "cannot start a worker to take over from one over its memory limit")
+                }
+            }
+        }
+    }
+
+    /// `successor` is ready: it takes `slot` over and the worker it
+    /// replaces drains; unless a reload moved the slot to a newer
+    /// generation meanwhile, in which case the successor itself drains.
+    fn take_over(&mut self, slot: usize, successor: WorkerId) {
+        self.slots[slot].successor = None;
+        let current_generation = self.slots[slot].generation;
+        if self.workers.get(&successor).map(|w| w.generation) != Some(current_generation) {
+            self.drain(successor);
+            return;
+        }
+        if let Some(old) = self.slots[slot].current.replace(successor) {
+            self.drain(old);
         }
     }
 

@@ -5,6 +5,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::{Phase, Supervisor, WorkerState, WorkerStats};
+use crate::procfs;
 
 #[derive(Serialize)]
 struct Status {
@@ -37,6 +38,9 @@ struct WorkerRow {
     /// Traffic counters; absent for COMMAND workers.
     #[serde(flatten)]
     stats: Option<WorkerStats>,
+    /// Memory and CPU of the worker's process group.
+    #[serde(flatten)]
+    usage: procfs::Usage,
 }
 
 #[derive(Serialize)]
@@ -73,6 +77,7 @@ fn collect(supervisor: &Supervisor) -> Status {
             uptime_s: (now - w.started).as_secs_f64(),
             restarts: supervisor.slots.get(w.slot).map_or(0, |s| s.restarts),
             stats: w.stats,
+            usage: procfs::group_usage(w.handle.pid),
         })
         .collect();
     workers.sort_by_key(|w| (w.slot, w.generation, w.pid));
@@ -119,8 +124,18 @@ fn table(status: &Status) -> String {
         master.last_reload.as_deref().unwrap_or("none"),
     );
     text += &format!(
-        "{:<5} {:<8} {:<4} {:<9} {:>8} {:>8} {:>6} {:>9} {:>10}\n",
-        "SLOT", "PID", "GEN", "STATE", "UPTIME", "RESTARTS", "OPEN", "ACCEPTED", "REQUESTS"
+        "{:<5} {:<8} {:<4} {:<9} {:>8} {:>8} {:>9} {:>8} {:>6} {:>9} {:>10}\n",
+        "SLOT",
+        "PID",
+        "GEN",
+        "STATE",
+        "UPTIME",
+        "RESTARTS",
+        "RSS",
+        "CPU",
+        "OPEN",
+        "ACCEPTED",
+        "REQUESTS"
     );
     for w in &status.workers {
         let count = |f: fn(&WorkerStats) -> u64| {
@@ -129,13 +144,15 @@ fn table(status: &Status) -> String {
                 .map_or("-".to_owned(), |s| f(s).to_string())
         };
         text += &format!(
-            "{:<5} {:<8} {:<4} {:<9} {:>8} {:>8} {:>6} {:>9} {:>10}\n",
+            "{:<5} {:<8} {:<4} {:<9} {:>8} {:>8} {:>9} {:>8} {:>6} {:>9} {:>10}\n",
             w.slot,
             w.pid,
             w.generation,
             w.state,
             human(w.uptime_s),
             w.restarts,
+            format!("{:.1}M", w.usage.rss_bytes as f64 / (1024.0 * 1024.0)),
+            format!("{:.2}s", w.usage.cpu_s),
             count(|s| s.open_connections),
             count(|s| s.accepted),
             count(|s| s.requests),

@@ -30,6 +30,12 @@ pub type WorkerId = u64;
 /// gives up at the deadline; this is for one that does not.
 const KILL_MARGIN: Duration = Duration::from_millis(500);
 
+/// A ready built-in worker that has sent no report (it sends one every
+/// second) for this long is stuck: stopped, deadlocked or spinning. It is
+/// killed and replaced like a crash, so that the connections it holds fail
+/// rather than hang forever.
+pub const BUILTIN_LIVENESS: Duration = Duration::from_secs(3);
+
 /// What a worker's watcher tells the supervisor.
 #[derive(Debug)]
 pub enum WorkerEvent {
@@ -158,6 +164,9 @@ impl NotifySocket {
 struct Foreign {
     ready: ReadyMode,
     drain_signal: nix::sys::signal::Signal,
+    /// `--watchdog`: the longest it may go without sending WATCHDOG=1 once
+    /// ready.
+    watchdog: Option<Duration>,
     notify: NotifySocket,
     listeners: Vec<procfs::ListenerId>,
 }
@@ -205,6 +214,10 @@ pub fn spawn(
                 .map_err(SpawnError::Notify)?;
         }
         cmd.env("NOTIFY_SOCKET", &socket.path);
+        if let Some(watchdog) = foreign.watchdog {
+            // The exec stage adds WATCHDOG_PID, the program's pid.
+            cmd.env("WATCHDOG_USEC", watchdog.as_micros().to_string());
+        }
         notify = Some(socket);
         if foreign.prefix_output {
             cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -230,6 +243,7 @@ pub fn spawn(
         .map(|((foreign, _), notify)| Foreign {
             ready: foreign.ready,
             drain_signal: foreign.drain_signal,
+            watchdog: foreign.watchdog,
             notify,
             listeners: launch.listeners.ids(),
         });
@@ -314,7 +328,19 @@ impl Watcher {
         let mut killed = false;
         let mut drain_deadline: Option<Instant> = None;
         let mut probes: u32 = 0;
+        // Once ready: when the worker last showed it is alive (a report from
+        // a built-in worker, WATCHDOG=1 from a COMMAND), and how long it may
+        // stay silent.
+        let mut alive_at = Instant::now();
+        let liveness = match &self.foreign {
+            Some(foreign) => foreign.watchdog,
+            None => Some(BUILTIN_LIVENESS),
+        };
         loop {
+            let watched = ready && !killed && drain_deadline.is_none();
+            let silent_until = liveness
+                .filter(|_| watched)
+                .map(|limit| deadline(alive_at, limit));
             let ready_timer = !ready && !killed && drain_deadline.is_none();
             let drain_timer = drain_deadline.filter(|_| !killed);
             let ready_mode = self
@@ -329,8 +355,13 @@ impl Watcher {
             };
             tokio::select! {
                 note = recv_notify(self.foreign.as_ref()) => {
-                    if self.accept_notification(note, ready) {
+                    let note = self.read_notification(note);
+                    if note.watchdog {
+                        alive_at = Instant::now();
+                    }
+                    if note.ready && !ready {
                         ready = true;
+                        alive_at = Instant::now();
                         let _ = self.events.send(WorkerEvent::Ready { id });
                     }
                 }
@@ -342,11 +373,13 @@ impl Watcher {
                     let connections = probes % 20 == 0;
                     if procfs::tree_serves(self.pid, listeners, connections) {
                         ready = true;
+                        alive_at = Instant::now();
                         let _ = self.events.send(WorkerEvent::Ready { id });
                     }
                 }
                 _ = sleep_until(delay.unwrap_or_else(Instant::now)), if delay.is_some() => {
                     ready = true;
+                    alive_at = Instant::now();
                     let _ = self.events.send(WorkerEvent::Ready { id });
                 }
                 status = self.child.wait() => {
@@ -373,10 +406,12 @@ impl Watcher {
                 message = self.channel.recv_plain::<ToMaster>(), if channel_open => match message {
                     Ok(Some(ToMaster::Ready)) if !ready => {
                         ready = true;
+                        alive_at = Instant::now();
                         let _ = self.events.send(WorkerEvent::Ready { id });
                     }
                     Ok(Some(ToMaster::Ready)) => debug!("duplicate ready ignored"),
                     Ok(Some(ToMaster::Stats { accepted, open_connections, requests })) => {
+                        alive_at = Instant::now();
                         let stats = WorkerStats { accepted, open_connections, requests };
                         let _ = self.events.send(WorkerEvent::Stats { id, stats });
                     }
@@ -417,6 +452,12 @@ impl Watcher {
                     );
                     self.fail(&mut killed, reason);
                 }
+                _ = sleep_until(silent_until.unwrap_or_else(Instant::now)), if silent_until.is_some() => {
+                    let silent = Duration::from_millis(alive_at.elapsed().as_millis() as u64);
+                    let silent = humantime::format_duration(silent);
+                    let sign = if self.foreign.is_some() { "WATCHDOG=1" } else { "report" };
+                    self.fail(&mut killed, format!("stuck: no {sign} for {silent}; replacing it"));
+                }
                 _ = sleep_until(drain_timer.unwrap_or_else(Instant::now)), if drain_timer.is_some() => {
                     warn!("drain deadline passed; killing the worker");
                     self.kill(&mut killed);
@@ -425,24 +466,21 @@ impl Watcher {
         }
     }
 
-    /// Handles one notify datagram; returns whether it makes the worker
-    /// ready. Only the worker itself (or a process it started) may speak for
+    /// Reads one notify datagram: whether it says the worker is ready (in
+    /// the ready modes that listen for it) and whether it is a watchdog
+    /// beat. Only the worker itself (or a process it started) may speak for
     /// it.
-    fn accept_notification(
-        &self,
-        note: std::io::Result<(String, Option<u32>)>,
-        ready: bool,
-    ) -> bool {
+    fn read_notification(&self, note: std::io::Result<(String, Option<u32>)>) -> Notification {
         let (text, sender) = match note {
             Ok(note) => note,
             Err(e) => {
                 debug!(cause = %e, "notify socket");
-                return false;
+                return Notification::default();
             }
         };
         if !sender.is_some_and(|pid| procfs::is_self_or_descendant(pid, self.pid)) {
             warn!(sender = ?sender, "ignored a notification from another process");
-            return false;
+            return Notification::default();
         }
         for line in text.lines() {
             if let Some(status) = line.strip_prefix("STATUS=") {
@@ -453,7 +491,10 @@ impl Watcher {
             .foreign
             .as_ref()
             .is_some_and(|f| matches!(f.ready, ReadyMode::Notify | ReadyMode::Auto));
-        !ready && wants_notify && text.lines().any(|l| l == "READY=1")
+        Notification {
+            ready: wants_notify && text.lines().any(|l| l == "READY=1"),
+            watchdog: text.lines().any(|l| l == "WATCHDOG=1"),
+        }
     }
 
     /// Stops what is left of the worker's process group after the worker
@@ -513,6 +554,13 @@ impl Watcher {
             let _ = self.child.start_kill();
         }
     }
+}
+
+/// What one notify datagram said.
+#[derive(Debug, Default)]
+struct Notification {
+    ready: bool,
+    watchdog: bool,
 }
 
 async fn recv_notify(foreign: Option<&Foreign>) -> std::io::Result<(String, Option<u32>)> {

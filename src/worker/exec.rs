@@ -53,5 +53,8 @@ fn prepare(command: &[OsString]) -> Result<std::process::Command, WorkerError> {
         // exec keeps this process's pid.
         .env("LISTEN_PID", std::process::id().to_string())
         .env("LISTEN_FDNAMES", names.join(":"));
+    if std::env::var_os("WATCHDOG_USEC").is_some() {
+        cmd.env("WATCHDOG_PID", std::process::id().to_string());
+    }
     Ok(cmd)
 }

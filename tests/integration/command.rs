@@ -332,7 +332,7 @@ fn a_forking_worker_leaves_nothing_behind_after_reload_stop_or_a_killed_master()
 
 /// Serves `ok` one connection at a time on `s` (a single-threaded select()
 /// server); on SIGTERM it finishes the request in hand and exits.
-const SERVE_UNTIL_TERM: &str = r#"
+pub const SERVE_UNTIL_TERM: &str = r#"
 import select, signal, sys
 stop = []
 signal.signal(signal.SIGTERM, lambda *_: stop.append(1))

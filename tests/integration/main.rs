@@ -12,6 +12,7 @@ mod deploy;
 mod hardening;
 mod http;
 mod lifecycle;
+mod liveness;
 mod real_servers;
 mod systemd;
 mod zero_downtime;
