@@ -154,6 +154,15 @@ pub struct ServeArgs {
           value_parser = DurationRange::DRAIN.parser())]
     pub drain_timeout: Duration,
 
+    /// After a reload, how long the new generation must run without a worker
+    /// crashing before the reload counts as done (`reload --wait` answers
+    /// then). A crash meanwhile fails the reload and rolls back to the
+    /// previous generation's program file, configuration and COMMAND. 0s
+    /// for none
+    #[arg(long, value_name = "DUR", default_value = "5s",
+          value_parser = DurationRange::WAIT.parser())]
+    pub probation: Duration,
+
     /// Roll a worker whose memory (the resident size of its process group)
     /// stays above SIZE for 3 s: a new worker takes its slot first, then it
     /// drains. SIZE like 512MiB or 2GiB (MB and GB are powers of 1000)
@@ -532,6 +541,8 @@ impl ServeArgs {
             duration_arg(self.ready_timeout),
             "--drain-timeout".into(),
             duration_arg(self.drain_timeout),
+            "--probation".into(),
+            duration_arg(self.probation),
         ]);
         if let Some(bytes) = self.max_memory {
             args.extend(["--max-memory".into(), format!("{bytes}B").into()]);
@@ -597,6 +608,7 @@ impl ServeArgs {
             backlog: self.backlog,
             ready_timeout: self.ready_timeout,
             drain_timeout: self.drain_timeout,
+            probation: self.probation,
             max_memory: self.max_memory,
             program,
             worker_args,

@@ -265,6 +265,9 @@ pub struct MasterConfig {
     pub backlog: u32,
     pub ready_timeout: Duration,
     pub drain_timeout: Duration,
+    /// `--probation`: how long a new generation must run without a crash
+    /// after its reload before the reload counts as done; zero for none.
+    pub probation: Duration,
     /// `--max-memory`: a worker whose process group stays above this many
     /// resident bytes is rolled (a new worker first, then the old drains).
     pub max_memory: Option<u64>,
@@ -400,6 +403,17 @@ fn is_executable(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_limits_take_units_and_refuse_nonsense() {
+        assert_eq!(parse_memory_limit("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_memory_limit("2GB"), Ok(2_000_000_000));
+        assert!(parse_memory_limit("100KiB").unwrap_err().contains("least"));
+        assert!(parse_memory_limit("-1M")
+            .unwrap_err()
+            .contains("not a size"));
+        assert!(parse_memory_limit("lots").unwrap_err().contains("512MiB"));
+    }
 
     #[test]
     fn listen_grammar() {

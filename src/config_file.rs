@@ -17,7 +17,7 @@ use crate::cli::{Cli, Command, ServeArgs};
 /// Options that take a list.
 const LISTS: [&str; 2] = ["listen", "command"];
 /// Every key the file may hold.
-const KEYS: [&str; 25] = [
+const KEYS: [&str; 26] = [
     "listen",
     "unix_mode",
     "control",
@@ -27,6 +27,7 @@ const KEYS: [&str; 25] = [
     "backlog",
     "ready_timeout",
     "drain_timeout",
+    "probation",
     "max_memory",
     "drain_grace",
     "header_timeout",

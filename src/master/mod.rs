@@ -8,6 +8,7 @@
 //! The master never touches a client connection: it only starts, tells and
 //! reaps processes.
 
+mod release;
 mod rollout;
 mod status;
 mod worker;
@@ -22,7 +23,7 @@ use tokio::time::{sleep_until, Instant};
 use tracing::{error, info, info_span, warn};
 
 use crate::balance::ShareTable;
-use crate::config::MasterConfig;
+use crate::config::{self, MasterConfig};
 use crate::control;
 use crate::error::MasterError;
 use crate::keeper::Keeper;
@@ -30,6 +31,7 @@ use crate::listeners::{BindOptions, ListenerSet};
 use crate::procfs;
 use crate::signals::{Intent, SignalIntents};
 use crate::systemd::Notifier;
+use release::Release;
 use rollout::Rollout;
 pub use worker::{WorkerEvent, WorkerHandle, WorkerId, WorkerStats};
 
@@ -90,12 +92,9 @@ pub async fn run(
         );
     }
     let mut signals = SignalIntents::install().map_err(MasterError::Signals)?;
-    let runtime_dir = match config.foreign {
-        Some(_) => {
-            Some(RuntimeDir::create(config.worker_identity).map_err(MasterError::RuntimeDir)?)
-        }
-        None => None,
-    };
+    // COMMAND workers' notify sockets and rolled-back program files.
+    let runtime_dir =
+        Some(RuntimeDir::create(config.worker_identity).map_err(MasterError::RuntimeDir)?);
     let control_socket = open_control_socket(&config)?;
     let keeper = Keeper::start(&config.program)
         .await
@@ -260,8 +259,20 @@ struct Supervisor {
     notifier: Notifier,
     /// The last reload's outcome, for STATUS= lines.
     last_reload: Option<String>,
-    /// Where COMMAND workers' notify sockets live.
+    /// Where COMMAND workers' notify sockets and rolled-back program files
+    /// live.
     runtime_dir: Option<RuntimeDir>,
+    /// The program path workers start from (a rollback starts them from a
+    /// copy of an older file until the next reload).
+    program_path: std::path::PathBuf,
+    /// What the newest generation was started from...
+    release: Option<Release>,
+    /// ...and, while a reload rolls, what the generation it replaces was.
+    previous_release: Option<Release>,
+    /// The newest generation, rolled in, before its probation ends.
+    probation: Option<Probation>,
+    /// The rollout in progress rolls back to an older release.
+    rolling_back: bool,
     /// `baton reload --wait` clients waiting for the reload in progress...
     reload_waiters: Vec<oneshot::Sender<String>>,
     /// ...and for the one queued behind it.
@@ -283,6 +294,17 @@ struct Supervisor {
     /// could not be started (then a killed master can leave a worker's
     /// children behind).
     keeper: Option<Keeper>,
+}
+
+/// A generation rolled in and not yet trusted: a crash of one of its
+/// workers before `until` rolls back to `previous`.
+#[derive(Debug)]
+struct Probation {
+    generation: u64,
+    until: Instant,
+    /// How long the rollout took, for the answer.
+    rollout_ms: u64,
+    previous: Release,
 }
 
 /// A private directory for the master's sockets, removed when it exits.
@@ -325,6 +347,7 @@ impl Supervisor {
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let slots = (0..config.workers).map(|_| Slot::default()).collect();
         Supervisor {
+            program_path: config.program.clone(),
             config,
             listeners,
             events_tx,
@@ -340,6 +363,10 @@ impl Supervisor {
             notifier,
             last_reload: None,
             runtime_dir: None,
+            release: None,
+            previous_release: None,
+            probation: None,
+            rolling_back: false,
             reload_waiters: Vec::new(),
             queued_waiters: Vec::new(),
             control_rx,
@@ -370,6 +397,9 @@ impl Supervisor {
 
     fn start(&mut self) {
         info!(workers = self.slots.len(), program = %self.config.program.display(), "starting workers");
+        self.release = Release::capture(1, &self.config)
+            .inspect_err(|e| warn!(cause = %e, "cannot keep the program file open: a failed release cannot be rolled back to this one"))
+            .ok();
         for slot in 0..self.slots.len() {
             self.slots[slot].generation = 1;
             match self.spawn(slot, 1, Cause::Start) {
@@ -394,7 +424,11 @@ impl Supervisor {
                 break;
             }
             let next_restart = self.next_restart();
+            let probation_end = self.probation.as_ref().map(|p| p.until);
             tokio::select! {
+                _ = sleep_until(probation_end.unwrap_or_else(Instant::now)), if probation_end.is_some() => {
+                    self.pass_probation("stayed up through its probation");
+                }
                 _ = tick(&mut watchdog) => self.notifier.watchdog(),
                 _ = tick(&mut memory_check) => self.check_memory(),
                 Some((intent, signal)) = signals.next() => self.on_signal(intent, signal),
@@ -582,6 +616,16 @@ impl Supervisor {
         }
         warn!(pid, slot, generation, %status, "worker crashed; replacing it");
         self.slots[slot].current = None;
+        if self.on_trial(generation) {
+            let lived = humantime::format_duration(Duration::from_millis(
+                worker.started.elapsed().as_millis() as u64,
+            ));
+            self.roll_back(
+                slot,
+                format!("worker {pid} of generation {generation} crashed ({status}) {lived} after it started"),
+            );
+            return;
+        }
         if let Some(successor) = self.slots[slot].successor.take() {
             // Already starting: it is the replacement.
             self.slots[slot].current = Some(successor);
@@ -685,6 +729,9 @@ impl Supervisor {
                 self.queued_waiters.extend(waiter);
             }
             Phase::Running => {
+                // A new reload ends the probation of the last one: the
+                // operator has moved on.
+                self.pass_probation("probation cut short by a new reload");
                 let queued = std::mem::take(&mut self.queued_waiters);
                 self.reload_waiters.extend(queued);
                 self.reload_waiters.extend(waiter);
@@ -698,6 +745,16 @@ impl Supervisor {
                 self.generation += 1;
                 let _span = info_span!("reload", generation = self.generation).entered();
                 info!(generation = self.generation, "reload started");
+                // Workers start from the program path again, even after a
+                // rollback started them from a copy.
+                self.config.program = self.program_path.clone();
+                match Release::capture(self.generation, &self.config) {
+                    Ok(release) => self.previous_release = self.release.replace(release),
+                    Err(e) => {
+                        warn!(cause = %e, "cannot keep the program file open: this release cannot be rolled back to");
+                        self.previous_release = self.release.take();
+                    }
+                }
                 self.notifier
                     .reloading(&format!("reloading to generation {}", self.generation));
                 // A changed worker count takes effect with this generation:
@@ -728,11 +785,27 @@ impl Supervisor {
             self.rollout = None;
             self.previous_config = None;
             self.shrink_slots(self.config.workers);
-            self.last_reload = Some(format!("ok in {elapsed_ms} ms"));
-            self.notifier.ready(&self.status_line());
-            self.answer_reload_waiters(format!(
-                "ok: generation {generation} is in ({elapsed_ms} ms)\n"
-            ));
+            if std::mem::take(&mut self.rolling_back) {
+                info!(generation, elapsed_ms, "rollback complete");
+                self.notifier.status(&self.status_line());
+            } else {
+                match self.previous_release.take() {
+                    Some(previous) if !self.config.probation.is_zero() => {
+                        info!(
+                            generation,
+                            probation_ms = self.config.probation.as_millis() as u64,
+                            "new generation on probation"
+                        );
+                        self.probation = Some(Probation {
+                            generation,
+                            until: config::deadline(Instant::now(), self.config.probation),
+                            rollout_ms: elapsed_ms,
+                            previous,
+                        });
+                    }
+                    _ => self.finish_reload(generation, elapsed_ms, ""),
+                }
+            }
             if std::mem::take(&mut self.reload_queued) {
                 self.request_reload(None);
             }
@@ -741,6 +814,17 @@ impl Supervisor {
         let Some(slot) = rollout.slot_to_start() else {
             return;
         };
+        // A rollback restarts a crashed slot at once, in its own generation:
+        // that slot is done.
+        let restarted = &self.slots[slot];
+        if restarted.generation == generation
+            && (restarted.current.is_some() || restarted.restart_at.is_some())
+        {
+            if let Some(rollout) = self.rollout.as_mut() {
+                rollout.skip();
+            }
+            return self.advance_rollout();
+        }
         match self.spawn(slot, generation, Cause::Reload) {
             Ok(id) => {
                 if let Some(rollout) = self.rollout.as_mut() {
@@ -781,10 +865,117 @@ impl Supervisor {
         if let Some(previous) = self.previous_config.take() {
             self.config = previous;
         }
+        if let Some(previous) = self.previous_release.take() {
+            self.release = Some(previous);
+        }
+        self.rolling_back = false;
         self.shrink_slots(self.config.workers);
         if std::mem::take(&mut self.reload_queued) {
             self.request_reload(None);
         }
+    }
+
+    /// Ends a reload that succeeded: records and reports its outcome.
+    fn finish_reload(&mut self, generation: u64, elapsed_ms: u64, note: &str) {
+        self.last_reload = Some(format!("ok in {elapsed_ms} ms{note}"));
+        self.notifier.ready(&self.status_line());
+        self.answer_reload_waiters(format!(
+            "ok: generation {generation} is in ({elapsed_ms} ms){note}\n"
+        ));
+    }
+
+    /// Ends the probation in progress, if any, as passed.
+    fn pass_probation(&mut self, how: &str) {
+        let Some(probation) = self.probation.take() else {
+            return;
+        };
+        info!(generation = probation.generation, how, "probation over");
+        self.finish_reload(
+            probation.generation,
+            probation.rollout_ms,
+            &format!("; {how}"),
+        );
+        if std::mem::take(&mut self.reload_queued) {
+            self.request_reload(None);
+        }
+    }
+
+    /// Whether a crash of a worker of `generation` fails a release: it is
+    /// on probation, or being rolled in (and not a rollback).
+    fn on_trial(&self, generation: u64) -> bool {
+        let probation = self
+            .probation
+            .as_ref()
+            .is_some_and(|p| p.generation == generation);
+        let rolling_in = self
+            .rollout
+            .as_ref()
+            .is_some_and(|r| r.generation == generation && !self.rolling_back)
+            && self.previous_release.is_some();
+        probation || rolling_in
+    }
+
+    /// A worker of the release on trial crashed in `crashed_slot`: the reload
+    /// fails, and a new generation rolls back to the previous release's
+    /// program file and configuration; the crashed slot restarts with it at
+    /// once (through the crash-loop backoff), the others roll.
+    fn roll_back(&mut self, crashed_slot: usize, reason: String) {
+        let previous = match self.probation.take() {
+            Some(probation) => Some(probation.previous),
+            None => self.previous_release.take(),
+        };
+        let Some(previous) = previous else {
+            self.schedule_restart(crashed_slot, true);
+            return;
+        };
+        if let Some(rollout) = self.rollout.take() {
+            if let Some(worker) = rollout.pending().and_then(|id| self.workers.get(&id)) {
+                worker.handle.kill();
+            }
+        }
+        self.previous_config = None;
+        let failed = self.generation;
+        let target = previous.generation;
+        error!(generation = failed, rollback_to = target, %reason, "release failed; rolling back");
+        self.last_reload = Some(format!(
+            "of generation {failed} FAILED: {reason}; rolled back to generation {target}'s release"
+        ));
+        // READY=1 ends the reload for systemd whatever its outcome.
+        self.notifier.ready(&self.status_line());
+        self.answer_reload_waiters(format!(
+            "error: reload of generation {failed} failed: {reason}; rolling back to generation {target}'s release\n"
+        ));
+        let restored = self
+            .runtime_dir
+            .as_ref()
+            .ok_or_else(|| "no private directory".to_owned())
+            .and_then(|dir| previous.restore(dir.path()).map_err(|e| e.to_string()));
+        self.config = match restored {
+            Ok(config) => config,
+            Err(cause) => {
+                error!(%cause, "cannot write the previous program file back; rolling back the configuration only");
+                let mut config = previous.config.clone();
+                config.program = self.program_path.clone();
+                config
+            }
+        };
+        self.release = Some(previous);
+        self.generation += 1;
+        let generation = self.generation;
+        let _span = info_span!("reload", generation).entered();
+        info!(generation, rollback_to = target, "rollback started");
+        let wanted = self.config.workers;
+        while self.slots.len() < wanted {
+            self.slots.push(Slot {
+                generation,
+                ..Slot::default()
+            });
+        }
+        self.rolling_back = true;
+        self.rollout = Some(Rollout::new(generation, wanted));
+        self.slots[crashed_slot].generation = generation;
+        self.schedule_restart(crashed_slot, true);
+        self.advance_rollout();
     }
 
     /// Reads the `--config` file again, keeping the configuration in force
@@ -998,6 +1189,7 @@ impl Supervisor {
             );
         }
         self.reload_queued = false;
+        self.probation = None;
         let waiters: Vec<_> = self
             .reload_waiters
             .drain(..)

@@ -60,6 +60,13 @@ impl Rollout {
         Some(slot)
     }
 
+    /// Moves past the current slot without starting a worker for it (it
+    /// already runs the new generation).
+    pub fn skip(&mut self) {
+        debug_assert!(self.pending.is_none());
+        self.next_slot += 1;
+    }
+
     /// Slots already handed to the new generation.
     pub fn replaced(&self) -> usize {
         self.next_slot
@@ -91,5 +98,15 @@ mod tests {
         assert_eq!(rollout.ready(12), Some(1));
         assert!(rollout.is_complete());
         assert_eq!(rollout.slot_to_start(), None);
+    }
+
+    #[test]
+    fn a_slot_already_in_the_new_generation_is_skipped() {
+        let mut rollout = Rollout::new(3, 2);
+        rollout.skip();
+        assert_eq!(rollout.slot_to_start(), Some(1));
+        rollout.started(20);
+        assert_eq!(rollout.ready(20), Some(1));
+        assert!(rollout.is_complete());
     }
 }

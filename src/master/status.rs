@@ -24,6 +24,17 @@ struct Master {
     workers_wanted: usize,
     reload_in_progress: bool,
     last_reload: Option<String>,
+    /// The newest generation, while a crash of one of its workers would
+    /// still roll it back.
+    probation: Option<ProbationRow>,
+}
+
+#[derive(Serialize)]
+struct ProbationRow {
+    generation: u64,
+    remaining_s: f64,
+    /// The generation whose release a rollback would start again.
+    rollback_to: u64,
 }
 
 #[derive(Serialize)]
@@ -107,6 +118,11 @@ fn collect(supervisor: &Supervisor) -> Status {
             workers_wanted: supervisor.slots.len(),
             reload_in_progress: supervisor.rollout.is_some(),
             last_reload: supervisor.last_reload.clone(),
+            probation: supervisor.probation.as_ref().map(|p| ProbationRow {
+                generation: p.generation,
+                remaining_s: p.until.saturating_duration_since(now).as_secs_f64(),
+                rollback_to: p.previous.generation,
+            }),
         },
         workers,
         backoff,
@@ -123,6 +139,12 @@ fn table(status: &Status) -> String {
         human(master.uptime_s),
         master.last_reload.as_deref().unwrap_or("none"),
     );
+    if let Some(p) = &master.probation {
+        text += &format!(
+            "generation {} on probation for {:.1} s more; a crash rolls back to generation {}'s release\n",
+            p.generation, p.remaining_s, p.rollback_to
+        );
+    }
     text += &format!(
         "{:<5} {:<8} {:<4} {:<9} {:>8} {:>8} {:>9} {:>8} {:>6} {:>9} {:>10}\n",
         "SLOT",

@@ -65,3 +65,71 @@ fn broken_releases_fail_the_reload_and_lose_nothing() {
     assert!(std::fs::metadata(&program).unwrap().permissions().mode() & 0o111 != 0);
     drop(dir);
 }
+
+/// A "new release" that starts the real worker and kills it 2 s later, as a
+/// release that passes readiness and then dies.
+fn dies_after_two_seconds() -> String {
+    format!(
+        "#!/bin/sh\n( exec 3>&-; sleep 2; kill -9 $$ ) &\nexec {:?} \"$@\"\n",
+        baton_bin()
+    )
+}
+
+#[test]
+fn a_release_that_dies_after_it_is_ready_is_rolled_back() {
+    let _heavy = heavy();
+    let (dir, program) = private_copy("late-crash");
+    let baton = Baton::serve_from(&program, &["--workers", "2", "--probation", "5s"]);
+    let first = baton.workers();
+    let load = BackgroundLoad::start(light_load(&baton, Duration::from_secs(12)));
+    std::thread::sleep(Duration::from_millis(500));
+
+    replace_file(&program, dies_after_two_seconds().as_bytes(), true);
+    let (code, answer) = baton.reload_wait();
+    let failed_at = std::time::Instant::now();
+    assert_eq!(code, 1, "{answer}");
+    assert!(
+        answer.contains("crashed") && answer.contains("rolling back to generation 1"),
+        "{answer}"
+    );
+
+    baton.wait_log("rollback complete", Duration::from_secs(20));
+    let rolled_back_in = failed_at.elapsed();
+    // The previous release serves again: workers of the rollback generation,
+    // started from the old program file, though the path holds the broken one.
+    let serving = baton.wait_workers(Duration::from_secs(10), |w| {
+        w.len() == 2 && w.iter().all(|p| !first.contains(p))
+    });
+    for pid in &serving {
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+        assert!(
+            exe.to_string_lossy().ends_with("program-1"),
+            "worker {pid} runs {exe:?}"
+        );
+    }
+    let status = baton.status();
+    assert!(
+        status["master"]["last_reload"]
+            .as_str()
+            .unwrap()
+            .contains("FAILED"),
+        "{status}"
+    );
+    let report = load.finish();
+    eprintln!("rolled back {rolled_back_in:?} after the crash was reported; load: {report}");
+    assert_eq!(
+        report.count(baton::load::FailureKind::Refused),
+        0,
+        "{report}"
+    );
+    // Only requests in flight on the crashed workers may fail: at most one
+    // per client (18) on each of the broken release's two workers (the
+    // second may die before the rollback reaches its slot).
+    assert!(report.failures.len() <= 2 * 18, "{report}");
+    // The rolled-back workers stay up: nothing crashed after the rollback.
+    let crashes = baton.count_log("worker crashed");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(baton.count_log("worker crashed"), crashes);
+    assert!(serving.iter().all(|pid| !is_dead(*pid)));
+    drop(dir);
+}

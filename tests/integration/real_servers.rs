@@ -18,6 +18,10 @@ fn servers_dir() -> PathBuf {
 /// (the next starts when the last has answered), and asserts that at least
 /// five reloads ran, all succeeded, and nothing failed. 36 s leaves room for
 /// reloads of 6 s, measured on a machine whose cores were both kept busy.
+///
+/// The servers run with `--probation 0s`, so that `reload --wait` answers as
+/// soon as the rollout is done: these tests are about the drain (probation
+/// has its own in deploy.rs).
 fn assert_five_reloads_lose_nothing(baton: &Baton, name: &str) {
     let dir = TempDir::new(&format!("real-{name}"));
     let json = dir.path().join("report.json");
@@ -75,6 +79,8 @@ fn uvicorn_with_the_drain_runner_passes_the_check() {
     let baton = Baton::serve(&[
         "--workers",
         "2",
+        "--probation",
+        "0s",
         "--",
         &python,
         &example("python/baton_uvicorn.py"),
@@ -100,6 +106,13 @@ fn go_net_http_with_batondrain_passes_the_check() {
         .status()
         .expect("run `go build` (tests/servers/install installs Go)");
     assert!(built.success(), "go build failed");
-    let baton = Baton::serve(&["--workers", "2", "--", program.to_str().unwrap()]);
+    let baton = Baton::serve(&[
+        "--workers",
+        "2",
+        "--probation",
+        "0s",
+        "--",
+        program.to_str().unwrap(),
+    ]);
     assert_five_reloads_lose_nothing(&baton, "go");
 }

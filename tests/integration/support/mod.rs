@@ -276,6 +276,24 @@ impl Baton {
         serde_json::from_slice(&output.stdout).expect("status JSON")
     }
 
+    /// `baton reload --wait` against this master: its exit code and what it
+    /// printed (the answer on stdout, an error on stderr).
+    pub fn reload_wait(&self) -> (i32, String) {
+        let control = self
+            .control
+            .as_ref()
+            .expect("a control socket the harness chose");
+        let output = Command::new(baton_bin())
+            .args(["reload", "--wait", "--control"])
+            .arg(control)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run baton reload --wait");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        (output.status.code().unwrap_or(-1), text)
+    }
+
     /// Live (not zombie) child processes of the master.
     pub fn workers(&self) -> Vec<u32> {
         baton::procfs::live_children(self.pid)
