@@ -55,6 +55,13 @@ fn assert_five_reloads_lose_nothing(baton: &Baton, name: &str) {
     assert!(report["ok"].as_u64().unwrap() > 1000, "{stdout}");
 }
 
+/// `baton serve --workers 2 --probation 0s -- COMMAND`.
+fn serve(command: &[&str]) -> Baton {
+    let mut args = vec!["--workers", "2", "--probation", "0s", "--"];
+    args.extend_from_slice(command);
+    Baton::serve(&args)
+}
+
 /// A tool the tests need that `tests/servers/install` provides.
 fn installed(path: PathBuf) -> String {
     assert!(
@@ -76,12 +83,7 @@ fn node_http_with_the_drain_module_passes_the_check() {
 fn uvicorn_with_the_drain_runner_passes_the_check() {
     let _heavy = heavy();
     let python = installed(servers_dir().join("venv/bin/python"));
-    let baton = Baton::serve(&[
-        "--workers",
-        "2",
-        "--probation",
-        "0s",
-        "--",
+    let baton = serve(&[
         &python,
         &example("python/baton_uvicorn.py"),
         "--fd",
@@ -106,13 +108,6 @@ fn go_net_http_with_batondrain_passes_the_check() {
         .status()
         .expect("run `go build` (tests/servers/install installs Go)");
     assert!(built.success(), "go build failed");
-    let baton = Baton::serve(&[
-        "--workers",
-        "2",
-        "--probation",
-        "0s",
-        "--",
-        program.to_str().unwrap(),
-    ]);
+    let baton = serve(&[program.to_str().unwrap()]);
     assert_five_reloads_lose_nothing(&baton, "go");
 }

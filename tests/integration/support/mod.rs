@@ -260,18 +260,24 @@ impl Baton {
         field(&line, "generation").unwrap().parse().unwrap()
     }
 
-    /// `baton status --json`, parsed.
-    pub fn status(&self) -> serde_json::Value {
+    /// Runs `baton ARGS --control PATH` against this master.
+    fn control_client(&self, args: &[&str]) -> std::process::Output {
         let control = self
             .control
             .as_ref()
             .expect("a control socket the harness chose");
-        let output = Command::new(baton_bin())
-            .args(["status", "--json", "--control"])
+        Command::new(baton_bin())
+            .args(args)
+            .arg("--control")
             .arg(control)
             .stdin(Stdio::null())
             .output()
-            .expect("run baton status");
+            .unwrap_or_else(|e| panic!("run baton {args:?}: {e}"))
+    }
+
+    /// `baton status --json`, parsed.
+    pub fn status(&self) -> serde_json::Value {
+        let output = self.control_client(&["status", "--json"]);
         assert!(output.status.success(), "baton status failed: {output:?}");
         serde_json::from_slice(&output.stdout).expect("status JSON")
     }
@@ -279,16 +285,7 @@ impl Baton {
     /// `baton reload --wait` against this master: its exit code and what it
     /// printed (the answer on stdout, an error on stderr).
     pub fn reload_wait(&self) -> (i32, String) {
-        let control = self
-            .control
-            .as_ref()
-            .expect("a control socket the harness chose");
-        let output = Command::new(baton_bin())
-            .args(["reload", "--wait", "--control"])
-            .arg(control)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run baton reload --wait");
+        let output = self.control_client(&["reload", "--wait"]);
         let text = String::from_utf8_lossy(&output.stdout).into_owned()
             + &String::from_utf8_lossy(&output.stderr);
         (output.status.code().unwrap_or(-1), text)
