@@ -92,9 +92,17 @@ pub async fn run(
         );
     }
     let mut signals = SignalIntents::install().map_err(MasterError::Signals)?;
-    // COMMAND workers' notify sockets and rolled-back program files.
-    let runtime_dir =
-        Some(RuntimeDir::create(config.worker_identity).map_err(MasterError::RuntimeDir)?);
+    // COMMAND workers' notify sockets (they cannot start without one) and
+    // rolled-back program files (a rollback then restores the configuration
+    // only).
+    let runtime_dir = match RuntimeDir::create(config.worker_identity) {
+        Ok(dir) => Some(dir),
+        Err(e) if config.foreign.is_some() => return Err(MasterError::RuntimeDir(e)),
+        Err(e) => {
+            warn!(cause = %e, "no private directory: a rollback restores the configuration, not the program file");
+            None
+        }
+    };
     let control_socket = open_control_socket(&config)?;
     let keeper = Keeper::start(&config.program)
         .await
