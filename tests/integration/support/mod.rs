@@ -243,7 +243,9 @@ impl Baton {
     pub fn wait_log_nth(&self, pattern: &str, n: usize, within: Duration) -> String {
         self.try_wait_log_nth(pattern, n, within)
             .unwrap_or_else(|| {
-                panic!("baton did not log {pattern:?} ({n} times) within {within:?}")
+                let lines = self.logs.lines.lock().unwrap();
+                let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+                panic!("baton did not log {pattern:?} ({n} times) within {within:?}; its last lines:\n{tail}")
             })
     }
 
