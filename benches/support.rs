@@ -74,7 +74,8 @@ pub fn start_baton(args: &[&str]) -> Running {
     let mut addr = None;
     for line in lines.by_ref() {
         let line = line.expect("read baton's log");
-        if line.contains(" listening ") {
+        let event = baton::event::Event::of_line(&line);
+        if event == Some(baton::event::Event::Listening) {
             let value = line
                 .split("addr=")
                 .nth(1)
@@ -84,7 +85,7 @@ pub fn start_baton(args: &[&str]) -> Running {
                 .unwrap();
             addr = Some(value.parse().unwrap());
         }
-        if line.contains("all workers ready") {
+        if event == Some(baton::event::Event::AllWorkersReady) {
             break;
         }
     }

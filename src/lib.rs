@@ -47,6 +47,7 @@ pub mod config;
 pub mod config_file;
 pub mod control;
 pub mod error;
+pub mod event;
 pub mod fd;
 pub mod keeper;
 pub mod listeners;

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio::time::timeout;
 
 use super::CheckError;
+use crate::event::Event;
 use crate::procfs;
 
 /// Log lines kept to explain a server that failed.
@@ -42,36 +43,33 @@ pub enum ServerEvent {
     },
 }
 
-/// Reads one log line of `baton serve`.
+/// Reads one log line of `baton serve` by its `event=` field.
 pub fn parse_event(line: &str) -> Option<ServerEvent> {
-    if line.contains(" listening ") {
-        let addr = value_after(line, "addr=")?.split_whitespace().next()?;
-        return addr.parse().ok().map(ServerEvent::Listening);
+    match Event::of_line(line)? {
+        Event::Listening => {
+            let addr = value_after(line, "addr=")?.split_whitespace().next()?;
+            addr.parse().ok().map(ServerEvent::Listening)
+        }
+        Event::AllWorkersReady => Some(ServerEvent::AllReady),
+        Event::ReloadComplete => Some(ServerEvent::ReloadComplete),
+        Event::ReloadFailed | Event::ReleaseFailed => {
+            let reason = value_after(line, "reason=").unwrap_or("see the server's log");
+            Some(ServerEvent::ReloadFailed(reason.trim().to_owned()))
+        }
+        Event::WorkerReady if line.contains("cause=replacement") => {
+            Some(ServerEvent::ReplacementReady {
+                slot: number(line, "slot=")?,
+            })
+        }
+        event @ (Event::WorkerCrashed | Event::WorkerExited | Event::WorkerDrained) => {
+            Some(ServerEvent::WorkerExited {
+                pid: number(line, "pid=")?,
+                slot: number(line, "slot=")?,
+                crashed: event == Event::WorkerCrashed,
+            })
+        }
+        _ => None,
     }
-    if line.contains("all workers ready") {
-        return Some(ServerEvent::AllReady);
-    }
-    if line.contains("reload complete") {
-        return Some(ServerEvent::ReloadComplete);
-    }
-    if line.contains("reload failed") {
-        let reason = value_after(line, "reason=").unwrap_or("see the server's log");
-        return Some(ServerEvent::ReloadFailed(reason.trim().to_owned()));
-    }
-    if line.contains("worker ready") && line.contains("cause=replacement") {
-        return Some(ServerEvent::ReplacementReady {
-            slot: number(line, "slot=")?,
-        });
-    }
-    let crashed = line.contains("worker crashed");
-    if crashed || line.contains("worker exited") {
-        return Some(ServerEvent::WorkerExited {
-            pid: number(line, "pid=")?,
-            slot: number(line, "slot=")?,
-            crashed,
-        });
-    }
-    None
 }
 
 fn value_after<'a>(line: &'a str, key: &str) -> Option<&'a str> {
@@ -223,34 +221,39 @@ mod tests {
     fn reads_the_masters_log_lines() {
         assert_eq!(
             parse_event(
-                "2026-01-01T00:00:00Z  INFO baton::master: listening name=http addr=127.0.0.1:4000"
+                "2026-01-01T00:00:00Z  INFO baton::master: listening event=listening name=http addr=127.0.0.1:4000"
             ),
             Some(ServerEvent::Listening("127.0.0.1:4000".parse().unwrap()))
         );
         assert_eq!(
-            parse_event("INFO baton::master: all workers ready workers=2 generation=1"),
+            parse_event("INFO baton::master: all workers ready event=all_workers_ready workers=2 generation=1"),
             Some(ServerEvent::AllReady)
         );
         assert_eq!(
-            parse_event("ERROR baton::master: reload failed; the old workers keep serving generation=2 replaced=0 slots=2 reason=the new worker failed: x y"),
+            parse_event("ERROR baton::master: reload failed; the old workers keep serving event=reload_failed generation=2 replaced=0 slots=2 reason=the new worker failed: x y"),
             Some(ServerEvent::ReloadFailed("the new worker failed: x y".into()))
         );
         assert_eq!(
             parse_event(
-                "INFO baton::master: worker ready pid=1 slot=3 generation=1 cause=replacement"
+                "INFO baton::master: worker ready event=worker_ready pid=1 slot=3 generation=1 cause=replacement"
             ),
             Some(ServerEvent::ReplacementReady { slot: 3 })
         );
         assert_eq!(
-            parse_event("WARN baton::master: worker crashed; replacing it pid=77 slot=1 generation=1 status=signal 9 (SIGKILL)"),
+            parse_event("WARN baton::master: worker crashed; replacing it event=worker_crashed pid=77 slot=1 generation=1 status=signal 9 (SIGKILL)"),
             Some(ServerEvent::WorkerExited { pid: 77, slot: 1, crashed: true })
         );
         assert_eq!(
-            parse_event("INFO baton::master: worker exited after draining pid=78 slot=0 generation=1 status=exit code 0"),
+            parse_event("INFO baton::master: worker exited after draining event=worker_drained pid=78 slot=0 generation=1 status=exit code 0"),
             Some(ServerEvent::WorkerExited { pid: 78, slot: 0, crashed: false })
         );
         assert_eq!(
-            parse_event("INFO baton::master: worker ready pid=1 slot=0 generation=2 cause=reload"),
+            parse_event("INFO baton::master: worker ready event=worker_ready pid=1 slot=0 generation=2 cause=reload"),
+            None
+        );
+        // The wording alone means nothing: only the event field counts.
+        assert_eq!(
+            parse_event("INFO baton::master: all workers ready workers=2 generation=1"),
             None
         );
     }

@@ -26,6 +26,7 @@ use crate::balance::ShareTable;
 use crate::config::{self, MasterConfig};
 use crate::control;
 use crate::error::MasterError;
+use crate::event::Event;
 use crate::keeper::Keeper;
 use crate::listeners::{BindOptions, ListenerSet};
 use crate::procfs;
@@ -85,6 +86,7 @@ pub async fn run(
     let listeners = ListenerSet::open(inherited, &config.listen, options)?;
     for listener in listeners.iter() {
         info!(
+            event = %Event::Listening,
             name = %listener.name,
             addr = %listener.local_addr,
             inherited = listener.inherited,
@@ -481,7 +483,7 @@ impl Supervisor {
             keeper: self.keeper.as_ref(),
         };
         let handle = worker::spawn(launch, self.events_tx.clone()).map_err(|e| e.to_string())?;
-        info!(pid = handle.pid, slot, generation, cause = %cause, "worker started");
+        info!(event = %Event::WorkerStarted, pid = handle.pid, slot, generation, cause = %cause, "worker started");
         self.workers.insert(
             id,
             Worker {
@@ -529,6 +531,7 @@ impl Supervisor {
         }
         worker.state = WorkerState::Ready;
         info!(
+            event = %Event::WorkerReady,
             pid = worker.handle.pid,
             slot = worker.slot,
             generation = worker.generation,
@@ -541,6 +544,7 @@ impl Supervisor {
         if self.phase == Phase::Starting && self.all_slots_ready() {
             self.phase = Phase::Running;
             info!(
+                event = %Event::AllWorkersReady,
                 workers = self.slots.len(),
                 generation = self.generation,
                 "all workers ready"
@@ -574,7 +578,7 @@ impl Supervisor {
 
     fn on_failed(&mut self, id: WorkerId, reason: String) {
         if let Some(worker) = self.workers.get(&id) {
-            warn!(pid = worker.handle.pid, slot = worker.slot, generation = worker.generation, %reason, "worker failed");
+            warn!(event = %Event::WorkerFailed, pid = worker.handle.pid, slot = worker.slot, generation = worker.generation, %reason, "worker failed");
         }
         if self.rollout.as_ref().and_then(Rollout::pending) == Some(id) {
             self.abandon_rollout(format!("the new worker failed: {reason}"));
@@ -593,36 +597,36 @@ impl Supervisor {
         let status = describe(status);
 
         if worker.state.is_draining() {
-            info!(pid, slot, generation, %status, "worker exited after draining");
+            info!(event = %Event::WorkerDrained, pid, slot, generation, %status, "worker exited after draining");
             return;
         }
         if self.rollout.as_ref().and_then(Rollout::pending) == Some(id) {
-            warn!(pid, slot, generation, %status, "new worker exited before it was ready");
+            warn!(event = %Event::WorkerExited, pid, slot, generation, %status, "new worker exited before it was ready");
             self.abandon_rollout(format!(
                 "the new worker exited before it was ready ({status})"
             ));
             return;
         }
         if self.phase == Phase::Stopping {
-            info!(pid, slot, generation, %status, "worker exited");
+            info!(event = %Event::WorkerExited, pid, slot, generation, %status, "worker exited");
             return;
         }
         if self.phase == Phase::Starting && worker.state == WorkerState::Starting {
-            error!(pid, slot, generation, %status, "worker exited before it was ready");
+            error!(event = %Event::WorkerExited, pid, slot, generation, %status, "worker exited before it was ready");
             self.fail_start(format!(
                 "worker {pid} exited before it was ready ({status})"
             ));
             return;
         }
         if self.slots.get(slot).and_then(|s| s.successor) == Some(id) {
-            warn!(pid, slot, generation, %status, "the worker taking over the slot exited before it was ready; the old one goes on");
+            warn!(event = %Event::WorkerExited, pid, slot, generation, %status, "the worker taking over the slot exited before it was ready; the old one goes on");
             self.slots[slot].successor = None;
             return;
         }
         if self.slots.get(slot).and_then(|s| s.current) != Some(id) {
             return;
         }
-        warn!(pid, slot, generation, %status, "worker crashed; replacing it");
+        warn!(event = %Event::WorkerCrashed, pid, slot, generation, %status, "worker crashed; replacing it");
         self.slots[slot].current = None;
         if self.on_trial(generation) {
             let lived = humantime::format_duration(Duration::from_millis(
@@ -665,6 +669,7 @@ impl Supervisor {
         let exponent = (state.quick_failures - QUICK_FAILURES_BEFORE_BACKOFF - 1).min(16);
         let delay = BACKOFF_FIRST.saturating_mul(1 << exponent).min(BACKOFF_CAP);
         warn!(
+            event = %Event::Backoff,
             slot,
             delay_ms = delay.as_millis() as u64,
             failures = state.quick_failures,
@@ -744,7 +749,7 @@ impl Supervisor {
                 self.reload_waiters.extend(queued);
                 self.reload_waiters.extend(waiter);
                 if let Err(reason) = self.reread_config() {
-                    error!(%reason, "reload rejected; the workers go on untouched");
+                    error!(event = %Event::ReloadRejected, %reason, "reload rejected; the workers go on untouched");
                     self.last_reload = Some(format!("rejected: {reason}"));
                     self.notifier.status(&self.status_line());
                     self.answer_reload_waiters(format!("error: reload rejected: {reason}\n"));
@@ -752,7 +757,7 @@ impl Supervisor {
                 }
                 self.generation += 1;
                 let _span = info_span!("reload", generation = self.generation).entered();
-                info!(generation = self.generation, "reload started");
+                info!(event = %Event::ReloadStarted, generation = self.generation, "reload started");
                 // Workers start from the program path again, even after a
                 // rollback started them from a copy.
                 self.config.program = self.program_path.clone();
@@ -789,17 +794,18 @@ impl Supervisor {
         let generation = rollout.generation;
         if rollout.is_complete() {
             let elapsed_ms = rollout.started.elapsed().as_millis() as u64;
-            info!(generation, elapsed_ms, "reload complete");
+            info!(event = %Event::ReloadComplete, generation, elapsed_ms, "reload complete");
             self.rollout = None;
             self.previous_config = None;
             self.shrink_slots(self.config.workers);
             if std::mem::take(&mut self.rolling_back) {
-                info!(generation, elapsed_ms, "rollback complete");
+                info!(event = %Event::RollbackComplete, generation, elapsed_ms, "rollback complete");
                 self.notifier.status(&self.status_line());
             } else {
                 match self.previous_release.take() {
                     Some(previous) if !self.config.probation.is_zero() => {
                         info!(
+                            event = %Event::ProbationStarted,
                             generation,
                             probation_ms = self.config.probation.as_millis() as u64,
                             "new generation on probation"
@@ -850,6 +856,7 @@ impl Supervisor {
             return;
         };
         error!(
+            event = %Event::ReloadFailed,
             generation = rollout.generation,
             replaced = rollout.replaced(),
             slots = self.slots.len(),
@@ -897,7 +904,7 @@ impl Supervisor {
         let Some(probation) = self.probation.take() else {
             return;
         };
-        info!(generation = probation.generation, how, "probation over");
+        info!(event = %Event::ProbationOver, generation = probation.generation, how, "probation over");
         self.finish_reload(
             probation.generation,
             probation.rollout_ms,
@@ -944,7 +951,7 @@ impl Supervisor {
         self.previous_config = None;
         let failed = self.generation;
         let target = previous.generation;
-        error!(generation = failed, rollback_to = target, %reason, "release failed; rolling back");
+        error!(event = %Event::ReleaseFailed, generation = failed, rollback_to = target, %reason, "release failed; rolling back");
         self.last_reload = Some(format!(
             "of generation {failed} FAILED: {reason}; rolled back to generation {target}'s release"
         ));
@@ -971,7 +978,7 @@ impl Supervisor {
         self.generation += 1;
         let generation = self.generation;
         let _span = info_span!("reload", generation).entered();
-        info!(generation, rollback_to = target, "rollback started");
+        info!(event = %Event::RollbackStarted, generation, rollback_to = target, "rollback started");
         let wanted = self.config.workers;
         while self.slots.len() < wanted {
             self.slots.push(Slot {
@@ -1075,6 +1082,7 @@ impl Supervisor {
             }
             let (pid, generation) = (worker.handle.pid, worker.generation);
             warn!(
+                event = %Event::MemoryRoll,
                 pid,
                 slot,
                 generation,
@@ -1115,6 +1123,7 @@ impl Supervisor {
         }
         worker.state = WorkerState::Draining;
         info!(
+            event = %Event::WorkerDraining,
             pid = worker.handle.pid,
             slot = worker.slot,
             generation = worker.generation,
@@ -1167,6 +1176,7 @@ impl Supervisor {
             if worker.state == WorkerState::Draining && oldest.contains(&worker.generation) {
                 worker.state = WorkerState::Hurried;
                 info!(
+                    event = %Event::WorkerHurried,
                     pid = worker.handle.pid,
                     slot = worker.slot,
                     generation = worker.generation,
@@ -1212,6 +1222,7 @@ impl Supervisor {
         let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
         if now {
             info!(
+                event = %Event::ShuttingDown,
                 workers = ids.len(),
                 "stopping at once: killing every worker"
             );
@@ -1219,7 +1230,7 @@ impl Supervisor {
                 worker.handle.kill();
             }
         } else {
-            info!(workers = ids.len(), "shutting down: draining every worker");
+            info!(event = %Event::ShuttingDown, workers = ids.len(), "shutting down: draining every worker");
             for id in ids {
                 self.drain(id);
             }
@@ -1227,7 +1238,7 @@ impl Supervisor {
     }
 
     fn fail_start(&mut self, reason: String) {
-        error!(%reason, "start failed; stopping");
+        error!(event = %Event::StartFailed, %reason, "start failed; stopping");
         if self.failure.is_none() {
             self.failure = Some(MasterError::FirstStart { reason });
         }

@@ -68,7 +68,11 @@ fn assert_even(connections: &[(TcpStream, u32)], workers: &[u32]) {
 /// SIGKILLs `victim` and returns the workers once its replacement is ready.
 fn kill_and_replace(baton: &Baton, victim: u32, ready_before: usize) -> Vec<u32> {
     kill(Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
-    baton.wait_log_nth("worker ready", ready_before + 1, Duration::from_secs(10));
+    baton.wait_log_nth(
+        &Event::WorkerReady.field(),
+        ready_before + 1,
+        Duration::from_secs(10),
+    );
     baton.wait_workers(Duration::from_secs(10), |w| {
         w.len() == 4 && !w.contains(&victim)
     })

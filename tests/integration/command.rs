@@ -51,7 +51,7 @@ fn the_tutorials_crashing_workers_refuse_nothing() {
     );
     let report = runtime().block_on(baton::load::run(plan));
     eprintln!("crashing node workers: {report}");
-    let crashes = baton.count_log("worker crashed");
+    let crashes = baton.count_log(&Event::WorkerCrashed.field());
     assert!(crashes >= 4, "the workers crashed ({crashes} times)");
     assert_eq!(report.count(FailureKind::Refused), 0, "{report}");
     assert_eq!(report.count(FailureKind::Timeout), 0, "{report}");
@@ -129,7 +129,7 @@ fn a_release_that_fails_on_reload_loses_nothing() {
     sleep(Duration::from_secs(1));
     std::fs::write(&flag, "").unwrap();
     baton.signal(Signal::SIGHUP);
-    let failed = baton.wait_log("reload failed", Duration::from_secs(10));
+    let failed = baton.wait_log(&Event::ReloadFailed.field(), Duration::from_secs(10));
     assert!(failed.contains("exit code 3"), "{failed}");
     let report = load.finish();
     eprintln!("python workers, failed reload: {report}");
@@ -203,7 +203,7 @@ fn a_worker_that_ignores_its_drain_signal_is_killed_and_the_reload_completes() {
     ]);
     let old = baton.workers()[0];
     baton.reload();
-    let exited = baton.wait_log("worker exited after draining", Duration::from_secs(5));
+    let exited = baton.wait_log(&Event::WorkerDrained.field(), Duration::from_secs(5));
     assert!(
         exited.contains(&format!("pid={old} ")) && exited.contains("SIGKILL"),
         "{exited}"
@@ -389,8 +389,8 @@ fn readiness_is_seen_in_the_whole_process_tree_and_on_the_real_listener() {
     ] {
         eprintln!("readiness shape: {shape}");
         let baton = Baton::serve(&["--workers", "1", "--", "python3", "-c", program]);
-        let started = baton.wait_log("worker started", Duration::from_secs(1));
-        let ready = baton.wait_log("worker ready", Duration::from_secs(1));
+        let started = baton.wait_log(&Event::WorkerStarted.field(), Duration::from_secs(1));
+        let ready = baton.wait_log(&Event::WorkerReady.field(), Duration::from_secs(1));
         let at = |line: &str| -> f64 {
             let stamp = line.split_whitespace().next().unwrap();
             let clock = stamp.rsplit_once('T').unwrap().1.trim_end_matches('Z');
@@ -431,7 +431,7 @@ fn a_single_threaded_select_worker_reloads_under_load_without_failures() {
     }
     let report = load.finish();
     eprintln!("single-threaded select() workers across 3 reloads: {report}");
-    assert_eq!(baton.count_log("reload failed"), 0);
+    assert_eq!(baton.count_log(&Event::ReloadFailed.field()), 0);
     assert_no_failures(&report);
     assert!(report.ok > 500, "{report}");
 }

@@ -179,7 +179,7 @@ fn the_control_socket_refuses_other_users_and_survives_abuse() {
     assert_eq!(code, 1);
     assert!(stderr.contains("permission denied"), "{stderr}");
     assert_eq!(
-        c.baton.count_log("reload started"),
+        c.baton.count_log(&Event::ReloadStarted.field()),
         0,
         "nobody's request did nothing"
     );

@@ -148,7 +148,7 @@ serve(socket.socket(fileno=3))
     );
     let report = load.finish();
     eprintln!("rolled worker {hog} over its memory limit; load: {report}");
-    assert_eq!(baton.count_log("over its memory limit"), 1);
+    assert_eq!(baton.count_log(&Event::MemoryRoll.field()), 1);
     assert_no_failures(&report);
     assert!(report.ok > 200, "{report}");
 }

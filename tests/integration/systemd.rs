@@ -54,7 +54,7 @@ fn serves_on_the_socket_systemd_socket_activate_passes() {
     // in the queue until a worker is ready.
     let response = get(TcpStream::connect(("127.0.0.1", port)).unwrap());
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    let line = baton.wait_log("listening", Duration::from_secs(10));
+    let line = baton.wait_event(Event::Listening, Duration::from_secs(10));
     assert!(
         line.contains("name=http") && line.contains("inherited=true"),
         "{line}"
@@ -126,7 +126,7 @@ fn speaks_the_notify_reload_protocol_and_the_watchdog() {
         &[("NOTIFY_SOCKET", &notify.path), ("WATCHDOG_USEC", "400000")],
         &["--workers", "2"],
     );
-    baton.wait_log("all workers ready", Duration::from_secs(20));
+    baton.wait_log(&Event::AllWorkersReady.field(), Duration::from_secs(20));
     let (_, ready) = notify.wait_for(&["READY=1", "STATUS="], 1);
     assert!(ready.contains("2/2 workers ready"), "{ready}");
 
@@ -166,7 +166,7 @@ fn a_full_restart_on_a_held_socket_fails_nothing() {
     let addr = listener.local_addr().unwrap();
     let start = || {
         let baton = Baton::spawn_activated(&[("http", listener.as_fd())], &[], &["--workers", "2"]);
-        baton.wait_log("all workers ready", Duration::from_secs(20));
+        baton.wait_log(&Event::AllWorkersReady.field(), Duration::from_secs(20));
         baton
     };
     let mut old = start();
@@ -314,8 +314,8 @@ fn a_listen_flag_naming_an_inherited_socket_refers_to_it() {
             "extra=127.0.0.1:0",
         ],
     );
-    baton.wait_log("all workers ready", Duration::from_secs(20));
-    assert_eq!(baton.count_log("listening"), 2);
+    baton.wait_log(&Event::AllWorkersReady.field(), Duration::from_secs(20));
+    assert_eq!(baton.count_log(&Event::Listening.field()), 2);
     assert!(baton
         .wait_log("name=http", Duration::from_secs(1))
         .contains("inherited=true"));

@@ -12,6 +12,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+pub use baton::event::Event;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -63,7 +64,7 @@ impl Baton {
     /// in place of the plain binary.
     pub fn serve_command(cmd: Command, args: &[&str]) -> Baton {
         let baton = Self::spawn_serve(cmd, args);
-        baton.wait_log("all workers ready", Duration::from_secs(20));
+        baton.wait_event(Event::AllWorkersReady, Duration::from_secs(20));
         baton
     }
 
@@ -153,7 +154,7 @@ impl Baton {
         cmd.args(args);
         let mut baton = Self::launch(cmd);
         baton.control = control;
-        if let Some(line) = baton.try_wait_log("listening", Duration::from_secs(20)) {
+        if let Some(line) = baton.try_wait_log(&Event::Listening.field(), Duration::from_secs(20)) {
             if let Ok(addr) = field(&line, "addr").unwrap_or_default().parse() {
                 baton.addr = addr;
             }
@@ -253,12 +254,18 @@ impl Baton {
         self.wait_log_nth(pattern, 1, within)
     }
 
+    /// Waits for the first line that carries `event`.
+    pub fn wait_event(&self, event: Event, within: Duration) -> String {
+        self.wait_log(&event.field(), within)
+    }
+
     /// Sends SIGHUP and waits for the reload to complete; returns the
     /// generation it rolled in.
     pub fn reload(&self) -> u64 {
-        let done = self.count_log("reload complete");
+        let complete = Event::ReloadComplete.field();
+        let done = self.count_log(&complete);
         self.signal(Signal::SIGHUP);
-        let line = self.wait_log_nth("reload complete", done + 1, Duration::from_secs(30));
+        let line = self.wait_log_nth(&complete, done + 1, Duration::from_secs(30));
         field(&line, "generation").unwrap().parse().unwrap()
     }
 
