@@ -90,12 +90,8 @@ pub enum SpawnError {
 pub enum MasterError {
     #[error(transparent)]
     Listen(#[from] ListenError),
-    #[error("cannot find baton's own program file: {0}; run baton by a path or from $PATH")]
-    Program(io::Error),
     #[error("cannot install signal handlers: {0}")]
     Signals(io::Error),
-    #[error("cannot start the tokio runtime: {0}")]
-    Runtime(io::Error),
     #[error("cannot open the control socket {path}: {reason}; stop the baton using it or choose another --control path")]
     Control { path: PathBuf, reason: String },
     #[error("cannot create a directory for the workers' notify sockets: {0}")]

@@ -155,10 +155,10 @@ pub fn prepare_child(
         }
         // The master may have died before PDEATHSIG was armed.
         // SAFETY: getppid has no preconditions.
+        // (ESRCH, "no such process": the master. An OS error, because
+        // building any other error allocates.)
         if unsafe { libc::getppid() } != parent {
-            return Err(io::Error::other(
-                "the master exited while this worker started",
-            ));
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
         }
         if source == HANDOFF_FD {
             // dup2 onto itself would keep FD_CLOEXEC set: clear it instead.

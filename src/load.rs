@@ -458,8 +458,10 @@ async fn request(plan: &LoadPlan, mode: ClientMode, slot: &mut Option<Connection
         .uri(plan.path.as_str())
         .body(Full::new(body))
         .expect("a request of valid parts");
-    let host =
-        HeaderValue::from_str(&plan.target.to_string()).expect("an address is a valid header");
+    // The URL's authority (`check --url`'s virtual host), else the address.
+    let host = HeaderValue::from_str(&plan.host)
+        .or_else(|_| HeaderValue::from_str(&plan.target.to_string()))
+        .expect("an address is a valid header");
     req.headers_mut().insert(HOST, host);
     if mode == ClientMode::NewConnection {
         req.headers_mut()

@@ -3,6 +3,8 @@
 
 use std::fs;
 
+use nix::libc;
+
 /// A process's state letter and parent pid, or `None` if it is gone.
 pub fn stat(pid: u32) -> Option<(char, u32)> {
     stat_fields(pid).map(|(state, ppid, _)| (state, ppid))
@@ -202,13 +204,24 @@ fn socket_fds(pid: u32) -> Vec<(i32, u64)> {
         .collect()
 }
 
+/// The system calls a thread waiting for connections blocks in, by this
+/// architecture's numbers (as /proc/PID/task/TID/syscall gives them).
+/// Architectures without `poll` and `select` (aarch64) have only the `p`
+/// forms, whose first arguments are the same.
+const ACCEPT: &[i64] = &[libc::SYS_accept, libc::SYS_accept4];
+#[cfg(target_arch = "x86_64")]
+const POLL: &[i64] = &[libc::SYS_poll, libc::SYS_ppoll];
+#[cfg(not(target_arch = "x86_64"))]
+const POLL: &[i64] = &[libc::SYS_ppoll];
+#[cfg(target_arch = "x86_64")]
+const SELECT: &[i64] = &[libc::SYS_select, libc::SYS_pselect6];
+#[cfg(not(target_arch = "x86_64"))]
+const SELECT: &[i64] = &[libc::SYS_pselect6];
+
 /// The descriptors `pid`'s threads are blocked on in accept, poll or
-/// select (x86-64 system call numbers). poll's and select's descriptor sets
-/// are read from the process's memory.
+/// select. poll's and select's descriptor sets are read from the process's
+/// memory.
 fn blocked_on(pid: u32) -> Vec<i32> {
-    const ACCEPT: [u64; 2] = [43, 288]; // accept, accept4
-    const POLL: [u64; 2] = [7, 271]; // poll, ppoll
-    const SELECT: [u64; 2] = [23, 270]; // select, pselect6
     let mut fds = Vec::new();
     let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
         return fds;
@@ -218,7 +231,7 @@ fn blocked_on(pid: u32) -> Vec<i32> {
             continue;
         };
         let mut fields = syscall.split_whitespace();
-        let Some(number) = fields.next().and_then(|n| n.parse::<u64>().ok()) else {
+        let Some(number) = fields.next().and_then(|n| n.parse::<i64>().ok()) else {
             continue;
         };
         let args: Vec<u64> = fields

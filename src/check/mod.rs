@@ -36,8 +36,6 @@ const RELOAD_OUTCOME_TIMEOUT: Duration = Duration::from_secs(120);
 /// Why the check could not run (as opposed to a check that ran and failed).
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
-    #[error("{0}")]
-    Usage(String),
     #[error("server: {0}")]
     Server(String),
     #[error("cannot write {path}: {reason}")]

@@ -212,3 +212,52 @@ fn bad_check_options_are_usage_errors() {
         );
     }
 }
+
+/// A server that answers only requests for the virtual host `localhost`,
+/// like a name-based virtual host: 421 for any other Host header.
+const VIRTUAL_HOST_SERVER: &str = r#"
+import http.server, sys
+port = int(sys.argv[1])
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        ok = self.headers.get("Host") == f"localhost:{port}"
+        body = b"ok" if ok else b"wrong virtual host"
+        self.send_response(200 if ok else 421)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+"#;
+
+#[test]
+fn check_url_sends_the_urls_host() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _server = KillOnDrop(
+        Command::new("python3")
+            .args(["-c", VIRTUAL_HOST_SERVER, &port.to_string()])
+            .spawn()
+            .expect("start python3"),
+    );
+    assert!(wait_until(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }));
+    let url = format!("http://localhost:{port}/");
+    let (code, stdout, stderr) = run_check(&[
+        "--url",
+        &url,
+        "--duration",
+        "2s",
+        "--reload-every",
+        "0s",
+        "--connections",
+        "4",
+    ]);
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+}
