@@ -123,6 +123,10 @@ pub enum WorkerError {
     MasterGone,
     #[error("cannot start the tokio runtime: {0}")]
     Runtime(io::Error),
+    #[error("cannot install the drain signal's handler: {0}")]
+    Signals(io::Error),
+    #[error("cannot put the listeners at descriptors 3 and up: {0}")]
+    PlaceListeners(io::Error),
     #[error("cannot run {command}: {source}")]
     Exec { command: String, source: io::Error },
 }

@@ -45,7 +45,7 @@ fn prepare(command: &[OsString]) -> Result<std::process::Command, WorkerError> {
         check_listener(name, listener.as_fd(), false)?;
     }
     drop(handoff);
-    fd::place_for_exec(fds).map_err(WorkerError::Runtime)?;
+    fd::place_for_exec(fds).map_err(WorkerError::PlaceListeners)?;
 
     let mut cmd = std::process::Command::new(&command[0]);
     cmd.args(&command[1..])

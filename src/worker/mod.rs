@@ -103,13 +103,15 @@ async fn serve_listeners(
             })?;
         acceptors.push(acceptor);
     }
+    // Before ready: a drain signal that comes right after must find its
+    // handler, not the default action that kills.
+    let mut sigterm = signal_hook_tokio::Signals::new([SIGTERM]).map_err(WorkerError::Signals)?;
     let state = Arc::new(HttpState::new(args.work, args.body_timeout));
     let server = Server::start(acceptors, state.clone(), args.server_options());
     handoff.ready().await?;
     let handoff = Arc::new(handoff);
     tokio::spawn(report_stats(handoff.clone(), state));
 
-    let mut sigterm = signal_hook_tokio::Signals::new([SIGTERM]).map_err(WorkerError::Runtime)?;
     let timeout = tokio::select! {
         instruction = handoff.next_instruction() => match instruction {
             Ok(Instruction::Drain { timeout }) => timeout,
