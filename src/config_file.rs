@@ -16,35 +16,24 @@ use crate::cli::{Cli, Command, ServeArgs};
 
 /// Options that take a list.
 const LISTS: [&str; 2] = ["listen", "command"];
-/// Every key the file may hold.
-const KEYS: [&str; 26] = [
-    "listen",
-    "unix_mode",
-    "control",
-    "user",
-    "group",
-    "workers",
-    "backlog",
-    "ready_timeout",
-    "drain_timeout",
-    "probation",
-    "max_memory",
-    "drain_grace",
-    "header_timeout",
-    "keepalive_timeout",
-    "body_timeout",
-    "http2_ping",
-    "work",
-    "threads",
-    "ready",
-    "drain_signal",
-    "output",
-    "watchdog",
-    "command",
-    "accept",
-    "fault",
-    "config",
-];
+/// Every key the file may hold: each `serve` option's long name with
+/// underscores, from the command line's own definition (so the two cannot
+/// drift), and `command`; with whether it is listed to users (hidden
+/// options are not).
+fn keys() -> Vec<(String, bool)> {
+    use clap::CommandFactory;
+    let cli = Cli::command();
+    let serve = cli
+        .find_subcommand("serve")
+        .expect("baton has a serve subcommand");
+    let mut keys: Vec<(String, bool)> = serve
+        .get_arguments()
+        .filter_map(|arg| Some((arg.get_long()?.replace('-', "_"), !arg.is_hide_set())))
+        .filter(|(key, _)| key != "config" && key != "help")
+        .collect();
+    keys.push(("command".to_owned(), true));
+    keys
+}
 
 /// Reads `file` and merges it under `cli_args` (the arguments after
 /// `serve`), returning the serve options they make together.
@@ -125,12 +114,18 @@ fn split_command(args: &[OsString]) -> (&[OsString], &[OsString]) {
 
 /// Each key's values as argument strings, in the file's order.
 fn to_args(table: &toml::Table) -> Result<Vec<(String, Vec<OsString>)>, String> {
+    let known = keys();
     let mut args = Vec::new();
     for (key, value) in table {
-        if !KEYS.contains(&key.as_str()) || key == "config" {
+        if !known.iter().any(|(k, _)| k == key) {
+            let listed: Vec<&str> = known
+                .iter()
+                .filter(|(_, listed)| *listed)
+                .map(|(k, _)| k.as_str())
+                .collect();
             return Err(format!(
                 "unknown key {key:?}; keys are the serve options: {}",
-                KEYS[..KEYS.len() - 1].join(", ")
+                listed.join(", ")
             ));
         }
         let values = match value {
@@ -218,5 +213,20 @@ mod tests {
         assert!(load(&file.0, &[]).unwrap_err().contains("sets no option"));
         let file = write("ready_timeout = \"500000000000years\"\n");
         assert!(load(&file.0, &[]).unwrap_err().contains("out of range"));
+        let file = write("config = \"other.toml\"\n");
+        assert!(load(&file.0, &[]).unwrap_err().contains("unknown key"));
+    }
+
+    #[test]
+    fn every_serve_option_is_a_key_and_hidden_ones_are_not_listed() {
+        let file = write("accept = \"kernel\"\nmax_memory = \"1GiB\"\nprobation = \"0s\"\n");
+        let args = load(&file.0, &[]).unwrap();
+        assert_eq!(args.probation, std::time::Duration::ZERO);
+        let listed = load(&write("nope = 1\n").0, &[]).unwrap_err();
+        for key in ["workers", "accept", "watchdog", "max_memory", "command"] {
+            assert!(listed.contains(key), "{key} missing from {listed}");
+        }
+        assert!(!listed.contains("fault"), "{listed}");
+        assert!(!listed.contains("config,"), "{listed}");
     }
 }
