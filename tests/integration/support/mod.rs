@@ -216,7 +216,7 @@ impl Baton {
 
     /// Waits for the `n`th line containing `pattern` and returns it.
     pub fn try_wait_log_nth(&self, pattern: &str, n: usize, within: Duration) -> Option<String> {
-        let deadline = Instant::now() + within;
+        let deadline = Instant::now() + slower(within);
         let mut lines = self.logs.lines.lock().unwrap();
         loop {
             if let Some(line) = lines.iter().filter(|l| l.contains(pattern)).nth(n - 1) {
@@ -308,7 +308,7 @@ impl Baton {
     /// Waits until the master has exactly `n` live children that answer the
     /// condition `accept`.
     pub fn wait_workers(&self, within: Duration, accept: impl Fn(&[u32]) -> bool) -> Vec<u32> {
-        let deadline = Instant::now() + within;
+        let deadline = Instant::now() + slower(within);
         loop {
             let workers = self.workers();
             if accept(&workers) {
@@ -325,7 +325,7 @@ impl Baton {
     /// Waits for the master to exit.
     pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
         let child = self.child.as_mut().expect("not yet reaped");
-        let deadline = Instant::now() + within;
+        let deadline = Instant::now() + slower(within);
         loop {
             if let Some(status) = child.try_wait().expect("wait for baton") {
                 return status;
@@ -368,6 +368,22 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// `within`, stretched by `BATON_TEST_SLOWDOWN` (a factor, 1 by default):
+/// every deadline the support waits for scales with it, so that a machine
+/// slower than any this suite was tuned on can still run it, by setting one
+/// number rather than editing tests.
+pub fn slower(within: Duration) -> Duration {
+    static FACTOR: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let factor = *FACTOR.get_or_init(|| {
+        std::env::var("BATON_TEST_SLOWDOWN")
+            .ok()
+            .and_then(|f| f.parse().ok())
+            .filter(|f: &f64| f.is_finite() && *f >= 1.0)
+            .unwrap_or(1.0)
+    });
+    within.mul_f64(factor)
+}
+
 /// A control socket path of this test's own, so that masters started side
 /// by side never share one.
 pub fn private_control_path() -> PathBuf {
@@ -397,7 +413,7 @@ pub fn is_dead(pid: u32) -> bool {
 
 /// Polls `condition` every few milliseconds until it holds or `within` passes.
 pub fn wait_until(within: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
+    let deadline = Instant::now() + slower(within);
     loop {
         if condition() {
             return true;
