@@ -163,7 +163,42 @@ pub fn tree_serves(root: u32, listeners: &[ListenerId], connections: bool) -> bo
 }
 
 /// `root` and every process below it.
+///
+/// Walks `/proc/PID/task/TID/children` from `root`, which costs as many
+/// reads as the tree has processes; a kernel without those files is scanned
+/// whole (every process's stat), which on a busy host costs far more.
 fn descendants_and_self(root: u32) -> Vec<u32> {
+    match children_files_tree(root) {
+        Some(tree) => tree,
+        None => scanned_tree(root),
+    }
+}
+
+fn children_files_tree(root: u32) -> Option<Vec<u32>> {
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() {
+        let pid = tree[i];
+        i += 1;
+        let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+            // Gone meanwhile: it has no children left to find.
+            continue;
+        };
+        for task in tasks.flatten() {
+            match fs::read_to_string(task.path().join("children")) {
+                Ok(text) => tree.extend(
+                    text.split_whitespace()
+                        .filter_map(|c| c.parse::<u32>().ok()),
+                ),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && pid == root => return None,
+                Err(_) => {}
+            }
+        }
+    }
+    Some(tree)
+}
+
+fn scanned_tree(root: u32) -> Vec<u32> {
     let parents: Vec<(u32, u32)> = pids()
         .into_iter()
         .filter_map(|pid| Some((pid, stat(pid)?.1)))

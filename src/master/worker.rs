@@ -119,8 +119,12 @@ pub struct Launch<'a> {
 /// behind stops.
 const GROUP_POLL: Duration = Duration::from_millis(20);
 
-/// How often a `--ready listening` worker is looked at.
+/// How often a `--ready listening` worker is looked at: often while most
+/// programs get ready, then less, so that a slow start on a busy host does
+/// not also cost the master a probe every few milliseconds.
 const LISTENING_PROBE: Duration = Duration::from_millis(5);
+const LISTENING_PROBE_LATER: Duration = Duration::from_millis(25);
+const LISTENING_PROBE_FAST_FOR: Duration = Duration::from_secs(1);
 
 /// A COMMAND worker's own NOTIFY_SOCKET, removed with the worker.
 struct NotifySocket {
@@ -365,7 +369,11 @@ impl Watcher {
                         let _ = self.events.send(WorkerEvent::Ready { id });
                     }
                 }
-                _ = sleep(LISTENING_PROBE), if probe => {
+                _ = sleep(if self.started.elapsed() < LISTENING_PROBE_FAST_FOR {
+                    LISTENING_PROBE
+                } else {
+                    LISTENING_PROBE_LATER
+                }), if probe => {
                     let listeners = self.foreign.as_ref().map_or(&[][..], |f| &f.listeners[..]);
                     // The connection tables can be large: they are read
                     // on one probe in twenty.
