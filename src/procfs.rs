@@ -162,6 +162,36 @@ pub fn tree_serves(root: u32, listeners: &[ListenerId], connections: bool) -> bo
     held.iter().any(|inode| accepted.contains(inode))
 }
 
+/// What the listening probe sees in `root`'s tree, for the message of a
+/// worker that is not ready in time: how many processes, how many hold
+/// every listener, how many wait on every listener.
+pub fn describe_tree(root: u32, listeners: &[ListenerId]) -> String {
+    let tree = descendants_and_self(root);
+    let (mut holding, mut waiting) = (0, 0);
+    for &pid in &tree {
+        let sockets = socket_fds(pid);
+        let inode_of = |fd: i32| sockets.iter().find(|&&(f, _)| f == fd).map(|&(_, i)| i);
+        let mut waited: Vec<u64> = epoll_interests(pid)
+            .into_iter()
+            .filter_map(inode_of)
+            .collect();
+        waited.extend(blocked_on(pid).into_iter().filter_map(inode_of));
+        if listeners
+            .iter()
+            .all(|l| sockets.iter().any(|&(_, i)| i == l.inode))
+        {
+            holding += 1;
+        }
+        if listeners.iter().all(|l| waited.contains(&l.inode)) {
+            waiting += 1;
+        }
+    }
+    format!(
+        "its tree has {} processes, {holding} holding every listener, {waiting} waiting on them",
+        tree.len()
+    )
+}
+
 /// `root` and every process below it.
 ///
 /// Walks `/proc/PID/task/TID/children` from `root`, which costs as many

@@ -454,10 +454,13 @@ impl Watcher {
                     }
                 },
                 _ = sleep_until(self.ready_deadline), if ready_timer => {
-                    let reason = format!(
+                    let mut reason = format!(
                         "not ready within {}",
                         humantime::format_duration(self.ready_timeout)
                     );
+                    if let Some(foreign) = self.foreign.as_ref().filter(|_| probe) {
+                        reason += &format!(" ({})", procfs::describe_tree(self.pid, &foreign.listeners));
+                    }
                     self.fail(&mut killed, reason);
                 }
                 _ = sleep_until(silent_until.unwrap_or_else(Instant::now)), if silent_until.is_some() => {

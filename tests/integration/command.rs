@@ -14,7 +14,16 @@ use crate::support::*;
 fn node_workers_reload_under_load_with_zero_failures() {
     let _heavy = heavy();
     let server = example("node/server.js");
-    let baton = Baton::serve(&["--workers", "2", "--", "node", &server]);
+    // A start can take seconds when the machine is busy (CI shares it).
+    let baton = Baton::serve(&[
+        "--workers",
+        "2",
+        "--ready-timeout",
+        "30s",
+        "--",
+        "node",
+        &server,
+    ]);
     let first = baton.workers();
     let load = BackgroundLoad::start(LoadPlan::new(
         baton.addr,
@@ -456,7 +465,17 @@ fn node_with_drain_module() -> String {
 fn node_http_with_the_drain_module_loses_nothing_through_reloads() {
     let _heavy = heavy();
     let program = node_with_drain_module();
-    let baton = Baton::serve(&["--workers", "2", "--", "node", "-e", &program]);
+    // A start can take seconds when the machine is busy (CI shares it).
+    let baton = Baton::serve(&[
+        "--workers",
+        "2",
+        "--ready-timeout",
+        "30s",
+        "--",
+        "node",
+        "-e",
+        &program,
+    ]);
     let mut clients = vec![
         ClientMode::KeepAlive {
             min_idle: Duration::from_millis(500),

@@ -57,7 +57,16 @@ fn assert_five_reloads_lose_nothing(baton: &Baton, name: &str) {
 
 /// `baton serve --workers 2 --probation 0s -- COMMAND`.
 fn serve(command: &[&str]) -> Baton {
-    let mut args = vec!["--workers", "2", "--probation", "0s", "--"];
+    // A start can take seconds when the machine is busy (CI shares it).
+    let mut args = vec![
+        "--workers",
+        "2",
+        "--probation",
+        "0s",
+        "--ready-timeout",
+        "30s",
+        "--",
+    ];
     args.extend_from_slice(command);
     Baton::serve(&args)
 }
@@ -75,7 +84,7 @@ fn installed(path: PathBuf) -> String {
 #[test]
 fn node_http_with_the_drain_module_passes_the_check() {
     let _heavy = heavy();
-    let baton = Baton::serve(&["--workers", "2", "--", "node", &example("node/server.js")]);
+    let baton = serve(&["node", &example("node/server.js")]);
     assert_five_reloads_lose_nothing(&baton, "node");
 }
 
