@@ -638,19 +638,15 @@ impl Supervisor {
             );
             return;
         }
-        if let Some(successor) = self.slots[slot].successor.take() {
-            // Already starting: it is the replacement.
-            self.slots[slot].current = Some(successor);
-            self.notifier.status(&format!(
-                "{}; worker {pid} crashed ({status})",
-                self.status_line()
-            ));
-            return;
-        }
         self.notifier.status(&format!(
             "{}; worker {pid} crashed ({status})",
             self.status_line()
         ));
+        if let Some(successor) = self.slots[slot].successor.take() {
+            // Already starting: it is the replacement.
+            self.slots[slot].current = Some(successor);
+            return;
+        }
         let lived = worker.started.elapsed();
         let quick = worker.state == WorkerState::Starting || lived < STABLE_LIFETIME;
         self.schedule_restart(slot, quick);

@@ -364,9 +364,7 @@ impl Watcher {
                         alive_at = Instant::now();
                     }
                     if note.ready && !ready {
-                        ready = true;
-                        alive_at = Instant::now();
-                        let _ = self.events.send(WorkerEvent::Ready { id });
+                        self.became_ready(&mut ready, &mut alive_at);
                     }
                 }
                 _ = sleep(if self.started.elapsed() < LISTENING_PROBE_FAST_FOR {
@@ -380,15 +378,11 @@ impl Watcher {
                     probes = probes.wrapping_add(1);
                     let connections = probes % 20 == 0;
                     if procfs::tree_serves(self.pid, listeners, connections) {
-                        ready = true;
-                        alive_at = Instant::now();
-                        let _ = self.events.send(WorkerEvent::Ready { id });
+                        self.became_ready(&mut ready, &mut alive_at);
                     }
                 }
                 _ = sleep_until(delay.unwrap_or_else(Instant::now)), if delay.is_some() => {
-                    ready = true;
-                    alive_at = Instant::now();
-                    let _ = self.events.send(WorkerEvent::Ready { id });
+                    self.became_ready(&mut ready, &mut alive_at);
                 }
                 status = self.child.wait() => {
                     let status = match status {
@@ -413,9 +407,7 @@ impl Watcher {
                 }
                 message = self.channel.recv_plain::<ToMaster>(), if channel_open => match message {
                     Ok(Some(ToMaster::Ready)) if !ready => {
-                        ready = true;
-                        alive_at = Instant::now();
-                        let _ = self.events.send(WorkerEvent::Ready { id });
+                        self.became_ready(&mut ready, &mut alive_at);
                     }
                     Ok(Some(ToMaster::Ready)) => debug!("duplicate ready ignored"),
                     Ok(Some(ToMaster::Stats { accepted, open_connections, requests })) => {
@@ -475,6 +467,14 @@ impl Watcher {
                 }
             }
         }
+    }
+
+    /// The worker is ready: the supervisor hears it, and its liveness is
+    /// watched from now on.
+    fn became_ready(&self, ready: &mut bool, alive_at: &mut Instant) {
+        *ready = true;
+        *alive_at = Instant::now();
+        let _ = self.events.send(WorkerEvent::Ready { id: self.id });
     }
 
     /// Reads one notify datagram: whether it says the worker is ready (in
