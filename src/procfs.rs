@@ -7,18 +7,50 @@ use nix::libc;
 
 /// A process's state letter and parent pid, or `None` if it is gone.
 pub fn stat(pid: u32) -> Option<(char, u32)> {
-    stat_fields(pid).map(|(state, ppid, _)| (state, ppid))
+    read_stat(pid).map(|stat| (stat.state, stat.ppid))
 }
 
-/// State letter, parent pid and process group of `pid`.
-fn stat_fields(pid: u32) -> Option<(char, u32, u32)> {
+/// What the master needs of `/proc/PID/stat`.
+struct Stat {
+    state: char,
+    ppid: u32,
+    pgrp: u32,
+    /// User plus system time, in clock ticks.
+    cpu_ticks: u64,
+}
+
+impl Stat {
+    fn is_live(&self) -> bool {
+        !matches!(self.state, 'Z' | 'X')
+    }
+}
+
+fn read_stat(pid: u32) -> Option<Stat> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces: fields resume after the last ')'.
-    let mut fields = text.rsplit_once(')')?.1.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    let pgrp = fields.next()?.parse().ok()?;
-    Some((state, ppid, pgrp))
+    // The command name may contain spaces: fields resume after the last ')'
+    // with the state (field 3); utime and stime are fields 14 and 15.
+    let fields: Vec<&str> = text
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .take(13)
+        .collect();
+    let number = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    Some(Stat {
+        state: fields.first()?.chars().next()?,
+        ppid: number(1)? as u32,
+        pgrp: number(2)? as u32,
+        cpu_ticks: number(11)? + number(12)?,
+    })
+}
+
+/// The live processes in process group `pgid`, with their stat.
+fn group(pgid: u32) -> Vec<(u32, Stat)> {
+    pids()
+        .into_iter()
+        .filter_map(|pid| Some((pid, read_stat(pid)?)))
+        .filter(|(_, stat)| stat.pgrp == pgid && stat.is_live())
+        .collect()
 }
 
 /// Every process's pid.
@@ -50,13 +82,7 @@ pub fn is_self_or_descendant(pid: u32, ancestor: u32) -> bool {
 
 /// Live (not zombie) processes in process group `pgid`.
 pub fn group_members(pgid: u32) -> Vec<u32> {
-    pids()
-        .into_iter()
-        .filter(|&pid| {
-            stat_fields(pid)
-                .is_some_and(|(state, _, group)| group == pgid && !matches!(state, 'Z' | 'X'))
-        })
-        .collect()
+    group(pgid).into_iter().map(|(pid, _)| pid).collect()
 }
 
 /// Children of `parent`, each with its state letter (`Z` for a zombie).
@@ -104,21 +130,11 @@ pub fn group_usage(pgid: u32) -> Usage {
         .filter(|&t| t > 0)
         .unwrap_or(100) as f64;
     let mut usage = Usage::default();
-    for pid in group_members(pgid) {
+    for (pid, stat) in group(pgid) {
         usage.rss_bytes += rss_bytes(pid).unwrap_or(0);
-        usage.cpu_s += cpu_ticks(pid).unwrap_or(0) as f64 / ticks;
+        usage.cpu_s += stat.cpu_ticks as f64 / ticks;
     }
     usage
-}
-
-/// User plus system time of `pid`, in clock ticks.
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // After the command name: state is field 3, utime 14, stime 15.
-    let mut fields = text.rsplit_once(')')?.1.split_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
 }
 
 /// Open descriptors of `pid`.
@@ -142,33 +158,50 @@ pub struct ListenerId {
 /// it is never caught waiting; looked up only with `connections`, as it
 /// reads the host's TCP tables).
 pub fn tree_serves(root: u32, listeners: &[ListenerId], connections: bool) -> bool {
-    let tree = descendants_and_self(root);
-    let mut waited: Vec<u64> = Vec::new();
-    let mut held: Vec<u64> = Vec::new();
-    for &pid in &tree {
-        let sockets = socket_fds(pid);
-        held.extend(sockets.iter().map(|&(_, inode)| inode));
-        let inode_of = |fd: i32| sockets.iter().find(|&&(f, _)| f == fd).map(|&(_, i)| i);
-        waited.extend(epoll_interests(pid).into_iter().filter_map(inode_of));
-        waited.extend(blocked_on(pid).into_iter().filter_map(inode_of));
-    }
-    if listeners.iter().all(|l| waited.contains(&l.inode)) {
+    let tree: Vec<Sockets> = descendants_and_self(root)
+        .into_iter()
+        .map(Sockets::of)
+        .collect();
+    if listeners
+        .iter()
+        .all(|l| tree.iter().any(|p| p.waited.contains(&l.inode)))
+    {
         return true;
     }
     if !connections {
         return false;
     }
     let accepted = accepted_inodes(listeners);
-    held.iter().any(|inode| accepted.contains(inode))
+    tree.iter()
+        .any(|p| p.held.iter().any(|inode| accepted.contains(inode)))
 }
 
 /// What the listening probe sees in `root`'s tree, for the message of a
 /// worker that is not ready in time: how many processes, how many hold
 /// every listener, how many wait on every listener.
 pub fn describe_tree(root: u32, listeners: &[ListenerId]) -> String {
-    let tree = descendants_and_self(root);
-    let (mut holding, mut waiting) = (0, 0);
-    for &pid in &tree {
+    let tree: Vec<Sockets> = descendants_and_self(root)
+        .into_iter()
+        .map(Sockets::of)
+        .collect();
+    let every = |inodes: &Vec<u64>| listeners.iter().all(|l| inodes.contains(&l.inode));
+    let holding = tree.iter().filter(|p| every(&p.held)).count();
+    let waiting = tree.iter().filter(|p| every(&p.waited)).count();
+    format!(
+        "its tree has {} processes, {holding} holding every listener, {waiting} waiting on them",
+        tree.len()
+    )
+}
+
+/// One process's sockets, as inodes: those it holds, and those it waits on
+/// (in an epoll set, or blocked in accept, poll or select).
+struct Sockets {
+    held: Vec<u64>,
+    waited: Vec<u64>,
+}
+
+impl Sockets {
+    fn of(pid: u32) -> Self {
         let sockets = socket_fds(pid);
         let inode_of = |fd: i32| sockets.iter().find(|&&(f, _)| f == fd).map(|&(_, i)| i);
         let mut waited: Vec<u64> = epoll_interests(pid)
@@ -176,20 +209,11 @@ pub fn describe_tree(root: u32, listeners: &[ListenerId]) -> String {
             .filter_map(inode_of)
             .collect();
         waited.extend(blocked_on(pid).into_iter().filter_map(inode_of));
-        if listeners
-            .iter()
-            .all(|l| sockets.iter().any(|&(_, i)| i == l.inode))
-        {
-            holding += 1;
-        }
-        if listeners.iter().all(|l| waited.contains(&l.inode)) {
-            waiting += 1;
+        Sockets {
+            held: sockets.iter().map(|&(_, inode)| inode).collect(),
+            waited,
         }
     }
-    format!(
-        "its tree has {} processes, {holding} holding every listener, {waiting} waiting on them",
-        tree.len()
-    )
 }
 
 /// `root` and every process below it.
