@@ -10,31 +10,27 @@ use nix::sys::signal::Signal;
 use crate::support::tempdir::TempDir;
 use crate::support::*;
 
+/// `baton serve --workers 2 -- node ARGS`, for tests that reload it under
+/// load: a start can take seconds when the machine is busy (CI shares it),
+/// so the ready timeout is 30 s.
+fn serve_node_reloaded_under_load(args: &[&str]) -> Baton {
+    let mut all = vec!["--workers", "2", "--ready-timeout", "30s", "--", "node"];
+    all.extend_from_slice(args);
+    Baton::serve(&all)
+}
+
 #[test]
 fn node_workers_reload_under_load_with_zero_failures() {
     let _heavy = heavy();
     let server = example("node/server.js");
-    // A start can take seconds when the machine is busy (CI shares it).
-    let baton = Baton::serve(&[
-        "--workers",
-        "2",
-        "--ready-timeout",
-        "30s",
-        "--",
-        "node",
-        &server,
-    ]);
+    let baton = serve_node_reloaded_under_load(&[&server]);
     let first = baton.workers();
     let load = BackgroundLoad::start(LoadPlan::new(
         baton.addr,
         mixed_clients(16, 16, 4),
         Duration::from_secs(10),
     ));
-    for _ in 0..3 {
-        sleep(Duration::from_millis(2500));
-        baton.reload();
-    }
-    let report = load.finish();
+    let report = load.finish_after_reloads(&baton, 3, Duration::from_millis(2500));
     eprintln!("node workers across reloads: {report}");
     assert_no_failures(&report);
     assert!(report.ok > 1000, "{report}");
@@ -434,11 +430,7 @@ fn a_single_threaded_select_worker_reloads_under_load_without_failures() {
         vec![ClientMode::NewConnection; 16],
         Duration::from_secs(9),
     ));
-    for _ in 0..3 {
-        sleep(Duration::from_secs(2));
-        baton.reload();
-    }
-    let report = load.finish();
+    let report = load.finish_after_reloads(&baton, 3, Duration::from_secs(2));
     eprintln!("single-threaded select() workers across 3 reloads: {report}");
     assert_eq!(baton.count_log(&Event::ReloadFailed.field()), 0);
     assert_no_failures(&report);
@@ -465,17 +457,7 @@ fn node_with_drain_module() -> String {
 fn node_http_with_the_drain_module_loses_nothing_through_reloads() {
     let _heavy = heavy();
     let program = node_with_drain_module();
-    // A start can take seconds when the machine is busy (CI shares it).
-    let baton = Baton::serve(&[
-        "--workers",
-        "2",
-        "--ready-timeout",
-        "30s",
-        "--",
-        "node",
-        "-e",
-        &program,
-    ]);
+    let baton = serve_node_reloaded_under_load(&["-e", &program]);
     let mut clients = vec![
         ClientMode::KeepAlive {
             min_idle: Duration::from_millis(500),
@@ -485,11 +467,7 @@ fn node_http_with_the_drain_module_loses_nothing_through_reloads() {
     ];
     clients.extend(mixed_clients(16, 16, 0));
     let load = BackgroundLoad::start(LoadPlan::new(baton.addr, clients, Duration::from_secs(14)));
-    for _ in 0..4 {
-        sleep(Duration::from_secs(3));
-        baton.reload();
-    }
-    let report = load.finish();
+    let report = load.finish_after_reloads(&baton, 4, Duration::from_secs(3));
     eprintln!("node http with baton-drain.js, 4 reloads: {report}");
     assert_no_failures(&report);
     assert!(report.ok > 1000, "{report}");

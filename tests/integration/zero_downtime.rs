@@ -52,11 +52,7 @@ fn reloads_under_mixed_load_fail_nothing() {
     let first: HashSet<u32> = baton.workers().into_iter().collect();
     let load = BackgroundLoad::start(reload_load(&baton, Duration::from_secs(11)));
 
-    for _ in 0..3 {
-        sleep(Duration::from_secs(2));
-        baton.reload();
-    }
-    let report = load.finish();
+    let report = load.finish_after_reloads(&baton, 3, Duration::from_secs(2));
     eprintln!("reloads under load: {report}");
 
     assert_no_failures(&report);
@@ -84,11 +80,7 @@ fn idle_keep_alive_clients_survive_reloads() {
     clients.extend(mixed_clients(8, 8, 0));
     let load = BackgroundLoad::start(LoadPlan::new(baton.addr, clients, Duration::from_secs(12)));
 
-    for _ in 0..4 {
-        sleep(Duration::from_millis(2000));
-        baton.reload();
-    }
-    let report = load.finish();
+    let report = load.finish_after_reloads(&baton, 4, Duration::from_millis(2000));
     eprintln!("idle keep-alive clients across reloads: {report}");
     assert_no_failures(&report);
     assert!(report.ok > 500, "{report}");
@@ -191,11 +183,7 @@ fn a_worker_that_does_not_drain_is_caught() {
     let _heavy = heavy();
     let baton = Baton::serve(&["--workers", "4", "--fault", "exit-on-drain"]);
     let load = BackgroundLoad::start(reload_load(&baton, Duration::from_secs(6)));
-    for _ in 0..2 {
-        sleep(Duration::from_secs(2));
-        baton.reload();
-    }
-    let report = load.finish();
+    let report = load.finish_after_reloads(&baton, 2, Duration::from_secs(2));
     eprintln!("with the fault injected: {report}");
     assert!(
         !report.failures.is_empty(),

@@ -448,6 +448,16 @@ impl BackgroundLoad {
     }
 
     /// Waits for the load to end and returns what it saw.
+    /// Reloads `baton` `times` times, each `every` after the last one
+    /// completed, then waits for the load to end and returns its report.
+    pub fn finish_after_reloads(self, baton: &Baton, times: usize, every: Duration) -> LoadReport {
+        for _ in 0..times {
+            std::thread::sleep(every);
+            baton.reload();
+        }
+        self.finish()
+    }
+
     pub fn finish(self) -> LoadReport {
         self.runtime
             .block_on(self.task)
