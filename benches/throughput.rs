@@ -112,7 +112,7 @@ fn plain_server(threads: usize, work: u64) {
         socket.set_nonblocking(true).unwrap();
         let listener: std::net::TcpListener = socket.into();
         println!("{}", listener.local_addr().unwrap());
-        let args = baton::cli::HttpArgs {
+        let args = baton::worker::options::HttpArgs {
             work,
             ..Default::default()
         };

@@ -181,6 +181,11 @@ pub fn parse_memory_limit(text: &str) -> Result<u64, String> {
     Ok(size.as_u64())
 }
 
+/// A duration as an argument that parses back to the same value.
+pub fn duration_arg(duration: Duration) -> OsString {
+    humantime::format_duration(duration).to_string().into()
+}
+
 /// The instant `after` from `from`, or far in the future if that overflows
 /// the clock: time arithmetic on values from outside never panics.
 pub fn deadline(from: tokio::time::Instant, after: Duration) -> tokio::time::Instant {

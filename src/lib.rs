@@ -10,7 +10,9 @@
 //! # Layout
 //!
 //! - [`cli`]: the command line (`baton serve`, the hidden `baton worker`).
-//! - [`config`]: validated settings built from the command line.
+//! - [`settings`]: parsed flags (and the config file) into validated
+//!   settings.
+//! - [`config`]: the validated settings and their value parsers.
 //! - [`config_file`]: `--config FILE`, merged under the command line.
 //! - [`control`]: the control socket and its client (`reload`, `status`,
 //!   `stop`).
@@ -56,6 +58,7 @@ pub mod master;
 pub mod procfs;
 pub mod protocol;
 pub mod rlimit;
+pub mod settings;
 pub mod signals;
 pub mod systemd;
 pub mod worker;

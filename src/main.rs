@@ -50,7 +50,7 @@ fn serve(args: baton::cli::ServeArgs) -> ExitCode {
         .skip_while(|a| a != "serve")
         .skip(1)
         .collect();
-    let config = match args.into_config_with_file(cli_args) {
+    let config = match baton::settings::serve_config(args, cli_args) {
         Ok(config) => config,
         Err(message) => {
             eprintln!("baton: {message}");
@@ -77,7 +77,7 @@ fn serve(args: baton::cli::ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    match runtime.block_on(baton::master::run(config, inherited)) {
+    match runtime.block_on(baton::master::run(config, inherited, baton::settings::load)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("baton: {e}");
@@ -114,7 +114,7 @@ fn control(args: &baton::cli::ControlArgs, command: Control) -> ExitCode {
 }
 
 fn check(args: baton::cli::CheckArgs) -> ExitCode {
-    let options = match args.into_options() {
+    let options = match baton::settings::check_options(args) {
         Ok(options) => options,
         Err(message) => {
             eprintln!("baton check: {message}");

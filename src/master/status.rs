@@ -4,7 +4,9 @@
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::{Phase, Supervisor, WorkerState, WorkerStats};
+use super::effects::Effects;
+use super::supervisor::{Phase, Supervisor, WorkerState};
+use super::WorkerStats;
 use crate::procfs;
 
 #[derive(Serialize)]
@@ -61,7 +63,7 @@ struct Backoff {
     restart_in_s: f64,
 }
 
-pub(super) fn render(supervisor: &Supervisor, json: bool) -> String {
+pub(super) fn render<E: Effects>(supervisor: &Supervisor<E>, json: bool) -> String {
     let status = collect(supervisor);
     if json {
         let text = serde_json::to_string_pretty(&status).expect("the status serializes");
@@ -70,14 +72,14 @@ pub(super) fn render(supervisor: &Supervisor, json: bool) -> String {
     table(&status)
 }
 
-fn collect(supervisor: &Supervisor) -> Status {
+fn collect<E: Effects>(supervisor: &Supervisor<E>) -> Status {
     let now = Instant::now();
     let mut workers: Vec<WorkerRow> = supervisor
         .workers
         .values()
         .map(|w| WorkerRow {
             slot: w.slot,
-            pid: w.handle.pid,
+            pid: w.pid,
             generation: w.generation,
             state: match w.state {
                 WorkerState::Starting => "starting",
@@ -88,7 +90,7 @@ fn collect(supervisor: &Supervisor) -> Status {
             uptime_s: (now - w.started).as_secs_f64(),
             restarts: supervisor.slots.get(w.slot).map_or(0, |s| s.restarts),
             stats: w.stats,
-            usage: procfs::group_usage(w.handle.pid),
+            usage: procfs::group_usage(w.pid),
         })
         .collect();
     workers.sort_by_key(|w| (w.slot, w.generation, w.pid));
@@ -116,9 +118,9 @@ fn collect(supervisor: &Supervisor) -> Status {
             },
             uptime_s: (now - supervisor.started).as_secs_f64(),
             workers_wanted: supervisor.slots.len(),
-            reload_in_progress: supervisor.rollout.is_some(),
-            last_reload: supervisor.last_reload.clone(),
-            probation: supervisor.probation.as_ref().map(|p| ProbationRow {
+            reload_in_progress: supervisor.reloads.rollout.is_some(),
+            last_reload: supervisor.reloads.last.clone(),
+            probation: supervisor.reloads.probation.as_ref().map(|p| ProbationRow {
                 generation: p.generation,
                 remaining_s: p.until.saturating_duration_since(now).as_secs_f64(),
                 rollback_to: p.previous.generation,

@@ -7,12 +7,14 @@
 //! - [`exec`]: the stage that turns a COMMAND into a worker.
 //! - [`server`]: accepting, serving and the two-phase drain.
 //! - [`http`]: the built-in handler.
+//! - [`options`]: the built-in worker's options.
 
 pub mod accept;
 pub mod connection;
 pub mod exec;
 pub mod handoff;
 pub mod http;
+pub mod options;
 pub mod server;
 
 use std::sync::Arc;
@@ -23,11 +25,11 @@ use signal_hook::consts::SIGTERM;
 use tokio::time::Instant;
 use tracing::{error, info, warn, Instrument};
 
-use crate::cli::{AcceptMode, Fault, HttpArgs};
 use crate::error::WorkerError;
 use accept::Acceptor;
 pub use handoff::{Handoff, Instruction, Listener, NamedListener};
 use http::HttpState;
+use options::{AcceptMode, Fault, HttpArgs};
 use server::Server;
 
 /// How long a worker told to stop by SIGTERM (not by its master) may drain.

@@ -1,0 +1,1572 @@
+//! The supervisor's state machine: worker slots, crash replacement with a
+//! crash-loop backoff, rolling reloads (queued, failed, rolled back, on
+//! probation), memory rolls and shutdown.
+//!
+//! It takes inputs (worker events, signals' intents, control requests,
+//! timers) and acts only through [`Effects`], never on a process or a
+//! socket itself: the master's loop feeds it real events and real
+//! [`super::effects::Processes`]; its unit tests feed it events by hand and
+//! read back what it asked for. A worker's crash is an input to handle,
+//! never an error that ends the loop.
+
+use std::collections::BTreeMap;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tracing::{error, info, info_span, warn};
+
+use super::effects::{Effects, Systemd};
+use super::release::Release;
+use super::rollout::Rollout;
+use super::worker::{WorkerEvent, WorkerId, WorkerStats};
+use crate::config::{self, MasterConfig};
+use crate::control;
+use crate::error::MasterError;
+use crate::event::Event;
+use crate::signals::Intent;
+
+/// A worker that lived at least this long before crashing is restarted at
+/// once; one that dies sooner counts towards the crash-loop backoff.
+const STABLE_LIFETIME: Duration = Duration::from_secs(1);
+/// Quick deaths in a row that are restarted at once; from the next one on,
+/// restarts back off. More than one, so that two unlucky kills in a row are
+/// not taken for a crash loop.
+const QUICK_FAILURES_BEFORE_BACKOFF: u32 = 2;
+/// The first delay of the crash-loop backoff, doubled per quick failure.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+/// The longest crash-loop backoff.
+const BACKOFF_CAP: Duration = Duration::from_secs(10);
+/// Generations whose workers may drain at their own pace at once. Draining
+/// workers keep idle keep-alive connections for the whole grace; in a reload
+/// storm the workers of older generations are hurried (their grace ends at
+/// once), so that processes and memory stay bounded.
+const MAX_DRAINING_GENERATIONS: usize = 2;
+/// Memory checks in a row a worker must be above `--max-memory` to be
+/// rolled: a short peak is not a leak.
+const MEMORY_CHECKS_OVER: u32 = 3;
+
+/// Where the master is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// The first generation is starting; a worker failing now fails the start.
+    Starting,
+    /// Serving: crashed workers are replaced, reloads roll.
+    Running,
+    /// Draining or killing every worker; exits when none is left.
+    Stopping,
+}
+
+/// A worker process the master is responsible for.
+#[derive(Debug)]
+pub(super) struct Worker {
+    pub pid: u32,
+    /// The slot it serves, or will serve once a rollout hands it over.
+    pub slot: usize,
+    pub generation: u64,
+    cause: Cause,
+    pub state: WorkerState,
+    pub started: Instant,
+    /// The last counters it reported (built-in workers only).
+    pub stats: Option<WorkerStats>,
+    /// Consecutive memory checks that found it above `--max-memory`.
+    over_memory: u32,
+}
+
+/// Why a worker was started; logged, so that operators (and `baton check`)
+/// can tell a crash replacement from a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    Start,
+    Replacement,
+    Reload,
+    /// Its slot's worker stayed above `--max-memory`.
+    Memory,
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Cause::Start => "start",
+            Cause::Replacement => "replacement",
+            Cause::Reload => "reload",
+            Cause::Memory => "memory",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum WorkerState {
+    Starting,
+    Ready,
+    Draining,
+    /// Draining, and told to end its grace early: a reload storm left more
+    /// than [`MAX_DRAINING_GENERATIONS`] generations draining.
+    Hurried,
+}
+
+impl WorkerState {
+    fn is_draining(self) -> bool {
+        matches!(self, WorkerState::Draining | WorkerState::Hurried)
+    }
+}
+
+/// One of the `--workers` positions the master keeps filled.
+#[derive(Debug, Default)]
+pub(super) struct Slot {
+    /// The worker serving this slot, if one is alive.
+    pub current: Option<WorkerId>,
+    /// The generation a replacement for a crashed worker belongs to.
+    pub generation: u64,
+    /// Consecutive workers that died within [`STABLE_LIFETIME`]: the
+    /// crash-loop backoff's exponent.
+    pub quick_failures: u32,
+    /// When a backed-off restart is due.
+    pub restart_at: Option<Instant>,
+    /// Crashed workers replaced in this slot.
+    pub restarts: u64,
+    /// A worker starting to take this slot over outside a reload (its
+    /// worker used too much memory); the current one drains once it is
+    /// ready.
+    successor: Option<WorkerId>,
+}
+
+/// A generation rolled in and not yet trusted: a crash of one of its
+/// workers before `until` rolls back to `previous`.
+#[derive(Debug)]
+pub(super) struct Probation {
+    pub generation: u64,
+    pub until: Instant,
+    /// How long the rollout took, for the answer.
+    rollout_ms: u64,
+    pub previous: Release,
+}
+
+/// Everything about reloads: the one rolling, the one queued behind it, who
+/// waits for which, what each generation was started from, the last
+/// outcome.
+#[derive(Debug, Default)]
+pub(super) struct Reloads {
+    pub rollout: Option<Rollout>,
+    /// The rollout in progress rolls back to an older release.
+    rolling_back: bool,
+    /// A reload asked for while another ran (or before the first workers
+    /// were ready): one more reload runs after it, however many were asked.
+    queued: bool,
+    /// `baton reload --wait` clients waiting for the reload in progress...
+    waiters: Vec<oneshot::Sender<String>>,
+    /// ...and for the one queued behind it.
+    queued_waiters: Vec<oneshot::Sender<String>>,
+    /// The last reload's outcome, for STATUS= lines and `baton status`.
+    pub last: Option<String>,
+    /// The newest generation, rolled in, before its probation ends.
+    pub probation: Option<Probation>,
+    /// The configuration before the reload in progress read a new one,
+    /// restored if the reload is abandoned.
+    previous_config: Option<MasterConfig>,
+    /// What the newest generation was started from...
+    release: Option<Release>,
+    /// ...and, while a reload rolls, what the generation it replaces was.
+    previous_release: Option<Release>,
+}
+
+impl Reloads {
+    fn queue(&mut self, waiter: Option<oneshot::Sender<String>>) {
+        self.queued = true;
+        self.queued_waiters.extend(waiter);
+    }
+
+    /// The reload starting now covers every request queued so far.
+    fn begin(&mut self, waiter: Option<oneshot::Sender<String>>) {
+        let queued = std::mem::take(&mut self.queued_waiters);
+        self.waiters.extend(queued);
+        self.waiters.extend(waiter);
+    }
+
+    fn answer(&mut self, answer: &str) {
+        for waiter in self.waiters.drain(..) {
+            let _ = waiter.send(answer.to_owned());
+        }
+    }
+
+    /// Forgets the queued reload and the probation, and answers everyone
+    /// waiting: shutdown.
+    fn cancel(&mut self, answer: &str) {
+        self.queued = false;
+        self.probation = None;
+        let queued = std::mem::take(&mut self.queued_waiters);
+        self.waiters.extend(queued);
+        self.answer(answer);
+    }
+}
+
+/// How a reload ended.
+#[derive(Debug)]
+enum Outcome {
+    /// The new configuration cannot be used; nothing was started.
+    Rejected { reason: String },
+    Succeeded {
+        generation: u64,
+        elapsed_ms: u64,
+        note: String,
+    },
+    /// A new worker did not become ready; the old workers go on.
+    Failed { generation: u64, reason: String },
+    /// A worker of the new release crashed; the previous release rolls in.
+    RolledBack {
+        failed: u64,
+        target: u64,
+        reason: String,
+    },
+}
+
+impl Outcome {
+    /// For `baton status` and systemd's STATUS=, after "last reload".
+    fn summary(&self) -> String {
+        match self {
+            Outcome::Rejected { reason } => format!("rejected: {reason}"),
+            Outcome::Succeeded {
+                elapsed_ms, note, ..
+            } => format!("ok in {elapsed_ms} ms{note}"),
+            Outcome::Failed { generation, reason } => {
+                format!("of generation {generation} FAILED: {reason}")
+            }
+            Outcome::RolledBack {
+                failed,
+                target,
+                reason,
+            } => format!(
+                "of generation {failed} FAILED: {reason}; rolled back to generation {target}'s release"
+            ),
+        }
+    }
+
+    /// For `baton reload --wait`.
+    fn answer(&self) -> String {
+        match self {
+            Outcome::Rejected { reason } => format!("error: reload rejected: {reason}\n"),
+            Outcome::Succeeded {
+                generation,
+                elapsed_ms,
+                note,
+            } => format!("ok: generation {generation} is in ({elapsed_ms} ms){note}\n"),
+            Outcome::Failed { generation, reason } => format!(
+                "error: reload of generation {generation} failed: {reason}; the old workers keep serving\n"
+            ),
+            Outcome::RolledBack {
+                failed,
+                target,
+                reason,
+            } => format!(
+                "error: reload of generation {failed} failed: {reason}; rolling back to generation {target}'s release\n"
+            ),
+        }
+    }
+}
+
+pub(super) struct Supervisor<E: Effects> {
+    pub config: MasterConfig,
+    pub effects: E,
+    pub slots: Vec<Slot>,
+    /// Every live worker process: serving, starting or draining.
+    pub workers: BTreeMap<WorkerId, Worker>,
+    next_id: WorkerId,
+    /// The newest generation started.
+    pub generation: u64,
+    pub phase: Phase,
+    pub reloads: Reloads,
+    /// Set when the first start failed: the master exits with it.
+    failure: Option<MasterError>,
+    /// The program path workers start from (a rollback starts them from a
+    /// copy of an older file until the next reload).
+    program_path: std::path::PathBuf,
+    /// When the master started, for `baton status`.
+    pub started: Instant,
+}
+
+impl<E: Effects> Supervisor<E> {
+    pub fn new(config: MasterConfig, effects: E) -> Self {
+        let slots = (0..config.workers).map(|_| Slot::default()).collect();
+        Supervisor {
+            program_path: config.program.clone(),
+            config,
+            effects,
+            slots,
+            workers: BTreeMap::new(),
+            next_id: 1,
+            generation: 1,
+            phase: Phase::Starting,
+            reloads: Reloads::default(),
+            failure: None,
+            started: Instant::now(),
+        }
+    }
+
+    /// Starts the first generation.
+    pub fn start(&mut self) {
+        info!(workers = self.slots.len(), program = %self.config.program.display(), "starting workers");
+        self.reloads.release = Release::capture(1, &self.config)
+            .inspect_err(|e| warn!(cause = %e, "cannot keep the program file open: a failed release cannot be rolled back to this one"))
+            .ok();
+        for slot in 0..self.slots.len() {
+            self.slots[slot].generation = 1;
+            match self.spawn(slot, 1, Cause::Start) {
+                Ok(id) => self.slots[slot].current = Some(id),
+                Err(reason) => {
+                    self.fail_start(reason);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Whether the master is done: stopping, and every worker gone.
+    pub fn is_done(&self) -> bool {
+        self.phase == Phase::Stopping && self.workers.is_empty()
+    }
+
+    /// How the master's run ends, once [`Supervisor::is_done`].
+    pub fn finish(self) -> Result<(), MasterError> {
+        match self.failure {
+            Some(failure) => Err(failure),
+            None => {
+                info!("all workers exited; master exits");
+                Ok(())
+            }
+        }
+    }
+
+    /// When the next backed-off restart is due.
+    pub fn next_restart(&self) -> Option<Instant> {
+        self.slots.iter().filter_map(|s| s.restart_at).min()
+    }
+
+    /// When the newest generation's probation ends.
+    pub fn probation_end(&self) -> Option<Instant> {
+        self.reloads.probation.as_ref().map(|p| p.until)
+    }
+
+    pub fn watchdog(&mut self) {
+        self.effects.systemd(Systemd::Watchdog);
+    }
+
+    pub fn on_signal(&mut self, intent: Intent, signal: &'static str) {
+        info!(signal, "signal received");
+        match intent {
+            Intent::Reload => self.request_reload(None),
+            Intent::Shutdown => self.stop(false),
+            Intent::Quit => self.stop(true),
+        }
+    }
+
+    pub fn on_event(&mut self, event: WorkerEvent) {
+        match event {
+            WorkerEvent::Ready { id } => self.on_ready(id),
+            WorkerEvent::Failed { id, reason } => self.on_failed(id, reason),
+            WorkerEvent::Exited { id, status } => self.on_exit(id, status),
+            WorkerEvent::Stats { id, stats } => {
+                if let Some(worker) = self.workers.get_mut(&id) {
+                    worker.stats = Some(stats);
+                }
+            }
+        }
+    }
+
+    pub fn on_control(&mut self, request: control::Request) {
+        let control::Request { command, reply } = request;
+        match command {
+            control::Command::Reload { wait: true } => self.request_reload(Some(reply)),
+            control::Command::Reload { wait: false } => {
+                self.request_reload(None);
+                let _ = reply.send("ok: reload requested\n".to_owned());
+            }
+            control::Command::Status { json } => {
+                let _ = reply.send(super::status::render(self, json));
+            }
+            control::Command::Stop => {
+                self.stop(false);
+                let _ = reply.send("ok: draining every worker, then exiting\n".to_owned());
+            }
+        }
+    }
+
+    /// A STATUS= line a person can read.
+    fn status_line(&self) -> String {
+        let ready = self.ready_slots();
+        let mut line = format!(
+            "{ready}/{} workers ready, generation {}",
+            self.slots.len(),
+            self.generation
+        );
+        if let Some(reload) = &self.reloads.last {
+            line += "; last reload ";
+            line += reload;
+        }
+        line
+    }
+
+    /// Starts a worker for `slot`. The caller decides whether it fills the
+    /// slot now (start, crash) or later (rollout).
+    fn spawn(&mut self, slot: usize, generation: u64, cause: Cause) -> Result<WorkerId, String> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let pid = self.effects.spawn(id, slot, generation, &self.config)?;
+        info!(event = %Event::WorkerStarted, pid, slot, generation, cause = %cause, "worker started");
+        self.workers.insert(
+            id,
+            Worker {
+                pid,
+                slot,
+                generation,
+                cause,
+                state: WorkerState::Starting,
+                started: Instant::now(),
+                stats: None,
+                over_memory: 0,
+            },
+        );
+        Ok(id)
+    }
+
+    fn on_ready(&mut self, id: WorkerId) {
+        let Some(worker) = self.workers.get_mut(&id) else {
+            return;
+        };
+        if worker.state != WorkerState::Starting {
+            return;
+        }
+        worker.state = WorkerState::Ready;
+        info!(
+            event = %Event::WorkerReady,
+            pid = worker.pid,
+            slot = worker.slot,
+            generation = worker.generation,
+            cause = %worker.cause,
+            "worker ready"
+        );
+        let (pid, slot) = (worker.pid, worker.slot);
+        self.effects.became_ready(pid);
+
+        if self.phase == Phase::Starting && self.all_slots_ready() {
+            self.phase = Phase::Running;
+            info!(
+                event = %Event::AllWorkersReady,
+                workers = self.slots.len(),
+                generation = self.generation,
+                "all workers ready"
+            );
+            self.effects.systemd(Systemd::Ready(self.status_line()));
+            self.start_queued_reload();
+            return;
+        }
+        if self.slots.get(slot).and_then(|s| s.successor) == Some(id) {
+            self.take_over(slot, id);
+            return;
+        }
+        let handed_over = self.reloads.rollout.as_mut().and_then(|r| r.ready(id));
+        if let Some(slot) = handed_over {
+            let generation = self
+                .reloads
+                .rollout
+                .as_ref()
+                .map_or(self.generation, |r| r.generation);
+            let old = self.slots[slot].current.replace(id);
+            self.slots[slot].generation = generation;
+            self.slots[slot].quick_failures = 0;
+            self.slots[slot].restart_at = None;
+            if let Some(old) = old {
+                self.drain(old);
+            }
+            self.advance_rollout();
+        }
+    }
+
+    fn on_failed(&mut self, id: WorkerId, reason: String) {
+        if let Some(worker) = self.workers.get(&id) {
+            warn!(event = %Event::WorkerFailed, pid = worker.pid, slot = worker.slot, generation = worker.generation, %reason, "worker failed");
+        }
+        if self.pending_new_worker() == Some(id) {
+            self.abandon_rollout(format!("the new worker failed: {reason}"));
+        }
+    }
+
+    fn pending_new_worker(&self) -> Option<WorkerId> {
+        self.reloads.rollout.as_ref().and_then(Rollout::pending)
+    }
+
+    fn on_exit(&mut self, id: WorkerId, status: ExitStatus) {
+        let Some(worker) = self.workers.remove(&id) else {
+            return;
+        };
+        let (pid, slot, generation) = (worker.pid, worker.slot, worker.generation);
+        self.effects.gone(id, pid);
+        let status = describe(status);
+
+        if worker.state.is_draining() {
+            info!(event = %Event::WorkerDrained, pid, slot, generation, %status, "worker exited after draining");
+            return;
+        }
+        if self.pending_new_worker() == Some(id) {
+            warn!(event = %Event::WorkerExited, pid, slot, generation, %status, "new worker exited before it was ready");
+            self.abandon_rollout(format!(
+                "the new worker exited before it was ready ({status})"
+            ));
+            return;
+        }
+        if self.phase == Phase::Stopping {
+            info!(event = %Event::WorkerExited, pid, slot, generation, %status, "worker exited");
+            return;
+        }
+        if self.phase == Phase::Starting && worker.state == WorkerState::Starting {
+            error!(event = %Event::WorkerExited, pid, slot, generation, %status, "worker exited before it was ready");
+            self.fail_start(format!(
+                "worker {pid} exited before it was ready ({status})"
+            ));
+            return;
+        }
+        if self.slots.get(slot).and_then(|s| s.successor) == Some(id) {
+            warn!(event = %Event::WorkerExited, pid, slot, generation, %status, "the worker taking over the slot exited before it was ready; the old one goes on");
+            self.slots[slot].successor = None;
+            return;
+        }
+        if self.slots.get(slot).and_then(|s| s.current) != Some(id) {
+            return;
+        }
+        warn!(event = %Event::WorkerCrashed, pid, slot, generation, %status, "worker crashed; replacing it");
+        self.slots[slot].current = None;
+        if self.on_trial(generation) {
+            let lived = humantime::format_duration(Duration::from_millis(
+                worker.started.elapsed().as_millis() as u64,
+            ));
+            self.roll_back(
+                slot,
+                format!("worker {pid} of generation {generation} crashed ({status}) {lived} after it started"),
+            );
+            return;
+        }
+        self.effects.systemd(Systemd::Status(format!(
+            "{}; worker {pid} crashed ({status})",
+            self.status_line()
+        )));
+        if let Some(successor) = self.slots[slot].successor.take() {
+            // Already starting: it is the replacement.
+            self.slots[slot].current = Some(successor);
+            return;
+        }
+        let lived = worker.started.elapsed();
+        let quick = worker.state == WorkerState::Starting || lived < STABLE_LIFETIME;
+        self.schedule_restart(slot, quick);
+    }
+
+    /// Restarts `slot` now, or after a backoff when its workers keep dying
+    /// young: the first quick deaths restart at once, later ones wait
+    /// 100 ms, 200 ms, … up to [`BACKOFF_CAP`].
+    fn schedule_restart(&mut self, slot: usize, quick: bool) {
+        let state = &mut self.slots[slot];
+        state.quick_failures = if quick { state.quick_failures + 1 } else { 0 };
+        if state.quick_failures <= QUICK_FAILURES_BEFORE_BACKOFF {
+            self.restart(slot);
+            return;
+        }
+        let exponent = (state.quick_failures - QUICK_FAILURES_BEFORE_BACKOFF - 1).min(16);
+        let delay = BACKOFF_FIRST.saturating_mul(1 << exponent).min(BACKOFF_CAP);
+        warn!(
+            event = %Event::Backoff,
+            slot,
+            delay_ms = delay.as_millis() as u64,
+            failures = state.quick_failures,
+            "worker keeps dying; backing off"
+        );
+        state.restart_at = Some(Instant::now() + delay);
+    }
+
+    fn restart(&mut self, slot: usize) {
+        self.slots[slot].restart_at = None;
+        self.slots[slot].restarts += 1;
+        let generation = self.slots[slot].generation;
+        match self.spawn(slot, generation, Cause::Replacement) {
+            Ok(id) => self.slots[slot].current = Some(id),
+            Err(reason) => {
+                error!(slot, %reason, "cannot start a replacement worker");
+                self.schedule_restart(slot, true);
+            }
+        }
+    }
+
+    /// Restarts the slots whose backoff is over at `now`.
+    pub fn restart_due_slots(&mut self, now: Instant) {
+        for slot in 0..self.slots.len() {
+            if self.slots[slot].restart_at.is_some_and(|at| at <= now) {
+                self.restart(slot);
+            }
+        }
+    }
+
+    /// Slots whose current worker is ready.
+    fn ready_slots(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|slot| {
+                slot.current
+                    .and_then(|id| self.workers.get(&id))
+                    .is_some_and(|w| w.state == WorkerState::Ready)
+            })
+            .count()
+    }
+
+    fn all_slots_ready(&self) -> bool {
+        self.ready_slots() == self.slots.len()
+    }
+
+    /// Starts a reload, or queues one behind the reload in progress (however
+    /// many are asked for, one more runs). `waiter` hears the outcome of the
+    /// reload that covers the request.
+    fn request_reload(&mut self, waiter: Option<oneshot::Sender<String>>) {
+        match self.phase {
+            Phase::Stopping => {
+                info!("reload ignored: shutting down");
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send("error: baton is shutting down\n".to_owned());
+                }
+            }
+            Phase::Starting => {
+                info!("reload queued until the first workers are ready");
+                self.reloads.queue(waiter);
+            }
+            Phase::Running if self.reloads.rollout.is_some() => {
+                info!("reload queued behind the one in progress");
+                self.reloads.queue(waiter);
+            }
+            Phase::Running => {
+                // A new reload ends the probation of the last one: the
+                // operator has moved on.
+                self.pass_probation("probation cut short by a new reload");
+                self.reloads.begin(waiter);
+                if let Err(reason) = self.reread_config() {
+                    error!(event = %Event::ReloadRejected, %reason, "reload rejected; the workers go on untouched");
+                    self.conclude(Outcome::Rejected { reason });
+                    return;
+                }
+                self.generation += 1;
+                let _span = info_span!("reload", generation = self.generation).entered();
+                info!(event = %Event::ReloadStarted, generation = self.generation, "reload started");
+                // Workers start from the program path again, even after a
+                // rollback started them from a copy.
+                self.config.program = self.program_path.clone();
+                let reloads = &mut self.reloads;
+                match Release::capture(self.generation, &self.config) {
+                    Ok(release) => reloads.previous_release = reloads.release.replace(release),
+                    Err(e) => {
+                        warn!(cause = %e, "cannot keep the program file open: this release cannot be rolled back to");
+                        reloads.previous_release = reloads.release.take();
+                    }
+                }
+                self.effects.systemd(Systemd::Reloading(format!(
+                    "reloading to generation {}",
+                    self.generation
+                )));
+                self.begin_rollout(self.generation);
+            }
+        }
+    }
+
+    /// Rolls `generation` in over every slot; a changed worker count takes
+    /// effect with it: new slots are filled by the rollout, surplus ones
+    /// drained when it completes.
+    fn begin_rollout(&mut self, generation: u64) {
+        let wanted = self.config.workers;
+        while self.slots.len() < wanted {
+            self.slots.push(Slot {
+                generation,
+                ..Slot::default()
+            });
+        }
+        self.reloads.rollout = Some(Rollout::new(generation, wanted));
+        self.advance_rollout();
+    }
+
+    /// Starts the next slot's new worker, or finishes the rollout.
+    fn advance_rollout(&mut self) {
+        let Some(rollout) = &self.reloads.rollout else {
+            return;
+        };
+        let generation = rollout.generation;
+        if rollout.is_complete() {
+            let elapsed_ms = rollout.started.elapsed().as_millis() as u64;
+            self.complete_rollout(generation, elapsed_ms);
+            return;
+        }
+        let Some(slot) = rollout.slot_to_start() else {
+            return;
+        };
+        // A rollback restarts a crashed slot at once, in its own generation:
+        // that slot is done.
+        let restarted = &self.slots[slot];
+        if restarted.generation == generation
+            && (restarted.current.is_some() || restarted.restart_at.is_some())
+        {
+            if let Some(rollout) = self.reloads.rollout.as_mut() {
+                rollout.skip();
+            }
+            return self.advance_rollout();
+        }
+        match self.spawn(slot, generation, Cause::Reload) {
+            Ok(id) => {
+                if let Some(rollout) = self.reloads.rollout.as_mut() {
+                    rollout.started(id);
+                }
+            }
+            Err(reason) => self.abandon_rollout(format!("cannot start a new worker: {reason}")),
+        }
+    }
+
+    /// Every slot runs `generation`: the reload succeeded, or its release
+    /// goes on probation; a rollback is complete.
+    fn complete_rollout(&mut self, generation: u64, elapsed_ms: u64) {
+        info!(event = %Event::ReloadComplete, generation, elapsed_ms, "reload complete");
+        self.reloads.rollout = None;
+        self.reloads.previous_config = None;
+        self.shrink_slots(self.config.workers);
+        if std::mem::take(&mut self.reloads.rolling_back) {
+            info!(event = %Event::RollbackComplete, generation, elapsed_ms, "rollback complete");
+            self.effects.systemd(Systemd::Status(self.status_line()));
+        } else {
+            match self.reloads.previous_release.take() {
+                Some(previous) if !self.config.probation.is_zero() => {
+                    info!(
+                        event = %Event::ProbationStarted,
+                        generation,
+                        probation_ms = self.config.probation.as_millis() as u64,
+                        "new generation on probation"
+                    );
+                    self.reloads.probation = Some(Probation {
+                        generation,
+                        until: config::deadline(Instant::now(), self.config.probation),
+                        rollout_ms: elapsed_ms,
+                        previous,
+                    });
+                }
+                _ => self.conclude(Outcome::Succeeded {
+                    generation,
+                    elapsed_ms,
+                    note: String::new(),
+                }),
+            }
+        }
+        self.start_queued_reload();
+    }
+
+    /// Gives up on the reload in progress: slots not yet replaced keep their
+    /// old workers, which never stopped serving.
+    fn abandon_rollout(&mut self, reason: String) {
+        let Some(rollout) = self.reloads.rollout.take() else {
+            return;
+        };
+        error!(
+            event = %Event::ReloadFailed,
+            generation = rollout.generation,
+            replaced = rollout.replaced(),
+            slots = self.slots.len(),
+            %reason,
+            "reload failed; the old workers keep serving"
+        );
+        if let Some(pending) = rollout.pending() {
+            self.effects.kill(pending);
+        }
+        self.conclude(Outcome::Failed {
+            generation: rollout.generation,
+            reason,
+        });
+        // The old configuration stays in force, worker count included.
+        let reloads = &mut self.reloads;
+        if let Some(previous) = reloads.previous_config.take() {
+            self.config = previous;
+        }
+        if let Some(previous) = reloads.previous_release.take() {
+            reloads.release = Some(previous);
+        }
+        reloads.rolling_back = false;
+        self.shrink_slots(self.config.workers);
+        self.start_queued_reload();
+    }
+
+    /// Records a reload's outcome, tells systemd the reload is over and
+    /// answers everyone waiting for it.
+    fn conclude(&mut self, outcome: Outcome) {
+        self.reloads.last = Some(outcome.summary());
+        let status = self.status_line();
+        self.effects.systemd(match outcome {
+            // RELOADING=1 was never sent.
+            Outcome::Rejected { .. } => Systemd::Status(status),
+            // READY=1 ends a reload for systemd whatever its outcome.
+            _ => Systemd::Ready(status),
+        });
+        self.reloads.answer(&outcome.answer());
+    }
+
+    /// Runs the reload asked for while another one ran, if any.
+    fn start_queued_reload(&mut self) {
+        if std::mem::take(&mut self.reloads.queued) {
+            self.request_reload(None);
+        }
+    }
+
+    /// Ends the probation in progress, if any, as passed.
+    pub fn pass_probation(&mut self, how: &str) {
+        let Some(probation) = self.reloads.probation.take() else {
+            return;
+        };
+        info!(event = %Event::ProbationOver, generation = probation.generation, how, "probation over");
+        self.conclude(Outcome::Succeeded {
+            generation: probation.generation,
+            elapsed_ms: probation.rollout_ms,
+            note: format!("; {how}"),
+        });
+        self.start_queued_reload();
+    }
+
+    /// Whether a crash of a worker of `generation` fails a release: it is
+    /// on probation, or being rolled in (and not a rollback).
+    fn on_trial(&self, generation: u64) -> bool {
+        let reloads = &self.reloads;
+        let probation = reloads
+            .probation
+            .as_ref()
+            .is_some_and(|p| p.generation == generation);
+        let rolling_in = reloads
+            .rollout
+            .as_ref()
+            .is_some_and(|r| r.generation == generation && !reloads.rolling_back)
+            && reloads.previous_release.is_some();
+        probation || rolling_in
+    }
+
+    /// A worker of the release on trial crashed in `crashed_slot`: the reload
+    /// fails, and a new generation rolls back to the previous release's
+    /// program file and configuration; the crashed slot restarts with it at
+    /// once (through the crash-loop backoff), the others roll.
+    fn roll_back(&mut self, crashed_slot: usize, reason: String) {
+        let previous = match self.reloads.probation.take() {
+            Some(probation) => Some(probation.previous),
+            None => self.reloads.previous_release.take(),
+        };
+        let Some(previous) = previous else {
+            self.schedule_restart(crashed_slot, true);
+            return;
+        };
+        if let Some(pending) = self.reloads.rollout.take().and_then(|r| r.pending()) {
+            self.effects.kill(pending);
+        }
+        self.reloads.previous_config = None;
+        let failed = self.generation;
+        let target = previous.generation;
+        error!(event = %Event::ReleaseFailed, generation = failed, rollback_to = target, %reason, "release failed; rolling back");
+        self.conclude(Outcome::RolledBack {
+            failed,
+            target,
+            reason,
+        });
+        let restored = self
+            .effects
+            .runtime_dir()
+            .ok_or_else(|| "no private directory".to_owned())
+            .and_then(|dir| previous.restore(dir).map_err(|e| e.to_string()));
+        self.config = match restored {
+            Ok(config) => config,
+            Err(cause) => {
+                error!(%cause, "cannot write the previous program file back; rolling back the configuration only");
+                let mut config = previous.config.clone();
+                config.program = self.program_path.clone();
+                config
+            }
+        };
+        self.reloads.release = Some(previous);
+        self.generation += 1;
+        let generation = self.generation;
+        let _span = info_span!("reload", generation).entered();
+        info!(event = %Event::RollbackStarted, generation, rollback_to = target, "rollback started");
+        self.reloads.rolling_back = true;
+        self.slots[crashed_slot].generation = generation;
+        self.schedule_restart(crashed_slot, true);
+        self.begin_rollout(generation);
+    }
+
+    /// Reads the `--config` file again, keeping the configuration in force
+    /// (and its copy for an abandoned reload) or saying why it cannot.
+    fn reread_config(&mut self) -> Result<(), String> {
+        let Some(source) = self.config.source.clone() else {
+            return Ok(());
+        };
+        let new = self.effects.load_config(&source)?;
+        if let Some(reason) = self.config.fixed_changes(&new) {
+            return Err(reason);
+        }
+        if new.workers != self.config.workers {
+            info!(
+                from = self.config.workers,
+                to = new.workers,
+                "worker count changes"
+            );
+        }
+        self.reloads.previous_config = Some(std::mem::replace(&mut self.config, new));
+        Ok(())
+    }
+
+    /// Drains the workers of slots beyond `count` and drops those slots.
+    fn shrink_slots(&mut self, count: usize) {
+        while self.slots.len() > count.max(1) {
+            let slot = self.slots.pop().expect("more slots than count");
+            for id in slot.current.into_iter().chain(slot.successor) {
+                self.drain(id);
+            }
+        }
+    }
+
+    /// Rolls each slot whose worker stayed above `--max-memory` for
+    /// [`MEMORY_CHECKS_OVER`] checks in a row.
+    pub fn check_memory(&mut self) {
+        let Some(limit) = self.config.max_memory else {
+            return;
+        };
+        if self.phase != Phase::Running {
+            return;
+        }
+        for slot in 0..self.slots.len() {
+            let Some(id) = self.slots[slot].current else {
+                continue;
+            };
+            let Some(worker) = self.workers.get_mut(&id) else {
+                continue;
+            };
+            if worker.state != WorkerState::Ready {
+                continue;
+            }
+            let rss = self.effects.rss_bytes(worker.pid);
+            worker.over_memory = if rss > limit {
+                worker.over_memory + 1
+            } else {
+                0
+            };
+            // A reload replaces it anyway; a successor is on its way.
+            if worker.over_memory < MEMORY_CHECKS_OVER
+                || self.reloads.rollout.is_some()
+                || self.slots[slot].successor.is_some()
+            {
+                continue;
+            }
+            let (pid, generation) = (worker.pid, worker.generation);
+            warn!(
+                event = %Event::MemoryRoll,
+                pid,
+                slot,
+                generation,
+                rss_bytes = rss,
+                limit_bytes = limit,
+                "worker over its memory limit; rolling it"
+            );
+            match self.spawn(slot, generation, Cause::Memory) {
+                Ok(successor) => self.slots[slot].successor = Some(successor),
+                Err(reason) => {
+                    error!(slot, %reason, "cannot start a worker to take over from one over its memory limit")
+                }
+            }
+        }
+    }
+
+    /// `successor` is ready: it takes `slot` over and the worker it
+    /// replaces drains; unless a reload moved the slot to a newer
+    /// generation meanwhile, in which case the successor itself drains.
+    fn take_over(&mut self, slot: usize, successor: WorkerId) {
+        self.slots[slot].successor = None;
+        let current_generation = self.slots[slot].generation;
+        if self.workers.get(&successor).map(|w| w.generation) != Some(current_generation) {
+            self.drain(successor);
+            return;
+        }
+        if let Some(old) = self.slots[slot].current.replace(successor) {
+            self.drain(old);
+        }
+    }
+
+    fn drain(&mut self, id: WorkerId) {
+        let Some(worker) = self.workers.get_mut(&id) else {
+            return;
+        };
+        if worker.state.is_draining() {
+            return;
+        }
+        worker.state = WorkerState::Draining;
+        info!(
+            event = %Event::WorkerDraining,
+            pid = worker.pid,
+            slot = worker.slot,
+            generation = worker.generation,
+            "draining worker"
+        );
+        self.effects.drain(id, self.config.drain_timeout);
+        self.hurry_old_generations();
+    }
+
+    /// Hurries the workers of the oldest generations draining while more
+    /// than [`MAX_DRAINING_GENERATIONS`] drain at their own pace. (A COMMAND
+    /// worker has no order for it: its drain signal was sent already.)
+    fn hurry_old_generations(&mut self) {
+        if self.config.foreign.is_some() {
+            return;
+        }
+        let draining: std::collections::BTreeSet<u64> = self
+            .workers
+            .values()
+            .filter(|w| w.state == WorkerState::Draining)
+            .map(|w| w.generation)
+            .collect();
+        let excess = draining.len().saturating_sub(MAX_DRAINING_GENERATIONS);
+        let oldest: Vec<u64> = draining.into_iter().take(excess).collect();
+        for (&id, worker) in self.workers.iter_mut() {
+            if worker.state == WorkerState::Draining && oldest.contains(&worker.generation) {
+                worker.state = WorkerState::Hurried;
+                info!(
+                    event = %Event::WorkerHurried,
+                    pid = worker.pid,
+                    slot = worker.slot,
+                    generation = worker.generation,
+                    "hurrying a draining worker"
+                );
+                self.effects.hurry(id);
+            }
+        }
+    }
+
+    /// Stops every worker: drained, or killed when `now`.
+    fn stop(&mut self, now: bool) {
+        if self.phase == Phase::Stopping && !now {
+            info!("already shutting down");
+            return;
+        }
+        self.phase = Phase::Stopping;
+        self.effects.systemd(Systemd::Stopping {
+            status: format!("stopping: {} workers to drain", self.workers.len()),
+            drain: self
+                .config
+                .drain_timeout
+                .saturating_add(Duration::from_secs(5)),
+        });
+        if let Some(rollout) = self.reloads.rollout.take() {
+            info!(
+                generation = rollout.generation,
+                "reload cancelled by shutdown"
+            );
+        }
+        self.reloads.cancel("error: baton is shutting down\n");
+        for slot in &mut self.slots {
+            slot.restart_at = None;
+        }
+        let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
+        if now {
+            info!(
+                event = %Event::ShuttingDown,
+                workers = ids.len(),
+                "stopping at once: killing every worker"
+            );
+            for id in ids {
+                self.effects.kill(id);
+            }
+        } else {
+            info!(event = %Event::ShuttingDown, workers = ids.len(), "shutting down: draining every worker");
+            for id in ids {
+                self.drain(id);
+            }
+        }
+    }
+
+    fn fail_start(&mut self, reason: String) {
+        error!(event = %Event::StartFailed, %reason, "start failed; stopping");
+        if self.failure.is_none() {
+            self.failure = Some(MasterError::FirstStart { reason });
+        }
+        self.stop(true);
+    }
+}
+
+/// "exit code 3", "signal 9 (SIGKILL)".
+fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(signal)) => match nix::sys::signal::Signal::try_from(signal) {
+            Ok(name) => format!("signal {signal} ({name})"),
+            Err(_) => format!("signal {signal}"),
+        },
+        _ => status.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The state machine driven by hand: events in, effects read back. No
+    //! process is started; worker ids stand for processes.
+
+    use std::os::unix::process::ExitStatusExt;
+
+    use super::*;
+
+    /// Records what the supervisor asks for.
+    #[derive(Debug, Default)]
+    struct Fake {
+        /// (worker, slot, generation) for each worker started.
+        spawned: Vec<(WorkerId, usize, u64)>,
+        drained: Vec<WorkerId>,
+        hurried: Vec<WorkerId>,
+        killed: Vec<WorkerId>,
+        systemd: Vec<Systemd>,
+        /// Starting a worker fails while set.
+        refuse_spawns: bool,
+    }
+
+    impl Effects for Fake {
+        fn spawn(
+            &mut self,
+            id: WorkerId,
+            slot: usize,
+            generation: u64,
+            _config: &MasterConfig,
+        ) -> Result<u32, String> {
+            if self.refuse_spawns {
+                return Err("cannot start".to_owned());
+            }
+            self.spawned.push((id, slot, generation));
+            Ok(1000 + id as u32)
+        }
+        fn drain(&mut self, id: WorkerId, _timeout: Duration) {
+            self.drained.push(id);
+        }
+        fn hurry(&mut self, id: WorkerId) {
+            self.hurried.push(id);
+        }
+        fn kill(&mut self, id: WorkerId) {
+            self.killed.push(id);
+        }
+        fn gone(&mut self, _id: WorkerId, _pid: u32) {}
+        fn became_ready(&mut self, _pid: u32) {}
+        fn rss_bytes(&self, _pid: u32) -> u64 {
+            0
+        }
+        fn systemd(&mut self, message: Systemd) {
+            self.systemd.push(message);
+        }
+        fn load_config(
+            &self,
+            _source: &crate::config::ConfigSource,
+        ) -> Result<MasterConfig, String> {
+            Err("no config file in these tests".to_owned())
+        }
+        fn runtime_dir(&self) -> Option<&std::path::Path> {
+            None
+        }
+    }
+
+    fn config(workers: usize, probation: Duration) -> MasterConfig {
+        MasterConfig {
+            listen: Vec::new(),
+            unix_mode: None,
+            source: None,
+            worker_identity: None,
+            control: None,
+            workers,
+            backlog: 16,
+            ready_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(30),
+            probation,
+            max_memory: None,
+            // Any file that exists: a release keeps it open.
+            program: std::env::current_exe().expect("the test binary's path"),
+            worker_args: Vec::new(),
+            foreign: None,
+        }
+    }
+
+    /// A master whose first `workers` workers are all ready.
+    fn running(workers: usize, probation: Duration) -> Supervisor<Fake> {
+        let mut supervisor = Supervisor::new(config(workers, probation), Fake::default());
+        supervisor.start();
+        for id in started(&supervisor) {
+            supervisor.on_event(WorkerEvent::Ready { id });
+        }
+        assert_eq!(supervisor.phase, Phase::Running);
+        supervisor
+    }
+
+    fn started(supervisor: &Supervisor<Fake>) -> Vec<WorkerId> {
+        supervisor.effects.spawned.iter().map(|s| s.0).collect()
+    }
+
+    /// The worker started last.
+    fn newest(supervisor: &Supervisor<Fake>) -> WorkerId {
+        *started(supervisor).last().expect("a worker was started")
+    }
+
+    fn current(supervisor: &Supervisor<Fake>, slot: usize) -> Option<WorkerId> {
+        supervisor.slots[slot].current
+    }
+
+    fn ready(supervisor: &mut Supervisor<Fake>, id: WorkerId) {
+        supervisor.on_event(WorkerEvent::Ready { id });
+    }
+
+    fn exited(supervisor: &mut Supervisor<Fake>, id: WorkerId) {
+        let killed = ExitStatus::from_raw(libc::SIGKILL);
+        supervisor.on_event(WorkerEvent::Exited { id, status: killed });
+    }
+
+    /// Asks for a reload as `baton reload --wait` does.
+    fn reload_waiting(supervisor: &mut Supervisor<Fake>) -> oneshot::Receiver<String> {
+        let (reply, answer) = oneshot::channel();
+        supervisor.on_control(control::Request {
+            command: control::Command::Reload { wait: true },
+            reply,
+        });
+        answer
+    }
+
+    fn answer(waiter: &mut oneshot::Receiver<String>) -> Option<String> {
+        waiter.try_recv().ok()
+    }
+
+    /// Makes each new worker ready until no rollout is left.
+    fn finish_rollouts(supervisor: &mut Supervisor<Fake>) {
+        while let Some(pending) = supervisor.pending_new_worker() {
+            ready(supervisor, pending);
+        }
+    }
+
+    #[test]
+    fn a_reload_replaces_one_slot_at_a_time_and_answers_when_all_are_in() {
+        let mut supervisor = running(2, Duration::ZERO);
+        let (old0, old1) = (
+            current(&supervisor, 0).unwrap(),
+            current(&supervisor, 1).unwrap(),
+        );
+        let mut waiter = reload_waiting(&mut supervisor);
+        assert_eq!(
+            supervisor.effects.spawned.len(),
+            3,
+            "one new worker at a time"
+        );
+        let new0 = newest(&supervisor);
+        assert_eq!(supervisor.effects.spawned[2], (new0, 0, 2));
+        assert!(
+            supervisor.effects.drained.is_empty(),
+            "nothing drains before its successor is ready"
+        );
+
+        ready(&mut supervisor, new0);
+        assert_eq!(supervisor.effects.drained, vec![old0]);
+        assert_eq!(current(&supervisor, 0), Some(new0));
+        assert_eq!(answer(&mut waiter), None, "one slot is still old");
+        let new1 = newest(&supervisor);
+        ready(&mut supervisor, new1);
+        assert_eq!(supervisor.effects.drained, vec![old0, old1]);
+        let said = answer(&mut waiter).expect("answered once every slot is in");
+        assert!(said.starts_with("ok: generation 2 is in"), "{said}");
+        assert!(matches!(
+            supervisor.effects.systemd[1..],
+            [Systemd::Reloading(_), Systemd::Ready(_)]
+        ));
+    }
+
+    #[test]
+    fn reloads_asked_for_during_a_reload_run_once_after_it() {
+        let mut supervisor = running(1, Duration::ZERO);
+        let mut first = reload_waiting(&mut supervisor);
+        let mut second = reload_waiting(&mut supervisor);
+        let mut third = reload_waiting(&mut supervisor);
+        assert_eq!(supervisor.effects.spawned.len(), 2, "queued, not started");
+
+        let gen2 = newest(&supervisor);
+        ready(&mut supervisor, gen2);
+        assert!(answer(&mut first)
+            .unwrap()
+            .starts_with("ok: generation 2 is in"));
+        assert_eq!(answer(&mut second), None, "covered by the queued reload");
+        assert_eq!(
+            supervisor.effects.spawned.len(),
+            3,
+            "the queued reload started"
+        );
+        assert_eq!(supervisor.effects.spawned[2].2, 3);
+
+        finish_rollouts(&mut supervisor);
+        assert!(answer(&mut second)
+            .unwrap()
+            .starts_with("ok: generation 3 is in"));
+        assert!(answer(&mut third)
+            .unwrap()
+            .starts_with("ok: generation 3 is in"));
+        assert_eq!(
+            supervisor.effects.spawned.len(),
+            3,
+            "two requests, one reload"
+        );
+        assert!(supervisor.reloads.rollout.is_none());
+    }
+
+    #[test]
+    fn a_new_worker_failing_mid_rollout_fails_the_reload_and_old_workers_go_on() {
+        let mut supervisor = running(2, Duration::ZERO);
+        let old1 = current(&supervisor, 1).unwrap();
+        let mut waiter = reload_waiting(&mut supervisor);
+        let mut queued = reload_waiting(&mut supervisor);
+        let new0 = newest(&supervisor);
+        ready(&mut supervisor, new0);
+        let new1 = newest(&supervisor);
+        supervisor.on_event(WorkerEvent::Failed {
+            id: new1,
+            reason: "not ready within 10s".to_owned(),
+        });
+
+        let said = answer(&mut waiter).expect("the failure is answered at once");
+        assert!(
+            said.starts_with(
+                "error: reload of generation 2 failed: the new worker failed: not ready within 10s"
+            ),
+            "{said}"
+        );
+        assert_eq!(supervisor.effects.killed, vec![new1]);
+        assert_eq!(
+            current(&supervisor, 1),
+            Some(old1),
+            "the old worker keeps its slot"
+        );
+        assert!(!supervisor.effects.drained.contains(&old1));
+        assert!(supervisor
+            .effects
+            .systemd
+            .iter()
+            .any(|m| matches!(m, Systemd::Ready(s) if s.contains("FAILED"))));
+        // The queued reload runs next, from the top.
+        let retry = newest(&supervisor);
+        assert_eq!(supervisor.effects.spawned.last(), Some(&(retry, 0, 3)));
+
+        // The failed worker's exit is not a crash: nothing restarts.
+        let before = supervisor.effects.spawned.len();
+        exited(&mut supervisor, new1);
+        assert_eq!(supervisor.effects.spawned.len(), before);
+        finish_rollouts(&mut supervisor);
+        assert!(answer(&mut queued)
+            .unwrap()
+            .starts_with("ok: generation 3 is in"));
+    }
+
+    #[test]
+    fn a_crash_of_the_new_release_during_its_rollout_rolls_back() {
+        let mut supervisor = running(2, Duration::from_secs(5));
+        let old1 = current(&supervisor, 1).unwrap();
+        let mut waiter = reload_waiting(&mut supervisor);
+        let new0 = newest(&supervisor);
+        ready(&mut supervisor, new0);
+        let pending1 = newest(&supervisor);
+
+        exited(&mut supervisor, new0);
+        let said = answer(&mut waiter).expect("answered at the crash");
+        assert!(said.contains("failed: worker 10"), "{said}");
+        assert!(
+            said.contains("rolling back to generation 1's release"),
+            "{said}"
+        );
+        assert_eq!(
+            supervisor.effects.killed,
+            vec![pending1],
+            "the rollout in progress stops"
+        );
+        assert_eq!(
+            supervisor.generation, 3,
+            "the rollback is a generation of its own"
+        );
+        // The crashed slot restarts at once in the rollback's generation;
+        // the other slot's old worker is replaced by the rollout.
+        let restarted = current(&supervisor, 0).unwrap();
+        assert_eq!(supervisor.workers[&restarted].generation, 3);
+        assert_eq!(
+            supervisor.effects.spawned.last().map(|s| (s.1, s.2)),
+            Some((1, 3))
+        );
+
+        exited(&mut supervisor, pending1);
+        ready(&mut supervisor, restarted);
+        finish_rollouts(&mut supervisor);
+        assert!(supervisor.effects.drained.contains(&old1));
+        assert!(supervisor.reloads.rollout.is_none());
+        assert!(
+            supervisor.reloads.probation.is_none(),
+            "a rollback is not on probation"
+        );
+        assert!(supervisor
+            .reloads
+            .last
+            .as_deref()
+            .unwrap()
+            .contains("rolled back"));
+        assert!(supervisor.slots.iter().all(|s| s.generation == 3));
+    }
+
+    #[test]
+    fn a_crash_during_probation_rolls_back_and_passing_it_answers_ok() {
+        let mut supervisor = running(1, Duration::from_secs(5));
+        let mut waiter = reload_waiting(&mut supervisor);
+        finish_rollouts(&mut supervisor);
+        assert_eq!(
+            answer(&mut waiter),
+            None,
+            "answered when the probation ends"
+        );
+        assert!(supervisor.probation_end().is_some());
+        supervisor.pass_probation("stayed up through its probation");
+        assert!(answer(&mut waiter)
+            .unwrap()
+            .starts_with("ok: generation 2 is in"));
+
+        let mut waiter = reload_waiting(&mut supervisor);
+        finish_rollouts(&mut supervisor);
+        let on_probation = current(&supervisor, 0).unwrap();
+        exited(&mut supervisor, on_probation);
+        assert!(answer(&mut waiter)
+            .unwrap()
+            .contains("rolling back to generation 2's release"));
+        assert_eq!(
+            supervisor.workers[&current(&supervisor, 0).unwrap()].generation,
+            4
+        );
+    }
+
+    #[test]
+    fn stop_during_a_reload_answers_every_waiter_and_drains_every_worker() {
+        let mut supervisor = running(2, Duration::ZERO);
+        let mut waiter = reload_waiting(&mut supervisor);
+        let mut queued = reload_waiting(&mut supervisor);
+        supervisor.on_signal(Intent::Shutdown, "SIGTERM");
+
+        for waiter in [&mut waiter, &mut queued] {
+            assert_eq!(
+                answer(waiter).as_deref(),
+                Some("error: baton is shutting down\n")
+            );
+        }
+        let mut drained = supervisor.effects.drained.clone();
+        drained.sort_unstable();
+        assert_eq!(drained, started(&supervisor), "old and new workers alike");
+        assert!(supervisor.reloads.rollout.is_none());
+        assert!(matches!(
+            supervisor.effects.systemd.last(),
+            Some(Systemd::Stopping { .. })
+        ));
+
+        let mut late = reload_waiting(&mut supervisor);
+        assert_eq!(
+            answer(&mut late).as_deref(),
+            Some("error: baton is shutting down\n")
+        );
+        for id in started(&supervisor) {
+            assert!(!supervisor.is_done());
+            exited(&mut supervisor, id);
+        }
+        assert_eq!(
+            supervisor.effects.spawned.len(),
+            3,
+            "nothing restarts while stopping"
+        );
+        assert!(supervisor.is_done());
+        assert!(supervisor.finish().is_ok());
+    }
+
+    #[test]
+    fn quick_crashes_back_off_and_a_worker_that_lived_resets_the_backoff() {
+        let mut supervisor = running(1, Duration::ZERO);
+        let crash = |supervisor: &mut Supervisor<Fake>| {
+            let id = current(supervisor, 0).expect("the slot has a worker");
+            exited(supervisor, id);
+        };
+        crash(&mut supervisor);
+        crash(&mut supervisor);
+        assert_eq!(
+            supervisor.effects.spawned.len(),
+            3,
+            "two quick deaths restart at once"
+        );
+        assert_eq!(supervisor.slots[0].restarts, 2);
+
+        crash(&mut supervisor);
+        assert_eq!(supervisor.effects.spawned.len(), 3, "the third backs off");
+        let due = supervisor.next_restart().expect("a restart is scheduled");
+        let wait = due - Instant::now();
+        assert!(
+            wait > Duration::from_millis(50) && wait <= BACKOFF_FIRST,
+            "{wait:?}"
+        );
+        supervisor.restart_due_slots(due - Duration::from_millis(1));
+        assert_eq!(supervisor.effects.spawned.len(), 3, "not before it is due");
+        supervisor.restart_due_slots(due);
+        assert_eq!(supervisor.effects.spawned.len(), 4);
+
+        crash(&mut supervisor);
+        let wait = supervisor.next_restart().unwrap() - Instant::now();
+        assert!(wait > BACKOFF_FIRST, "the backoff doubles: {wait:?}");
+        supervisor.restart_due_slots(Instant::now() + BACKOFF_CAP);
+
+        // A worker that was ready and lived past STABLE_LIFETIME crashes:
+        // restarted at once, the count of quick deaths back to zero.
+        let id = current(&supervisor, 0).unwrap();
+        ready(&mut supervisor, id);
+        let worker = supervisor.workers.get_mut(&id).unwrap();
+        worker.started -= STABLE_LIFETIME * 2;
+        let before = supervisor.effects.spawned.len();
+        crash(&mut supervisor);
+        assert_eq!(supervisor.effects.spawned.len(), before + 1);
+        assert_eq!(supervisor.slots[0].quick_failures, 0);
+        assert_eq!(supervisor.next_restart(), None);
+    }
+
+    #[test]
+    fn a_worker_that_cannot_be_started_is_retried_with_backoff() {
+        let mut supervisor = running(1, Duration::ZERO);
+        supervisor.effects.refuse_spawns = true;
+        let id = current(&supervisor, 0).unwrap();
+        exited(&mut supervisor, id);
+        assert!(
+            supervisor.next_restart().is_some(),
+            "failed starts back off"
+        );
+        supervisor.effects.refuse_spawns = false;
+        supervisor.restart_due_slots(Instant::now() + BACKOFF_CAP);
+        assert!(current(&supervisor, 0).is_some());
+    }
+
+    #[test]
+    fn a_first_worker_that_dies_before_ready_fails_the_start() {
+        let mut supervisor = Supervisor::new(config(2, Duration::ZERO), Fake::default());
+        supervisor.start();
+        let first = started(&supervisor)[0];
+        exited(&mut supervisor, first);
+        assert_eq!(supervisor.phase, Phase::Stopping);
+        let second = started(&supervisor)[1];
+        assert_eq!(supervisor.effects.killed, vec![second]);
+        exited(&mut supervisor, second);
+        assert!(supervisor.is_done());
+        let error = supervisor.finish().unwrap_err();
+        assert!(
+            error.to_string().contains("exited before it was ready"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_reload_storm_hurries_all_but_the_newest_draining_generations() {
+        let mut supervisor = running(1, Duration::ZERO);
+        let first = current(&supervisor, 0).unwrap();
+        for _ in 0..MAX_DRAINING_GENERATIONS + 1 {
+            reload_waiting(&mut supervisor);
+            finish_rollouts(&mut supervisor);
+        }
+        assert_eq!(supervisor.effects.hurried, vec![first]);
+    }
+}

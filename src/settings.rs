@@ -1,0 +1,156 @@
+//! From parsed flags to validated settings: `baton serve`'s arguments (and
+//! its `--config` file) into a [`MasterConfig`], `baton check`'s into
+//! [`CheckOptions`].
+//!
+//! The one place that turns the command line's types ([`crate::cli`]) into
+//! the settings the rest of baton runs on, so that neither the master nor
+//! the worker reaches back into the command line: the master gets
+//! [`load`] handed to it to read its configuration again on reload.
+
+use std::ffi::OsString;
+use std::num::NonZeroUsize;
+
+use crate::check::{parse_url, CheckOptions, Target};
+use crate::cli::{CheckArgs, OutputMode, ServeArgs};
+use crate::config::{name_listeners, own_program_path, ConfigSource, ForeignWorker, MasterConfig};
+
+/// The configuration from these arguments, merged over `--config FILE`
+/// when given. `cli_args` are the raw arguments after `serve`, kept to
+/// merge again on every reload.
+pub fn serve_config(args: ServeArgs, cli_args: Vec<OsString>) -> Result<MasterConfig, String> {
+    let Some(file) = args.config.clone() else {
+        return master_config(args);
+    };
+    let source = ConfigSource { file, cli_args };
+    load(&source)
+}
+
+/// Reads the configuration again from its file and command line.
+pub fn load(source: &ConfigSource) -> Result<MasterConfig, String> {
+    let args = crate::config_file::load(&source.file, &source.cli_args)?;
+    let mut config = master_config(args)?;
+    config.source = Some(source.clone());
+    Ok(config)
+}
+
+/// Validates `serve`'s arguments (without a config file) into the
+/// master's configuration.
+pub fn master_config(args: ServeArgs) -> Result<MasterConfig, String> {
+    // Names must be unique whatever systemd passes.
+    name_listeners(&args.listen, &[], true)?;
+    let workers = match args.workers {
+        Some(n) => usize::from(n),
+        None => std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
+    };
+    let program = own_program_path()
+        .map_err(|e| format!("cannot find baton's own program file to start workers from: {e}"))?;
+    let (worker_args, foreign) = if args.command.is_empty() {
+        let mut worker_args: Vec<OsString> = vec!["worker".into()];
+        worker_args.extend(args.http.to_args());
+        (worker_args, None)
+    } else {
+        let mut worker_args: Vec<OsString> = vec!["exec".into(), "--".into()];
+        worker_args.extend(args.command.iter().cloned());
+        let foreign = ForeignWorker {
+            ready: args.ready,
+            drain_signal: args.drain_signal,
+            prefix_output: args.output == OutputMode::Prefixed,
+            watchdog: args.watchdog,
+        };
+        (worker_args, Some(foreign))
+    };
+    Ok(MasterConfig {
+        listen: args.listen,
+        unix_mode: args.unix_mode,
+        control: args.control,
+        source: None,
+        worker_identity: resolve_identity(args.user.as_deref(), args.group.as_deref())?,
+        workers,
+        backlog: args.backlog,
+        ready_timeout: args.ready_timeout,
+        drain_timeout: args.drain_timeout,
+        probation: args.probation,
+        max_memory: args.max_memory,
+        program,
+        worker_args,
+        foreign,
+    })
+}
+
+/// Looks up `--user` and `--group`.
+fn resolve_identity(user: Option<&str>, group: Option<&str>) -> Result<Option<(u32, u32)>, String> {
+    use nix::unistd::{Group, User};
+    let Some(user) = user else {
+        return Ok(None);
+    };
+    if !nix::unistd::getuid().is_root() {
+        return Err(format!("--user {user} needs baton to run as root"));
+    }
+    let found = User::from_name(user)
+        .map_err(|e| format!("cannot look up user {user:?}: {e}"))?
+        .ok_or_else(|| format!("there is no user {user:?}"))?;
+    let gid = match group {
+        None => found.gid,
+        Some(group) => {
+            Group::from_name(group)
+                .map_err(|e| format!("cannot look up group {group:?}: {e}"))?
+                .ok_or_else(|| format!("there is no group {group:?}"))?
+                .gid
+        }
+    };
+    Ok(Some((found.uid.as_raw(), gid.as_raw())))
+}
+
+/// Validates `baton check`'s arguments into the check's options.
+pub fn check_options(args: CheckArgs) -> Result<CheckOptions, String> {
+    let target = match args.url {
+        Some(url) => {
+            if args.kill_every.is_some() {
+                return Err("--kill-every needs a server baton starts itself; it cannot kill the workers of --url".into());
+            }
+            let (url, addr) = parse_url(&url)?;
+            Target::External {
+                url,
+                addr,
+                reload_command: args.reload_command,
+            }
+        }
+        None => {
+            let mut serve = args.serve;
+            if serve.listen.is_empty() {
+                serve
+                    .listen
+                    .push("127.0.0.1:0".parse().expect("a valid address"));
+            }
+            if serve.control.is_none() {
+                // Its own control socket, so that the check runs beside
+                // a baton that uses the default one.
+                let dir = crate::control::default_dir();
+                crate::control::ensure_private_dir(&dir)?;
+                serve.control = Some(dir.join(format!("check-{}.sock", std::process::id())));
+            }
+            // Validate now, so that a bad serve option is a usage error
+            // of the check itargs.
+            master_config(serve.clone())?;
+            let program = own_program_path().map_err(|e| {
+                format!("cannot find baton's own program file to start the server from: {e}")
+            })?;
+            Target::SelfHosted {
+                program,
+                serve_args: serve.to_args(),
+            }
+        }
+    };
+    Ok(CheckOptions {
+        target,
+        duration: args.duration,
+        connections: args.connections as usize,
+        keepalive_ratio: args.keepalive_ratio,
+        reload_every: (!args.reload_every.is_zero()).then_some(args.reload_every),
+        kill_every: args.kill_every.filter(|every| !every.is_zero()),
+        request_timeout: args.request_timeout,
+        json: args.json,
+        plot: args.plot,
+        progress: true,
+    })
+}
