@@ -270,6 +270,10 @@ pub struct MasterConfig {
     pub backlog: u32,
     pub ready_timeout: Duration,
     pub drain_timeout: Duration,
+    /// `--drain-grace` of the built-in worker, sent with each drain so that
+    /// a reload changes it for workers already running; `None` for a
+    /// COMMAND.
+    pub drain_grace: Option<Duration>,
     /// `--probation`: how long a new generation must run without a crash
     /// after its reload before the reload counts as done; zero for none.
     pub probation: Duration,

@@ -121,6 +121,8 @@ pub enum WorkerError {
     BadListener { name: String, reason: String },
     #[error("the master closed the handoff socket before sending the listeners")]
     MasterGone,
+    #[error("the master is gone (its end of the handoff socket closed); a worker without its master exits")]
+    MasterLeft,
     #[error("cannot start the tokio runtime: {0}")]
     Runtime(io::Error),
     #[error("cannot install the drain signal's handler: {0}")]

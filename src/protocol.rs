@@ -40,15 +40,23 @@ pub enum ToWorker {
         balance: bool,
     },
     /// Stop accepting and finish what is in flight within `timeout_ms`, after
-    /// which the master kills the worker. Sent again to a worker that is
-    /// draining, it hurries the drain: the grace ends at once.
-    Drain { timeout_ms: u64 },
+    /// which the master kills the worker; keep idle keep-alive connections
+    /// for `grace_ms` (else for the grace the worker was started with).
+    /// Sent again to a worker that is draining, it hurries the drain: the
+    /// grace ends at once.
+    Drain {
+        timeout_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        grace_ms: Option<u64>,
+    },
 }
 
 impl ToWorker {
-    pub fn drain(timeout: Duration) -> Self {
+    pub fn drain(timeout: Duration, grace: Option<Duration>) -> Self {
+        let millis = |d: Duration| d.as_millis().try_into().unwrap_or(u64::MAX);
         ToWorker::Drain {
-            timeout_ms: timeout.as_millis().try_into().unwrap_or(u64::MAX),
+            timeout_ms: millis(timeout),
+            grace_ms: grace.map(millis),
         }
     }
 }
@@ -278,6 +286,26 @@ mod tests {
         assert_eq!(
             decode::<ToMaster>(&encode(&ToMaster::Ready)).unwrap(),
             ToMaster::Ready
+        );
+    }
+
+    #[test]
+    fn a_drain_carries_its_grace_and_one_without_it_still_decodes() {
+        let drain = ToWorker::drain(Duration::from_secs(30), Some(Duration::from_millis(1500)));
+        assert_eq!(
+            decode::<ToWorker>(&encode(&drain)).unwrap(),
+            ToWorker::Drain {
+                timeout_ms: 30_000,
+                grace_ms: Some(1500)
+            }
+        );
+        let bare = br#"{"v":1,"type":"drain","timeout_ms":200}"#;
+        assert_eq!(
+            decode::<ToWorker>(bare).unwrap(),
+            ToWorker::Drain {
+                timeout_ms: 200,
+                grace_ms: None
+            }
         );
     }
 

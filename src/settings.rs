@@ -69,6 +69,7 @@ pub fn master_config(args: ServeArgs) -> Result<MasterConfig, String> {
         backlog: args.backlog,
         ready_timeout: args.ready_timeout,
         drain_timeout: args.drain_timeout,
+        drain_grace: args.command.is_empty().then_some(args.http.drain_grace),
         probation: args.probation,
         max_memory: args.max_memory,
         program,

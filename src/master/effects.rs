@@ -52,8 +52,9 @@ pub(super) trait Effects {
         generation: u64,
         config: &MasterConfig,
     ) -> Result<u32, String>;
-    /// Tells a worker to drain within `timeout`.
-    fn drain(&mut self, id: WorkerId, timeout: Duration);
+    /// Tells a worker to drain within `timeout`, keeping idle keep-alive
+    /// connections for `grace` (built-in workers).
+    fn drain(&mut self, id: WorkerId, timeout: Duration, grace: Option<Duration>);
     /// Tells a draining built-in worker to end its grace now.
     fn hurry(&mut self, id: WorkerId);
     fn kill(&mut self, id: WorkerId);
@@ -123,9 +124,9 @@ impl Effects for Processes {
         Ok(pid)
     }
 
-    fn drain(&mut self, id: WorkerId, timeout: Duration) {
+    fn drain(&mut self, id: WorkerId, timeout: Duration, grace: Option<Duration>) {
         if let Some(handle) = self.handles.get(&id) {
-            handle.drain(timeout);
+            handle.drain(timeout, grace);
         }
     }
 

@@ -1004,7 +1004,9 @@ impl<E: Effects> Supervisor<E> {
             generation = worker.generation,
             "draining worker"
         );
-        self.effects.drain(id, self.config.drain_timeout);
+        let config = &self.config;
+        self.effects
+            .drain(id, config.drain_timeout, config.drain_grace);
         self.hurry_old_generations();
     }
 
@@ -1138,7 +1140,7 @@ mod tests {
             self.spawned.push((id, slot, generation));
             Ok(1000 + id as u32)
         }
-        fn drain(&mut self, id: WorkerId, _timeout: Duration) {
+        fn drain(&mut self, id: WorkerId, _timeout: Duration, _grace: Option<Duration>) {
             self.drained.push(id);
         }
         fn hurry(&mut self, id: WorkerId) {
@@ -1177,6 +1179,7 @@ mod tests {
             backlog: 16,
             ready_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
+            drain_grace: None,
             probation,
             max_memory: None,
             // Any file that exists: a release keeps it open.

@@ -16,7 +16,7 @@ use tokio::time::{sleep, sleep_until, Instant};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::config::{deadline, ForeignWorker, ReadyMode};
-use crate::error::SpawnError;
+use crate::error::{HandoffError, SpawnError};
 use crate::fd;
 use crate::keeper::Keeper;
 use crate::listeners::ListenerSet;
@@ -61,7 +61,10 @@ pub struct WorkerStats {
 /// What the supervisor asks of a worker.
 #[derive(Debug)]
 enum Order {
-    Drain(Duration),
+    Drain {
+        timeout: Duration,
+        grace: Option<Duration>,
+    },
     /// End the grace of the drain in progress at once.
     Hurry,
     Kill,
@@ -76,9 +79,10 @@ pub struct WorkerHandle {
 }
 
 impl WorkerHandle {
-    /// Tells the worker to drain within `timeout`; it is killed after that.
-    pub fn drain(&self, timeout: Duration) {
-        let _ = self.orders.send(Order::Drain(timeout));
+    /// Tells the worker to drain within `timeout`, keeping idle keep-alive
+    /// connections for `grace` (built-in workers); it is killed after that.
+    pub fn drain(&self, timeout: Duration, grace: Option<Duration>) {
+        let _ = self.orders.send(Order::Drain { timeout, grace });
     }
 
     /// Tells a draining built-in worker to end its grace at once: its idle
@@ -261,6 +265,10 @@ pub fn spawn(
         generation = launch.generation,
         pid
     );
+    let liveness = match &foreign {
+        Some(foreign) => foreign.watchdog,
+        None => Some(BUILTIN_LIVENESS),
+    };
     let watcher = Watcher {
         id: launch.id,
         pid,
@@ -274,6 +282,12 @@ pub fn spawn(
         ready_timeout: launch.ready_timeout,
         drain_timeout: launch.drain_timeout,
         keeper: launch.keeper.cloned(),
+        stage: Stage::Starting,
+        killed: false,
+        channel_open: true,
+        orders_open: true,
+        probes: 0,
+        liveness,
     };
     if let Some(keeper) = launch.keeper {
         // The worker leads its own process group (`process_group(0)`).
@@ -304,6 +318,33 @@ async fn forward_lines(
     }
 }
 
+/// Where a watched worker is in its life.
+#[derive(Debug, Clone, Copy)]
+enum Stage {
+    /// Started, not ready yet: the ready deadline runs.
+    Starting,
+    /// Ready; `alive_at` is when it last showed it is alive (a report from
+    /// a built-in worker, WATCHDOG=1 from a COMMAND).
+    Ready { alive_at: Instant },
+    /// Told to drain; killed at `deadline`.
+    Draining { deadline: Instant },
+}
+
+/// What the watcher waits for besides the worker's own words: the timers
+/// its stage runs.
+struct Timers {
+    /// The worker fails if it is not ready by then.
+    ready: Option<Instant>,
+    /// A `--ready delay:DUR` worker is ready then.
+    delay: Option<Instant>,
+    /// Look at /proc whether the worker's tree listens.
+    probe: bool,
+    /// A ready worker silent until then is stuck.
+    silent: Option<Instant>,
+    /// A draining worker is killed then.
+    drain: Option<Instant>,
+}
+
 /// Watches one worker until it exits.
 struct Watcher {
     id: WorkerId,
@@ -321,160 +362,245 @@ struct Watcher {
     ready_timeout: Duration,
     drain_timeout: Duration,
     keeper: Option<Keeper>,
+    stage: Stage,
+    /// Killed: no timer matters any more, only its exit.
+    killed: bool,
+    /// The worker's end of the handoff socket is open (a COMMAND worker
+    /// closes it when it execs its program).
+    channel_open: bool,
+    /// The supervisor still holds the worker's handle.
+    orders_open: bool,
+    /// Readiness probes so far.
+    probes: u32,
+    /// How long a ready worker may stay silent, if it is watched.
+    liveness: Option<Duration>,
 }
 
 impl Watcher {
     async fn run(mut self) {
-        let id = self.id;
-        let mut ready = false;
-        let mut channel_open = true;
-        let mut orders_open = true;
-        let mut killed = false;
-        let mut drain_deadline: Option<Instant> = None;
-        let mut probes: u32 = 0;
-        // Once ready: when the worker last showed it is alive (a report from
-        // a built-in worker, WATCHDOG=1 from a COMMAND), and how long it may
-        // stay silent.
-        let mut alive_at = Instant::now();
-        let liveness = match &self.foreign {
-            Some(foreign) => foreign.watchdog,
-            None => Some(BUILTIN_LIVENESS),
-        };
         loop {
-            let watched = ready && !killed && drain_deadline.is_none();
-            let silent_until = liveness
-                .filter(|_| watched)
-                .map(|limit| deadline(alive_at, limit));
-            let ready_timer = !ready && !killed && drain_deadline.is_none();
-            let drain_timer = drain_deadline.filter(|_| !killed);
-            let ready_mode = self
-                .foreign
-                .as_ref()
-                .map(|f| f.ready)
-                .filter(|_| ready_timer);
-            let probe = matches!(ready_mode, Some(ReadyMode::Listening | ReadyMode::Auto));
-            let delay = match ready_mode {
-                Some(ReadyMode::Delay(delay)) => Some(deadline(self.started, delay)),
-                _ => None,
-            };
+            let timers = self.timers();
             tokio::select! {
-                note = recv_notify(self.foreign.as_ref()) => {
-                    let note = self.read_notification(note);
-                    if note.watchdog {
-                        alive_at = Instant::now();
-                    }
-                    if note.ready && !ready {
-                        self.became_ready(&mut ready, &mut alive_at);
-                    }
+                note = recv_notify(self.foreign.as_ref()) => self.on_notification(note),
+                _ = sleep(self.probe_interval()), if timers.probe => self.probe(),
+                _ = at(timers.delay), if timers.delay.is_some() => self.became_ready(),
+                status = self.child.wait() => return self.exited(status).await,
+                message = self.channel.recv_plain::<ToMaster>(), if self.channel_open => {
+                    self.on_message(message);
                 }
-                _ = sleep(if self.started.elapsed() < LISTENING_PROBE_FAST_FOR {
-                    LISTENING_PROBE
-                } else {
-                    LISTENING_PROBE_LATER
-                }), if probe => {
-                    let listeners = self.foreign.as_ref().map_or(&[][..], |f| &f.listeners[..]);
-                    // The connection tables can be large: they are read
-                    // on one probe in twenty.
-                    probes = probes.wrapping_add(1);
-                    let connections = probes % 20 == 0;
-                    if procfs::tree_serves(self.pid, listeners, connections) {
-                        self.became_ready(&mut ready, &mut alive_at);
-                    }
-                }
-                _ = sleep_until(delay.unwrap_or_else(Instant::now)), if delay.is_some() => {
-                    self.became_ready(&mut ready, &mut alive_at);
-                }
-                status = self.child.wait() => {
-                    let status = match status {
-                        Ok(status) => status,
-                        Err(e) => {
-                            // Cannot happen for a child we spawned; report it as a crash.
-                            warn!(cause = %e, "cannot wait for worker");
-                            std::os::unix::process::ExitStatusExt::from_raw(0xff00)
-                        }
-                    };
-                    // A drained worker is gone when its whole tree is; a
-                    // crashed one is replaced at once, and what it left
-                    // behind is stopped meanwhile.
-                    if drain_deadline.is_some() {
-                        self.stop_group(drain_deadline, killed).await;
-                        let _ = self.events.send(WorkerEvent::Exited { id, status });
-                    } else {
-                        let _ = self.events.send(WorkerEvent::Exited { id, status });
-                        self.stop_group(None, killed).await;
-                    }
-                    return;
-                }
-                message = self.channel.recv_plain::<ToMaster>(), if channel_open => match message {
-                    Ok(Some(ToMaster::Ready)) if !ready => {
-                        self.became_ready(&mut ready, &mut alive_at);
-                    }
-                    Ok(Some(ToMaster::Ready)) => debug!("duplicate ready ignored"),
-                    Ok(Some(ToMaster::Stats { accepted, open_connections, requests })) => {
-                        alive_at = Instant::now();
-                        let stats = WorkerStats { accepted, open_connections, requests };
-                        let _ = self.events.send(WorkerEvent::Stats { id, stats });
-                    }
-                    // The worker closed its end: it is exiting, or (a
-                    // COMMAND worker) it has exec'ed its program.
-                    Ok(None) => channel_open = false,
-                    Err(e) => {
-                        channel_open = false;
-                        self.fail(&mut killed, format!("broke the handoff protocol: {e}"));
-                    }
-                },
-                order = self.orders.recv(), if orders_open => match order {
-                    Some(Order::Drain(timeout)) => {
-                        drain_deadline = Some(deadline(Instant::now(), timeout.saturating_add(KILL_MARGIN)));
-                        if let Some(foreign) = &self.foreign {
-                            let pid = nix::unistd::Pid::from_raw(self.pid as i32);
-                            let _ = nix::sys::signal::kill(pid, foreign.drain_signal);
-                        } else if channel_open {
-                            self.send_drain(timeout, &mut killed).await;
-                        }
-                    }
-                    Some(Order::Hurry) => {
-                        let left = drain_deadline
-                            .map(|at| at.saturating_duration_since(Instant::now()).saturating_sub(KILL_MARGIN));
-                        if let (Some(left), None, true) = (left, &self.foreign, channel_open) {
-                            self.send_drain(left, &mut killed).await;
-                        }
-                    }
-                    Some(Order::Kill) | None => {
-                        orders_open = order.is_some();
-                        self.kill(&mut killed);
-                    }
-                },
-                _ = sleep_until(self.ready_deadline), if ready_timer => {
-                    let mut reason = format!(
-                        "not ready within {}",
-                        humantime::format_duration(self.ready_timeout)
-                    );
-                    if let Some(foreign) = self.foreign.as_ref().filter(|_| probe) {
-                        reason += &format!(" ({})", procfs::describe_tree(self.pid, &foreign.listeners));
-                    }
-                    self.fail(&mut killed, reason);
-                }
-                _ = sleep_until(silent_until.unwrap_or_else(Instant::now)), if silent_until.is_some() => {
-                    let silent = Duration::from_millis(alive_at.elapsed().as_millis() as u64);
-                    let silent = humantime::format_duration(silent);
-                    let sign = if self.foreign.is_some() { "WATCHDOG=1" } else { "report" };
-                    self.fail(&mut killed, format!("stuck: no {sign} for {silent}; replacing it"));
-                }
-                _ = sleep_until(drain_timer.unwrap_or_else(Instant::now)), if drain_timer.is_some() => {
+                order = self.orders.recv(), if self.orders_open => self.on_order(order).await,
+                _ = at(timers.ready), if timers.ready.is_some() => self.not_ready_in_time(),
+                _ = at(timers.silent), if timers.silent.is_some() => self.stuck(),
+                _ = at(timers.drain), if timers.drain.is_some() => {
                     warn!("drain deadline passed; killing the worker");
-                    self.kill(&mut killed);
+                    self.kill();
                 }
             }
         }
     }
 
+    fn timers(&self) -> Timers {
+        let mut timers = Timers {
+            ready: None,
+            delay: None,
+            probe: false,
+            silent: None,
+            drain: None,
+        };
+        if self.killed {
+            return timers;
+        }
+        match self.stage {
+            Stage::Starting => {
+                timers.ready = Some(self.ready_deadline);
+                match self.foreign.as_ref().map(|f| f.ready) {
+                    Some(ReadyMode::Listening | ReadyMode::Auto) => timers.probe = true,
+                    Some(ReadyMode::Delay(delay)) => {
+                        timers.delay = Some(deadline(self.started, delay));
+                    }
+                    Some(ReadyMode::Notify) | None => {}
+                }
+            }
+            Stage::Ready { alive_at } => {
+                timers.silent = self.liveness.map(|limit| deadline(alive_at, limit));
+            }
+            Stage::Draining { deadline } => timers.drain = Some(deadline),
+        }
+        timers
+    }
+
+    /// Often while most programs get ready, then less.
+    fn probe_interval(&self) -> Duration {
+        if self.started.elapsed() < LISTENING_PROBE_FAST_FOR {
+            LISTENING_PROBE
+        } else {
+            LISTENING_PROBE_LATER
+        }
+    }
+
+    /// Looks whether the worker's process tree listens on every listener.
+    /// The connection tables can be large: whether it has accepted a
+    /// connection is read on one probe in twenty.
+    fn probe(&mut self) {
+        self.probes = self.probes.wrapping_add(1);
+        self.look(self.probes % 20 == 0);
+    }
+
+    /// Whether the worker's process tree listens on every listener (or,
+    /// with `connections`, has accepted a connection): then it is ready.
+    fn look(&mut self, connections: bool) {
+        let listeners = self.foreign.as_ref().map_or(&[][..], |f| &f.listeners[..]);
+        if procfs::tree_serves(self.pid, listeners, connections) {
+            self.became_ready();
+        }
+    }
+
     /// The worker is ready: the supervisor hears it, and its liveness is
     /// watched from now on.
-    fn became_ready(&self, ready: &mut bool, alive_at: &mut Instant) {
-        *ready = true;
-        *alive_at = Instant::now();
+    fn became_ready(&mut self) {
+        if !matches!(self.stage, Stage::Starting) {
+            debug!("ready again; ignored");
+            return;
+        }
+        self.stage = Stage::Ready {
+            alive_at: Instant::now(),
+        };
         let _ = self.events.send(WorkerEvent::Ready { id: self.id });
+    }
+
+    /// The worker showed it is alive.
+    fn alive(&mut self) {
+        if let Stage::Ready { alive_at } = &mut self.stage {
+            *alive_at = Instant::now();
+        }
+    }
+
+    fn on_notification(&mut self, note: std::io::Result<(String, Option<u32>)>) {
+        let note = self.read_notification(note);
+        if note.watchdog {
+            self.alive();
+        }
+        if note.ready {
+            self.became_ready();
+        }
+    }
+
+    fn on_message(&mut self, message: Result<Option<ToMaster>, HandoffError>) {
+        match message {
+            Ok(Some(ToMaster::Ready)) => self.became_ready(),
+            Ok(Some(ToMaster::Stats {
+                accepted,
+                open_connections,
+                requests,
+            })) => {
+                self.alive();
+                let stats = WorkerStats {
+                    accepted,
+                    open_connections,
+                    requests,
+                };
+                let _ = self.events.send(WorkerEvent::Stats { id: self.id, stats });
+            }
+            // The worker closed its end: it is exiting, or (a COMMAND
+            // worker) it has exec'ed its program.
+            Ok(None) => self.channel_open = false,
+            Err(e) => {
+                self.channel_open = false;
+                self.fail(format!("broke the handoff protocol: {e}"));
+            }
+        }
+    }
+
+    async fn on_order(&mut self, order: Option<Order>) {
+        match order {
+            Some(Order::Drain { timeout, grace }) => {
+                self.stage = Stage::Draining {
+                    deadline: deadline(Instant::now(), timeout.saturating_add(KILL_MARGIN)),
+                };
+                if let Some(foreign) = &self.foreign {
+                    let pid = nix::unistd::Pid::from_raw(self.pid as i32);
+                    let _ = nix::sys::signal::kill(pid, foreign.drain_signal);
+                } else if self.channel_open {
+                    self.send_drain(timeout, grace).await;
+                }
+            }
+            Some(Order::Hurry) => {
+                let Stage::Draining { deadline } = self.stage else {
+                    return;
+                };
+                let left = deadline
+                    .saturating_duration_since(Instant::now())
+                    .saturating_sub(KILL_MARGIN);
+                if self.foreign.is_none() && self.channel_open {
+                    self.send_drain(left, Some(Duration::ZERO)).await;
+                }
+            }
+            Some(Order::Kill) | None => {
+                self.orders_open = order.is_some();
+                self.kill();
+            }
+        }
+    }
+
+    fn not_ready_in_time(&mut self) {
+        let probing = self.timers().probe;
+        if probing {
+            // One last look, connections included: a worker that got ready
+            // between two probes is ready, not late.
+            self.look(true);
+            if !matches!(self.stage, Stage::Starting) {
+                return;
+            }
+        }
+        let mut reason = format!(
+            "not ready within {}",
+            humantime::format_duration(self.ready_timeout)
+        );
+        if let Some(foreign) = self.foreign.as_ref().filter(|_| probing) {
+            let tree = procfs::describe_tree(self.pid, &foreign.listeners);
+            reason += &format!(" ({tree}; probed {} times)", self.probes);
+        }
+        self.fail(reason);
+    }
+
+    fn stuck(&mut self) {
+        let Stage::Ready { alive_at } = self.stage else {
+            return;
+        };
+        let silent = Duration::from_millis(alive_at.elapsed().as_millis() as u64);
+        let silent = humantime::format_duration(silent);
+        let sign = if self.foreign.is_some() {
+            "WATCHDOG=1"
+        } else {
+            "report"
+        };
+        self.fail(format!("stuck: no {sign} for {silent}; replacing it"));
+    }
+
+    /// The worker exited: the supervisor hears it, and what it left behind
+    /// is stopped.
+    async fn exited(&mut self, status: std::io::Result<ExitStatus>) {
+        let status = match status {
+            Ok(status) => status,
+            Err(e) => {
+                // Cannot happen for a child we spawned; report it as a crash.
+                warn!(cause = %e, "cannot wait for worker");
+                std::os::unix::process::ExitStatusExt::from_raw(0xff00)
+            }
+        };
+        let exited = WorkerEvent::Exited {
+            id: self.id,
+            status,
+        };
+        // A drained worker is gone when its whole tree is; a crashed one is
+        // replaced at once, and what it left behind is stopped meanwhile.
+        if let Stage::Draining { deadline } = self.stage {
+            self.stop_group(Some(deadline)).await;
+            let _ = self.events.send(exited);
+        } else {
+            let _ = self.events.send(exited);
+            self.stop_group(None).await;
+        }
     }
 
     /// Reads one notify datagram: whether it says the worker is ready (in
@@ -513,13 +639,13 @@ impl Watcher {
     /// the drain signal (SIGTERM for built-in workers), then SIGKILL at
     /// `deadline` (the drain's, or the drain timeout from now); SIGKILL at
     /// once if the worker was killed.
-    async fn stop_group(&self, deadline_at: Option<Instant>, killed: bool) {
+    async fn stop_group(&self, deadline_at: Option<Instant>) {
         use nix::sys::signal::{killpg, Signal};
         let pgid = nix::unistd::Pid::from_raw(self.pid as i32);
         let left = procfs::group_members(self.pid);
         if !left.is_empty() {
             let signal = match &self.foreign {
-                _ if killed => Signal::SIGKILL,
+                _ if self.killed => Signal::SIGKILL,
                 Some(foreign) => foreign.drain_signal,
                 None => Signal::SIGTERM,
             };
@@ -544,23 +670,24 @@ impl Watcher {
 
     /// Tells a built-in worker to drain within `timeout` (again, to hurry
     /// it); a worker that cannot be told is failed.
-    async fn send_drain(&mut self, timeout: Duration, killed: &mut bool) {
-        if let Err(e) = self.channel.send(&ToWorker::drain(timeout), &[]).await {
-            self.fail(killed, format!("cannot send drain: {e}"));
+    async fn send_drain(&mut self, timeout: Duration, grace: Option<Duration>) {
+        let drain = ToWorker::drain(timeout, grace);
+        if let Err(e) = self.channel.send(&drain, &[]).await {
+            self.fail(format!("cannot send drain: {e}"));
         }
     }
 
-    fn fail(&mut self, killed: &mut bool, reason: String) {
+    fn fail(&mut self, reason: String) {
         let _ = self.events.send(WorkerEvent::Failed {
             id: self.id,
             reason,
         });
-        self.kill(killed);
+        self.kill();
     }
 
-    fn kill(&mut self, killed: &mut bool) {
-        if !*killed {
-            *killed = true;
+    fn kill(&mut self) {
+        if !self.killed {
+            self.killed = true;
             // Fails only if the process is already gone, which `wait` reports.
             let _ = self.child.start_kill();
         }
@@ -572,6 +699,11 @@ impl Watcher {
 struct Notification {
     ready: bool,
     watchdog: bool,
+}
+
+/// Resolves at `at` (never when `None`; guard the branch instead).
+async fn at(at: Option<Instant>) {
+    sleep_until(at.unwrap_or_else(Instant::now)).await;
 }
 
 async fn recv_notify(foreign: Option<&Foreign>) -> std::io::Result<(String, Option<u32>)> {

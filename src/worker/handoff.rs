@@ -38,7 +38,12 @@ pub enum Instruction {
     /// Stop accepting, finish what is in flight within `timeout`. A second
     /// drain while draining hurries it: idle connections close now, and
     /// what is in flight has `timeout` left.
-    Drain { timeout: Duration },
+    Drain {
+        timeout: Duration,
+        /// How long idle keep-alive connections stay open, if the master
+        /// says.
+        grace: Option<Duration>,
+    },
     /// The master is gone (its end of the handoff socket closed).
     MasterGone,
 }
@@ -118,8 +123,12 @@ impl Handoff {
     pub async fn next_instruction(&self) -> Result<Instruction, HandoffError> {
         match self.channel.recv_plain::<ToWorker>().await? {
             None => Ok(Instruction::MasterGone),
-            Some(ToWorker::Drain { timeout_ms }) => Ok(Instruction::Drain {
+            Some(ToWorker::Drain {
+                timeout_ms,
+                grace_ms,
+            }) => Ok(Instruction::Drain {
                 timeout: Duration::from_millis(timeout_ms),
+                grace: grace_ms.map(Duration::from_millis),
             }),
             Some(ToWorker::Hello { .. }) => Err(ProtocolError::Unexpected("a second hello").into()),
         }

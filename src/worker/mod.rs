@@ -23,7 +23,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use signal_hook::consts::SIGTERM;
 use tokio::time::Instant;
-use tracing::{error, info, warn, Instrument};
+use tracing::{info, warn, Instrument};
 
 use crate::error::WorkerError;
 use accept::Acceptor;
@@ -114,32 +114,28 @@ async fn serve_listeners(
     let handoff = Arc::new(handoff);
     tokio::spawn(report_stats(handoff.clone(), state));
 
-    let timeout = tokio::select! {
-        instruction = handoff.next_instruction() => match instruction {
-            Ok(Instruction::Drain { timeout }) => timeout,
-            Ok(Instruction::MasterGone) => {
-                error!("the master is gone; exiting");
-                std::process::exit(1);
-            }
-            Err(e) => {
-                error!(cause = %e, "handoff socket failed; exiting");
-                std::process::exit(1);
-            }
+    let (timeout, grace) = tokio::select! {
+        instruction = handoff.next_instruction() => match instruction? {
+            Instruction::Drain { timeout, grace } => (timeout, grace.unwrap_or(args.drain_grace)),
+            Instruction::MasterGone => return Err(WorkerError::MasterLeft),
         },
         _ = sigterm.next() => {
             warn!("SIGTERM received without the master; draining");
-            SIGTERM_DRAIN_TIMEOUT
+            (SIGTERM_DRAIN_TIMEOUT, args.drain_grace)
         }
     };
     if args.fault == Some(Fault::ExitOnDrain) {
         warn!("fault injected: exiting at once instead of draining");
-        std::process::exit(0);
+        // Dropping the runtime drops every connection unanswered.
+        return Ok(());
     }
-    info!(timeout_ms = timeout.as_millis() as u64, "drain requested");
+    info!(
+        timeout_ms = timeout.as_millis() as u64,
+        grace_ms = grace.as_millis() as u64,
+        "drain requested"
+    );
     let deadline = crate::config::deadline(Instant::now(), timeout);
-    server
-        .drain(args.drain_grace, deadline, hurried(&handoff))
-        .await;
+    server.drain(grace, deadline, hurried(&handoff)).await;
     Ok(())
 }
 
@@ -148,7 +144,7 @@ async fn serve_listeners(
 /// resolves if the master says nothing more.
 async fn hurried(handoff: &Handoff) -> Duration {
     match handoff.next_instruction().await {
-        Ok(Instruction::Drain { timeout }) => timeout,
+        Ok(Instruction::Drain { timeout, .. }) => timeout,
         // Gone or broken: the drain goes on to its deadline.
         Ok(Instruction::MasterGone) | Err(_) => std::future::pending().await,
     }

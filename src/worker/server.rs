@@ -28,7 +28,7 @@ use hyper::Version;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, sleep_until, Instant};
 use tracing::{debug, info, warn};
@@ -38,9 +38,6 @@ use super::connection::{self, DrainPhase, Ended, Limits, Tracked};
 use super::http::{handle, HttpState};
 use crate::balance::OpenConnection;
 use crate::config::deadline;
-
-/// How often the drain looks whether every connection closed.
-const DRAIN_POLL: Duration = Duration::from_millis(10);
 
 /// How long a worker that ran out of descriptors stops accepting (nginx
 /// waits 500 ms too): its pending connections wait for other workers, and
@@ -62,6 +59,9 @@ pub struct Server {
     /// Tells the accept loops to stop and every connection the drain phase.
     drain_tx: watch::Sender<DrainPhase>,
     accept_loops: Vec<JoinHandle<()>>,
+    /// Resolves to `None` once every holder of [`Shared`] is gone: the
+    /// accept loops and every connection task.
+    closed: mpsc::Receiver<()>,
 }
 
 /// What every accept loop shares.
@@ -70,6 +70,10 @@ struct Shared {
     state: Arc<HttpState>,
     limits: Limits,
     drain_rx: watch::Receiver<DrainPhase>,
+    /// Never sent on: each accept loop and connection task holds `Shared`,
+    /// so the drain knows every connection closed when the last of them
+    /// drops this sender.
+    _alive: mpsc::Sender<()>,
 }
 
 impl Server {
@@ -89,11 +93,13 @@ impl Server {
             .timer(TokioTimer::new())
             .keep_alive_interval(options.http2_ping)
             .keep_alive_timeout(options.http2_ping);
+        let (alive, closed) = mpsc::channel(1);
         let shared = Arc::new(Shared {
             builder,
             state: state.clone(),
             limits: options.limits,
             drain_rx,
+            _alive: alive,
         });
         let accept_loops = acceptors
             .into_iter()
@@ -103,6 +109,7 @@ impl Server {
             state,
             drain_tx,
             accept_loops,
+            closed,
         }
     }
 
@@ -116,6 +123,7 @@ impl Server {
         deadline_at: Instant,
         hurry: impl std::future::Future<Output = Duration>,
     ) {
+        let mut closed = self.closed;
         let _ = self.drain_tx.send(DrainPhase::Draining);
         for accept_loop in self.accept_loops {
             let _ = accept_loop.await;
@@ -126,7 +134,7 @@ impl Server {
         let mut deadline_at = deadline_at;
         let grace_end = deadline(Instant::now(), grace).min(deadline_at);
         tokio::select! {
-            _ = all_closed(&self.state) => {}
+            _ = all_closed(&mut closed) => {}
             _ = sleep_until(grace_end) => {}
             left = hurry => {
                 deadline_at = deadline_at.min(deadline(Instant::now(), left));
@@ -136,7 +144,7 @@ impl Server {
         let after_grace = open();
         let _ = self.drain_tx.send(DrainPhase::Closing);
         tokio::select! {
-            _ = all_closed(&self.state) => {}
+            _ = all_closed(&mut closed) => {}
             _ = sleep_until(deadline_at) => {
                 warn!(open = open(), "drain deadline passed with connections still open");
             }
@@ -150,11 +158,9 @@ impl Server {
     }
 }
 
-/// Resolves once no connection is open.
-async fn all_closed(state: &HttpState) {
-    while state.open.load(Ordering::Relaxed) > 0 {
-        sleep(DRAIN_POLL).await;
-    }
+/// Resolves once no connection is open (and the accept loops ended).
+async fn all_closed(closed: &mut mpsc::Receiver<()>) {
+    while closed.recv().await.is_some() {}
 }
 
 async fn accept_loop(acceptor: Acceptor, shared: Arc<Shared>) {

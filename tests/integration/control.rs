@@ -467,6 +467,39 @@ fn the_worker_count_follows_the_config_file_on_reload() {
     }
 }
 
+/// The drain grace comes with each drain order, from the configuration in
+/// force then: a reload that shortens it shortens it for the workers it
+/// replaces too, not only for the workers it starts.
+#[test]
+fn a_reload_that_shortens_the_drain_grace_applies_it_to_the_old_workers() {
+    let config = |grace: &str| {
+        format!(
+            "workers = 1\ndrain_grace = \"{grace}\"\ndrain_timeout = \"60s\"\nlisten = [\"127.0.0.1:0\"]\n"
+        )
+    };
+    let (c, file) = serve_with_config(&config("60s"));
+    c.baton
+        .wait_workers(Duration::from_secs(5), |w| w.len() == 1);
+    // An idle keep-alive client holds the old worker for its whole grace.
+    let mut idle = std::net::TcpStream::connect(c.baton.addr).unwrap();
+    let response = exchange(&mut idle, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+
+    std::fs::write(&file, config("200ms")).unwrap();
+    let (code, stdout, stderr) = client(&["reload", "--wait"], &c.path, None);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    // With the grace it was started with, it would drain for 60 s.
+    c.baton
+        .wait_event(Event::WorkerDrained, Duration::from_secs(20));
+    let mut rest = Vec::new();
+    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(
+        idle.read_to_end(&mut rest).map_err(|e| e.kind()),
+        Ok(0),
+        "the worker closed the idle connection"
+    );
+}
+
 #[test]
 fn an_invalid_config_rejects_the_reload_and_loses_nothing() {
     let _heavy = heavy();
