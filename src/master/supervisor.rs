@@ -132,6 +132,22 @@ pub(super) struct Slot {
     successor: Option<WorkerId>,
 }
 
+impl Slot {
+    /// Counts the death of this slot's worker (`quick`: it died young) and
+    /// says how long to wait before the restart: `None` for at once.
+    fn backoff(&mut self, quick: bool) -> Option<Duration> {
+        self.quick_failures = if quick { self.quick_failures + 1 } else { 0 };
+        let beyond = self
+            .quick_failures
+            .checked_sub(QUICK_FAILURES_BEFORE_BACKOFF + 1)?;
+        Some(
+            BACKOFF_FIRST
+                .saturating_mul(1 << beyond.min(16))
+                .min(BACKOFF_CAP),
+        )
+    }
+}
+
 /// A generation rolled in and not yet trusted: a crash of one of its
 /// workers before `until` rolls back to `previous`.
 #[derive(Debug)]
@@ -564,13 +580,10 @@ impl<E: Effects> Supervisor<E> {
     /// 100 ms, 200 ms, … up to [`BACKOFF_CAP`].
     fn schedule_restart(&mut self, slot: usize, quick: bool) {
         let state = &mut self.slots[slot];
-        state.quick_failures = if quick { state.quick_failures + 1 } else { 0 };
-        if state.quick_failures <= QUICK_FAILURES_BEFORE_BACKOFF {
+        let Some(delay) = state.backoff(quick) else {
             self.restart(slot);
             return;
-        }
-        let exponent = (state.quick_failures - QUICK_FAILURES_BEFORE_BACKOFF - 1).min(16);
-        let delay = BACKOFF_FIRST.saturating_mul(1 << exponent).min(BACKOFF_CAP);
+        };
         warn!(
             event = %Event::Backoff,
             slot,
@@ -1527,6 +1540,34 @@ mod tests {
         assert_eq!(supervisor.effects.spawned.len(), before + 1);
         assert_eq!(supervisor.slots[0].quick_failures, 0);
         assert_eq!(supervisor.next_restart(), None);
+    }
+
+    #[test]
+    fn the_backoff_doubles_from_the_third_quick_death_up_to_its_cap_and_resets() {
+        let mut slot = Slot::default();
+        let delays: Vec<Option<u64>> = (0..12)
+            .map(|_| slot.backoff(true).map(|d| d.as_millis() as u64))
+            .collect();
+        assert_eq!(
+            delays,
+            [
+                None,
+                None,
+                Some(100),
+                Some(200),
+                Some(400),
+                Some(800),
+                Some(1600),
+                Some(3200),
+                Some(6400),
+                Some(10_000),
+                Some(10_000),
+                Some(10_000)
+            ]
+        );
+        assert_eq!(slot.backoff(false), None, "a worker that lived resets it");
+        assert_eq!(slot.quick_failures, 0);
+        assert_eq!(slot.backoff(true), None);
     }
 
     #[test]
