@@ -36,6 +36,7 @@ fn handoff(c: &mut Criterion) {
                 let master_end = std::os::unix::net::UnixDatagram::from(master_end);
                 let hello = ToWorker::Hello {
                     worker_id: 1,
+                    slot: 0,
                     generation: 1,
                     listeners: names.clone(),
                     balance: false,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::logging::LogFormat;
 pub use crate::worker::options::HttpArgs;
 
 use crate::config::{duration_arg, parse_mode, parse_signal, DurationRange, ListenSpec, ReadyMode};
@@ -19,6 +20,18 @@ use crate::config::{duration_arg, parse_mode, parse_signal, DurationRange, Liste
              workers serve, crashes and reloads refuse nothing"
 )]
 pub struct Cli {
+    /// Log lines as `text`, or as `json` (one object per line with the
+    /// stable fields event, pid, slot, generation) for log shippers; the
+    /// workers baton starts log the same way
+    #[arg(
+        long,
+        global = true,
+        value_name = "FORMAT",
+        env = "BATON_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -36,13 +49,21 @@ pub enum Command {
     /// Show a running baton's workers
     Status(StatusArgs),
     /// Drain a running baton's workers and make it exit
-    Stop(ControlArgs),
+    Stop(StopArgs),
     /// Zero-downtime check: drive HTTP load while reloading (and optionally
     /// killing workers), report every failure, exit 1 if anything failed.
     ///
     /// By default it starts `baton serve` with the given serve options on a
     /// free loopback port; with --url it checks any running server.
     Check(CheckArgs),
+    /// Print a completion script for SHELL (bash, zsh, fish, elvish,
+    /// powershell)
+    Completions {
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Print baton's man page (roff), for `man -l -` or man1/baton.1
+    Man,
     /// A worker process, started by `baton serve`.
     #[command(hide = true)]
     Worker(WorkerArgs),
@@ -56,11 +77,41 @@ pub enum Command {
     Keeper,
 }
 
+/// The command line as users see it, for completion scripts and the man
+/// page: hidden subcommands and options are left out (the generators would
+/// offer them otherwise).
+pub fn public_command() -> clap::Command {
+    use clap::CommandFactory;
+    fn without_hidden(cmd: &clap::Command) -> clap::Command {
+        // Names live as long as the process: it prints once and exits.
+        let name: &'static str = Box::leak(cmd.get_name().to_owned().into_boxed_str());
+        let mut public = clap::Command::new(name);
+        if let Some(about) = cmd.get_about() {
+            public = public.about(about.clone());
+        }
+        if let Some(about) = cmd.get_long_about() {
+            public = public.long_about(about.clone());
+        }
+        if let Some(version) = cmd.get_version() {
+            let version: &'static str = Box::leak(version.to_owned().into_boxed_str());
+            public = public.version(version);
+        }
+        public
+            .args(cmd.get_arguments().filter(|a| !a.is_hide_set()).cloned())
+            .subcommands(
+                cmd.get_subcommands()
+                    .filter(|sub| !sub.is_hide_set())
+                    .map(without_hidden),
+            )
+    }
+    without_hidden(&Cli::command())
+}
+
 /// Where a control client finds the master.
 #[derive(Debug, Args)]
 pub struct ControlArgs {
     /// The master's control socket [default: as for `baton serve`]
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", env = "BATON_CONTROL")]
     pub control: Option<PathBuf>,
 }
 
@@ -76,6 +127,16 @@ impl ControlArgs {
 pub struct ReloadArgs {
     /// Wait until the new generation is in; exit 1 with the reason if the
     /// reload failed
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// Return only once baton has exited (every worker drained or killed
+    /// at --drain-timeout)
     #[arg(long)]
     pub wait: bool,
     #[command(flatten)]
@@ -114,6 +175,13 @@ pub struct ServeArgs {
     /// underscores); options given here override it. Re-read on reload
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+
+    /// Test the configuration and exit (like `nginx -t`): check the command
+    /// line and --config file completely (every value, the listeners, user
+    /// and group, that COMMAND can be run) without binding or starting
+    /// anything; list every problem, exit 0 if there is none, 2 otherwise
+    #[arg(short = 't', long)]
+    pub test_config: bool,
 
     /// Run workers as this user (the master keeps its privileges to bind
     /// and to manage them); needs root
@@ -165,6 +233,12 @@ pub struct ServeArgs {
     /// drains. SIZE like 512MiB or 2GiB (MB and GB are powers of 1000)
     #[arg(long, value_name = "SIZE", value_parser = crate::config::parse_memory_limit)]
     pub max_memory: Option<u64>,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (reloads by outcome,
+    /// crashes, restarts, workers by state, and the built-in workers'
+    /// requests and connections). Keep it on a private address
+    #[arg(long, value_name = "HOST:PORT")]
+    pub admin: Option<std::net::SocketAddr>,
 
     #[command(flatten)]
     pub http: HttpArgs,
@@ -227,9 +301,9 @@ pub struct CheckArgs {
     pub keepalive_ratio: f64,
 
     /// Reload this often (SIGHUP, or --reload-command); 0s for never
-    #[arg(long, value_name = "DUR", default_value = "3s",
-          value_parser = DurationRange::SCHEDULE.parser())]
-    pub reload_every: Duration,
+    /// [default: 3s; with --url, never unless --reload-command is given]
+    #[arg(long, value_name = "DUR", value_parser = DurationRange::SCHEDULE.parser())]
+    pub reload_every: Option<Duration>,
 
     /// SIGKILL a random worker this often (self-hosted only)
     #[arg(long, value_name = "DUR", value_parser = DurationRange::SCHEDULE.parser())]
@@ -310,6 +384,9 @@ impl ServeArgs {
             "--probation".into(),
             duration_arg(self.probation),
         ]);
+        if let Some(admin) = self.admin {
+            args.extend(["--admin".into(), admin.to_string().into()]);
+        }
         if let Some(bytes) = self.max_memory {
             args.extend(["--max-memory".into(), format!("{bytes}B").into()]);
         }

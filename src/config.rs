@@ -277,6 +277,8 @@ pub struct MasterConfig {
     /// `--probation`: how long a new generation must run without a crash
     /// after its reload before the reload counts as done; zero for none.
     pub probation: Duration,
+    /// `--admin`: where `/metrics` is served.
+    pub admin: Option<SocketAddr>,
     /// `--max-memory`: a worker whose process group stays above this many
     /// resident bytes is rolled (a new worker first, then the old drains).
     pub max_memory: Option<u64>,
@@ -310,6 +312,9 @@ impl MasterConfig {
         }
         if self.control != new.control {
             changed.push("control");
+        }
+        if self.admin != new.admin {
+            changed.push("admin");
         }
         if self.worker_identity != new.worker_identity {
             changed.push("user/group");

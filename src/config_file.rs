@@ -29,7 +29,7 @@ fn keys() -> Vec<(String, bool)> {
     let mut keys: Vec<(String, bool)> = serve
         .get_arguments()
         .filter_map(|arg| Some((arg.get_long()?.replace('-', "_"), !arg.is_hide_set())))
-        .filter(|(key, _)| key != "config" && key != "help")
+        .filter(|(key, _)| !["config", "test_config", "help"].contains(&key.as_str()))
         .collect();
     keys.push(("command".to_owned(), true));
     keys
@@ -38,6 +38,78 @@ fn keys() -> Vec<(String, bool)> {
 /// Reads `file` and merges it under `cli_args` (the arguments after
 /// `serve`), returning the serve options they make together.
 pub fn load(file: &Path, cli_args: &[OsString]) -> Result<ServeArgs, String> {
+    let table = read_table(file)?;
+    merge(file, &table, cli_args)
+}
+
+/// Every problem of `file` merged under `cli_args`, each key checked on
+/// its own (so that one bad value does not hide the next), and the serve
+/// options that the keys without a problem make with the command line.
+pub fn check(file: &Path, cli_args: &[OsString]) -> (Vec<String>, Option<ServeArgs>) {
+    use clap::CommandFactory;
+    let table = match read_table(file) {
+        Ok(table) => table,
+        Err(problem) => return (vec![problem], None),
+    };
+    // `serve` alone, each option free of what it requires of the others:
+    // a key is checked on its own.
+    let serve = Cli::command()
+        .find_subcommand("serve")
+        .expect("baton has a serve subcommand")
+        .clone()
+        .mut_args(|arg| arg.requires(clap::builder::Resettable::<clap::Id>::Reset));
+    let mut problems = Vec::new();
+    let mut good = toml::Table::new();
+    for (key, value) in &table {
+        let alone: toml::Table = [(key.clone(), value.clone())].into_iter().collect();
+        let values = match to_args(&alone) {
+            Ok(args) => args.into_iter().flat_map(|(_, values)| values),
+            Err(problem) => {
+                problems.push(format!("{}: {problem}", file.display()));
+                continue;
+            }
+        };
+        let option = format!("--{}=", key.replace('_', "-"));
+        let invalid = (key != "command")
+            .then(|| {
+                values.into_iter().find_map(|value| {
+                    let mut word = OsString::from(&option);
+                    word.push(value);
+                    serve
+                        .clone()
+                        .try_get_matches_from(["serve".into(), word])
+                        .err()
+                })
+            })
+            .flatten();
+        match invalid {
+            Some(e) => problems.push(format!("{}: {key}: {}", file.display(), first_line(&e))),
+            None => {
+                good.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    match merge(file, &good, cli_args) {
+        Ok(args) => (problems, Some(args)),
+        Err(problem) => {
+            problems.push(problem);
+            (problems, None)
+        }
+    }
+}
+
+/// The first line of a clap error, without its "error: ".
+fn first_line(error: &clap::Error) -> String {
+    error
+        .to_string()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("error: ")
+        .to_owned()
+}
+
+fn read_table(file: &Path) -> Result<toml::Table, String> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| format!("cannot read the config file {}: {e}", file.display()))?;
     let table: toml::Table =
@@ -50,7 +122,12 @@ pub fn load(file: &Path, cli_args: &[OsString]) -> Result<ServeArgs, String> {
             file.display()
         ));
     }
-    let from_file = to_args(&table).map_err(|e| format!("{}: {e}", file.display()))?;
+    Ok(table)
+}
+
+/// The serve options `table` (read from `file`) makes under `cli_args`.
+fn merge(file: &Path, table: &toml::Table, cli_args: &[OsString]) -> Result<ServeArgs, String> {
+    let from_file = to_args(table).map_err(|e| format!("{}: {e}", file.display()))?;
     let (cli_options, cli_command) = split_command(cli_args);
     let given_on_cli: Vec<String> = cli_options
         .iter()
@@ -89,17 +166,13 @@ pub fn load(file: &Path, cli_args: &[OsString]) -> Result<ServeArgs, String> {
     match Cli::try_parse_from(argv) {
         Ok(Cli {
             command: Command::Serve(args),
+            ..
         }) => Ok(args),
         Ok(_) => unreachable!("the arguments start with serve"),
         Err(e) => Err(format!(
-            "{} (with {}): {}",
-            "invalid options",
+            "invalid options (with {}): {}",
             file.display(),
-            e.to_string()
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .trim_start_matches("error: ")
+            first_line(&e)
         )),
     }
 }

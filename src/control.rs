@@ -32,9 +32,15 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// What a client asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
-    Reload { wait: bool },
-    Status { json: bool },
+    Reload {
+        wait: bool,
+    },
+    Status {
+        json: bool,
+    },
     Stop,
+    /// The Prometheus text of `/metrics`.
+    Metrics,
 }
 
 impl Command {
@@ -45,6 +51,7 @@ impl Command {
             ["status"] => Some(Command::Status { json: false }),
             ["status", "--json"] => Some(Command::Status { json: true }),
             ["stop"] => Some(Command::Stop),
+            ["metrics"] => Some(Command::Metrics),
             _ => None,
         }
     }
@@ -56,7 +63,27 @@ impl Command {
             Command::Status { json: false } => "status",
             Command::Status { json: true } => "status --json",
             Command::Stop => "stop",
+            Command::Metrics => "metrics",
         }
+    }
+}
+
+/// The clients being answered, at most [`MAX_CLIENTS`]. The master waits
+/// for them before it exits, so that an answer given just before (to
+/// `stop`, say) is written out rather than cut off with the connection.
+#[derive(Debug, Clone)]
+pub struct Clients(Arc<Semaphore>);
+
+impl Default for Clients {
+    fn default() -> Self {
+        Clients(Arc::new(Semaphore::new(MAX_CLIENTS)))
+    }
+}
+
+impl Clients {
+    /// Waits until every client has been answered, for at most `within`.
+    pub async fn answered(&self, within: Duration) {
+        let _ = timeout(within, self.0.acquire_many(MAX_CLIENTS as u32)).await;
     }
 }
 
@@ -150,8 +177,12 @@ fn trusted_peer(me: u32, peer: u32, path: &Path) -> bool {
 
 /// Serves the control socket until the master exits, passing well-formed
 /// requests to `requests`.
-pub async fn serve(listener: UnixListener, requests: mpsc::UnboundedSender<Request>) {
-    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+pub async fn serve(
+    listener: UnixListener,
+    requests: mpsc::UnboundedSender<Request>,
+    clients: Clients,
+) {
+    let slots = clients.0;
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -195,7 +226,7 @@ async fn handle(stream: UnixStream, requests: mpsc::UnboundedSender<Request>) ->
                 format!("error: requests are at most {MAX_REQUEST_BYTES} bytes\n")
             }
             Ok(Ok(_)) => match Command::parse(&line) {
-                None => "error: unknown request; send one of: reload, reload --wait, status, status --json, stop\n"
+                None => "error: unknown request; send one of: reload, reload --wait, status, status --json, stop, metrics\n"
                     .to_owned(),
                 Some(command) => ask(&requests, command).await,
             },
@@ -215,10 +246,18 @@ async fn ask(requests: &mpsc::UnboundedSender<Request>, command: Command) -> Str
     answer.await.unwrap_or_else(|_| gone())
 }
 
+/// What the master answered, and who it is.
+#[derive(Debug)]
+pub struct Answer {
+    pub text: String,
+    /// The master's pid, as the kernel says (SO_PEERCRED).
+    pub master_pid: u32,
+}
+
 /// Sends `command` to the master at `path` and returns its answer. The
 /// master must run as this user or root (SO_PEERCRED): an answer from
 /// anyone else is not read.
-pub fn request(path: &Path, command: Command) -> Result<String, String> {
+pub fn request(path: &Path, command: Command) -> Result<Answer, String> {
     let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(|e| {
         format!(
             "cannot reach baton at {}: {e}; is it running, and is this its --control path?",
@@ -242,7 +281,10 @@ pub fn request(path: &Path, command: Command) -> Result<String, String> {
     let mut answer = String::new();
     let read = stream.read_to_string(&mut answer);
     if !answer.is_empty() {
-        return Ok(answer);
+        return Ok(Answer {
+            text: answer,
+            master_pid: peer.pid() as u32,
+        });
     }
     sent.map_err(|e| format!("cannot send to {}: {e}", path.display()))?;
     read.map_err(|e| format!("no answer from {}: {e}", path.display()))?;
@@ -261,6 +303,7 @@ mod tests {
             Command::Status { json: false },
             Command::Status { json: true },
             Command::Stop,
+            Command::Metrics,
         ] {
             assert_eq!(Command::parse(command.as_line()), Some(command));
         }

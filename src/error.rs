@@ -94,6 +94,11 @@ pub enum MasterError {
     Signals(io::Error),
     #[error("cannot open the control socket {path}: {reason}; stop the baton using it or choose another --control path")]
     Control { path: PathBuf, reason: String },
+    #[error("cannot listen on {addr} for --admin: {reason}; choose another address")]
+    Admin {
+        addr: std::net::SocketAddr,
+        reason: String,
+    },
     #[error("cannot create a directory for the workers' notify sockets: {0}")]
     RuntimeDir(io::Error),
     #[error("the first workers failed to start: {reason}")]
@@ -104,7 +109,10 @@ impl MasterError {
     /// Whether the user's input caused this (exit code 2) rather than the
     /// environment at run time (exit code 1).
     pub fn is_usage(&self) -> bool {
-        matches!(self, MasterError::Listen(_) | MasterError::Control { .. })
+        matches!(
+            self,
+            MasterError::Listen(_) | MasterError::Control { .. } | MasterError::Admin { .. }
+        )
     }
 }
 

@@ -11,6 +11,8 @@ use std::fmt;
 /// One step in the life of the master, a worker or a reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
+    /// The master started; `pid=`, `version=`.
+    MasterStarted,
     /// A listener is bound (or inherited); `addr=`.
     Listening,
     /// A worker process started; `pid=`, `slot=`, `generation=`, `cause=`.
@@ -61,7 +63,8 @@ pub enum Event {
 }
 
 impl Event {
-    pub const ALL: [Event; 23] = [
+    pub const ALL: [Event; 24] = [
+        Event::MasterStarted,
         Event::Listening,
         Event::WorkerStarted,
         Event::WorkerReady,
@@ -90,6 +93,7 @@ impl Event {
     /// The stable name logged as `event=NAME`.
     pub fn name(self) -> &'static str {
         match self {
+            Event::MasterStarted => "master_started",
             Event::Listening => "listening",
             Event::WorkerStarted => "worker_started",
             Event::WorkerReady => "worker_ready",

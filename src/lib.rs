@@ -35,6 +35,8 @@
 //! - [`worker`]: the worker side: receive the listeners, serve HTTP with
 //!   hyper, drain without failing a request.
 //! - [`load`]: an HTTP load generator that counts every failure by kind.
+//! - [`logging`]: log lines as text or JSON, and a `RUST_LOG` that cannot
+//!   silence errors.
 //! - [`check`]: `baton check`, the zero-downtime check: load, reloads and
 //!   kills on a schedule, a report, an exit code.
 //! - [`procfs`]: the process tree as /proc shows it.
@@ -54,6 +56,7 @@ pub mod fd;
 pub mod keeper;
 pub mod listeners;
 pub mod load;
+pub mod logging;
 pub mod master;
 pub mod procfs;
 pub mod protocol;

@@ -3,13 +3,12 @@
 //! its outcome to `main`, the one place that prints an error and picks the
 //! exit code: 0 success, 1 runtime failure, 2 usage or configuration error.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
 
 use baton::check::CheckError;
-use baton::cli::{CheckArgs, Cli, Command, ControlArgs, ServeArgs};
+use baton::cli::{CheckArgs, Cli, Command, ControlArgs, ServeArgs, StopArgs};
 use baton::control::Command as Control;
 use baton::error::{MasterError, WorkerError};
 
@@ -35,6 +34,8 @@ enum Failure {
     Worker(#[from] WorkerError),
     #[error("keeper failed: {0}")]
     Keeper(std::io::Error),
+    #[error("cannot write: {0}")]
+    Output(std::io::Error),
 }
 
 impl Failure {
@@ -56,7 +57,10 @@ enum Success {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // Workers, exec stages and the keeper log the same way. (No other
+    // thread exists yet.)
+    std::env::set_var("BATON_LOG_FORMAT", cli.log_format.as_str());
+    baton::logging::init(cli.log_format, std::env::var("RUST_LOG").ok().as_deref());
     let worker = matches!(
         cli.command,
         Command::Worker(_) | Command::Exec(_) | Command::Keeper
@@ -82,8 +86,19 @@ fn run(command: Command) -> Result<Success, Failure> {
         Command::Check(args) => check(args),
         Command::Reload(args) => control(&args.control, Control::Reload { wait: args.wait }),
         Command::Status(args) => control(&args.control, Control::Status { json: args.json }),
-        Command::Stop(args) => control(&args, Control::Stop),
+        Command::Stop(args) => stop(&args),
         Command::Exec(args) => Err(baton::worker::exec::run(&args.command).into()),
+        Command::Completions { shell } => {
+            let mut cli = baton::cli::public_command();
+            clap_complete::generate(shell, &mut cli, "baton", &mut std::io::stdout());
+            Ok(Success::Done)
+        }
+        Command::Man => {
+            clap_mangen::Man::new(baton::cli::public_command())
+                .render(&mut std::io::stdout())
+                .map_err(Failure::Output)?;
+            Ok(Success::Done)
+        }
         Command::Keeper => {
             baton::keeper::run().map_err(Failure::Keeper)?;
             Ok(Success::Done)
@@ -101,6 +116,9 @@ fn serve(args: ServeArgs) -> Result<Success, Failure> {
         .skip_while(|a| a != "serve")
         .skip(1)
         .collect();
+    if args.test_config {
+        return test_config(args, cli_args);
+    }
     let config = baton::settings::serve_config(args, cli_args).map_err(Failure::Usage)?;
     // SAFETY: no other thread exists yet (the runtime starts below).
     let inherited = unsafe { baton::systemd::take_listen_fds() }.map_err(Failure::Usage)?;
@@ -114,16 +132,53 @@ fn serve(args: ServeArgs) -> Result<Success, Failure> {
     Ok(Success::Done)
 }
 
+/// `baton serve -t`: lists every problem of the configuration.
+fn test_config(args: ServeArgs, cli_args: Vec<std::ffi::OsString>) -> Result<Success, Failure> {
+    let problems = baton::settings::test_config(args, cli_args);
+    if problems.is_empty() {
+        println!("baton: the configuration is valid");
+        return Ok(Success::Done);
+    }
+    let count = match problems.len() {
+        1 => "1 problem".to_owned(),
+        n => format!("{n} problems"),
+    };
+    Err(Failure::Usage(format!(
+        "the configuration has {count}:\n  - {}",
+        problems.join("\n  - ")
+    )))
+}
+
 /// Sends one request to a running master; exit 0 on `ok`, 1 otherwise.
 fn control(args: &ControlArgs, command: Control) -> Result<Success, Failure> {
+    send(args, command)?;
+    Ok(Success::Done)
+}
+
+/// Sends one request and prints the master's answer; returns the master's
+/// pid.
+fn send(args: &ControlArgs, command: Control) -> Result<u32, Failure> {
     let answer = baton::control::request(&args.path(), command).map_err(Failure::Control)?;
-    if let Some(body) = answer.strip_prefix("ok\n") {
+    let text = answer.text;
+    if let Some(body) = text.strip_prefix("ok\n") {
         // A bare "ok" line heads a body (the status): print the body.
         print!("{body}");
-    } else if answer.starts_with("ok") {
-        print!("{answer}");
+    } else if text.starts_with("ok") {
+        print!("{text}");
     } else {
-        return Err(Failure::Control(answer));
+        return Err(Failure::Control(text));
+    }
+    Ok(answer.master_pid)
+}
+
+/// `baton stop`, and with `--wait` until the master's process has exited.
+fn stop(args: &StopArgs) -> Result<Success, Failure> {
+    let master = send(&args.control, Control::Stop)?;
+    if args.wait {
+        while !baton::procfs::has_exited(master) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        println!("ok: baton (pid {master}) has exited");
     }
     Ok(Success::Done)
 }
@@ -143,30 +198,4 @@ fn check(args: CheckArgs) -> Result<Success, Failure> {
     } else {
         Success::CheckFailed
     })
-}
-
-/// Logs go to stderr, filtered by RUST_LOG (default `info`): a level, or
-/// `target=level` directives separated by commas. (A target filter rather than
-/// a full env filter keeps regex out of the binary: the master stays small.)
-fn init_tracing() {
-    use tracing_subscriber::filter::Targets;
-    use tracing_subscriber::prelude::*;
-
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|value| match value.parse::<Targets>() {
-            Ok(filter) => Some(filter),
-            Err(e) => {
-                eprintln!("baton: ignoring RUST_LOG={value:?}: {e}");
-                None
-            }
-        })
-        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
-    let format = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    tracing_subscriber::registry()
-        .with(format)
-        .with(filter)
-        .init();
 }

@@ -10,6 +10,11 @@ pub fn stat(pid: u32) -> Option<(char, u32)> {
     read_stat(pid).map(|stat| (stat.state, stat.ppid))
 }
 
+/// Whether process `pid` has exited (gone, or a zombie not yet reaped).
+pub fn has_exited(pid: u32) -> bool {
+    read_stat(pid).is_none_or(|stat| !stat.is_live())
+}
+
 /// What the master needs of `/proc/PID/stat`.
 struct Stat {
     state: char,

@@ -34,6 +34,10 @@ pub enum ToWorker {
     /// (see [`crate::balance`]).
     Hello {
         worker_id: u64,
+        /// The slot it serves, so that its log names it as the master's
+        /// does.
+        #[serde(default)]
+        slot: usize,
         generation: u64,
         listeners: Vec<String>,
         #[serde(default)]
@@ -161,6 +165,7 @@ fn read_message<T: DeserializeOwned>(
 #[derive(Debug)]
 pub struct Hello {
     pub worker_id: u64,
+    pub slot: usize,
     pub generation: u64,
     /// Each listener's name and socket, in the master's order.
     pub listeners: Vec<(String, OwnedFd)>,
@@ -174,6 +179,7 @@ impl Hello {
     pub fn from_received(message: ToWorker, mut fds: Vec<OwnedFd>) -> Result<Self, ProtocolError> {
         let ToWorker::Hello {
             worker_id,
+            slot,
             generation,
             listeners: names,
             balance,
@@ -191,6 +197,7 @@ impl Hello {
         let balance = if balance { fds.pop() } else { None };
         Ok(Hello {
             worker_id,
+            slot,
             generation,
             listeners: names.into_iter().zip(fds).collect(),
             balance,
@@ -276,6 +283,7 @@ mod tests {
     fn messages_round_trip_with_version() {
         let hello = ToWorker::Hello {
             worker_id: 7,
+            slot: 1,
             generation: 2,
             listeners: vec!["http".into()],
             balance: true,
@@ -336,6 +344,7 @@ mod tests {
         let (x, _y) = fd::seqpacket_pair().unwrap();
         let hello = ToWorker::Hello {
             worker_id: 1,
+            slot: 0,
             generation: 1,
             listeners: vec!["a".into()],
             balance: false,

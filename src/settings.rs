@@ -9,6 +9,7 @@
 
 use std::ffi::OsString;
 use std::num::NonZeroUsize;
+use std::time::Duration;
 
 use crate::check::{parse_url, CheckOptions, Target};
 use crate::cli::{CheckArgs, OutputMode, ServeArgs};
@@ -31,6 +32,66 @@ pub fn load(source: &ConfigSource) -> Result<MasterConfig, String> {
     let mut config = master_config(args)?;
     config.source = Some(source.clone());
     Ok(config)
+}
+
+/// Every problem of `serve`'s arguments and their `--config` file, for
+/// `baton serve -t`: nothing is bound or started.
+pub fn test_config(args: ServeArgs, cli_args: Vec<OsString>) -> Vec<String> {
+    let (mut problems, merged) = match args.config.clone() {
+        Some(file) => crate::config_file::check(&file, &cli_args),
+        None => (Vec::new(), Some(args)),
+    };
+    let Some(args) = merged else {
+        return problems;
+    };
+    if let Err(problem) = name_listeners(&args.listen, &[], true) {
+        problems.push(problem);
+    }
+    if let Err(problem) = resolve_identity(args.user.as_deref(), args.group.as_deref()) {
+        problems.push(problem);
+    }
+    if let Some(program) = args.command.first() {
+        if let Err(problem) = find_program(program) {
+            problems.push(problem);
+        }
+    }
+    if let Some(dir) = args.control.as_ref().and_then(|c| c.parent()) {
+        if !dir.as_os_str().is_empty() && !dir.is_dir() {
+            problems.push(format!("--control: {} is not a directory", dir.display()));
+        }
+    }
+    problems
+}
+
+/// Whether COMMAND's program can be run: a path to an executable file, or
+/// a name found on PATH.
+fn find_program(program: &std::ffi::OsStr) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::PathBuf;
+    let executable = |path: &std::path::Path| {
+        path.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    let named = std::path::Path::new(program);
+    if program.as_encoded_bytes().contains(&b'/') {
+        return if executable(named) {
+            Ok(())
+        } else {
+            Err(format!(
+                "COMMAND: {} is not an executable file",
+                named.display()
+            ))
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if std::env::split_paths(&path)
+        .map(|dir: PathBuf| dir.join(named))
+        .any(|candidate| executable(&candidate))
+    {
+        Ok(())
+    } else {
+        Err(format!("COMMAND: {} is not found on PATH", named.display()))
+    }
 }
 
 /// Validates `serve`'s arguments (without a config file) into the
@@ -72,6 +133,7 @@ pub fn master_config(args: ServeArgs) -> Result<MasterConfig, String> {
         drain_grace: args.command.is_empty().then_some(args.http.drain_grace),
         probation: args.probation,
         max_memory: args.max_memory,
+        admin: args.admin,
         program,
         worker_args,
         foreign,
@@ -102,6 +164,9 @@ fn resolve_identity(user: Option<&str>, group: Option<&str>) -> Result<Option<(u
     Ok(Some((found.uid.as_raw(), gid.as_raw())))
 }
 
+/// How often `baton check` reloads when `--reload-every` is not given.
+const DEFAULT_RELOAD_EVERY: Duration = Duration::from_secs(3);
+
 /// Validates `baton check`'s arguments into the check's options.
 pub fn check_options(args: CheckArgs) -> Result<CheckOptions, String> {
     let target = match args.url {
@@ -118,6 +183,9 @@ pub fn check_options(args: CheckArgs) -> Result<CheckOptions, String> {
         }
         None => {
             let mut serve = args.serve;
+            if serve.test_config {
+                return Err("-t tests the configuration of `baton serve`, not the check".into());
+            }
             if serve.listen.is_empty() {
                 serve
                     .listen
@@ -142,12 +210,36 @@ pub fn check_options(args: CheckArgs) -> Result<CheckOptions, String> {
             }
         }
     };
+    let reload_every = match (args.reload_every, &target) {
+        (
+            Some(every),
+            Target::External {
+                reload_command: None,
+                ..
+            },
+        ) if !every.is_zero() => {
+            return Err(
+                "--reload-every needs --reload-command with --url: baton cannot reload a server it did not start"
+                    .into(),
+            )
+        }
+        (Some(every), _) => Some(every),
+        (
+            None,
+            Target::External {
+                reload_command: None,
+                ..
+            },
+        ) => None,
+        (None, _) => Some(DEFAULT_RELOAD_EVERY),
+    }
+    .filter(|every| !every.is_zero());
     Ok(CheckOptions {
         target,
         duration: args.duration,
         connections: args.connections as usize,
         keepalive_ratio: args.keepalive_ratio,
-        reload_every: (!args.reload_every.is_zero()).then_some(args.reload_every),
+        reload_every,
         kill_every: args.kill_every.filter(|every| !every.is_zero()),
         request_timeout: args.request_timeout,
         json: args.json,

@@ -297,6 +297,8 @@ fn start_reload(
             tokio::process::Command::new("sh")
                 .args(["-c", command])
                 .stdin(Stdio::null())
+                // Its output is log, not report: it goes to stderr.
+                .stdout(stderr_copy()?)
                 .kill_on_drop(true)
                 .spawn()
                 .map_err(|e| CheckError::Server(format!("cannot run the reload command: {e}")))?,
@@ -304,6 +306,16 @@ fn start_reload(
         _ => None,
     };
     Ok(PendingReload { at, command })
+}
+
+/// A copy of this process's stderr, for a child's stdout.
+fn stderr_copy() -> Result<Stdio, CheckError> {
+    use std::os::fd::AsFd;
+    let copy = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| CheckError::Server(format!("cannot run the reload command: {e}")))?;
+    Ok(Stdio::from(copy))
 }
 
 fn finish_reload(

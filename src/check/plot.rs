@@ -11,6 +11,11 @@ use crate::load::LoadReport;
 
 /// Width of one point of the timeline.
 const BUCKET: Duration = Duration::from_millis(250);
+/// Kills are drawn in their own colour: red is for failures.
+const KILL: RGBColor = RGBColor(90, 40, 140);
+/// The narrowest a reload's band is drawn, as a share of the run: a 5 ms
+/// reload is still a visible band.
+const MIN_BAND: f64 = 1.0 / 250.0;
 
 /// Draws the timeline as an SVG file at `path`. Text is laid out with
 /// plotters' built-in estimate (the viewer renders the fonts), so drawing
@@ -65,7 +70,7 @@ fn draw(
         .y_label_formatter(&|v| format!("{v:.0}"))
         .x_desc("seconds")
         .draw()?;
-    mark_events(&mut chart, report, max_rate)?;
+    mark_events(&mut chart, report, end_s, max_rate, true)?;
     chart
         .draw_series(LineSeries::new(rate, BLUE.stroke_width(2)))?
         .label("ok requests/s")
@@ -89,15 +94,16 @@ fn draw(
         .configure_mesh()
         .y_desc("p99 latency (ms)")
         .y_label_formatter(&|v| format!("{v:.1}"))
-        .x_desc("seconds (shaded: reloads, red lines: kills)")
+        .x_desc("seconds (green bands: reloads, red bands: failed reloads, purple lines: kills)")
         .draw()?;
-    mark_events(&mut chart, report, max_p99)?;
+    mark_events(&mut chart, report, end_s, max_p99, false)?;
     chart.draw_series(LineSeries::new(p99, MAGENTA.stroke_width(2)))?;
     root.present()?;
     Ok(())
 }
 
-/// Shades reload windows and draws a line at each kill.
+/// Shades reload windows and draws a line at each kill; with `legend`,
+/// names them in the chart's legend.
 fn mark_events<DB: DrawingBackend>(
     chart: &mut ChartContext<
         '_,
@@ -105,23 +111,44 @@ fn mark_events<DB: DrawingBackend>(
         Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
     >,
     report: &CheckReport,
+    end_s: f64,
     top: f64,
+    legend: bool,
 ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
-    chart.draw_series(report.reloads.iter().map(|reload| {
-        let start = reload.at_s;
-        // Make even a 5 ms reload visible.
-        let end = start + (reload.duration_ms / 1000.0).max(0.05);
-        let color = if reload.ok {
-            GREEN.mix(0.25)
+    let band = |ok: bool| {
+        if ok {
+            GREEN.mix(0.3)
         } else {
             RED.mix(0.35)
-        };
-        Rectangle::new([(start, 0.0), (end, top)], color.filled())
-    }))?;
-    chart.draw_series(
-        report.kills.iter().map(|kill| {
-            PathElement::new([(kill.at_s, 0.0), (kill.at_s, top)], RED.stroke_width(1))
-        }),
-    )?;
+        }
+    };
+    for ok in [true, false] {
+        let reloads: Vec<_> = report.reloads.iter().filter(|r| r.ok == ok).collect();
+        if reloads.is_empty() {
+            continue;
+        }
+        let drawn = chart.draw_series(reloads.into_iter().map(|reload| {
+            let start = reload.at_s;
+            let end = start + (reload.duration_ms / 1000.0).max(end_s * MIN_BAND);
+            Rectangle::new([(start, 0.0), (end, top)], band(ok).filled())
+        }))?;
+        if legend {
+            drawn
+                .label(if ok { "reload" } else { "failed reload" })
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 20, y + 5)], band(ok).filled())
+                });
+        }
+    }
+    if !report.kills.is_empty() {
+        let drawn = chart.draw_series(report.kills.iter().map(|kill| {
+            PathElement::new([(kill.at_s, 0.0), (kill.at_s, top)], KILL.stroke_width(2))
+        }))?;
+        if legend {
+            drawn
+                .label("worker killed")
+                .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], KILL.stroke_width(2)));
+        }
+    }
     Ok(())
 }

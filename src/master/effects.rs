@@ -90,6 +90,8 @@ pub(super) struct Processes {
     /// could not be started.
     pub keeper: Option<Keeper>,
     pub loader: ConfigLoader,
+    /// Cloned into each task that forwards a worker's output.
+    pub output: mpsc::Sender<()>,
 }
 
 impl Effects for Processes {
@@ -117,6 +119,7 @@ impl Effects for Processes {
             balance: self.balance.as_ref().map(ShareTable::fd),
             drain_timeout: config.drain_timeout,
             keeper: self.keeper.as_ref(),
+            output: &self.output,
         };
         let handle = worker::spawn(launch, self.events.clone()).map_err(|e| e.to_string())?;
         let pid = handle.pid;

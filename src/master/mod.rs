@@ -8,6 +8,7 @@
 //! - [`release`]: what a generation was started from, for a rollback.
 //! - [`worker`]: one worker process and the task that watches it.
 //! - [`status`]: `baton status`.
+//! - [`metrics`], [`admin`]: `/metrics` on the `--admin` listener.
 //!
 //! This module sets the master up and runs its one loop over the inputs:
 //! signals, events from the per-worker watchers, control-socket requests,
@@ -15,7 +16,9 @@
 //! tick. The master never touches a client connection: it only starts,
 //! tells and reaps processes.
 
+mod admin;
 mod effects;
+mod metrics;
 mod release;
 mod rollout;
 mod status;
@@ -58,6 +61,12 @@ pub async fn run(
     inherited: Vec<(String, OwnedFd)>,
     loader: ConfigLoader,
 ) -> Result<(), MasterError> {
+    info!(
+        event = %Event::MasterStarted,
+        pid = std::process::id(),
+        version = env!("CARGO_PKG_VERSION"),
+        "baton started"
+    );
     let options = BindOptions {
         backlog: config.backlog,
         unix_mode: config.unix_mode,
@@ -96,6 +105,10 @@ pub async fn run(
         }
     };
     let control_socket = open_control_socket(&config)?;
+    let admin = match config.admin {
+        Some(addr) => Some(open_admin(addr)?),
+        None => None,
+    };
     let keeper = Keeper::start(&config.program)
         .await
         .inspect_err(|e| warn!(cause = %e, "no keeper: if the master is killed, processes its workers forked may outlive it"))
@@ -103,6 +116,7 @@ pub async fn run(
     let notifier = Notifier::from_env();
     let watchdog = notifier.watchdog_interval();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let (output_alive, mut output_closed) = mpsc::channel::<()>(1);
     let processes = Processes {
         listeners,
         events: events_tx,
@@ -114,13 +128,53 @@ pub async fn run(
             .ok(),
         keeper,
         loader,
+        output: output_alive,
     };
     // The socket file is removed when `_control_file` drops, as run returns.
     let (control_listener, _control_file) = control_socket;
     let (control_tx, control_rx) = mpsc::unbounded_channel();
-    tokio::spawn(control::serve(control_listener, control_tx));
+    if let Some(admin) = admin {
+        tokio::spawn(admin::serve(admin, control_tx.clone()));
+    }
+    let clients = control::Clients::default();
+    tokio::spawn(control::serve(
+        control_listener,
+        control_tx,
+        clients.clone(),
+    ));
     let supervisor = Supervisor::new(config, processes);
-    drive(supervisor, &mut signals, events_rx, control_rx, watchdog).await
+    let outcome = drive(supervisor, &mut signals, events_rx, control_rx, watchdog).await;
+    // The supervisor is gone: what is still open are answers being written
+    // and workers' last output lines being forwarded.
+    clients.answered(EXIT_FLUSH).await;
+    let _ = tokio::time::timeout(EXIT_FLUSH, async {
+        while output_closed.recv().await.is_some() {}
+    })
+    .await;
+    outcome
+}
+
+/// How long an exiting master waits for its last control answers to be
+/// written, and for its workers' last output lines.
+const EXIT_FLUSH: Duration = Duration::from_secs(1);
+
+/// Binds the `--admin` listener.
+fn open_admin(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, MasterError> {
+    let bound = std::net::TcpListener::bind(addr).and_then(|listener| {
+        listener.set_nonblocking(true)?;
+        tokio::net::TcpListener::from_std(listener)
+    });
+    match bound {
+        Ok(listener) => {
+            let addr = listener.local_addr().unwrap_or(addr);
+            info!(%addr, "admin listener: GET /metrics");
+            Ok(listener)
+        }
+        Err(e) => Err(MasterError::Admin {
+            addr,
+            reason: e.to_string(),
+        }),
+    }
 }
 
 /// Binds the control socket at `--control`, or at the default path in a

@@ -5,7 +5,8 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::effects::Effects;
-use super::supervisor::{Phase, Supervisor, WorkerState};
+use super::metrics::Counters;
+use super::supervisor::{Outcome, Phase, Supervisor, WorkerState};
 use super::WorkerStats;
 use crate::procfs;
 
@@ -20,12 +21,22 @@ struct Status {
 #[derive(Serialize)]
 struct Master {
     pid: u32,
+    /// The newest generation serving in a slot (not one being rolled in,
+    /// nor one whose reload failed).
     generation: u64,
+    /// `starting`, `running`, `degraded` (a slot has no ready worker: a
+    /// crash, a crash loop backing off), `reloading`, `stopping`.
     state: &'static str,
     uptime_s: f64,
     workers_wanted: usize,
+    workers_ready: usize,
     reload_in_progress: bool,
-    last_reload: Option<String>,
+    /// The generation the reload in progress rolls in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reloading_to: Option<u64>,
+    last_reload: Option<Outcome>,
+    /// What happened over the master's life (as on `/metrics`).
+    counters: Counters,
     /// The newest generation, while a crash of one of its workers would
     /// still roll it back.
     probation: Option<ProbationRow>,
@@ -110,16 +121,21 @@ fn collect<E: Effects>(supervisor: &Supervisor<E>) -> Status {
     Status {
         master: Master {
             pid: std::process::id(),
-            generation: supervisor.generation,
+            generation: supervisor.serving_generation(),
             state: match supervisor.phase {
                 Phase::Starting => "starting",
-                Phase::Running => "running",
                 Phase::Stopping => "stopping",
+                Phase::Running if supervisor.reloads.rollout.is_some() => "reloading",
+                Phase::Running if supervisor.ready_slots() < supervisor.slots.len() => "degraded",
+                Phase::Running => "running",
             },
             uptime_s: (now - supervisor.started).as_secs_f64(),
             workers_wanted: supervisor.slots.len(),
+            workers_ready: supervisor.ready_slots(),
             reload_in_progress: supervisor.reloads.rollout.is_some(),
+            reloading_to: supervisor.reloads.rollout.as_ref().map(|r| r.generation),
             last_reload: supervisor.reloads.last.clone(),
+            counters: supervisor.counters.clone(),
             probation: supervisor.reloads.probation.as_ref().map(|p| ProbationRow {
                 generation: p.generation,
                 remaining_s: p.until.saturating_duration_since(now).as_secs_f64(),
@@ -134,13 +150,21 @@ fn collect<E: Effects>(supervisor: &Supervisor<E>) -> Status {
 fn table(status: &Status) -> String {
     let master = &status.master;
     let mut text = format!(
-        "ok\nmaster pid {}, {}, generation {}, up {}; last reload: {}\n",
+        "ok\nmaster pid {}, {} ({}/{} workers ready), generation {}, up {}; last reload: {}\n",
         master.pid,
         master.state,
+        master.workers_ready,
+        master.workers_wanted,
         master.generation,
         human(master.uptime_s),
-        master.last_reload.as_deref().unwrap_or("none"),
+        master
+            .last_reload
+            .as_ref()
+            .map_or_else(|| "none".to_owned(), Outcome::summary),
     );
+    if let Some(generation) = master.reloading_to {
+        text += &format!("reloading to generation {generation}\n");
+    }
     if let Some(p) = &master.probation {
         text += &format!(
             "generation {} on probation for {:.1} s more; a crash rolls back to generation {}'s release\n",

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tracing::{error, info, info_span, warn};
 
 use super::effects::{Effects, Systemd};
+use super::metrics::Counters;
 use super::release::Release;
 use super::rollout::Rollout;
 use super::worker::{WorkerEvent, WorkerId, WorkerStats};
@@ -175,7 +176,7 @@ pub(super) struct Reloads {
     /// ...and for the one queued behind it.
     queued_waiters: Vec<oneshot::Sender<String>>,
     /// The last reload's outcome, for STATUS= lines and `baton status`.
-    pub last: Option<String>,
+    pub last: Option<Outcome>,
     /// The newest generation, rolled in, before its probation ends.
     pub probation: Option<Probation>,
     /// The configuration before the reload in progress read a new one,
@@ -217,43 +218,50 @@ impl Reloads {
     }
 }
 
-/// How a reload ended.
-#[derive(Debug)]
-enum Outcome {
+/// How a reload ended: kept as the last outcome for `baton status` (as
+/// JSON, with `outcome` naming the variant) and said to `--wait` clients.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub(super) enum Outcome {
     /// The new configuration cannot be used; nothing was started.
     Rejected { reason: String },
-    Succeeded {
+    /// Every slot runs the new generation (and it passed its probation).
+    Ok {
         generation: u64,
-        elapsed_ms: u64,
-        note: String,
+        duration_ms: u64,
+        /// How its probation ended, if it had one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        probation: Option<String>,
     },
     /// A new worker did not become ready; the old workers go on.
     Failed { generation: u64, reason: String },
     /// A worker of the new release crashed; the previous release rolls in.
     RolledBack {
-        failed: u64,
-        target: u64,
+        generation: u64,
+        rollback_to: u64,
         reason: String,
     },
 }
 
 impl Outcome {
     /// For `baton status` and systemd's STATUS=, after "last reload".
-    fn summary(&self) -> String {
+    pub fn summary(&self) -> String {
         match self {
             Outcome::Rejected { reason } => format!("rejected: {reason}"),
-            Outcome::Succeeded {
-                elapsed_ms, note, ..
-            } => format!("ok in {elapsed_ms} ms{note}"),
+            Outcome::Ok {
+                duration_ms,
+                probation,
+                ..
+            } => format!("ok in {duration_ms} ms{}", note(probation)),
             Outcome::Failed { generation, reason } => {
                 format!("of generation {generation} FAILED: {reason}")
             }
             Outcome::RolledBack {
-                failed,
-                target,
+                generation,
+                rollback_to,
                 reason,
             } => format!(
-                "of generation {failed} FAILED: {reason}; rolled back to generation {target}'s release"
+                "of generation {generation} FAILED: {reason}; rolled back to generation {rollback_to}'s release"
             ),
         }
     }
@@ -262,23 +270,33 @@ impl Outcome {
     fn answer(&self) -> String {
         match self {
             Outcome::Rejected { reason } => format!("error: reload rejected: {reason}\n"),
-            Outcome::Succeeded {
+            Outcome::Ok {
                 generation,
-                elapsed_ms,
-                note,
-            } => format!("ok: generation {generation} is in ({elapsed_ms} ms){note}\n"),
+                duration_ms,
+                probation,
+            } => format!(
+                "ok: generation {generation} is in ({duration_ms} ms){}\n",
+                note(probation)
+            ),
             Outcome::Failed { generation, reason } => format!(
                 "error: reload of generation {generation} failed: {reason}; the old workers keep serving\n"
             ),
             Outcome::RolledBack {
-                failed,
-                target,
+                generation,
+                rollback_to,
                 reason,
             } => format!(
-                "error: reload of generation {failed} failed: {reason}; rolling back to generation {target}'s release\n"
+                "error: reload of generation {generation} failed: {reason}; rolling back to generation {rollback_to}'s release\n"
             ),
         }
     }
+}
+
+/// "; stayed up through its probation", or nothing.
+fn note(probation: &Option<String>) -> String {
+    probation
+        .as_ref()
+        .map_or_else(String::new, |how| format!("; {how}"))
 }
 
 pub(super) struct Supervisor<E: Effects> {
@@ -299,6 +317,8 @@ pub(super) struct Supervisor<E: Effects> {
     program_path: std::path::PathBuf,
     /// When the master started, for `baton status`.
     pub started: Instant,
+    /// What happened over its life, for `/metrics` and `baton status`.
+    pub counters: Counters,
 }
 
 impl<E: Effects> Supervisor<E> {
@@ -316,6 +336,7 @@ impl<E: Effects> Supervisor<E> {
             reloads: Reloads::default(),
             failure: None,
             started: Instant::now(),
+            counters: Counters::default(),
         }
     }
 
@@ -404,6 +425,9 @@ impl<E: Effects> Supervisor<E> {
                 self.stop(false);
                 let _ = reply.send("ok: draining every worker, then exiting\n".to_owned());
             }
+            control::Command::Metrics => {
+                let _ = reply.send(super::metrics::render(self));
+            }
         }
     }
 
@@ -417,7 +441,7 @@ impl<E: Effects> Supervisor<E> {
         );
         if let Some(reload) = &self.reloads.last {
             line += "; last reload ";
-            line += reload;
+            line += &reload.summary();
         }
         line
     }
@@ -550,6 +574,7 @@ impl<E: Effects> Supervisor<E> {
             return;
         }
         warn!(event = %Event::WorkerCrashed, pid, slot, generation, %status, "worker crashed; replacing it");
+        self.counters.crashes += 1;
         self.slots[slot].current = None;
         if self.on_trial(generation) {
             let lived = humantime::format_duration(Duration::from_millis(
@@ -597,6 +622,7 @@ impl<E: Effects> Supervisor<E> {
     fn restart(&mut self, slot: usize) {
         self.slots[slot].restart_at = None;
         self.slots[slot].restarts += 1;
+        self.counters.restarts += 1;
         let generation = self.slots[slot].generation;
         match self.spawn(slot, generation, Cause::Replacement) {
             Ok(id) => self.slots[slot].current = Some(id),
@@ -616,8 +642,24 @@ impl<E: Effects> Supervisor<E> {
         }
     }
 
+    /// The newest generation with a ready worker in a slot: what serves,
+    /// whatever is being rolled in or failed to. With no worker ready (a
+    /// crash loop), the generation the slots restart in.
+    pub fn serving_generation(&self) -> u64 {
+        let ready = self
+            .slots
+            .iter()
+            .filter_map(|slot| self.workers.get(&slot.current?))
+            .filter(|w| w.state == WorkerState::Ready)
+            .map(|w| w.generation)
+            .max();
+        ready
+            .or_else(|| self.slots.iter().map(|slot| slot.generation).max())
+            .unwrap_or(self.generation)
+    }
+
     /// Slots whose current worker is ready.
-    fn ready_slots(&self) -> usize {
+    pub fn ready_slots(&self) -> usize {
         self.slots
             .iter()
             .filter(|slot| {
@@ -760,10 +802,10 @@ impl<E: Effects> Supervisor<E> {
                         previous,
                     });
                 }
-                _ => self.conclude(Outcome::Succeeded {
+                _ => self.conclude(Outcome::Ok {
                     generation,
-                    elapsed_ms,
-                    note: String::new(),
+                    duration_ms: elapsed_ms,
+                    probation: None,
                 }),
             }
         }
@@ -807,15 +849,25 @@ impl<E: Effects> Supervisor<E> {
     /// Records a reload's outcome, tells systemd the reload is over and
     /// answers everyone waiting for it.
     fn conclude(&mut self, outcome: Outcome) {
-        self.reloads.last = Some(outcome.summary());
+        let answer = outcome.answer();
+        let rejected = matches!(outcome, Outcome::Rejected { .. });
+        let counters = &mut self.counters;
+        *match outcome {
+            Outcome::Ok { .. } => &mut counters.reloads_ok,
+            Outcome::Failed { .. } => &mut counters.reloads_failed,
+            Outcome::Rejected { .. } => &mut counters.reloads_rejected,
+            Outcome::RolledBack { .. } => &mut counters.reloads_rolled_back,
+        } += 1;
+        self.reloads.last = Some(outcome);
         let status = self.status_line();
-        self.effects.systemd(match outcome {
+        self.effects.systemd(if rejected {
             // RELOADING=1 was never sent.
-            Outcome::Rejected { .. } => Systemd::Status(status),
+            Systemd::Status(status)
+        } else {
             // READY=1 ends a reload for systemd whatever its outcome.
-            _ => Systemd::Ready(status),
+            Systemd::Ready(status)
         });
-        self.reloads.answer(&outcome.answer());
+        self.reloads.answer(&answer);
     }
 
     /// Runs the reload asked for while another one ran, if any.
@@ -831,10 +883,10 @@ impl<E: Effects> Supervisor<E> {
             return;
         };
         info!(event = %Event::ProbationOver, generation = probation.generation, how, "probation over");
-        self.conclude(Outcome::Succeeded {
+        self.conclude(Outcome::Ok {
             generation: probation.generation,
-            elapsed_ms: probation.rollout_ms,
-            note: format!("; {how}"),
+            duration_ms: probation.rollout_ms,
+            probation: Some(how.to_owned()),
         });
         self.start_queued_reload();
     }
@@ -876,8 +928,8 @@ impl<E: Effects> Supervisor<E> {
         let target = previous.generation;
         error!(event = %Event::ReleaseFailed, generation = failed, rollback_to = target, %reason, "release failed; rolling back");
         self.conclude(Outcome::RolledBack {
-            failed,
-            target,
+            generation: failed,
+            rollback_to: target,
             reason,
         });
         let restored = self
@@ -978,6 +1030,7 @@ impl<E: Effects> Supervisor<E> {
                 limit_bytes = limit,
                 "worker over its memory limit; rolling it"
             );
+            self.counters.memory_rolls += 1;
             match self.spawn(slot, generation, Cause::Memory) {
                 Ok(successor) => self.slots[slot].successor = Some(successor),
                 Err(reason) => {
@@ -1195,6 +1248,7 @@ mod tests {
             drain_grace: None,
             probation,
             max_memory: None,
+            admin: None,
             // Any file that exists: a release keeps it open.
             program: std::env::current_exe().expect("the test binary's path"),
             worker_args: Vec::new(),
@@ -1417,12 +1471,14 @@ mod tests {
             supervisor.reloads.probation.is_none(),
             "a rollback is not on probation"
         );
-        assert!(supervisor
-            .reloads
-            .last
-            .as_deref()
-            .unwrap()
-            .contains("rolled back"));
+        assert!(matches!(
+            supervisor.reloads.last,
+            Some(Outcome::RolledBack {
+                generation: 2,
+                rollback_to: 1,
+                ..
+            })
+        ));
         assert!(supervisor.slots.iter().all(|s| s.generation == 3));
     }
 

@@ -117,6 +117,10 @@ pub struct Launch<'a> {
     pub drain_timeout: Duration,
     /// Stops the worker's process group if the master goes away.
     pub keeper: Option<&'a Keeper>,
+    /// Held by the tasks that forward the worker's output (never sent on):
+    /// the master waits for them before it exits, so that a worker's last
+    /// words (why it failed to start) are printed.
+    pub output: &'a mpsc::Sender<()>,
 }
 
 /// How often a worker's process group is looked at while what it left
@@ -189,6 +193,7 @@ pub fn spawn(
     // The hello waits in the socket until the worker reads it: no round trip.
     let hello = ToWorker::Hello {
         worker_id: launch.id,
+        slot: launch.slot,
         generation: launch.generation,
         listeners: launch.listeners.names(),
         balance: launch.balance.is_some(),
@@ -240,10 +245,17 @@ pub fn spawn(
     let pid = child.id().expect("a just-spawned child has a pid");
     let prefix = format!("[slot {} pid {pid}]", launch.slot);
     if let Some(stdout) = child.stdout.take() {
-        tokio::spawn(forward_lines(stdout, prefix.clone(), tokio::io::stdout()));
+        let alive = launch.output.clone();
+        tokio::spawn(forward_lines(
+            stdout,
+            prefix.clone(),
+            tokio::io::stdout(),
+            alive,
+        ));
     }
     if let Some(stderr) = child.stderr.take() {
-        tokio::spawn(forward_lines(stderr, prefix, tokio::io::stderr()));
+        let alive = launch.output.clone();
+        tokio::spawn(forward_lines(stderr, prefix, tokio::io::stderr(), alive));
     }
     let foreign = launch
         .foreign
@@ -260,7 +272,6 @@ pub fn spawn(
     let (orders_tx, orders_rx) = mpsc::unbounded_channel();
     let span = tracing::info_span!(
         "worker",
-        id = launch.id,
         slot = launch.slot,
         generation = launch.generation,
         pid
@@ -307,12 +318,13 @@ async fn forward_lines(
     from: impl tokio::io::AsyncRead + Unpin,
     prefix: String,
     mut to: impl tokio::io::AsyncWrite + Unpin,
+    _alive: mpsc::Sender<()>,
 ) {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     let mut lines = tokio::io::BufReader::new(from).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let text = format!("{prefix} {line}\n");
-        if to.write_all(text.as_bytes()).await.is_err() {
+        if to.write_all(text.as_bytes()).await.is_err() || to.flush().await.is_err() {
             break;
         }
     }

@@ -53,6 +53,8 @@ pub enum Instruction {
 pub struct Handoff {
     channel: Channel,
     pub worker_id: u64,
+    /// The slot it serves (the master's name for it in its log).
+    pub slot: usize,
     pub generation: u64,
     /// This worker's place in the accept-balance table, for
     /// [`super::accept::Acceptor`]; `None` if the master sent none or it
@@ -93,6 +95,7 @@ impl Handoff {
         let handoff = Handoff {
             channel,
             worker_id: hello.worker_id,
+            slot: hello.slot,
             generation: hello.generation,
             balance,
         };
@@ -190,6 +193,7 @@ mod tests {
         let master_end = std::os::unix::net::UnixDatagram::from(master_end);
         let hello = ToWorker::Hello {
             worker_id: 1,
+            slot: 0,
             generation: 1,
             listeners: vec!["http".into()],
             balance,

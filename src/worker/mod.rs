@@ -76,9 +76,10 @@ pub fn run(args: HttpArgs) -> Result<(), WorkerError> {
 
 async fn serve(args: HttpArgs) -> Result<(), WorkerError> {
     let (handoff, received) = Handoff::receive().await?;
+    // Named as the master names it: slot, generation, pid.
     let span = tracing::info_span!(
         "worker",
-        id = handoff.worker_id,
+        slot = handoff.slot,
         generation = handoff.generation,
         pid = std::process::id()
     );

@@ -88,6 +88,10 @@ fn baton_passes_its_own_check_with_json_and_plot() {
     assert!(picture.trim_end().ends_with("</svg>"));
     assert!(picture.contains("<polyline"), "the plot has lines");
     assert!(picture.contains("requests/s"), "the plot has labels");
+    assert!(
+        picture.lines().any(|line| line.trim() == "reload"),
+        "the legend names the reload bands"
+    );
 }
 
 /// A Python server that is simply stopped and started again on reload, as
@@ -201,6 +205,10 @@ fn bad_check_options_are_usage_errors() {
             "--kill-every",
         ),
         (&["--reload-command", "true"], "--url"),
+        (
+            &["--url", "http://127.0.0.1:1/", "--reload-every", "2s"],
+            "--reload-every needs --reload-command",
+        ),
         (&["--duration", "forever"], "not a duration"),
         (&["--workers", "0"], "--workers"),
     ] {
@@ -260,4 +268,37 @@ fn check_url_sends_the_urls_host() {
         "4",
     ]);
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+}
+
+/// Without a reload command, `--url` checks load alone: nothing is
+/// scheduled that nothing performs, and the check ends on time. A reload
+/// command's own output goes to stderr, not into the report.
+#[test]
+fn check_url_without_a_reload_command_checks_load_alone_and_on_time() {
+    let baton = Baton::serve(&["--workers", "1"]);
+    let url = format!("http://{}/", baton.addr);
+    let started = std::time::Instant::now();
+    let (code, stdout, stderr) =
+        run_check(&["--url", &url, "--duration", "4s", "--connections", "4"]);
+    let took = started.elapsed();
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("reloads     0"), "{stdout}");
+    assert!(
+        took < slower(Duration::from_secs(15)),
+        "took {took:?} for a 4 s check"
+    );
+
+    let (code, stdout, stderr) = run_check(&[
+        "--url",
+        &url,
+        "--duration",
+        "2s",
+        "--reload-every",
+        "1s",
+        "--reload-command",
+        "echo reload-command-output",
+    ]);
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(!stdout.contains("reload-command-output"), "{stdout}");
+    assert!(stderr.contains("reload-command-output"), "{stderr}");
 }

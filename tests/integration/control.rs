@@ -149,8 +149,13 @@ fn status_matches_the_process_tree() {
         table.contains("SLOT") && table.contains("REQUESTS"),
         "{table}"
     );
+    // The worker rows, after the master's line and the column heads.
     assert_eq!(
-        table.lines().filter(|l| l.contains("ready")).count(),
+        table
+            .lines()
+            .skip(2)
+            .filter(|l| l.contains("ready"))
+            .count(),
         3,
         "{table}"
     );
@@ -549,4 +554,75 @@ fn an_invalid_config_rejects_the_reload_and_loses_nothing() {
     let report = load.finish();
     assert_no_failures(&report);
     assert_eq!(c.baton.workers(), serving, "the workers went on untouched");
+}
+
+/// `status --json` tells the truth when things go wrong: a slot in a crash
+/// loop makes the master `degraded` with the backoff shown; a failed reload
+/// is the last reload's outcome, with its generation and reason, while the
+/// old generation still counts as the one serving. `stop --wait` returns
+/// only once the master has exited.
+#[test]
+fn status_tells_a_crash_loop_and_a_failed_reload_and_stop_waits_for_the_exit() {
+    let dir = TempDir::new("crashloop");
+    let broken = dir.path().join("broken");
+    let program = format!(
+        "import os, socket, sys\n{}\nif os.path.exists({:?}):\n    sys.exit(3)\nserve(socket.socket(fileno=3))\n",
+        crate::command::SERVE_UNTIL_TERM,
+        broken.to_str().unwrap()
+    );
+    let c = serve_with_control(&["--workers", "1", "--", "python3", "-c", &program]);
+    let first = c
+        .baton
+        .wait_workers(Duration::from_secs(10), |w| w.len() == 1);
+    let status = || -> serde_json::Value {
+        let (code, json, stderr) = client(&["status", "--json"], &c.path, None);
+        assert_eq!(code, 0, "{stderr}");
+        serde_json::from_str(&json).unwrap()
+    };
+    assert_eq!(status()["master"]["state"], "running");
+
+    std::fs::write(&broken, "").unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first[0] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let mut seen = serde_json::Value::Null;
+    let backing_off = wait_until(slower(Duration::from_secs(10)), || {
+        seen = status();
+        seen["backoff"].as_array().is_some_and(|b| !b.is_empty())
+    });
+    assert!(backing_off, "{seen}");
+    assert_eq!(seen["master"]["state"], "degraded", "{seen}");
+    assert_eq!(seen["master"]["workers_ready"], 0, "{seen}");
+
+    let (code, _, stderr) = client(&["reload", "--wait"], &c.path, None);
+    assert_eq!(code, 1, "{stderr}");
+    let seen = status();
+    let last = &seen["master"]["last_reload"];
+    assert_eq!(last["outcome"], "failed", "{seen}");
+    assert_eq!(last["generation"], 2, "{seen}");
+    assert!(
+        last["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("exited before it was ready")),
+        "{seen}"
+    );
+    assert_eq!(seen["master"]["generation"], 1, "{seen}");
+
+    std::fs::remove_file(&broken).unwrap();
+    let mut seen = serde_json::Value::Null;
+    let recovered = wait_until(slower(Duration::from_secs(30)), || {
+        seen = status();
+        seen["master"]["state"] == "running"
+    });
+    assert!(recovered, "{seen}");
+
+    let (code, stdout, stderr) = client(&["stop", "--wait"], &c.path, None);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("has exited"), "{stdout}");
+    assert!(
+        is_dead(c.baton.pid()),
+        "stop --wait returned before the master exited"
+    );
 }

@@ -13,6 +13,7 @@ mod hardening;
 mod http;
 mod lifecycle;
 mod liveness;
+mod operators;
 mod real_servers;
 mod systemd;
 mod zero_downtime;

@@ -360,3 +360,31 @@ fn systemd_analyze_accepts_the_type_notify_units() {
         "systemd-analyze complained: {stderr}"
     );
 }
+
+/// Both units work as installed: the control socket sits in the unit's own
+/// runtime directory (so `baton status --control /run/baton/control.sock`
+/// reaches it from the host, whatever PrivateTmp= hides), and the
+/// open-file limit is raised for thousands of connections.
+#[test]
+fn the_units_put_the_control_socket_where_the_host_reaches_it() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
+    for unit in ["baton.service", "legacy/baton.service"] {
+        let text = std::fs::read_to_string(root.join(unit)).unwrap();
+        let lines: Vec<&str> = text.lines().map(str::trim).collect();
+        for wanted in ["RuntimeDirectory=baton", "RuntimeDirectoryMode=0700"] {
+            assert!(lines.contains(&wanted), "{unit} lacks {wanted}");
+        }
+        assert!(
+            lines.iter().any(|l| l.starts_with("LimitNOFILE=")),
+            "{unit} lacks LimitNOFILE="
+        );
+        let exec = lines
+            .iter()
+            .find(|l| l.starts_with("ExecStart="))
+            .unwrap_or_else(|| panic!("{unit} has no ExecStart="));
+        assert!(
+            exec.contains("--control /run/baton/"),
+            "{unit}: the control socket must be in the runtime directory: {exec}"
+        );
+    }
+}

@@ -1,0 +1,79 @@
+//! The admin listener (`--admin ADDR`): `/metrics` for Prometheus, over
+//! plain HTTP/1. It asks the supervisor through the same channel as the
+//! control socket, so the master's state has one owner.
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use crate::control;
+
+/// The content type of the OpenMetrics text format.
+const METRICS_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Answers admin requests until the master exits.
+pub(super) async fn serve(
+    listener: TcpListener,
+    requests: mpsc::UnboundedSender<control::Request>,
+) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                warn!(cause = %e, "admin listener accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let requests = requests.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| answer(request, requests.clone()));
+            let served = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = served {
+                debug!(cause = %e, "admin client");
+            }
+        });
+    }
+}
+
+async fn answer(
+    request: Request<hyper::body::Incoming>,
+    supervisor: mpsc::UnboundedSender<control::Request>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let reply = |status: StatusCode, content_type: &str, body: String| {
+        Response::builder()
+            .status(status)
+            .header(hyper::header::CONTENT_TYPE, content_type)
+            .body(Full::new(Bytes::from(body)))
+            .expect("a valid response")
+    };
+    if request.method() != Method::GET || request.uri().path() != "/metrics" {
+        return Ok(reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "baton's admin listener serves GET /metrics\n".to_owned(),
+        ));
+    }
+    let (tx, rx) = oneshot::channel();
+    let asked = supervisor.send(control::Request {
+        command: control::Command::Metrics,
+        reply: tx,
+    });
+    match (asked, rx.await) {
+        (Ok(()), Ok(text)) => Ok(reply(StatusCode::OK, METRICS_TYPE, text)),
+        _ => Ok(reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "baton is exiting\n".to_owned(),
+        )),
+    }
+}

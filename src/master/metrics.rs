@@ -1,0 +1,158 @@
+//! `/metrics` on the admin listener: the supervisor's counters and gauges
+//! in the Prometheus (OpenMetrics) text format, rendered from its state at
+//! each scrape. The workers' traffic counters come from the reports they
+//! already send every second; nothing here touches a client connection.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use super::effects::Effects;
+use super::supervisor::{Supervisor, WorkerState};
+
+/// Labels: `[("state", "ready")]` and the like.
+type Labels = Vec<(&'static str, String)>;
+
+/// What the supervisor counts over its life, for `/metrics` and
+/// `status --json`.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub(super) struct Counters {
+    /// Reloads by outcome.
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+    pub reloads_rejected: u64,
+    pub reloads_rolled_back: u64,
+    /// Workers that died on their own while serving.
+    pub crashes: u64,
+    /// Workers started to replace a crashed one.
+    pub restarts: u64,
+    /// Workers rolled for staying above `--max-memory`.
+    pub memory_rolls: u64,
+}
+
+pub(super) fn render<E: Effects>(supervisor: &Supervisor<E>) -> String {
+    let mut registry = Registry::with_prefix("baton");
+    let counters = &supervisor.counters;
+
+    let reloads = Family::<Labels, Counter>::default();
+    for (outcome, count) in [
+        ("ok", counters.reloads_ok),
+        ("failed", counters.reloads_failed),
+        ("rejected", counters.reloads_rejected),
+        ("rolled_back", counters.reloads_rolled_back),
+    ] {
+        reloads
+            .get_or_create(&vec![("outcome", outcome.to_owned())])
+            .inc_by(count);
+    }
+    registry.register("reloads", "Reloads by outcome", reloads);
+    for (name, help, value) in [
+        (
+            "worker_crashes",
+            "Workers that died on their own while serving",
+            counters.crashes,
+        ),
+        (
+            "worker_restarts",
+            "Workers started to replace a crashed one",
+            counters.restarts,
+        ),
+        (
+            "memory_rolls",
+            "Workers rolled for staying above --max-memory",
+            counters.memory_rolls,
+        ),
+    ] {
+        let counter = Counter::<u64>::default();
+        counter.inc_by(value);
+        registry.register(name, help, counter);
+    }
+
+    let workers = Family::<Labels, Gauge>::default();
+    for (state, name) in [
+        (WorkerState::Starting, "starting"),
+        (WorkerState::Ready, "ready"),
+        (WorkerState::Draining, "draining"),
+        (WorkerState::Hurried, "hurried"),
+    ] {
+        let count = supervisor
+            .workers
+            .values()
+            .filter(|w| w.state == state)
+            .count();
+        workers
+            .get_or_create(&vec![("state", name.to_owned())])
+            .set(count as i64);
+    }
+    registry.register("workers", "Worker processes by state", workers);
+    for (name, help, value) in [
+        (
+            "workers_wanted",
+            "Slots the master keeps filled (--workers)",
+            supervisor.slots.len() as i64,
+        ),
+        (
+            "generation",
+            "The newest generation serving in a slot",
+            supervisor.serving_generation() as i64,
+        ),
+        (
+            "reload_in_progress",
+            "1 while a reload rolls",
+            i64::from(supervisor.reloads.rollout.is_some()),
+        ),
+        (
+            "backing_off_slots",
+            "Slots waiting out a crash-loop backoff",
+            supervisor
+                .slots
+                .iter()
+                .filter(|s| s.restart_at.is_some())
+                .count() as i64,
+        ),
+    ] {
+        let gauge = Gauge::<i64>::default();
+        gauge.set(value);
+        registry.register(name, help, gauge);
+    }
+
+    // Built-in workers' own reports.
+    let requests = Family::<Labels, Counter>::default();
+    let accepted = Family::<Labels, Counter>::default();
+    let open = Family::<Labels, Gauge>::default();
+    for worker in supervisor.workers.values() {
+        let Some(stats) = worker.stats else {
+            continue;
+        };
+        let labels = vec![
+            ("slot", worker.slot.to_string()),
+            ("generation", worker.generation.to_string()),
+            ("pid", worker.pid.to_string()),
+        ];
+        requests.get_or_create(&labels).inc_by(stats.requests);
+        accepted.get_or_create(&labels).inc_by(stats.accepted);
+        open.get_or_create(&labels)
+            .set(stats.open_connections as i64);
+    }
+    registry.register(
+        "worker_requests",
+        "Requests a built-in worker answered",
+        requests,
+    );
+    registry.register(
+        "worker_accepted_connections",
+        "Connections a built-in worker accepted",
+        accepted,
+    );
+    registry.register(
+        "worker_open_connections",
+        "Connections a built-in worker has open",
+        open,
+    );
+
+    let mut text = String::new();
+    encode(&mut text, &registry).expect("writing to a String cannot fail");
+    text
+}
