@@ -40,8 +40,10 @@ impl LogFormat {
 const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
 
 /// Installs the logger for this process. `rust_log` is the `RUST_LOG`
-/// value; a bad one is reported (as a log line) and `info` used instead.
-pub fn init(format: LogFormat, rust_log: Option<&str>) {
+/// value; a bad one is reported (as a log line, when `report`: the
+/// processes baton starts inherit the value, and the master has said it)
+/// and `info` used instead.
+pub fn init(format: LogFormat, rust_log: Option<&str>, report: bool) {
     let (filter, problem) = match rust_log.map(str::trim).filter(|v| !v.is_empty()) {
         None => (default_filter(), None),
         Some(value) => match filter(value) {
@@ -73,7 +75,7 @@ pub fn init(format: LogFormat, rust_log: Option<&str>) {
         .with(lines)
         .with(filter)
         .init();
-    if let Some(problem) = problem {
+    if let Some(problem) = problem.filter(|_| report) {
         tracing::warn!("{problem}");
     }
 }

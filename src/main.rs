@@ -60,11 +60,12 @@ fn main() -> ExitCode {
     // Workers, exec stages and the keeper log the same way. (No other
     // thread exists yet.)
     std::env::set_var("BATON_LOG_FORMAT", cli.log_format.as_str());
-    baton::logging::init(cli.log_format, std::env::var("RUST_LOG").ok().as_deref());
     let worker = matches!(
         cli.command,
         Command::Worker(_) | Command::Exec(_) | Command::Keeper
     );
+    let rust_log = std::env::var("RUST_LOG").ok();
+    baton::logging::init(cli.log_format, rust_log.as_deref(), !worker);
     match run(cli.command) {
         Ok(Success::Done) => ExitCode::SUCCESS,
         Ok(Success::CheckFailed) => ExitCode::from(EXIT_FAILURE),
