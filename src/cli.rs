@@ -50,6 +50,11 @@ pub enum Command {
     Status(StatusArgs),
     /// Drain a running baton's workers and make it exit
     Stop(StopArgs),
+    /// Lame duck: make health checks fail (503 on /healthz) while the
+    /// workers go on serving, so that load balancers take this host out
+    Drain(ControlArgs),
+    /// Back from lame duck: health checks pass again
+    Undrain(ControlArgs),
     /// Zero-downtime check: drive HTTP load while reloading (and optionally
     /// killing workers), report every failure, exit 1 if anything failed.
     ///
@@ -236,9 +241,18 @@ pub struct ServeArgs {
 
     /// Serve Prometheus metrics at http://ADDR/metrics (reloads by outcome,
     /// crashes, restarts, workers by state, and the built-in workers'
-    /// requests and connections). Keep it on a private address
+    /// requests and connections) and health checks for load balancers:
+    /// /healthz (200, or 503 in lame duck and shutdown) and /readyz (503
+    /// until the first workers are ready). Keep it on a private address
     #[arg(long, value_name = "HOST:PORT")]
     pub admin: Option<std::net::SocketAddr>,
+
+    /// On SIGTERM, first serve this long as a lame duck (health checks
+    /// fail, the workers go on serving, so that load balancers take this
+    /// host out), then drain. A second SIGTERM drains at once
+    #[arg(long, value_name = "DUR", default_value = "0s",
+          value_parser = DurationRange::WAIT.parser())]
+    pub shutdown_delay: Duration,
 
     #[command(flatten)]
     pub http: HttpArgs,
@@ -387,6 +401,7 @@ impl ServeArgs {
         if let Some(admin) = self.admin {
             args.extend(["--admin".into(), admin.to_string().into()]);
         }
+        args.extend(["--shutdown-delay".into(), duration_arg(self.shutdown_delay)]);
         if let Some(bytes) = self.max_memory {
             args.extend(["--max-memory".into(), format!("{bytes}B").into()]);
         }

@@ -277,8 +277,11 @@ pub struct MasterConfig {
     /// `--probation`: how long a new generation must run without a crash
     /// after its reload before the reload counts as done; zero for none.
     pub probation: Duration,
-    /// `--admin`: where `/metrics` is served.
+    /// `--admin`: where `/metrics` and the health checks are served.
     pub admin: Option<SocketAddr>,
+    /// `--shutdown-delay`: how long SIGTERM keeps serving as a lame duck
+    /// before the drain.
+    pub shutdown_delay: Duration,
     /// `--max-memory`: a worker whose process group stays above this many
     /// resident bytes is rolled (a new worker first, then the old drains).
     pub max_memory: Option<u64>,

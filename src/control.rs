@@ -41,6 +41,14 @@ pub enum Command {
     Stop,
     /// The Prometheus text of `/metrics`.
     Metrics,
+    /// Lame duck: health checks fail, the workers go on serving.
+    Drain,
+    /// Back from lame duck.
+    Undrain,
+    /// `ok` while this host should get traffic (`/healthz`).
+    Health,
+    /// `ok` once the first generation is ready (`/readyz`).
+    Ready,
 }
 
 impl Command {
@@ -52,6 +60,10 @@ impl Command {
             ["status", "--json"] => Some(Command::Status { json: true }),
             ["stop"] => Some(Command::Stop),
             ["metrics"] => Some(Command::Metrics),
+            ["drain"] => Some(Command::Drain),
+            ["undrain"] => Some(Command::Undrain),
+            ["health"] => Some(Command::Health),
+            ["ready"] => Some(Command::Ready),
             _ => None,
         }
     }
@@ -64,6 +76,10 @@ impl Command {
             Command::Status { json: true } => "status --json",
             Command::Stop => "stop",
             Command::Metrics => "metrics",
+            Command::Drain => "drain",
+            Command::Undrain => "undrain",
+            Command::Health => "health",
+            Command::Ready => "ready",
         }
     }
 }
@@ -226,7 +242,7 @@ async fn handle(stream: UnixStream, requests: mpsc::UnboundedSender<Request>) ->
                 format!("error: requests are at most {MAX_REQUEST_BYTES} bytes\n")
             }
             Ok(Ok(_)) => match Command::parse(&line) {
-                None => "error: unknown request; send one of: reload, reload --wait, status, status --json, stop, metrics\n"
+                None => "error: unknown request; send one of: reload, reload --wait, status, status --json, stop, metrics, drain, undrain, health, ready\n"
                     .to_owned(),
                 Some(command) => ask(&requests, command).await,
             },
@@ -304,6 +320,10 @@ mod tests {
             Command::Status { json: true },
             Command::Stop,
             Command::Metrics,
+            Command::Drain,
+            Command::Undrain,
+            Command::Health,
+            Command::Ready,
         ] {
             assert_eq!(Command::parse(command.as_line()), Some(command));
         }

@@ -56,6 +56,11 @@ pub enum Event {
     ReleaseFailed,
     RollbackStarted,
     RollbackComplete,
+    /// Lame duck: health checks fail so that load balancers stop sending
+    /// traffic; the workers go on serving. `reason=`.
+    LameDuck,
+    /// Back from lame duck: health checks pass again.
+    Undrained,
     /// The master drains (or kills) every worker to exit.
     ShuttingDown,
     /// The first start failed; the master exits. `reason=`.
@@ -63,7 +68,7 @@ pub enum Event {
 }
 
 impl Event {
-    pub const ALL: [Event; 24] = [
+    pub const ALL: [Event; 26] = [
         Event::MasterStarted,
         Event::Listening,
         Event::WorkerStarted,
@@ -86,6 +91,8 @@ impl Event {
         Event::ReleaseFailed,
         Event::RollbackStarted,
         Event::RollbackComplete,
+        Event::LameDuck,
+        Event::Undrained,
         Event::ShuttingDown,
         Event::StartFailed,
     ];
@@ -115,6 +122,8 @@ impl Event {
             Event::ReleaseFailed => "release_failed",
             Event::RollbackStarted => "rollback_started",
             Event::RollbackComplete => "rollback_complete",
+            Event::LameDuck => "lame_duck",
+            Event::Undrained => "undrained",
             Event::ShuttingDown => "shutting_down",
             Event::StartFailed => "start_failed",
         }

@@ -88,6 +88,8 @@ fn run(command: Command) -> Result<Success, Failure> {
         Command::Reload(args) => control(&args.control, Control::Reload { wait: args.wait }),
         Command::Status(args) => control(&args.control, Control::Status { json: args.json }),
         Command::Stop(args) => stop(&args),
+        Command::Drain(args) => control(&args, Control::Drain),
+        Command::Undrain(args) => control(&args, Control::Undrain),
         Command::Exec(args) => Err(baton::worker::exec::run(&args.command).into()),
         Command::Completions { shell } => {
             let mut cli = baton::cli::public_command();

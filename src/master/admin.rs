@@ -1,4 +1,5 @@
-//! The admin listener (`--admin ADDR`): `/metrics` for Prometheus, over
+//! The admin listener (`--admin ADDR`): `/metrics` for Prometheus, and
+//! `/healthz` and `/readyz` for load balancers and orchestrators, over
 //! plain HTTP/1. It asks the supervisor through the same channel as the
 //! control socket, so the master's state has one owner.
 
@@ -56,24 +57,37 @@ async fn answer(
             .body(Full::new(Bytes::from(body)))
             .expect("a valid response")
     };
-    if request.method() != Method::GET || request.uri().path() != "/metrics" {
-        return Ok(reply(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "baton's admin listener serves GET /metrics\n".to_owned(),
-        ));
-    }
+    let command = match (request.method(), request.uri().path()) {
+        (&Method::GET, "/metrics") => control::Command::Metrics,
+        (&Method::GET | &Method::HEAD, "/healthz") => control::Command::Health,
+        (&Method::GET | &Method::HEAD, "/readyz") => control::Command::Ready,
+        _ => {
+            return Ok(reply(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "baton's admin listener serves GET /metrics, /healthz and /readyz\n".to_owned(),
+            ))
+        }
+    };
+    let metrics = command == control::Command::Metrics;
     let (tx, rx) = oneshot::channel();
-    let asked = supervisor.send(control::Request {
-        command: control::Command::Metrics,
-        reply: tx,
-    });
-    match (asked, rx.await) {
-        (Ok(()), Ok(text)) => Ok(reply(StatusCode::OK, METRICS_TYPE, text)),
-        _ => Ok(reply(
+    let asked = supervisor.send(control::Request { command, reply: tx });
+    let Ok(text) = asked.map_err(drop).and(rx.await.map_err(drop)) else {
+        return Ok(reply(
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
-            "baton is exiting\n".to_owned(),
-        )),
+            "draining: baton is exiting\n".to_owned(),
+        ));
+    };
+    if metrics {
+        return Ok(reply(StatusCode::OK, METRICS_TYPE, text));
     }
+    // Health checks: the answer's first word says which; the body is the
+    // state (`serving`, `lame_duck`, `draining`, `ready`, `starting`).
+    let (status, body) = match text.split_once(": ") {
+        Some(("ok", state)) => (StatusCode::OK, state.to_owned()),
+        Some((_, state)) => (StatusCode::SERVICE_UNAVAILABLE, state.to_owned()),
+        None => (StatusCode::SERVICE_UNAVAILABLE, text),
+    };
+    Ok(reply(status, "text/plain", body))
 }

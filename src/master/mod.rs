@@ -266,7 +266,11 @@ async fn drive(
     while !supervisor.is_done() {
         let next_restart = supervisor.next_restart();
         let probation_end = supervisor.probation_end();
+        let shutdown_at = supervisor.shutdown_at;
         tokio::select! {
+            _ = sleep_until(shutdown_at.unwrap_or_else(Instant::now)), if shutdown_at.is_some() => {
+                supervisor.shutdown_delay_over();
+            }
             _ = sleep_until(probation_end.unwrap_or_else(Instant::now)), if probation_end.is_some() => {
                 supervisor.pass_probation("stayed up through its probation");
             }

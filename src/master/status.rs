@@ -37,6 +37,11 @@ struct Master {
     last_reload: Option<Outcome>,
     /// What happened over the master's life (as on `/metrics`).
     counters: Counters,
+    /// For load balancers: `serving`, `lame_duck` or `draining`.
+    host: &'static str,
+    /// Connections the built-in workers have open (none for COMMAND
+    /// workers, which do not report them): wait for 0 before stopping.
+    open_connections: Option<u64>,
     /// The newest generation, while a crash of one of its workers would
     /// still roll it back.
     probation: Option<ProbationRow>,
@@ -136,6 +141,12 @@ fn collect<E: Effects>(supervisor: &Supervisor<E>) -> Status {
             reloading_to: supervisor.reloads.rollout.as_ref().map(|r| r.generation),
             last_reload: supervisor.reloads.last.clone(),
             counters: supervisor.counters.clone(),
+            host: supervisor.host_state(),
+            open_connections: supervisor
+                .workers
+                .values()
+                .map(|w| w.stats.map(|s| s.open_connections))
+                .sum(),
             probation: supervisor.reloads.probation.as_ref().map(|p| ProbationRow {
                 generation: p.generation,
                 remaining_s: p.until.saturating_duration_since(now).as_secs_f64(),
@@ -162,6 +173,15 @@ fn table(status: &Status) -> String {
             .as_ref()
             .map_or_else(|| "none".to_owned(), Outcome::summary),
     );
+    if master.host != "serving" {
+        text += &format!(
+            "host: {} (health checks fail); {} connections open\n",
+            master.host,
+            master
+                .open_connections
+                .map_or_else(|| "?".to_owned(), |n| n.to_string())
+        );
+    }
     if let Some(generation) = master.reloading_to {
         text += &format!("reloading to generation {generation}\n");
     }

@@ -319,6 +319,10 @@ pub(super) struct Supervisor<E: Effects> {
     pub started: Instant,
     /// What happened over its life, for `/metrics` and `baton status`.
     pub counters: Counters,
+    /// Lame duck: health checks fail, the workers go on serving.
+    pub lame_duck: bool,
+    /// When a SIGTERM's `--shutdown-delay` ends and the drain begins.
+    pub shutdown_at: Option<Instant>,
 }
 
 impl<E: Effects> Supervisor<E> {
@@ -337,6 +341,8 @@ impl<E: Effects> Supervisor<E> {
             failure: None,
             started: Instant::now(),
             counters: Counters::default(),
+            lame_duck: false,
+            shutdown_at: None,
         }
     }
 
@@ -356,6 +362,48 @@ impl<E: Effects> Supervisor<E> {
                 }
             }
         }
+    }
+
+    /// Where this host stands for a load balancer: `serving`, `lame_duck`
+    /// (health checks fail, the workers still serve) or `draining`
+    /// (shutting down).
+    pub fn host_state(&self) -> &'static str {
+        match self.phase {
+            Phase::Stopping => "draining",
+            _ if self.lame_duck => "lame_duck",
+            _ => "serving",
+        }
+    }
+
+    /// Health checks fail from now on; the workers go on serving.
+    fn enter_lame_duck(&mut self, reason: &str) {
+        if !self.lame_duck && self.phase != Phase::Stopping {
+            self.lame_duck = true;
+            info!(event = %Event::LameDuck, reason, "lame duck: health checks fail, the workers go on serving");
+        }
+    }
+
+    /// SIGTERM: with `--shutdown-delay`, first lame duck for that long (so
+    /// that load balancers stop sending traffic while it is still served),
+    /// then the drain; a second SIGTERM drains at once.
+    fn shutdown_after_delay(&mut self) {
+        let delay = self.config.shutdown_delay;
+        if delay.is_zero() || self.shutdown_at.is_some() || self.phase == Phase::Stopping {
+            self.stop(false);
+            return;
+        }
+        self.enter_lame_duck("shutting down after --shutdown-delay");
+        self.shutdown_at = Some(config::deadline(Instant::now(), delay));
+        info!(
+            delay_ms = delay.as_millis() as u64,
+            "shutdown delayed: serving as a lame duck first"
+        );
+    }
+
+    /// The `--shutdown-delay` is over: drain and exit.
+    pub fn shutdown_delay_over(&mut self) {
+        self.shutdown_at = None;
+        self.stop(false);
     }
 
     /// Whether the master is done: stopping, and every worker gone.
@@ -392,7 +440,7 @@ impl<E: Effects> Supervisor<E> {
         info!(signal, "signal received");
         match intent {
             Intent::Reload => self.request_reload(None),
-            Intent::Shutdown => self.stop(false),
+            Intent::Shutdown => self.shutdown_after_delay(),
             Intent::Quit => self.stop(true),
         }
     }
@@ -427,6 +475,49 @@ impl<E: Effects> Supervisor<E> {
             }
             control::Command::Metrics => {
                 let _ = reply.send(super::metrics::render(self));
+            }
+            control::Command::Drain => {
+                self.enter_lame_duck("asked for");
+                let _ = reply.send(
+                    "ok: lame duck: health checks fail, the workers go on serving\n".to_owned(),
+                );
+            }
+            control::Command::Undrain => {
+                let answer = if self.phase == Phase::Stopping || self.shutdown_at.is_some() {
+                    "error: baton is shutting down\n".to_owned()
+                } else {
+                    if std::mem::take(&mut self.lame_duck) {
+                        info!(event = %Event::Undrained, "lame duck over: health checks pass");
+                    }
+                    "ok: serving: health checks pass\n".to_owned()
+                };
+                let _ = reply.send(answer);
+            }
+            control::Command::Health => {
+                let _ = reply.send(format!(
+                    "{}: {}\n",
+                    if self.host_state() == "serving" {
+                        "ok"
+                    } else {
+                        "error"
+                    },
+                    self.host_state()
+                ));
+            }
+            control::Command::Ready => {
+                let ready = self.phase == Phase::Running;
+                let _ = reply.send(if ready {
+                    "ok: ready\n".to_owned()
+                } else {
+                    format!(
+                        "error: {}\n",
+                        if self.phase == Phase::Starting {
+                            "starting"
+                        } else {
+                            "stopping"
+                        }
+                    )
+                });
             }
         }
     }
@@ -1113,6 +1204,7 @@ impl<E: Effects> Supervisor<E> {
             return;
         }
         self.phase = Phase::Stopping;
+        self.shutdown_at = None;
         self.effects.systemd(Systemd::Stopping {
             status: format!("stopping: {} workers to drain", self.workers.len()),
             drain: self
@@ -1249,6 +1341,7 @@ mod tests {
             probation,
             max_memory: None,
             admin: None,
+            shutdown_delay: Duration::ZERO,
             // Any file that exists: a release keeps it open.
             program: std::env::current_exe().expect("the test binary's path"),
             worker_args: Vec::new(),
@@ -1657,6 +1750,36 @@ mod tests {
             error.to_string().contains("exited before it was ready"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_shutdown_delay_is_a_lame_duck_first_and_a_second_sigterm_drains_at_once() {
+        let mut config = config(1, Duration::ZERO);
+        config.shutdown_delay = Duration::from_secs(10);
+        let mut supervisor = Supervisor::new(config, Fake::default());
+        supervisor.start();
+        let first = newest(&supervisor);
+        ready(&mut supervisor, first);
+        assert_eq!(supervisor.host_state(), "serving");
+
+        supervisor.on_signal(Intent::Shutdown, "SIGTERM");
+        assert_eq!(supervisor.host_state(), "lame_duck");
+        assert!(supervisor.shutdown_at.is_some());
+        assert!(supervisor.effects.drained.is_empty(), "still serving");
+        let mut undrain = oneshot::channel();
+        supervisor.on_control(control::Request {
+            command: control::Command::Undrain,
+            reply: undrain.0,
+        });
+        assert!(
+            undrain.1.try_recv().unwrap().starts_with("error"),
+            "no way back from a shutdown"
+        );
+
+        supervisor.on_signal(Intent::Shutdown, "SIGTERM");
+        assert_eq!(supervisor.host_state(), "draining");
+        assert_eq!(supervisor.effects.drained.len(), 1);
+        assert_eq!(supervisor.shutdown_at, None);
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod control;
 mod deploy;
 mod hardening;
 mod http;
+mod lame_duck;
 mod lifecycle;
 mod liveness;
 mod operators;

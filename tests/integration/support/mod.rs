@@ -270,7 +270,7 @@ impl Baton {
     }
 
     /// Runs `baton ARGS --control PATH` against this master.
-    fn control_client(&self, args: &[&str]) -> std::process::Output {
+    pub fn control_client(&self, args: &[&str]) -> std::process::Output {
         let control = self
             .control
             .as_ref()

@@ -1,0 +1,96 @@
+//! Lame duck for load balancers: health checks on the admin listener fail
+//! while the workers go on serving, on `baton drain` and for
+//! `--shutdown-delay` after SIGTERM.
+
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+/// A port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET path` on `addr`: the status line's code and the body.
+fn get(addr: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let response = exchange(&mut stream, request.as_bytes());
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {response:?}"));
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (code, body.trim().to_owned())
+}
+
+#[test]
+fn drain_fails_health_checks_at_once_while_traffic_is_served() {
+    let admin = format!("127.0.0.1:{}", free_port());
+    let baton = Baton::serve(&["--workers", "2", "--admin", &admin]);
+    baton.wait_workers(Duration::from_secs(10), |w| w.len() == 2);
+    let traffic = baton.addr.to_string();
+    assert_eq!(get(&admin, "/healthz"), (200, "serving".to_owned()));
+    assert_eq!(get(&admin, "/readyz"), (200, "ready".to_owned()));
+
+    let output = baton.control_client(&["drain"]);
+    assert!(output.status.success(), "{output:?}");
+    let drained = Instant::now();
+    let (code, body) = get(&admin, "/healthz");
+    let flipped = drained.elapsed();
+    // The first check after `drain` returns already fails: the flip is
+    // synchronous, whatever the machine's load.
+    assert_eq!((code, body.as_str()), (503, "lame_duck"));
+    eprintln!("/healthz answered 503 {flipped:?} after `baton drain` returned");
+    for _ in 0..20 {
+        assert_eq!(get(&traffic, "/").0, 200, "traffic is served in lame duck");
+    }
+    assert_eq!(baton.status()["master"]["host"], "lame_duck");
+
+    let output = baton.control_client(&["undrain"]);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(get(&admin, "/healthz"), (200, "serving".to_owned()));
+    assert_eq!(baton.status()["master"]["host"], "serving");
+}
+
+#[test]
+fn a_shutdown_delay_keeps_serving_as_a_lame_duck_before_the_drain() {
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut baton = Baton::serve(&[
+        "--workers",
+        "1",
+        "--admin",
+        &admin,
+        "--shutdown-delay",
+        "2s",
+        "--drain-grace",
+        "0s",
+    ]);
+    baton.wait_workers(Duration::from_secs(10), |w| w.len() == 1);
+    let traffic = baton.addr.to_string();
+    baton.signal(nix::sys::signal::Signal::SIGTERM);
+    let signalled = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(1), || get(&admin, "/healthz").0 == 503),
+        "health checks fail once SIGTERM arrives"
+    );
+    // Served all through the delay.
+    while signalled.elapsed() < Duration::from_millis(1500) {
+        assert_eq!(get(&traffic, "/").0, 200);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    baton.wait_event(Event::ShuttingDown, Duration::from_secs(10));
+    let drained_after = signalled.elapsed();
+    assert!(
+        drained_after >= Duration::from_millis(1900),
+        "the drain began {drained_after:?} after SIGTERM"
+    );
+    let status = baton.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0));
+}
