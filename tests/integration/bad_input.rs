@@ -37,11 +37,7 @@ fn port_in_use() {
 
 #[test]
 fn same_address_twice() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     assert_usage_error(
         &["serve", "--listen", &addr, "--listen", &addr],

@@ -120,11 +120,7 @@ struct NaiveServer {
 impl NaiveServer {
     fn start() -> Self {
         let dir = TempDir::new("naive");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         std::fs::write(dir.path().join("server.py"), NAIVE_SERVER).unwrap();
         let server = NaiveServer { dir, port };
         let status = Command::new("sh")
@@ -242,11 +238,7 @@ http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
 
 #[test]
 fn check_url_sends_the_urls_host() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let _server = KillOnDrop(
         Command::new("python3")
             .args(["-c", VIRTUAL_HOST_SERVER, &port.to_string()])

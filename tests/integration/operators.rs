@@ -7,15 +7,6 @@ use std::time::Duration;
 use crate::support::tempdir::TempDir;
 use crate::support::*;
 
-/// A port nothing listens on now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let output = Command::new(baton_bin())
         .args(args)

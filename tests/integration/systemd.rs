@@ -26,14 +26,6 @@ fn get(mut stream: impl Read + Write) -> String {
     response
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn serves_on_the_socket_systemd_socket_activate_passes() {
     let port = free_port();

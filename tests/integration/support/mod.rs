@@ -411,6 +411,16 @@ pub fn is_dead(pid: u32) -> bool {
     stat(pid).is_none_or(|(state, _)| state == 'Z' || state == 'X')
 }
 
+/// A loopback port nothing listens on now (the kernel picked it for a
+/// listener that is closed again).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Polls `condition` every few milliseconds until it holds or `within` passes.
 pub fn wait_until(within: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + slower(within);
