@@ -247,6 +247,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "HOST:PORT")]
     pub admin: Option<std::net::SocketAddr>,
 
+    /// Answer HAProxy's agent check here (`agent-check agent-port PORT`):
+    /// `up ready` while serving, `drain` in lame duck and shutdown
+    #[arg(long, value_name = "HOST:PORT")]
+    pub agent: Option<std::net::SocketAddr>,
+
     /// On SIGTERM, first serve this long as a lame duck (health checks
     /// fail, the workers go on serving, so that load balancers take this
     /// host out), then drain. A second SIGTERM drains at once
@@ -400,6 +405,9 @@ impl ServeArgs {
         ]);
         if let Some(admin) = self.admin {
             args.extend(["--admin".into(), admin.to_string().into()]);
+        }
+        if let Some(agent) = self.agent {
+            args.extend(["--agent".into(), agent.to_string().into()]);
         }
         args.extend(["--shutdown-delay".into(), duration_arg(self.shutdown_delay)]);
         if let Some(bytes) = self.max_memory {

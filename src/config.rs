@@ -279,6 +279,8 @@ pub struct MasterConfig {
     pub probation: Duration,
     /// `--admin`: where `/metrics` and the health checks are served.
     pub admin: Option<SocketAddr>,
+    /// `--agent`: where HAProxy's agent check is answered.
+    pub agent: Option<SocketAddr>,
     /// `--shutdown-delay`: how long SIGTERM keeps serving as a lame duck
     /// before the drain.
     pub shutdown_delay: Duration,
@@ -318,6 +320,9 @@ impl MasterConfig {
         }
         if self.admin != new.admin {
             changed.push("admin");
+        }
+        if self.agent != new.agent {
+            changed.push("agent");
         }
         if self.worker_identity != new.worker_identity {
             changed.push("user/group");

@@ -94,8 +94,9 @@ pub enum MasterError {
     Signals(io::Error),
     #[error("cannot open the control socket {path}: {reason}; stop the baton using it or choose another --control path")]
     Control { path: PathBuf, reason: String },
-    #[error("cannot listen on {addr} for --admin: {reason}; choose another address")]
+    #[error("cannot listen on {addr} for --{option}: {reason}; choose another address")]
     Admin {
+        option: &'static str,
         addr: std::net::SocketAddr,
         reason: String,
     },

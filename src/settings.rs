@@ -134,6 +134,7 @@ pub fn master_config(args: ServeArgs) -> Result<MasterConfig, String> {
         probation: args.probation,
         max_memory: args.max_memory,
         admin: args.admin,
+        agent: args.agent,
         shutdown_delay: args.shutdown_delay,
         program,
         worker_args,

@@ -8,7 +8,8 @@
 //! - [`release`]: what a generation was started from, for a rollback.
 //! - [`worker`]: one worker process and the task that watches it.
 //! - [`status`]: `baton status`.
-//! - [`metrics`], [`admin`]: `/metrics` on the `--admin` listener.
+//! - [`metrics`], [`admin`]: `/metrics`, `/healthz`, `/readyz` on the
+//!   `--admin` listener; [`agent`]: HAProxy's agent check on `--agent`.
 //!
 //! This module sets the master up and runs its one loop over the inputs:
 //! signals, events from the per-worker watchers, control-socket requests,
@@ -17,6 +18,7 @@
 //! tells and reaps processes.
 
 mod admin;
+mod agent;
 mod effects;
 mod metrics;
 mod release;
@@ -106,7 +108,11 @@ pub async fn run(
     };
     let control_socket = open_control_socket(&config)?;
     let admin = match config.admin {
-        Some(addr) => Some(open_admin(addr)?),
+        Some(addr) => Some(open_tcp("admin", addr, "GET /metrics, /healthz, /readyz")?),
+        None => None,
+    };
+    let agent = match config.agent {
+        Some(addr) => Some(open_tcp("agent", addr, "HAProxy agent-check")?),
         None => None,
     };
     let keeper = Keeper::start(&config.program)
@@ -136,6 +142,9 @@ pub async fn run(
     if let Some(admin) = admin {
         tokio::spawn(admin::serve(admin, control_tx.clone()));
     }
+    if let Some(agent) = agent {
+        tokio::spawn(agent::serve(agent, control_tx.clone()));
+    }
     let clients = control::Clients::default();
     tokio::spawn(control::serve(
         control_listener,
@@ -158,8 +167,13 @@ pub async fn run(
 /// written, and for its workers' last output lines.
 const EXIT_FLUSH: Duration = Duration::from_secs(1);
 
-/// Binds the `--admin` listener.
-fn open_admin(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, MasterError> {
+/// Binds the `--admin` or `--agent` listener (`option`), which serves
+/// `what`.
+fn open_tcp(
+    option: &'static str,
+    addr: std::net::SocketAddr,
+    what: &str,
+) -> Result<tokio::net::TcpListener, MasterError> {
     let bound = std::net::TcpListener::bind(addr).and_then(|listener| {
         listener.set_nonblocking(true)?;
         tokio::net::TcpListener::from_std(listener)
@@ -167,10 +181,11 @@ fn open_admin(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, Mas
     match bound {
         Ok(listener) => {
             let addr = listener.local_addr().unwrap_or(addr);
-            info!(%addr, "admin listener: GET /metrics");
+            info!(%addr, option, what, "listening for operators");
             Ok(listener)
         }
         Err(e) => Err(MasterError::Admin {
+            option,
             addr,
             reason: e.to_string(),
         }),

@@ -1341,6 +1341,7 @@ mod tests {
             probation,
             max_memory: None,
             admin: None,
+            agent: None,
             shutdown_delay: Duration::ZERO,
             // Any file that exists: a release keeps it open.
             program: std::env::current_exe().expect("the test binary's path"),

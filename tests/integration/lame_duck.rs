@@ -5,6 +5,7 @@
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use crate::support::tempdir::TempDir;
 use crate::support::*;
 
 /// `GET path` on `addr`: the status line's code and the body.
@@ -84,4 +85,88 @@ fn a_shutdown_delay_keeps_serving_as_a_lame_duck_before_the_drain() {
     );
     let status = baton.wait_exit(Duration::from_secs(20));
     assert_eq!(status.code(), Some(0));
+}
+
+/// HAProxy's view of server `be/host1`, from its stats socket: `UP`,
+/// `DRAIN`, `DOWN`, … (the `status` column of `show stat`).
+fn haproxy_status(stats: &std::path::Path) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut socket) = std::os::unix::net::UnixStream::connect(stats) else {
+        return "no stats socket yet".to_owned();
+    };
+    socket.write_all(b"show stat\n").unwrap();
+    let mut csv = String::new();
+    socket.read_to_string(&mut csv).unwrap();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("# ")
+        .split(',')
+        .collect();
+    let column = |name: &str| header.iter().position(|h| *h == name);
+    let (Some(px), Some(sv), Some(status)) = (column("pxname"), column("svname"), column("status"))
+    else {
+        return format!("no status in {csv:?}");
+    };
+    lines
+        .map(|line| line.split(',').collect::<Vec<_>>())
+        .find(|row| row.get(px) == Some(&"be") && row.get(sv) == Some(&"host1"))
+        .and_then(|row| row.get(status).map(|s| s.to_string()))
+        .unwrap_or_else(|| format!("no be/host1 in {csv:?}"))
+}
+
+/// A real HAProxy reads baton's agent check (`--agent`): `baton drain`
+/// shows the server in DRAIN in HAProxy's own stats, `undrain` brings it
+/// back UP, and requests through HAProxy are served before and after.
+#[test]
+fn haproxy_sees_the_host_drain_through_the_agent_check() {
+    let dir = TempDir::new("haproxy");
+    let agent_port = free_port();
+    let agent = format!("127.0.0.1:{agent_port}");
+    let baton = Baton::serve(&["--workers", "1", "--agent", &agent]);
+    baton.wait_workers(Duration::from_secs(10), |w| w.len() == 1);
+    let front = format!("127.0.0.1:{}", free_port());
+    let stats = dir.path().join("haproxy.sock");
+    let config = dir.path().join("haproxy.cfg");
+    std::fs::write(
+        &config,
+        format!(
+            "global\n  stats socket {} mode 600 level admin\n\
+             defaults\n  mode http\n  timeout connect 2s\n  timeout client 10s\n  timeout server 10s\n\
+             frontend fe\n  bind {front}\n  default_backend be\n\
+             backend be\n  server host1 {} check inter 200ms agent-check agent-port {agent_port} agent-inter 200ms\n",
+            stats.display(),
+            baton.addr
+        ),
+    )
+    .unwrap();
+    let _haproxy = KillOnDrop(
+        std::process::Command::new("haproxy")
+            .args(["-db", "-f"])
+            .arg(&config)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("haproxy (Debian package haproxy; .ci/run installs it)"),
+    );
+    let within = slower(Duration::from_secs(15));
+    let mut seen = String::new();
+    let mut status_is = |wanted: &str| {
+        wait_until(within, || {
+            seen = haproxy_status(&stats);
+            // "DRAIN (agent)": the state, then why.
+            seen.split_whitespace().next() == Some(wanted)
+        })
+    };
+    assert!(status_is("UP"), "HAProxy saw {seen}");
+    assert_eq!(get(&front, "/").0, 200, "served through HAProxy");
+
+    let output = baton.control_client(&["drain"]);
+    assert!(output.status.success(), "{output:?}");
+    assert!(status_is("DRAIN"), "HAProxy saw {seen}");
+
+    let output = baton.control_client(&["undrain"]);
+    assert!(output.status.success(), "{output:?}");
+    assert!(status_is("UP"), "HAProxy saw {seen}");
+    assert_eq!(get(&front, "/").0, 200, "served through HAProxy again");
 }
