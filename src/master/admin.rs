@@ -24,17 +24,9 @@ pub(super) async fn serve(
     listener: TcpListener,
     requests: mpsc::UnboundedSender<control::Request>,
 ) {
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                warn!(cause = %e, "admin listener accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    accept_each(listener, "admin", move |stream| {
         let requests = requests.clone();
-        tokio::spawn(async move {
+        async move {
             let service = service_fn(move |request| answer(request, requests.clone()));
             let served = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -42,7 +34,28 @@ pub(super) async fn serve(
             if let Err(e) = served {
                 debug!(cause = %e, "admin client");
             }
-        });
+        }
+    })
+    .await
+}
+
+/// Accepts connections on `listener` for ever, each handled on its own
+/// task; an accept error (out of descriptors) is logged and retried.
+pub(super) async fn accept_each<F, Fut>(listener: TcpListener, name: &'static str, handle: F)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(handle(stream));
+            }
+            Err(e) => {
+                warn!(cause = %e, listener = name, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
     }
 }
 

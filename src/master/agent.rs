@@ -7,7 +7,7 @@
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::control;
 
@@ -16,24 +16,17 @@ pub(super) async fn serve(
     listener: TcpListener,
     requests: mpsc::UnboundedSender<control::Request>,
 ) {
-    loop {
-        let mut stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                warn!(cause = %e, "agent listener accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    super::admin::accept_each(listener, "agent", move |mut stream| {
         let requests = requests.clone();
-        tokio::spawn(async move {
+        async move {
             let line = agent_line(&requests).await;
             if let Err(e) = stream.write_all(line.as_bytes()).await {
                 debug!(cause = %e, "agent check client");
             }
             let _ = stream.shutdown().await;
-        });
-    }
+        }
+    })
+    .await
 }
 
 /// The agent protocol's words for the host's state.
