@@ -404,20 +404,26 @@ pub fn own_program_path() -> std::io::Result<PathBuf> {
     if argv0.components().count() > 1 {
         return std::path::absolute(argv0);
     }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in std::env::split_paths(&path) {
-        let candidate = dir.join(argv0);
-        if is_executable(&candidate) {
-            return std::path::absolute(candidate);
-        }
+    match search_path(argv0) {
+        Some(found) => std::path::absolute(found),
+        None => Err(std::io::Error::other(format!(
+            "{} is not in $PATH",
+            argv0.display()
+        ))),
     }
-    Err(std::io::Error::other(format!(
-        "{} is not in $PATH",
-        argv0.display()
-    )))
 }
 
-fn is_executable(path: &Path) -> bool {
+/// The first executable file named `name` in a directory of `$PATH`, as
+/// `execvp` would find it.
+pub fn search_path(name: &Path) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| is_executable(candidate))
+}
+
+/// Whether `path` is a file someone may execute.
+pub fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }

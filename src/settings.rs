@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use crate::check::{parse_url, CheckOptions, Target};
 use crate::cli::{CheckArgs, OutputMode, ServeArgs};
-use crate::config::{name_listeners, own_program_path, ConfigSource, ForeignWorker, MasterConfig};
+use crate::config::{
+    is_executable, name_listeners, own_program_path, search_path, ConfigSource, ForeignWorker,
+    MasterConfig,
+};
 
 /// The configuration from these arguments, merged over `--config FILE`
 /// when given. `cli_args` are the raw arguments after `serve`, kept to
@@ -66,15 +69,9 @@ pub fn test_config(args: ServeArgs, cli_args: Vec<OsString>) -> Vec<String> {
 /// Whether COMMAND's program can be run: a path to an executable file, or
 /// a name found on PATH.
 fn find_program(program: &std::ffi::OsStr) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    use std::path::PathBuf;
-    let executable = |path: &std::path::Path| {
-        path.metadata()
-            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
     let named = std::path::Path::new(program);
     if program.as_encoded_bytes().contains(&b'/') {
-        return if executable(named) {
+        return if is_executable(named) {
             Ok(())
         } else {
             Err(format!(
@@ -83,14 +80,9 @@ fn find_program(program: &std::ffi::OsStr) -> Result<(), String> {
             ))
         };
     }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    if std::env::split_paths(&path)
-        .map(|dir: PathBuf| dir.join(named))
-        .any(|candidate| executable(&candidate))
-    {
-        Ok(())
-    } else {
-        Err(format!("COMMAND: {} is not found on PATH", named.display()))
+    match search_path(named) {
+        Some(_) => Ok(()),
+        None => Err(format!("COMMAND: {} is not found on PATH", named.display())),
     }
 }
 

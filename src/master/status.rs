@@ -123,6 +123,7 @@ fn collect<E: Effects>(supervisor: &Supervisor<E>) -> Status {
             })
         })
         .collect();
+    let ready = supervisor.ready_slots();
     Status {
         master: Master {
             pid: std::process::id(),
@@ -131,12 +132,12 @@ fn collect<E: Effects>(supervisor: &Supervisor<E>) -> Status {
                 Phase::Starting => "starting",
                 Phase::Stopping => "stopping",
                 Phase::Running if supervisor.reloads.rollout.is_some() => "reloading",
-                Phase::Running if supervisor.ready_slots() < supervisor.slots.len() => "degraded",
+                Phase::Running if ready < supervisor.slots.len() => "degraded",
                 Phase::Running => "running",
             },
             uptime_s: (now - supervisor.started).as_secs_f64(),
             workers_wanted: supervisor.slots.len(),
-            workers_ready: supervisor.ready_slots(),
+            workers_ready: ready,
             reload_in_progress: supervisor.reloads.rollout.is_some(),
             reloading_to: supervisor.reloads.rollout.as_ref().map(|r| r.generation),
             last_reload: supervisor.reloads.last.clone(),

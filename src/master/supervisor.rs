@@ -494,15 +494,9 @@ impl<E: Effects> Supervisor<E> {
                 let _ = reply.send(answer);
             }
             control::Command::Health => {
-                let _ = reply.send(format!(
-                    "{}: {}\n",
-                    if self.host_state() == "serving" {
-                        "ok"
-                    } else {
-                        "error"
-                    },
-                    self.host_state()
-                ));
+                let state = self.host_state();
+                let word = if state == "serving" { "ok" } else { "error" };
+                let _ = reply.send(format!("{word}: {state}\n"));
             }
             control::Command::Ready => {
                 let ready = self.phase == Phase::Running;

@@ -406,9 +406,10 @@ pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 
 pub use baton::procfs::{children, stat};
 
-/// Whether `pid` is gone or dead (a zombie waiting for its reaper).
+/// Whether `pid` is gone or dead (a zombie waiting for its reaper): the
+/// same test `baton stop --wait` makes.
 pub fn is_dead(pid: u32) -> bool {
-    stat(pid).is_none_or(|(state, _)| state == 'Z' || state == 'X')
+    baton::procfs::has_exited(pid)
 }
 
 /// A loopback port nothing listens on now (the kernel picked it for a
