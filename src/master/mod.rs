@@ -154,12 +154,12 @@ pub async fn run(
     let supervisor = Supervisor::new(config, processes);
     let outcome = drive(supervisor, &mut signals, events_rx, control_rx, watchdog).await;
     // The supervisor is gone: what is still open are answers being written
-    // and workers' last output lines being forwarded.
-    clients.answered(EXIT_FLUSH).await;
-    let _ = tokio::time::timeout(EXIT_FLUSH, async {
+    // and workers' last output lines being forwarded; both at once, for
+    // EXIT_FLUSH at the most.
+    let output_forwarded = tokio::time::timeout(EXIT_FLUSH, async {
         while output_closed.recv().await.is_some() {}
-    })
-    .await;
+    });
+    let _ = tokio::join!(clients.answered(EXIT_FLUSH), output_forwarded);
     outcome
 }
 
