@@ -4,7 +4,6 @@
 mod support;
 
 mod bad_input;
-mod balance;
 mod check;
 mod command;
 mod control;
