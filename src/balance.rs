@@ -160,6 +160,19 @@ impl ShareTable {
         Ok(ShareTable { fd, mapping })
     }
 
+    /// Takes over the table a previous image of this master created (see
+    /// [`crate::master`]'s upgrade): the workers' entries stay as they are.
+    pub fn adopt(fd: OwnedFd) -> io::Result<Self> {
+        let mapping = Mapping::map(fd.as_fd())?;
+        if mapping.table().header.magic.load(Ordering::Acquire) != MAGIC {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not an accept-balance table (bad magic)",
+            ));
+        }
+        Ok(ShareTable { fd, mapping })
+    }
+
     /// The descriptor sent to each worker with its hello.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()

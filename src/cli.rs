@@ -55,6 +55,14 @@ pub enum Command {
     Drain(ControlArgs),
     /// Back from lame duck: health checks pass again
     Undrain(ControlArgs),
+    /// Replace the running master's own program (the baton file at the path
+    /// it was started from, like `kill -USR2`) in the same pid, keeping its
+    /// sockets and workers, then roll the workers to it like a reload.
+    ///
+    /// The new program is checked first (state format, configuration); if
+    /// it fails to take over, the previous one comes back with the same
+    /// workers. Nothing is refused meanwhile.
+    Upgrade(UpgradeArgs),
     /// Zero-downtime check: drive HTTP load while reloading (and optionally
     /// killing workers), report every failure, exit 1 if anything failed.
     ///
@@ -80,6 +88,37 @@ pub enum Command {
     /// gone, started by `baton serve`.
     #[command(hide = true)]
     Keeper,
+    /// The check a running master runs the new program with before an
+    /// upgrade: can it read the state format, does it accept the serve
+    /// arguments. Prints `baton VERSION`.
+    #[command(hide = true)]
+    UpgradeCheck(UpgradeCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    /// Wait until the new program serves and the workers are rolled; exit
+    /// 1 with the reason if the upgrade was refused or failed
+    #[arg(long)]
+    pub wait: bool,
+    /// Keep the running workers instead of rolling them to the new program
+    #[arg(long)]
+    pub keep_workers: bool,
+    /// A fault for the new program to show while it takes over (tests)
+    #[arg(long, hide = true, value_name = "FAULT")]
+    pub fault: Option<crate::control::UpgradeFault>,
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct UpgradeCheckArgs {
+    /// The state format the running master writes
+    #[arg(long)]
+    pub format: u32,
+    /// The running master's arguments after `serve`
+    #[arg(last = true, allow_hyphen_values = true)]
+    pub serve_args: Vec<std::ffi::OsString>,
 }
 
 /// The command line as users see it, for completion scripts and the man

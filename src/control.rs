@@ -49,6 +49,51 @@ pub enum Command {
     Health,
     /// `ok` once the first generation is ready (`/readyz`).
     Ready,
+    /// Replace the master's own program in place (see
+    /// [`crate::master`]'s upgrade).
+    Upgrade {
+        wait: bool,
+        /// Keep the workers running instead of rolling them to the new
+        /// program.
+        keep_workers: bool,
+        /// A fault for the new program to show (tests only).
+        fault: Option<UpgradeFault>,
+    },
+}
+
+/// A fault a test asks the new program of an upgrade to show while it takes
+/// over, to prove that the previous program comes back.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpgradeFault {
+    /// Abort (SIGABRT) halfway through taking over.
+    CrashHalfway,
+    /// Stop responding before taking over.
+    Hang,
+    /// Find the state unusable.
+    Refuse,
+}
+
+impl UpgradeFault {
+    fn as_str(self) -> &'static str {
+        match self {
+            UpgradeFault::CrashHalfway => "crash-halfway",
+            UpgradeFault::Hang => "hang",
+            UpgradeFault::Refuse => "refuse",
+        }
+    }
+
+    fn parse(word: &str) -> Option<Self> {
+        [
+            UpgradeFault::CrashHalfway,
+            UpgradeFault::Hang,
+            UpgradeFault::Refuse,
+        ]
+        .into_iter()
+        .find(|fault| fault.as_str() == word)
+    }
 }
 
 impl Command {
@@ -64,11 +109,52 @@ impl Command {
             ["undrain"] => Some(Command::Undrain),
             ["health"] => Some(Command::Health),
             ["ready"] => Some(Command::Ready),
+            ["upgrade", flags @ ..] => {
+                let mut upgrade = (false, false, None);
+                for flag in flags {
+                    match *flag {
+                        "--wait" if !upgrade.0 => upgrade.0 = true,
+                        "--keep-workers" if !upgrade.1 => upgrade.1 = true,
+                        _ => match flag.strip_prefix("--fault=").and_then(UpgradeFault::parse) {
+                            Some(fault) if upgrade.2.is_none() => upgrade.2 = Some(fault),
+                            _ => return None,
+                        },
+                    }
+                }
+                let (wait, keep_workers, fault) = upgrade;
+                Some(Command::Upgrade {
+                    wait,
+                    keep_workers,
+                    fault,
+                })
+            }
             _ => None,
         }
     }
 
-    pub fn as_line(&self) -> &'static str {
+    pub fn as_line(&self) -> String {
+        if let Command::Upgrade {
+            wait,
+            keep_workers,
+            fault,
+        } = self
+        {
+            let mut line = "upgrade".to_owned();
+            if *wait {
+                line += " --wait";
+            }
+            if *keep_workers {
+                line += " --keep-workers";
+            }
+            if let Some(fault) = fault {
+                line += &format!(" --fault={}", fault.as_str());
+            }
+            return line;
+        }
+        self.simple_line().to_owned()
+    }
+
+    fn simple_line(&self) -> &'static str {
         match self {
             Command::Reload { wait: false } => "reload",
             Command::Reload { wait: true } => "reload --wait",
@@ -80,6 +166,7 @@ impl Command {
             Command::Undrain => "undrain",
             Command::Health => "health",
             Command::Ready => "ready",
+            Command::Upgrade { .. } => "upgrade",
         }
     }
 }
@@ -108,6 +195,9 @@ impl Clients {
 pub struct Request {
     pub command: Command,
     pub reply: oneshot::Sender<String>,
+    /// For `upgrade --wait`: a copy of the client's connection, which the
+    /// next image of the master answers on if the upgrade goes ahead.
+    pub connection: Option<std::os::fd::OwnedFd>,
 }
 
 /// Where the control socket lives when `--control` is not given:
@@ -224,6 +314,10 @@ pub async fn serve(
 
 async fn handle(stream: UnixStream, requests: mpsc::UnboundedSender<Request>) -> io::Result<()> {
     let peer = stream.peer_cred()?;
+    let connection = {
+        use std::os::fd::AsFd;
+        stream.as_fd().try_clone_to_owned()?
+    };
     let (read, mut write) = stream.into_split();
     // Read the request first, even from a peer about to be refused: closing
     // with its request unread would reset the connection before it reads why.
@@ -242,9 +336,12 @@ async fn handle(stream: UnixStream, requests: mpsc::UnboundedSender<Request>) ->
                 format!("error: requests are at most {MAX_REQUEST_BYTES} bytes\n")
             }
             Ok(Ok(_)) => match Command::parse(&line) {
-                None => "error: unknown request; send one of: reload, reload --wait, status, status --json, stop, metrics, drain, undrain, health, ready\n"
+                None => "error: unknown request; send one of: reload, reload --wait, status, status --json, stop, metrics, drain, undrain, health, ready, upgrade [--wait] [--keep-workers]\n"
                     .to_owned(),
-                Some(command) => ask(&requests, command).await,
+                Some(command @ Command::Upgrade { wait: true, .. }) => {
+                    ask(&requests, command, Some(connection)).await
+                }
+                Some(command) => ask(&requests, command, None).await,
             },
         }
     };
@@ -253,10 +350,19 @@ async fn handle(stream: UnixStream, requests: mpsc::UnboundedSender<Request>) ->
 }
 
 /// Passes `command` to the supervisor and waits for its answer.
-async fn ask(requests: &mpsc::UnboundedSender<Request>, command: Command) -> String {
+pub async fn ask(
+    requests: &mpsc::UnboundedSender<Request>,
+    command: Command,
+    connection: Option<std::os::fd::OwnedFd>,
+) -> String {
     let gone = || "error: the master is shutting down\n".to_owned();
     let (reply, answer) = oneshot::channel();
-    if requests.send(Request { command, reply }).is_err() {
+    let request = Request {
+        command,
+        reply,
+        connection,
+    };
+    if requests.send(request).is_err() {
         return gone();
     }
     answer.await.unwrap_or_else(|_| gone())
@@ -324,9 +430,21 @@ mod tests {
             Command::Undrain,
             Command::Health,
             Command::Ready,
+            Command::Upgrade {
+                wait: true,
+                keep_workers: false,
+                fault: None,
+            },
+            Command::Upgrade {
+                wait: false,
+                keep_workers: true,
+                fault: Some(UpgradeFault::Hang),
+            },
         ] {
-            assert_eq!(Command::parse(command.as_line()), Some(command));
+            assert_eq!(Command::parse(&command.as_line()), Some(command));
         }
+        assert_eq!(Command::parse("upgrade --wait --wait"), None);
+        assert_eq!(Command::parse("upgrade --fault=boom"), None);
         assert_eq!(Command::parse("reload --now"), None);
         assert_eq!(Command::parse(""), None);
     }

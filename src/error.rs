@@ -83,6 +83,8 @@ pub enum SpawnError {
     Notify(io::Error),
     #[error("cannot start worker program {program}: {source}")]
     Exec { program: PathBuf, source: io::Error },
+    #[error("cannot watch the new worker (a pidfd needs Linux 5.3): {0}")]
+    Watch(io::Error),
 }
 
 /// The master could not run.
@@ -104,6 +106,10 @@ pub enum MasterError {
     RuntimeDir(io::Error),
     #[error("the first workers failed to start: {reason}")]
     FirstStart { reason: String },
+    #[error("cannot copy the master's own sockets (out of descriptors?): {0}")]
+    OwnSockets(io::Error),
+    #[error("cannot take over from the previous program after an upgrade: {0}; its workers stop once they notice the master is gone")]
+    TakeOver(String),
 }
 
 impl MasterError {

@@ -61,6 +61,14 @@ pub enum Event {
     LameDuck,
     /// Back from lame duck: health checks pass again.
     Undrained,
+    /// `baton upgrade`: the new program is being checked.
+    UpgradeStarted,
+    /// The new program took over the master's state, in the same pid.
+    /// `version=`, `took_ms=`.
+    Upgraded,
+    /// An upgrade was refused or failed; the program that logs it serves.
+    /// `reason=`.
+    UpgradeFailed,
     /// The master drains (or kills) every worker to exit.
     ShuttingDown,
     /// The first start failed; the master exits. `reason=`.
@@ -68,7 +76,7 @@ pub enum Event {
 }
 
 impl Event {
-    pub const ALL: [Event; 26] = [
+    pub const ALL: [Event; 29] = [
         Event::MasterStarted,
         Event::Listening,
         Event::WorkerStarted,
@@ -93,6 +101,9 @@ impl Event {
         Event::RollbackComplete,
         Event::LameDuck,
         Event::Undrained,
+        Event::UpgradeStarted,
+        Event::Upgraded,
+        Event::UpgradeFailed,
         Event::ShuttingDown,
         Event::StartFailed,
     ];
@@ -124,6 +135,9 @@ impl Event {
             Event::RollbackComplete => "rollback_complete",
             Event::LameDuck => "lame_duck",
             Event::Undrained => "undrained",
+            Event::UpgradeStarted => "upgrade_started",
+            Event::Upgraded => "upgraded",
+            Event::UpgradeFailed => "upgrade_failed",
             Event::ShuttingDown => "shutting_down",
             Event::StartFailed => "start_failed",
         }

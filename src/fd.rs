@@ -140,7 +140,7 @@ pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Receive
 /// With `identity` (uid, gid), the child drops to that user and group, with
 /// no supplementary groups, before it runs anything.
 pub fn prepare_child(
-    cmd: &mut tokio::process::Command,
+    cmd: &mut std::process::Command,
     handoff: BorrowedFd<'_>,
     identity: Option<(u32, u32)>,
 ) {
@@ -197,7 +197,7 @@ pub fn prepare_child(
     // fcntl, dup2, setgroups, setgid, setuid, close_range) and allocates
     // nothing.
     unsafe {
-        cmd.pre_exec(hook);
+        std::os::unix::process::CommandExt::pre_exec(cmd, hook);
     }
 }
 
@@ -369,6 +369,275 @@ pub fn fork_detached() -> io::Result<Forked> {
         nix::unistd::ForkResult::Child => {
             let _ = nix::unistd::setsid();
             Ok(Forked::Child)
+        }
+    }
+}
+
+/// A descriptor that refers to process `pid` (`pidfd_open`): readable once
+/// the process has exited, and never confused with a later process that
+/// gets the same pid. Needs Linux 5.3.
+pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
+    // or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just created this descriptor for us alone; it is
+    // close-on-exec (pidfd_open always sets O_CLOEXEC).
+    Ok(unsafe { OwnedFd::from_raw_fd(raw as RawFd) })
+}
+
+/// Reaps the child `pidfd` refers to, if it has exited: its exit status,
+/// `None` while it runs. Only a child of this process can be reaped.
+pub fn reap(pidfd: BorrowedFd<'_>) -> io::Result<Option<std::process::ExitStatus>> {
+    use std::os::unix::process::ExitStatusExt;
+    // SAFETY: siginfo_t is plain data; waitid fills it in.
+    let mut info: libc::siginfo_t = unsafe { mem::zeroed() };
+    // SAFETY: waitid with P_PIDFD on a borrowed, open pidfd and a valid
+    // siginfo_t to fill.
+    let done = unsafe {
+        libc::waitid(
+            libc::P_PIDFD,
+            pidfd.as_raw_fd() as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG,
+        )
+    };
+    if done != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: waitid filled in a SIGCHLD siginfo, or left it zeroed.
+    let (pid, code, status) = unsafe { (info.si_pid(), info.si_code, info.si_status()) };
+    if pid == 0 {
+        return Ok(None);
+    }
+    // The raw wait status, as waitpid would have given it.
+    let raw = match code {
+        libc::CLD_EXITED => (status & 0xff) << 8,
+        libc::CLD_DUMPED => status | 0x80,
+        _ => status,
+    };
+    Ok(Some(std::process::ExitStatus::from_raw(raw)))
+}
+
+/// Lets `fd` survive `execve` (clears close-on-exec) or not.
+pub fn set_inherited(fd: BorrowedFd<'_>, inherited: bool) -> io::Result<()> {
+    let flags = if inherited { 0 } else { libc::FD_CLOEXEC };
+    // SAFETY: F_SETFD on a borrowed, open descriptor.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, flags) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Descriptors a previous image of this process left open across `execve`
+/// for this one (see [`crate::master`]'s upgrade), by number. They stay
+/// inheritable until [`HandedOver::close_way_back`], so that the previous
+/// image gets them back if this one gives up.
+///
+/// The numbers come from the state the previous image wrote; each is taken
+/// once. That is the contract that makes the functions below sound, kept by
+/// the one module that reads the state.
+pub struct HandedOver;
+
+impl HandedOver {
+    /// Takes descriptor `raw`.
+    pub fn take(raw: RawFd) -> io::Result<OwnedFd> {
+        // SAFETY: F_GETFD on any number is harmless; it fails on a closed one.
+        if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: open (checked), handed to this image, taken once.
+        Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    }
+
+    /// Reads the whole file behind `raw` without taking it.
+    pub fn read(raw: RawFd) -> io::Result<Vec<u8>> {
+        // SAFETY: F_GETFD on any number is harmless; it fails on a closed one.
+        if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: open (checked) and only borrowed for the read.
+        read_whole(unsafe { BorrowedFd::borrow_raw(raw) })
+    }
+
+    /// The adoption is complete: `handed` become close-on-exec, and
+    /// `done` (the previous image's executable, the state) are closed.
+    pub fn close_way_back(handed: &[RawFd], done: &[RawFd]) {
+        for &raw in handed {
+            // SAFETY: F_SETFD on a number changes only its flag (or fails).
+            unsafe { libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+        for &raw in done {
+            // SAFETY: these were handed to this image for the adoption only;
+            // nothing else owns them.
+            unsafe { libc::close(raw) };
+        }
+    }
+}
+
+/// Ends the process at once, running nothing (async-signal-safe).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit has no preconditions.
+    unsafe { libc::_exit(code) }
+}
+
+/// A sealed in-memory file holding `bytes`, to hand to the next image of
+/// this process.
+pub fn memfd_with(name: &str, bytes: &[u8]) -> io::Result<OwnedFd> {
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)?;
+    let mut file = std::fs::File::from(fd);
+    std::io::Write::write_all(&mut file, bytes)?;
+    let fd = OwnedFd::from(file);
+    nix::fcntl::fcntl(
+        fd.as_fd(),
+        nix::fcntl::FcntlArg::F_ADD_SEALS(
+            nix::fcntl::SealFlag::F_SEAL_SHRINK
+                | nix::fcntl::SealFlag::F_SEAL_GROW
+                | nix::fcntl::SealFlag::F_SEAL_WRITE
+                | nix::fcntl::SealFlag::F_SEAL_SEAL,
+        ),
+    )?;
+    Ok(fd)
+}
+
+/// Everything in the file behind `fd`, read from its start (whatever its
+/// offset), so that it can be read again by a later image.
+pub fn read_whole(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        let n = nix::sys::uio::pread(fd, &mut buf, bytes.len() as libc::off_t)?;
+        if n == 0 {
+            return Ok(bytes);
+        }
+        bytes.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// What `execve` needs, prepared beforehand: a signal handler may call
+/// [`Exec::run`], which only calls `execve`/`execveat` (async-signal-safe)
+/// on these pointers and allocates nothing.
+pub struct Exec {
+    /// The program: a path, or a descriptor of the file (`fexecve`).
+    program: ExecProgram,
+    _argv: Vec<std::ffi::CString>,
+    _envp: Vec<std::ffi::CString>,
+    argv_ptrs: Vec<*const libc::c_char>,
+    envp_ptrs: Vec<*const libc::c_char>,
+}
+
+enum ExecProgram {
+    Path(std::ffi::CString),
+    Fd(RawFd),
+}
+
+// SAFETY: the pointers point into the CStrings owned alongside them, which
+// are never changed; the value is only read.
+unsafe impl Send for Exec {}
+// SAFETY: as above.
+unsafe impl Sync for Exec {}
+
+impl Exec {
+    /// `path` with `argv` and `env`.
+    pub fn path(
+        path: &std::path::Path,
+        argv: &[std::ffi::OsString],
+        env: &[(std::ffi::OsString, std::ffi::OsString)],
+    ) -> io::Result<Self> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+        Self::build(ExecProgram::Path(path), argv, env)
+    }
+
+    /// The file open at `program` (which must survive the exec: it is the
+    /// caller's to keep open), with `argv` and `env`.
+    pub fn fd(
+        program: RawFd,
+        argv: &[std::ffi::OsString],
+        env: &[(std::ffi::OsString, std::ffi::OsString)],
+    ) -> io::Result<Self> {
+        Self::build(ExecProgram::Fd(program), argv, env)
+    }
+
+    fn build(
+        program: ExecProgram,
+        argv: &[std::ffi::OsString],
+        env: &[(std::ffi::OsString, std::ffi::OsString)],
+    ) -> io::Result<Self> {
+        use std::os::unix::ffi::OsStrExt;
+        let argv: Vec<std::ffi::CString> = argv
+            .iter()
+            .map(|a| std::ffi::CString::new(a.as_bytes()))
+            .collect::<Result<_, _>>()?;
+        let envp: Vec<std::ffi::CString> = env
+            .iter()
+            .map(|(k, v)| {
+                let mut pair = k.as_bytes().to_vec();
+                pair.push(b'=');
+                pair.extend_from_slice(v.as_bytes());
+                std::ffi::CString::new(pair)
+            })
+            .collect::<Result<_, _>>()?;
+        let mut argv_ptrs: Vec<_> = argv.iter().map(|a| a.as_ptr()).collect();
+        argv_ptrs.push(std::ptr::null());
+        let mut envp_ptrs: Vec<_> = envp.iter().map(|e| e.as_ptr()).collect();
+        envp_ptrs.push(std::ptr::null());
+        Ok(Exec {
+            program,
+            _argv: argv,
+            _envp: envp,
+            argv_ptrs,
+            envp_ptrs,
+        })
+    }
+
+    /// Replaces this process image. Returns only if that failed, with why.
+    /// Async-signal-safe.
+    pub fn run(&self) -> io::Error {
+        let (argv, envp) = (self.argv_ptrs.as_ptr(), self.envp_ptrs.as_ptr());
+        match &self.program {
+            ExecProgram::Path(path) => {
+                // SAFETY: argv and envp are NULL-terminated arrays of
+                // pointers to NUL-terminated strings owned by `self`, alive
+                // for this call.
+                unsafe { libc::execve(path.as_ptr(), argv, envp) };
+            }
+            ExecProgram::Fd(fd) => {
+                let (argv, envp) = (argv.cast(), envp.cast());
+                // SAFETY: as above; `fd` is the caller's, open.
+                unsafe { libc::execveat(*fd, c"".as_ptr(), argv, envp, libc::AT_EMPTY_PATH) };
+            }
+        }
+        io::Error::last_os_error()
+    }
+}
+
+/// Arms (`Some`) or cancels (`None`) a SIGALRM after `after`. The timer
+/// survives `execve`: the next image of this process gets the signal if it
+/// does not cancel it in time.
+pub fn alarm(after: Option<std::time::Duration>) {
+    let secs = after.map_or(0, |d| d.as_secs().max(1) as libc::c_uint);
+    // SAFETY: alarm takes a plain number.
+    unsafe {
+        libc::alarm(secs);
+    }
+}
+
+/// Runs `handler` (an `extern "C" fn(c_int)`) on each of `signals`, or
+/// restores their default action when `handler` is `None`.
+pub fn set_fatal_handler(signals: &[libc::c_int], handler: Option<extern "C" fn(libc::c_int)>) {
+    for &signal in signals {
+        // SAFETY: sigaction with a zeroed struct, an empty mask, and either
+        // SIG_DFL or a handler the caller vouches is async-signal-safe.
+        unsafe {
+            let mut action: libc::sigaction = mem::zeroed();
+            action.sa_sigaction = handler.map_or(libc::SIG_DFL, |h| h as usize);
+            libc::sigemptyset(&mut action.sa_mask);
+            action.sa_flags = libc::SA_NODEFER | libc::SA_RESETHAND;
+            libc::sigaction(signal, &action, std::ptr::null_mut());
         }
     }
 }

@@ -22,8 +22,10 @@
 //! catches it at stop (`KillMode=mixed`).
 
 use std::io::{self, BufRead};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::Arc;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -35,6 +37,8 @@ use tokio::sync::mpsc;
 #[derive(Debug, Clone)]
 pub struct Keeper {
     lines: mpsc::UnboundedSender<String>,
+    /// A copy of the pipe's writing end, for `baton upgrade` to hand over.
+    pipe: Arc<OwnedFd>,
 }
 
 impl Keeper {
@@ -50,7 +54,7 @@ impl Keeper {
             .env_remove("LISTEN_FDNAMES")
             .env_remove("NOTIFY_SOCKET")
             .spawn()?;
-        let mut stdin = child.stdin.take().expect("stdin is piped");
+        let stdin = child.stdin.take().expect("stdin is piped");
         // The first process only forks the keeper and exits.
         let status = child.wait().await?;
         if !status.success() {
@@ -58,15 +62,28 @@ impl Keeper {
                 "the keeper did not start ({status})"
             )));
         }
+        Self::adopt(stdin.into_owned_fd()?)
+    }
+
+    /// Writes to the keeper whose pipe is `pipe` (the writing end): one
+    /// this master started, or one a previous image of it started.
+    pub fn adopt(pipe: OwnedFd) -> io::Result<Self> {
+        let copy = Arc::new(pipe.try_clone()?);
+        let mut pipe = tokio::net::unix::pipe::Sender::from_owned_fd(pipe)?;
         let (lines, mut to_write) = mpsc::unbounded_channel::<String>();
         tokio::spawn(async move {
             while let Some(line) = to_write.recv().await {
-                if stdin.write_all(line.as_bytes()).await.is_err() {
+                if pipe.write_all(line.as_bytes()).await.is_err() {
                     return;
                 }
             }
         });
-        Ok(Keeper { lines })
+        Ok(Keeper { lines, pipe: copy })
+    }
+
+    /// The pipe's writing end.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.pipe.as_fd()
     }
 
     /// Stops group `pgid` if the master goes away.

@@ -48,7 +48,44 @@ pub struct SocketFile {
     ino: u64,
 }
 
+/// Names a [`SocketFile`] without owning it (nothing is removed when it is
+/// dropped): how `baton upgrade` hands one to the next image.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SocketFileId {
+    pub path: PathBuf,
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// A listener as the next image of the master gets it: its descriptor's
+/// number there, and what [`ListenerSet`] knew of it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct HandedListener {
+    pub fd: std::os::fd::RawFd,
+    pub name: String,
+    pub inherited: bool,
+    pub backlog: Option<u32>,
+    pub file: Option<SocketFileId>,
+}
+
 impl SocketFile {
+    pub fn id(&self) -> SocketFileId {
+        SocketFileId {
+            path: self.path.clone(),
+            dev: self.dev,
+            ino: self.ino,
+        }
+    }
+
+    /// Owns the file `id` names from now on (removed on drop).
+    pub fn from_id(id: SocketFileId) -> Self {
+        SocketFile {
+            path: id.path,
+            dev: id.dev,
+            ino: id.ino,
+        }
+    }
+
     fn record(path: &Path) -> std::io::Result<Self> {
         let meta = std::fs::symlink_metadata(path)?;
         Ok(SocketFile {
@@ -166,6 +203,40 @@ impl ListenerSet {
 
     pub fn iter(&self) -> impl Iterator<Item = &Listener> {
         self.listeners.iter()
+    }
+
+    /// Describes every listener for the next image of the master, `keep`
+    /// giving the number each descriptor has there.
+    pub fn hand_over(
+        &self,
+        mut keep: impl FnMut(BorrowedFd<'_>) -> std::io::Result<std::os::fd::RawFd>,
+    ) -> std::io::Result<Vec<HandedListener>> {
+        self.listeners
+            .iter()
+            .map(|l| {
+                Ok(HandedListener {
+                    fd: keep(l.as_fd())?,
+                    name: l.name.clone(),
+                    inherited: l.inherited,
+                    backlog: l.backlog,
+                    file: l._created.as_ref().map(SocketFile::id),
+                })
+            })
+            .collect()
+    }
+
+    /// The listeners a previous image of the master handed over, each with
+    /// its descriptor.
+    pub fn adopt_handed(handed: Vec<(HandedListener, OwnedFd)>) -> Result<Self, ListenError> {
+        let mut listeners = Vec::with_capacity(handed.len());
+        for (handed, fd) in handed {
+            let mut listener = adopt(handed.name, fd)?;
+            listener.inherited = handed.inherited;
+            listener.backlog = handed.backlog;
+            listener._created = handed.file.map(SocketFile::from_id);
+            listeners.push(listener);
+        }
+        Ok(ListenerSet { listeners })
     }
 
     pub fn names(&self) -> Vec<String> {

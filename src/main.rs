@@ -56,7 +56,21 @@ enum Success {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // An image started by `baton upgrade` first prepares its way back to
+    // the previous one, for whatever goes wrong from here on.
+    let upgraded = baton::master::handover::incoming().is_some();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            if upgraded {
+                baton::master::handover::go_back(&format!(
+                    "the new program cannot read the command line: {}",
+                    e.kind()
+                ));
+            }
+            e.exit()
+        }
+    };
     // Workers, exec stages and the keeper log the same way. (No other
     // thread exists yet.)
     std::env::set_var("BATON_LOG_FORMAT", cli.log_format.as_str());
@@ -70,6 +84,9 @@ fn main() -> ExitCode {
         Ok(Success::Done) => ExitCode::SUCCESS,
         Ok(Success::CheckFailed) => ExitCode::from(EXIT_FAILURE),
         Err(failure) => {
+            if upgraded {
+                baton::master::handover::go_back(&failure.to_string());
+            }
             if worker {
                 // A worker's stderr is the master's log: one log line.
                 tracing::error!("{failure}");
@@ -90,6 +107,15 @@ fn run(command: Command) -> Result<Success, Failure> {
         Command::Stop(args) => stop(&args),
         Command::Drain(args) => control(&args, Control::Drain),
         Command::Undrain(args) => control(&args, Control::Undrain),
+        Command::Upgrade(args) => control(
+            &args.control,
+            Control::Upgrade {
+                wait: args.wait,
+                keep_workers: args.keep_workers,
+                fault: args.fault,
+            },
+        ),
+        Command::UpgradeCheck(args) => upgrade_check(args),
         Command::Exec(args) => Err(baton::worker::exec::run(&args.command).into()),
         Command::Completions { shell } => {
             let mut cli = baton::cli::public_command();
@@ -132,6 +158,40 @@ fn serve(args: ServeArgs) -> Result<Success, Failure> {
         .build()
         .map_err(Failure::Runtime)?;
     runtime.block_on(baton::master::run(config, inherited, baton::settings::load))?;
+    Ok(Success::Done)
+}
+
+/// `baton upgrade-check`: whether this program can take over from a
+/// running master (its state format, its serve arguments).
+fn upgrade_check(args: baton::cli::UpgradeCheckArgs) -> Result<Success, Failure> {
+    let format = baton::master::handover::FORMAT;
+    if args.format != format {
+        return Err(Failure::Usage(format!(
+            "this baton reads master state format {format}, the running master writes format {}",
+            args.format
+        )));
+    }
+    let argv = ["baton".into(), "serve".into()]
+        .into_iter()
+        .chain(args.serve_args.iter().cloned());
+    let serve = match Cli::try_parse_from(argv).map(|cli| cli.command) {
+        Ok(Command::Serve(serve)) => serve,
+        Ok(_) => unreachable!("parsed as serve"),
+        Err(e) => {
+            return Err(Failure::Usage(format!(
+                "this baton does not accept the running master's arguments: {}",
+                e.to_string().lines().next().unwrap_or_default()
+            )))
+        }
+    };
+    let problems = baton::settings::test_config(serve, args.serve_args);
+    if !problems.is_empty() {
+        return Err(Failure::Usage(format!(
+            "the configuration has problems for this baton: {}",
+            problems.join("; ")
+        )));
+    }
+    println!("baton {}", env!("CARGO_PKG_VERSION"));
     Ok(Success::Done)
 }
 

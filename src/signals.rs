@@ -3,7 +3,7 @@
 //! master has announced itself can take the default action and kill it.
 
 use futures::StreamExt;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR2};
 use signal_hook_tokio::Signals;
 
 /// What a signal asks of the master.
@@ -15,6 +15,9 @@ pub enum Intent {
     Shutdown,
     /// SIGQUIT: kill every worker and exit at once.
     Quit,
+    /// SIGUSR2: replace the master's own program in place (`baton
+    /// upgrade`).
+    Upgrade,
 }
 
 /// The master's signal stream.
@@ -26,7 +29,7 @@ impl SignalIntents {
     /// Installs the handlers. Must be called inside a tokio runtime.
     pub fn install() -> std::io::Result<Self> {
         Ok(SignalIntents {
-            signals: Signals::new([SIGHUP, SIGTERM, SIGINT, SIGQUIT])?,
+            signals: Signals::new([SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGUSR2])?,
         })
     }
 
@@ -38,6 +41,7 @@ impl SignalIntents {
             SIGHUP => (Intent::Reload, "SIGHUP"),
             SIGQUIT => (Intent::Quit, "SIGQUIT"),
             SIGINT => (Intent::Shutdown, "SIGINT"),
+            SIGUSR2 => (Intent::Upgrade, "SIGUSR2"),
             _ => (Intent::Shutdown, "SIGTERM"),
         })
     }

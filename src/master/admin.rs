@@ -84,7 +84,11 @@ async fn answer(
     };
     let metrics = command == control::Command::Metrics;
     let (tx, rx) = oneshot::channel();
-    let asked = supervisor.send(control::Request { command, reply: tx });
+    let asked = supervisor.send(control::Request {
+        command,
+        reply: tx,
+        connection: None,
+    });
     let Ok(text) = asked.map_err(drop).and(rx.await.map_err(drop)) else {
         return Ok(reply(
             StatusCode::SERVICE_UNAVAILABLE,

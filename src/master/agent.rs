@@ -35,6 +35,7 @@ async fn agent_line(requests: &mpsc::UnboundedSender<control::Request>) -> &'sta
     let asked = requests.send(control::Request {
         command: control::Command::Health,
         reply,
+        connection: None,
     });
     match (asked, answer.await) {
         (Ok(()), Ok(health)) if health.starts_with("ok") => "up ready\n",

@@ -13,11 +13,17 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::warn;
 
+use std::os::fd::{AsFd, OwnedFd};
+
+use super::handover::{self, HandedSocketFile, HandedWorker, Keep, State};
+use super::upgrade::{self, Departure};
 use super::worker::{self, WorkerEvent, WorkerHandle, WorkerId};
 use crate::balance::ShareTable;
 use crate::config::{ConfigSource, MasterConfig};
+use crate::fd::{self, Exec};
 use crate::keeper::Keeper;
 use crate::listeners::ListenerSet;
+use crate::listeners::SocketFileId;
 use crate::procfs;
 use crate::systemd::Notifier;
 
@@ -69,6 +75,12 @@ pub(super) trait Effects {
     fn load_config(&self, source: &ConfigSource) -> Result<MasterConfig, String>;
     /// Where rolled-back program files are written, if anywhere.
     fn runtime_dir(&self) -> Option<&Path>;
+    /// Checks the program an upgrade would run (`baton upgrade-check`);
+    /// the outcome comes back as an input of the master's loop.
+    fn check_upgrade(&mut self);
+    /// Replaces this process image with the new program, handing it the
+    /// master's state. Returns only if that failed: why.
+    fn hand_over(&mut self, departure: Departure) -> String;
 }
 
 /// The real effects: worker processes, their watchers and systemd.
@@ -92,6 +104,20 @@ pub(super) struct Processes {
     pub loader: ConfigLoader,
     /// Cloned into each task that forwards a worker's output.
     pub output: mpsc::Sender<()>,
+    /// Where the outcome of an upgrade's program check goes.
+    pub upgrade_checked: mpsc::UnboundedSender<Result<String, String>>,
+    /// The master's own sockets, to hand over on upgrade.
+    pub own_sockets: OwnSockets,
+}
+
+/// Copies of the sockets the master serves besides the listeners: the
+/// control socket (with its file), `--admin` and `--agent`.
+#[derive(Debug)]
+pub(super) struct OwnSockets {
+    pub control: OwnedFd,
+    pub control_file: Option<SocketFileId>,
+    pub admin: Option<OwnedFd>,
+    pub agent: Option<OwnedFd>,
 }
 
 impl Effects for Processes {
@@ -196,4 +222,135 @@ impl Effects for Processes {
     fn runtime_dir(&self) -> Option<&Path> {
         self.runtime_dir.as_ref().map(super::RuntimeDir::path)
     }
+
+    fn check_upgrade(&mut self) {
+        let checked = self.upgrade_checked.clone();
+        tokio::spawn(async move {
+            let outcome = match crate::config::own_program_path() {
+                Ok(program) => upgrade::check_program(program, serve_args()).await,
+                Err(e) => Err(format!("cannot find baton's own program: {e}")),
+            };
+            let _ = checked.send(outcome);
+        });
+    }
+
+    fn hand_over(&mut self, departure: Departure) -> String {
+        match self.exec_next_image(departure) {
+            Ok(never) => match never {},
+            Err(reason) => reason,
+        }
+    }
+}
+
+impl Processes {
+    /// Watches a worker a previous image of the master started.
+    pub fn adopt(
+        &mut self,
+        adopted: worker::Adopted,
+        config: &MasterConfig,
+    ) -> std::io::Result<()> {
+        let context = worker::WatchContext {
+            foreign: config.foreign.as_ref(),
+            listeners: &self.listeners,
+            ready_timeout: config.ready_timeout,
+            drain_timeout: config.drain_timeout,
+            keeper: self.keeper.as_ref(),
+            output: &self.output,
+        };
+        let id = adopted.id;
+        let handle = worker::adopt(adopted, &context, self.events.clone())?;
+        self.handles.insert(id, handle);
+        Ok(())
+    }
+
+    /// Writes the state and execs baton's program; returns only on failure.
+    fn exec_next_image(&self, departure: Departure) -> Result<std::convert::Infallible, String> {
+        let program = crate::config::own_program_path()
+            .map_err(|e| format!("cannot find baton's own program: {e}"))?;
+        let mut keep = Keep::default();
+        let state = self
+            .departing_state(&mut keep, departure)
+            .map_err(|e| format!("cannot keep a descriptor open for the new program: {e}"))?;
+        let sealed = state
+            .seal()
+            .map_err(|e| format!("cannot write the state for the new program: {e}"))?;
+        let state_fd = keep
+            .own(sealed)
+            .map_err(|e| format!("cannot keep the state open for the new program: {e}"))?;
+        let exec = Exec::path(
+            &program,
+            &handover::own_argv(),
+            &handover::env_forward(state_fd),
+        )
+        .map_err(|e| format!("cannot prepare to run {}: {e}", program.display()))?;
+        // Survives the exec: the new image must take over before it rings.
+        fd::alarm(Some(handover::TAKE_OVER_WITHIN));
+        let error = exec.run();
+        fd::alarm(None);
+        Err(format!("cannot run {}: {error}", program.display()))
+    }
+
+    /// The state the next image starts from, every descriptor in it kept
+    /// open across the exec by `keep`.
+    fn departing_state(&self, keep: &mut Keep, departure: Departure) -> std::io::Result<State> {
+        let previous = std::fs::File::open("/proc/self/exe")?;
+        let previous_program = keep.own(previous.into())?;
+        let listeners = self.listeners.hand_over(|fd| keep.copy(fd))?;
+        let sockets = &self.own_sockets;
+        let control = HandedSocketFile {
+            fd: keep.copy(sockets.control.as_fd())?,
+            file: sockets.control_file.clone(),
+        };
+        let admin = keep.copy_some(sockets.admin.as_ref().map(AsFd::as_fd))?;
+        let agent = keep.copy_some(sockets.agent.as_ref().map(AsFd::as_fd))?;
+        let keeper = keep.copy_some(self.keeper.as_ref().map(Keeper::fd))?;
+        let balance = keep.copy_some(self.balance.as_ref().map(ShareTable::fd))?;
+        let mut workers = Vec::new();
+        for (&id, handle) in &self.handles {
+            let fds = &handle.fds;
+            workers.push(HandedWorker {
+                id,
+                pid: handle.pid,
+                channel: keep.copy(fds.channel.as_fd())?,
+                notify: match &fds.notify {
+                    Some((fd, path)) => Some((keep.copy(fd.as_fd())?, path.clone())),
+                    None => None,
+                },
+                stdout: keep.copy_some(fds.stdout.as_ref().map(AsFd::as_fd))?,
+                stderr: keep.copy_some(fds.stderr.as_ref().map(AsFd::as_fd))?,
+            });
+        }
+        let waiters = departure
+            .waiters
+            .into_iter()
+            .map(|fd| keep.own(fd))
+            .collect::<std::io::Result<_>>()?;
+        Ok(State {
+            format: handover::FORMAT,
+            from_version: env!("CARGO_PKG_VERSION").to_owned(),
+            previous_program,
+            asked_at_ms: departure.asked_at_ms,
+            listeners,
+            control,
+            admin,
+            agent,
+            keeper,
+            balance,
+            runtime_dir: self.runtime_dir.as_ref().map(|d| d.path().to_owned()),
+            supervisor: departure.supervisor,
+            workers,
+            waiters,
+            roll: departure.roll,
+            fault: departure.fault,
+        })
+    }
+}
+
+/// The arguments after `serve` this master was started with: what the new
+/// program's check reads its configuration from.
+fn serve_args() -> Vec<std::ffi::OsString> {
+    std::env::args_os()
+        .skip_while(|a| a != "serve")
+        .skip(1)
+        .collect()
 }

@@ -17,8 +17,8 @@ type Labels = Vec<(&'static str, String)>;
 
 /// What the supervisor counts over its life, for `/metrics` and
 /// `status --json`.
-#[derive(Debug, Default, Clone, serde::Serialize)]
-pub(super) struct Counters {
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Counters {
     /// Reloads by outcome.
     pub reloads_ok: u64,
     pub reloads_failed: u64,

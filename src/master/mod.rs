@@ -20,11 +20,14 @@
 mod admin;
 mod agent;
 mod effects;
+pub mod handover;
 mod metrics;
+mod process;
 mod release;
 mod rollout;
 mod status;
 mod supervisor;
+mod upgrade;
 mod worker;
 
 use std::collections::BTreeMap;
@@ -45,7 +48,7 @@ use crate::listeners::{BindOptions, ListenerSet};
 use crate::signals::SignalIntents;
 use crate::systemd::Notifier;
 pub use effects::ConfigLoader;
-use effects::Processes;
+use effects::{OwnSockets, Processes};
 use supervisor::Supervisor;
 pub use worker::{WorkerEvent, WorkerHandle, WorkerId, WorkerStats};
 
@@ -57,12 +60,18 @@ const MEMORY_CHECK_EVERY: Duration = Duration::from_secs(1);
 ///
 /// `inherited` are the listeners systemd passed (see
 /// [`crate::systemd::take_listen_fds`]); `loader` reads the configuration
-/// again on reload when it came from a `--config` file.
+/// again on reload when it came from a `--config` file. A master started by
+/// an upgrade (see [`handover::incoming`]) takes everything over from the
+/// previous image instead.
 pub async fn run(
     config: MasterConfig,
     inherited: Vec<(String, OwnedFd)>,
     loader: ConfigLoader,
 ) -> Result<(), MasterError> {
+    raise_open_files();
+    if let Some(incoming) = handover::incoming() {
+        return take_over(config, incoming, loader).await;
+    }
     info!(
         event = %Event::MasterStarted,
         pid = std::process::id(),
@@ -73,17 +82,6 @@ pub async fn run(
         backlog: config.backlog,
         unix_mode: config.unix_mode,
     };
-    match crate::rlimit::raise_open_files() {
-        Ok(limit) => info!(
-            soft = limit.soft,
-            hard = limit.hard,
-            was = limit.was,
-            "open-file limit"
-        ),
-        Err(e) => {
-            warn!(cause = %e, "cannot raise the open-file limit; workers keep the one baton started with")
-        }
-    }
     let listeners = ListenerSet::open(inherited, &config.listen, options)?;
     for listener in listeners.iter() {
         info!(
@@ -94,7 +92,6 @@ pub async fn run(
             "listening"
         );
     }
-    let mut signals = SignalIntents::install().map_err(MasterError::Signals)?;
     // COMMAND workers' notify sockets (they cannot start without one) and
     // rolled-back program files (a rollback then restores the configuration
     // only).
@@ -106,7 +103,7 @@ pub async fn run(
             None
         }
     };
-    let control_socket = open_control_socket(&config)?;
+    let (control, control_file) = open_control_socket(&config)?;
     let admin = match config.admin {
         Some(addr) => Some(open_tcp("admin", addr, "GET /metrics, /healthz, /readyz")?),
         None => None,
@@ -119,40 +116,139 @@ pub async fn run(
         .await
         .inspect_err(|e| warn!(cause = %e, "no keeper: if the master is killed, processes its workers forked may outlive it"))
         .ok();
+    let balance = ShareTable::create()
+        .inspect_err(|e| warn!(cause = %e, "no accept balance: workers accept unpaced"))
+        .ok();
+    let parts = Parts {
+        listeners,
+        runtime_dir,
+        control,
+        control_file: Some(control_file),
+        admin,
+        agent,
+        keeper,
+        balance,
+    };
+    serve(config, parts, loader, Start::Fresh).await
+}
+
+/// Raises the open-file limit as far as it goes, for the workers.
+fn raise_open_files() {
+    match crate::rlimit::raise_open_files() {
+        Ok(limit) => info!(
+            soft = limit.soft,
+            hard = limit.hard,
+            was = limit.was,
+            "open-file limit"
+        ),
+        Err(e) => {
+            warn!(cause = %e, "cannot raise the open-file limit; workers keep the one baton started with")
+        }
+    }
+}
+
+/// What the master owns besides its workers, opened by this image or taken
+/// over from the previous one.
+struct Parts {
+    listeners: ListenerSet,
+    runtime_dir: Option<RuntimeDir>,
+    control: tokio::net::UnixListener,
+    /// The control socket's file, removed when the master exits.
+    control_file: Option<crate::listeners::SocketFile>,
+    admin: Option<tokio::net::TcpListener>,
+    agent: Option<tokio::net::TcpListener>,
+    keeper: Option<Keeper>,
+    balance: Option<ShareTable>,
+}
+
+/// How the supervisor begins.
+enum Start {
+    /// Starts the first generation.
+    Fresh,
+    /// Adopts the workers and state a previous image handed over.
+    Adopted {
+        state: Box<handover::State>,
+        incoming: &'static handover::Incoming,
+    },
+}
+
+/// Serves with `parts` until the master is told to stop.
+async fn serve(
+    config: MasterConfig,
+    parts: Parts,
+    loader: ConfigLoader,
+    start: Start,
+) -> Result<(), MasterError> {
+    let mut signals = SignalIntents::install().map_err(MasterError::Signals)?;
     let notifier = Notifier::from_env();
     let watchdog = notifier.watchdog_interval();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (output_alive, mut output_closed) = mpsc::channel::<()>(1);
-    let processes = Processes {
-        listeners,
+    let (upgrade_checked_tx, upgrade_checked_rx) = mpsc::unbounded_channel();
+    let copy =
+        |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned().map_err(MasterError::OwnSockets);
+    use std::os::fd::AsFd;
+    let own_sockets = OwnSockets {
+        control: copy(parts.control.as_fd())?,
+        control_file: parts
+            .control_file
+            .as_ref()
+            .map(crate::listeners::SocketFile::id),
+        admin: parts.admin.as_ref().map(|l| copy(l.as_fd())).transpose()?,
+        agent: parts.agent.as_ref().map(|l| copy(l.as_fd())).transpose()?,
+    };
+    let mut processes = Processes {
+        listeners: parts.listeners,
         events: events_tx,
         handles: BTreeMap::new(),
         notifier,
-        runtime_dir,
-        balance: ShareTable::create()
-            .inspect_err(|e| warn!(cause = %e, "no accept balance: workers accept unpaced"))
-            .ok(),
-        keeper,
+        runtime_dir: parts.runtime_dir,
+        balance: parts.balance,
+        keeper: parts.keeper,
         loader,
         output: output_alive,
+        upgrade_checked: upgrade_checked_tx,
+        own_sockets,
     };
-    // The socket file is removed when `_control_file` drops, as run returns.
-    let (control_listener, _control_file) = control_socket;
+    // The socket file is removed when `_control_file` drops, as this
+    // returns (an upgrade's exec drops nothing).
+    let _control_file = parts.control_file;
     let (control_tx, control_rx) = mpsc::unbounded_channel();
-    if let Some(admin) = admin {
+    if let Some(admin) = parts.admin {
         tokio::spawn(admin::serve(admin, control_tx.clone()));
     }
-    if let Some(agent) = agent {
+    if let Some(agent) = parts.agent {
         tokio::spawn(agent::serve(agent, control_tx.clone()));
     }
     let clients = control::Clients::default();
-    tokio::spawn(control::serve(
-        control_listener,
-        control_tx,
-        clients.clone(),
-    ));
-    let supervisor = Supervisor::new(config, processes);
-    let outcome = drive(supervisor, &mut signals, events_rx, control_rx, watchdog).await;
+    tokio::spawn(control::serve(parts.control, control_tx, clients.clone()));
+    let supervisor = match start {
+        Start::Fresh => {
+            let mut supervisor = Supervisor::new(config, processes);
+            supervisor.start();
+            supervisor
+        }
+        Start::Adopted { state, incoming } => {
+            let state = *state;
+            let handed = state.descriptors();
+            let watched = adopt_workers(&mut processes, &config, &state);
+            let waiters = answer_on(&state.waiters);
+            let took_ms = handover::now_ms().saturating_sub(state.asked_at_ms);
+            let mut supervisor = Supervisor::adopt(config, processes, state.supervisor);
+            // Workers whose descriptors did not come over cannot be
+            // watched: they were killed, and their slots are filled again.
+            supervisor.keep_only(&watched);
+            handover::adopted(&handed, state.previous_program, incoming.state_fd);
+            supervisor.after_adoption(incoming.failed.as_deref(), state.roll, took_ms, waiters);
+            supervisor
+        }
+    };
+    let inputs = Inputs {
+        events: events_rx,
+        control: control_rx,
+        upgrade_checked: upgrade_checked_rx,
+    };
+    let outcome = drive(supervisor, &mut signals, inputs, watchdog).await;
     // The supervisor is gone: what is still open are answers being written
     // and workers' last output lines being forwarded; both at once, for
     // EXIT_FLUSH at the most.
@@ -161,6 +257,171 @@ pub async fn run(
     });
     let _ = tokio::join!(clients.answered(EXIT_FLUSH), output_forwarded);
     outcome
+}
+
+/// Takes over from the previous image of this process (`baton upgrade`):
+/// its sockets, its workers and its state. What cannot be taken over sends
+/// this process back to the previous image, which takes the same state.
+async fn take_over(
+    config: MasterConfig,
+    incoming: &'static handover::Incoming,
+    loader: ConfigLoader,
+) -> Result<(), MasterError> {
+    let give_up = |reason: String| {
+        handover::go_back(&reason);
+        // Still here: this is the previous image, which has nowhere to go.
+        MasterError::TakeOver(reason)
+    };
+    let state = handover::State::read(incoming.state_fd).map_err(give_up)?;
+    let fault = state.fault.filter(|_| incoming.failed.is_none());
+    if fault == Some(handover::UpgradeFault::Refuse) {
+        return Err(give_up(
+            "the new program found the state unusable (an injected fault)".to_owned(),
+        ));
+    }
+    if fault == Some(handover::UpgradeFault::Hang) {
+        warn!("hanging instead of taking over (an injected fault)");
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+    let parts = take_parts(&state).map_err(give_up)?;
+    if fault == Some(handover::UpgradeFault::CrashHalfway) {
+        warn!("crashing halfway through taking over (an injected fault)");
+        std::process::abort();
+    }
+    let start = Start::Adopted {
+        state: Box::new(state),
+        incoming,
+    };
+    serve(config, parts, loader, start).await
+}
+
+/// The sockets, keeper and tables the previous image handed over.
+fn take_parts(state: &handover::State) -> Result<Parts, String> {
+    fn io(what: &'static str) -> impl Fn(std::io::Error) -> String {
+        move |e| format!("cannot take over the {what}: {e}")
+    }
+    let mut listeners = Vec::new();
+    for listener in &state.listeners {
+        listeners.push((listener.clone(), handover::take(listener.fd)?));
+    }
+    let listeners = ListenerSet::adopt_handed(listeners).map_err(|e| e.to_string())?;
+    let control = std::os::unix::net::UnixListener::from(handover::take(state.control.fd)?);
+    control
+        .set_nonblocking(true)
+        .map_err(io("control socket"))?;
+    let control = tokio::net::UnixListener::from_std(control).map_err(io("control socket"))?;
+    let tcp = |fd: Option<std::os::fd::RawFd>, what: &'static str| -> Result<_, String> {
+        let Some(fd) = fd else { return Ok(None) };
+        let listener = std::net::TcpListener::from(handover::take(fd)?);
+        listener.set_nonblocking(true).map_err(io(what))?;
+        Ok(Some(
+            tokio::net::TcpListener::from_std(listener).map_err(io(what))?,
+        ))
+    };
+    let admin = tcp(state.admin, "admin listener")?;
+    let agent = tcp(state.agent, "agent listener")?;
+    let keeper = match state.keeper {
+        Some(fd) => Some(Keeper::adopt(handover::take(fd)?).map_err(io("keeper"))?),
+        None => None,
+    };
+    let balance = match state.balance {
+        Some(fd) => {
+            Some(ShareTable::adopt(handover::take(fd)?).map_err(io("accept-balance table"))?)
+        }
+        None => None,
+    };
+    Ok(Parts {
+        listeners,
+        runtime_dir: state.runtime_dir.clone().map(RuntimeDir),
+        control,
+        control_file: state
+            .control
+            .file
+            .clone()
+            .map(crate::listeners::SocketFile::from_id),
+        admin,
+        agent,
+        keeper,
+        balance,
+    })
+}
+
+/// Watches the workers the previous image handed over; returns those now
+/// watched. One that cannot be watched is killed (and reaped).
+fn adopt_workers(
+    processes: &mut Processes,
+    config: &MasterConfig,
+    state: &handover::State,
+) -> std::collections::BTreeSet<WorkerId> {
+    let mut watched = std::collections::BTreeSet::new();
+    for handed in &state.workers {
+        let known = state.supervisor.workers.iter().find(|w| w.id == handed.id);
+        let adopted = known
+            .ok_or_else(|| "not in the state".to_owned())
+            .and_then(|known| {
+                let fds = worker::WorkerFds {
+                    channel: handover::take(handed.channel)?,
+                    notify: match &handed.notify {
+                        Some((fd, path)) => Some((handover::take(*fd)?, path.clone())),
+                        None => None,
+                    },
+                    stdout: handed.stdout.map(handover::take).transpose()?,
+                    stderr: handed.stderr.map(handover::take).transpose()?,
+                };
+                let adopted = worker::Adopted {
+                    id: handed.id,
+                    slot: known.slot,
+                    generation: known.generation,
+                    pid: handed.pid,
+                    draining: known.state.is_draining(),
+                    ready: known.state == supervisor::WorkerState::Ready,
+                    fds,
+                };
+                processes.adopt(adopted, config).map_err(|e| e.to_string())
+            });
+        match adopted {
+            Ok(()) => {
+                watched.insert(handed.id);
+            }
+            Err(reason) => {
+                warn!(pid = handed.pid, %reason, "cannot watch a worker handed over; killing it");
+                let pid = nix::unistd::Pid::from_raw(handed.pid as i32);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                tokio::task::spawn_blocking(move || nix::sys::wait::waitpid(pid, None));
+            }
+        }
+    }
+    watched
+}
+
+/// Answers the `upgrade --wait` clients handed over on their connections:
+/// one sender each, for the supervisor to answer on.
+fn answer_on(connections: &[std::os::fd::RawFd]) -> Vec<tokio::sync::oneshot::Sender<String>> {
+    let mut waiters = Vec::new();
+    for &raw in connections {
+        let Ok(fd) = handover::take(raw) else {
+            continue;
+        };
+        let stream = std::os::unix::net::UnixStream::from(fd);
+        if stream.set_nonblocking(true).is_err() {
+            continue;
+        }
+        let Ok(mut stream) = tokio::net::UnixStream::from_std(stream) else {
+            continue;
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel::<String>();
+        waiters.push(reply);
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            if let Ok(text) = answer.await {
+                let _ = stream.write_all(text.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            }
+        });
+    }
+    waiters
 }
 
 /// How long an exiting master waits for its last control answers to be
@@ -263,12 +524,18 @@ impl Drop for RuntimeDir {
     }
 }
 
+/// What the master's loop hears besides signals and timers.
+struct Inputs {
+    events: mpsc::UnboundedReceiver<WorkerEvent>,
+    control: mpsc::UnboundedReceiver<control::Request>,
+    upgrade_checked: mpsc::UnboundedReceiver<Result<String, String>>,
+}
+
 /// Feeds the supervisor its inputs until every worker is gone.
 async fn drive(
     mut supervisor: Supervisor<Processes>,
     signals: &mut SignalIntents,
-    mut events: mpsc::UnboundedReceiver<WorkerEvent>,
-    mut control: mpsc::UnboundedReceiver<control::Request>,
+    mut inputs: Inputs,
     watchdog: Option<Duration>,
 ) -> Result<(), MasterError> {
     // WATCHDOG=1 comes from this loop, so it stops if the loop stalls.
@@ -277,7 +544,6 @@ async fn drive(
         .config
         .max_memory
         .map(|_| tokio::time::interval(MEMORY_CHECK_EVERY));
-    supervisor.start();
     while !supervisor.is_done() {
         let next_restart = supervisor.next_restart();
         let probation_end = supervisor.probation_end();
@@ -292,8 +558,9 @@ async fn drive(
             _ = tick(&mut watchdog) => supervisor.watchdog(),
             _ = tick(&mut memory_check) => supervisor.check_memory(),
             Some((intent, signal)) = signals.next() => supervisor.on_signal(intent, signal),
-            Some(event) = events.recv() => supervisor.on_event(event),
-            Some(request) = control.recv() => supervisor.on_control(request),
+            Some(event) = inputs.events.recv() => supervisor.on_event(event),
+            Some(request) = inputs.control.recv() => supervisor.on_control(request),
+            Some(checked) = inputs.upgrade_checked.recv() => supervisor.on_upgrade_checked(checked),
             _ = sleep_until(next_restart.unwrap_or_else(Instant::now)), if next_restart.is_some() => {
                 supervisor.restart_due_slots(Instant::now());
             }

@@ -66,19 +66,20 @@ pub(super) struct Worker {
     /// The slot it serves, or will serve once a rollout hands it over.
     pub slot: usize,
     pub generation: u64,
-    cause: Cause,
+    pub cause: Cause,
     pub state: WorkerState,
     pub started: Instant,
     /// The last counters it reported (built-in workers only).
     pub stats: Option<WorkerStats>,
     /// Consecutive memory checks that found it above `--max-memory`.
-    over_memory: u32,
+    pub over_memory: u32,
 }
 
 /// Why a worker was started; logged, so that operators (and `baton check`)
 /// can tell a crash replacement from a reload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Cause {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Cause {
     Start,
     Replacement,
     Reload,
@@ -97,8 +98,9 @@ impl std::fmt::Display for Cause {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum WorkerState {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum WorkerState {
     Starting,
     Ready,
     Draining,
@@ -108,7 +110,7 @@ pub(super) enum WorkerState {
 }
 
 impl WorkerState {
-    fn is_draining(self) -> bool {
+    pub fn is_draining(self) -> bool {
         matches!(self, WorkerState::Draining | WorkerState::Hurried)
     }
 }
@@ -130,7 +132,7 @@ pub(super) struct Slot {
     /// A worker starting to take this slot over outside a reload (its
     /// worker used too much memory); the current one drains once it is
     /// ready.
-    successor: Option<WorkerId>,
+    pub successor: Option<WorkerId>,
 }
 
 impl Slot {
@@ -189,6 +191,17 @@ pub(super) struct Reloads {
 }
 
 impl Reloads {
+    pub fn is_queued(&self) -> bool {
+        self.queued
+    }
+
+    /// Keeps what `generation` was started from, for a later rollback.
+    pub fn capture_release(&mut self, generation: u64, config: &MasterConfig) {
+        self.release = Release::capture(generation, config)
+            .inspect_err(|e| warn!(cause = %e, "cannot keep the program file open: a failed release cannot be rolled back to this one"))
+            .ok();
+    }
+
     fn queue(&mut self, waiter: Option<oneshot::Sender<String>>) {
         self.queued = true;
         self.queued_waiters.extend(waiter);
@@ -220,9 +233,9 @@ impl Reloads {
 
 /// How a reload ended: kept as the last outcome for `baton status` (as
 /// JSON, with `outcome` naming the variant) and said to `--wait` clients.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
-pub(super) enum Outcome {
+pub(crate) enum Outcome {
     /// The new configuration cannot be used; nothing was started.
     Rejected { reason: String },
     /// Every slot runs the new generation (and it passed its probation).
@@ -305,16 +318,16 @@ pub(super) struct Supervisor<E: Effects> {
     pub slots: Vec<Slot>,
     /// Every live worker process: serving, starting or draining.
     pub workers: BTreeMap<WorkerId, Worker>,
-    next_id: WorkerId,
+    pub next_id: WorkerId,
     /// The newest generation started.
     pub generation: u64,
     pub phase: Phase,
     pub reloads: Reloads,
     /// Set when the first start failed: the master exits with it.
-    failure: Option<MasterError>,
+    pub failure: Option<MasterError>,
     /// The program path workers start from (a rollback starts them from a
     /// copy of an older file until the next reload).
-    program_path: std::path::PathBuf,
+    pub program_path: std::path::PathBuf,
     /// When the master started, for `baton status`.
     pub started: Instant,
     /// What happened over its life, for `/metrics` and `baton status`.
@@ -323,6 +336,8 @@ pub(super) struct Supervisor<E: Effects> {
     pub lame_duck: bool,
     /// When a SIGTERM's `--shutdown-delay` ends and the drain begins.
     pub shutdown_at: Option<Instant>,
+    /// `baton upgrade` in progress (its program being checked).
+    pub upgrade: Option<super::upgrade::Upgrade>,
 }
 
 impl<E: Effects> Supervisor<E> {
@@ -343,15 +358,14 @@ impl<E: Effects> Supervisor<E> {
             counters: Counters::default(),
             lame_duck: false,
             shutdown_at: None,
+            upgrade: None,
         }
     }
 
     /// Starts the first generation.
     pub fn start(&mut self) {
         info!(workers = self.slots.len(), program = %self.config.program.display(), "starting workers");
-        self.reloads.release = Release::capture(1, &self.config)
-            .inspect_err(|e| warn!(cause = %e, "cannot keep the program file open: a failed release cannot be rolled back to this one"))
-            .ok();
+        self.reloads.capture_release(1, &self.config);
         for slot in 0..self.slots.len() {
             self.slots[slot].generation = 1;
             match self.spawn(slot, 1, Cause::Start) {
@@ -442,6 +456,13 @@ impl<E: Effects> Supervisor<E> {
             Intent::Reload => self.request_reload(None),
             Intent::Shutdown => self.shutdown_after_delay(),
             Intent::Quit => self.stop(true),
+            Intent::Upgrade => self.request_upgrade(
+                super::upgrade::UpgradeRequest {
+                    roll: true,
+                    fault: None,
+                },
+                None,
+            ),
         }
     }
 
@@ -459,8 +480,29 @@ impl<E: Effects> Supervisor<E> {
     }
 
     pub fn on_control(&mut self, request: control::Request) {
-        let control::Request { command, reply } = request;
+        let control::Request {
+            command,
+            reply,
+            connection,
+        } = request;
         match command {
+            control::Command::Upgrade {
+                wait,
+                keep_workers,
+                fault,
+            } => {
+                let request = super::upgrade::UpgradeRequest {
+                    roll: !keep_workers,
+                    fault,
+                };
+                if wait {
+                    let waiter = super::upgrade::Waiter { reply, connection };
+                    self.request_upgrade(request, Some(waiter));
+                } else {
+                    self.request_upgrade(request, None);
+                    let _ = reply.send("ok: upgrade requested; see baton status\n".to_owned());
+                }
+            }
             control::Command::Reload { wait: true } => self.request_reload(Some(reply)),
             control::Command::Reload { wait: false } => {
                 self.request_reload(None);
@@ -517,7 +559,7 @@ impl<E: Effects> Supervisor<E> {
     }
 
     /// A STATUS= line a person can read.
-    fn status_line(&self) -> String {
+    pub(super) fn status_line(&self) -> String {
         let ready = self.ready_slots();
         let mut line = format!(
             "{ready}/{} workers ready, generation {}",
@@ -688,7 +730,7 @@ impl<E: Effects> Supervisor<E> {
     /// Restarts `slot` now, or after a backoff when its workers keep dying
     /// young: the first quick deaths restart at once, later ones wait
     /// 100 ms, 200 ms, … up to [`BACKOFF_CAP`].
-    fn schedule_restart(&mut self, slot: usize, quick: bool) {
+    pub(super) fn schedule_restart(&mut self, slot: usize, quick: bool) {
         let state = &mut self.slots[slot];
         let Some(delay) = state.backoff(quick) else {
             self.restart(slot);
@@ -762,7 +804,18 @@ impl<E: Effects> Supervisor<E> {
     /// Starts a reload, or queues one behind the reload in progress (however
     /// many are asked for, one more runs). `waiter` hears the outcome of the
     /// reload that covers the request.
+    /// A reload that answers every one of `waiters`.
+    pub(super) fn request_reload_for(&mut self, waiters: Vec<oneshot::Sender<String>>) {
+        // The reload that starts (or the one queued) covers queued waiters.
+        self.reloads.queued_waiters.extend(waiters);
+        self.request_reload(None);
+    }
+
     fn request_reload(&mut self, waiter: Option<oneshot::Sender<String>>) {
+        if self.upgrade.is_some() {
+            self.reload_during_upgrade(waiter);
+            return;
+        }
         match self.phase {
             Phase::Stopping => {
                 info!("reload ignored: shutting down");
@@ -1199,6 +1252,7 @@ impl<E: Effects> Supervisor<E> {
         }
         self.phase = Phase::Stopping;
         self.shutdown_at = None;
+        self.cancel_upgrade();
         self.effects.systemd(Systemd::Stopping {
             status: format!("stopping: {} workers to drain", self.workers.len()),
             drain: self
@@ -1276,6 +1330,11 @@ mod tests {
         systemd: Vec<Systemd>,
         /// Starting a worker fails while set.
         refuse_spawns: bool,
+        /// Upgrade checks asked for.
+        upgrade_checks: usize,
+        /// What each upgrade would have handed to the new program (the
+        /// fake's exec always fails).
+        handed_over: Vec<super::super::upgrade::Departure>,
     }
 
     impl Effects for Fake {
@@ -1317,6 +1376,13 @@ mod tests {
         }
         fn runtime_dir(&self) -> Option<&std::path::Path> {
             None
+        }
+        fn check_upgrade(&mut self) {
+            self.upgrade_checks += 1;
+        }
+        fn hand_over(&mut self, departure: super::super::upgrade::Departure) -> String {
+            self.handed_over.push(departure);
+            "cannot run the new program (fake)".to_owned()
         }
     }
 
@@ -1383,6 +1449,7 @@ mod tests {
         supervisor.on_control(control::Request {
             command: control::Command::Reload { wait: true },
             reply,
+            connection: None,
         });
         answer
     }
@@ -1765,6 +1832,7 @@ mod tests {
         supervisor.on_control(control::Request {
             command: control::Command::Undrain,
             reply: undrain.0,
+            connection: None,
         });
         assert!(
             undrain.1.try_recv().unwrap().starts_with("error"),
@@ -1786,5 +1854,128 @@ mod tests {
             finish_rollouts(&mut supervisor);
         }
         assert_eq!(supervisor.effects.hurried, vec![first]);
+    }
+
+    /// Asks for an upgrade as `baton upgrade --wait` does.
+    fn upgrade_waiting(supervisor: &mut Supervisor<Fake>) -> oneshot::Receiver<String> {
+        let (reply, answer) = oneshot::channel();
+        supervisor.on_control(control::Request {
+            command: control::Command::Upgrade {
+                wait: true,
+                keep_workers: false,
+                fault: None,
+            },
+            reply,
+            connection: None,
+        });
+        answer
+    }
+
+    #[test]
+    fn an_upgrade_during_a_reload_is_refused_and_reloads_during_an_upgrade_are_not_raced() {
+        let mut supervisor = running(2, Duration::ZERO);
+        let mut reload = reload_waiting(&mut supervisor);
+        let mut refused = upgrade_waiting(&mut supervisor);
+        let refused = answer(&mut refused).expect("answered at once");
+        assert!(
+            refused.starts_with("error: upgrade refused: a reload is in progress"),
+            "{refused}"
+        );
+        assert_eq!(supervisor.effects.upgrade_checks, 0);
+        finish_rollouts(&mut supervisor);
+        assert!(answer(&mut reload).unwrap().starts_with("ok"));
+
+        // The program is being checked: a second upgrade waits for the
+        // first, `baton reload` is told to come back, SIGHUP joins the roll.
+        let mut first = upgrade_waiting(&mut supervisor);
+        let mut second = upgrade_waiting(&mut supervisor);
+        assert_eq!(supervisor.effects.upgrade_checks, 1, "one check for both");
+        let mut reload = reload_waiting(&mut supervisor);
+        assert!(answer(&mut reload)
+            .unwrap()
+            .starts_with("error: an upgrade is in progress"));
+        supervisor.on_signal(Intent::Reload, "SIGHUP");
+        assert!(
+            supervisor.reloads.rollout.is_none(),
+            "no reload races the upgrade"
+        );
+        assert_eq!(answer(&mut first), None);
+
+        // The check passes, the exec fails: both waiters hear it, and the
+        // master goes on with its workers.
+        supervisor.on_upgrade_checked(Ok("9.9.9".to_owned()));
+        let departure = &supervisor.effects.handed_over[0];
+        let states = |state: WorkerState| {
+            let workers = &departure.supervisor.workers;
+            workers.iter().filter(|w| w.state == state).count()
+        };
+        // The old generation still drains: it is handed over too.
+        assert_eq!(
+            (states(WorkerState::Ready), states(WorkerState::Draining)),
+            (2, 2)
+        );
+        assert_eq!(departure.supervisor.generation, 2);
+        assert!(departure.roll);
+        for waiter in [&mut first, &mut second] {
+            let said = answer(waiter).expect("answered");
+            assert!(
+                said.starts_with("error: upgrade failed: cannot run"),
+                "{said}"
+            );
+        }
+        assert!(supervisor.upgrade.is_none());
+        assert_eq!(supervisor.ready_slots(), 2);
+    }
+
+    #[test]
+    fn a_new_program_that_fails_its_check_is_refused_and_stop_cancels_an_upgrade() {
+        let mut supervisor = running(1, Duration::ZERO);
+        let mut waiter = upgrade_waiting(&mut supervisor);
+        supervisor.on_upgrade_checked(Err("it exited with 3".to_owned()));
+        let said = answer(&mut waiter).expect("answered");
+        assert!(
+            said.starts_with("error: upgrade refused: it exited with 3"),
+            "{said}"
+        );
+        assert!(supervisor.effects.handed_over.is_empty());
+
+        let mut waiter = upgrade_waiting(&mut supervisor);
+        supervisor.on_signal(Intent::Shutdown, "SIGTERM");
+        let said = answer(&mut waiter).expect("answered");
+        assert!(said.contains("shutting down"), "{said}");
+        supervisor.on_upgrade_checked(Ok("9.9.9".to_owned()));
+        assert!(
+            supervisor.effects.handed_over.is_empty(),
+            "no exec while stopping"
+        );
+    }
+
+    #[test]
+    fn an_adopted_state_keeps_slots_workers_and_history() {
+        let mut supervisor = running(2, Duration::ZERO);
+        let mut reload = reload_waiting(&mut supervisor);
+        finish_rollouts(&mut supervisor);
+        assert!(answer(&mut reload).unwrap().starts_with("ok"));
+        let mut waiter = upgrade_waiting(&mut supervisor);
+        supervisor.on_upgrade_checked(Ok("9.9.9".to_owned()));
+        assert!(answer(&mut waiter).is_some());
+        let state = supervisor.effects.handed_over.remove(0).supervisor;
+        let json = serde_json::to_string(&state).unwrap();
+        let state = serde_json::from_str(&json).unwrap();
+        let adopted = Supervisor::adopt(config(2, Duration::ZERO), Fake::default(), state);
+        assert_eq!(adopted.phase, Phase::Running);
+        assert_eq!(adopted.generation, supervisor.generation);
+        assert_eq!(adopted.next_id, supervisor.next_id);
+        assert_eq!(adopted.counters.reloads_ok, 1);
+        let ids =
+            |s: &Supervisor<Fake>| s.slots.iter().map(|slot| slot.current).collect::<Vec<_>>();
+        assert_eq!(ids(&adopted), ids(&supervisor));
+        for (id, worker) in &supervisor.workers {
+            let kept = &adopted.workers[id];
+            assert_eq!(
+                (kept.pid, kept.slot, kept.state),
+                (worker.pid, worker.slot, worker.state)
+            );
+        }
     }
 }

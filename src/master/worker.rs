@@ -3,18 +3,19 @@
 //! deadline, exit) and reports each of those to the supervisor as an event.
 
 use std::ffi::OsString;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use tokio::io::Interest;
-use tokio::process::Child;
 use tokio::sync::mpsc;
 use tokio::time::{sleep, sleep_until, Instant};
 use tracing::{debug, info, warn, Instrument};
 
+use super::process::Process;
 use crate::config::{deadline, ForeignWorker, ReadyMode};
 use crate::error::{HandoffError, SpawnError};
 use crate::fd;
@@ -51,7 +52,7 @@ pub enum WorkerEvent {
 }
 
 /// What a built-in worker reports about its traffic.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WorkerStats {
     pub accepted: u64,
     pub open_connections: u64,
@@ -76,6 +77,19 @@ pub struct WorkerHandle {
     pub id: WorkerId,
     pub pid: u32,
     orders: mpsc::UnboundedSender<Order>,
+    /// Copies of the descriptors its watcher uses, for `baton upgrade` to
+    /// hand over to the next image of the master.
+    pub fds: WorkerFds,
+}
+
+/// The master's descriptors for one worker: its handoff socket, and a
+/// COMMAND worker's notify socket (with its path) and output pipes.
+#[derive(Debug)]
+pub struct WorkerFds {
+    pub channel: OwnedFd,
+    pub notify: Option<(OwnedFd, PathBuf)>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
 }
 
 impl WorkerHandle {
@@ -147,6 +161,16 @@ impl Drop for NotifySocket {
 }
 
 impl NotifySocket {
+    /// The socket a previous image of the master bound at `path`.
+    fn adopt(fd: OwnedFd, path: PathBuf) -> std::io::Result<Self> {
+        let socket = UnixDatagram::from(fd);
+        socket.set_nonblocking(true)?;
+        Ok(NotifySocket {
+            socket: tokio::net::UnixDatagram::from_std(socket)?,
+            path,
+        })
+    }
+
     fn bind(path: PathBuf) -> std::io::Result<Self> {
         let _ = std::fs::remove_file(&path);
         let socket = UnixDatagram::bind(&path)?;
@@ -203,7 +227,7 @@ pub fn spawn(
     protocol::send_now(&master_end, &hello, &fds).map_err(SpawnError::Hello)?;
 
     let mut notify = None;
-    let mut cmd = tokio::process::Command::new(launch.program);
+    let mut cmd = std::process::Command::new(launch.program);
     cmd.args(launch.args)
         .stdin(Stdio::null())
         // Only the master speaks to systemd and reads its sockets.
@@ -215,8 +239,7 @@ pub fn spawn(
         .env_remove("WATCHDOG_PID")
         // Its own process group: a Ctrl-C on the terminal reaches the master
         // only, which then drains the workers instead of losing them.
-        .process_group(0)
-        .kill_on_drop(true);
+        .process_group(0);
     if let Some((foreign, dir)) = launch.foreign {
         let socket = NotifySocket::bind(dir.join(format!("notify-{}.sock", launch.id)))
             .map_err(SpawnError::Notify)?;
@@ -242,74 +265,227 @@ pub fn spawn(
         source,
     })?;
     drop(worker_end);
-    let pid = child.id().expect("a just-spawned child has a pid");
-    let prefix = format!("[slot {} pid {pid}]", launch.slot);
+    let pid = child.id();
+    let process = match Process::watch(pid) {
+        Ok(process) => process,
+        Err(source) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(SpawnError::Watch(source));
+        }
+    };
+    let mut output = Vec::new();
     if let Some(stdout) = child.stdout.take() {
-        let alive = launch.output.clone();
-        tokio::spawn(forward_lines(
-            stdout,
-            prefix.clone(),
-            tokio::io::stdout(),
-            alive,
-        ));
+        output.push((Output::Stdout, OwnedFd::from(stdout)));
     }
     if let Some(stderr) = child.stderr.take() {
-        let alive = launch.output.clone();
-        tokio::spawn(forward_lines(stderr, prefix, tokio::io::stderr(), alive));
+        output.push((Output::Stderr, OwnedFd::from(stderr)));
     }
-    let foreign = launch
+    let watched = Watched {
+        id: launch.id,
+        slot: launch.slot,
+        generation: launch.generation,
+        process,
+        channel: master_end.into(),
+        notify,
+        output,
+        stage: Stage::Starting,
+    };
+    let context = WatchContext {
+        foreign: launch.foreign.map(|(foreign, _)| foreign),
+        listeners: launch.listeners,
+        ready_timeout: launch.ready_timeout,
+        drain_timeout: launch.drain_timeout,
+        keeper: launch.keeper,
+        output: launch.output,
+    };
+    if let Some(keeper) = launch.keeper {
+        // The worker leads its own process group (`process_group(0)`).
+        keeper.watch(pid);
+    }
+    watch(watched, &context, events).map_err(SpawnError::Socketpair)
+}
+
+/// A worker the previous image of this master started (`baton upgrade`),
+/// with the descriptors it handed over.
+pub struct Adopted {
+    pub id: WorkerId,
+    pub slot: usize,
+    pub generation: u64,
+    pub pid: u32,
+    pub draining: bool,
+    pub ready: bool,
+    pub fds: WorkerFds,
+}
+
+/// Watches a worker the previous image of this master started. It is still
+/// this process's child, so its exit is seen and reaped as any other's; a
+/// draining one is killed if it is not gone within the drain timeout from
+/// now.
+pub fn adopt(
+    adopted: Adopted,
+    context: &WatchContext<'_>,
+    events: mpsc::UnboundedSender<WorkerEvent>,
+) -> std::io::Result<WorkerHandle> {
+    let process = Process::watch(adopted.pid)?;
+    let notify = match adopted.fds.notify {
+        Some((fd, path)) => Some(NotifySocket::adopt(fd, path)?),
+        None => None,
+    };
+    let mut output = Vec::new();
+    output.extend(adopted.fds.stdout.map(|fd| (Output::Stdout, fd)));
+    output.extend(adopted.fds.stderr.map(|fd| (Output::Stderr, fd)));
+    let now = Instant::now();
+    let stage = if adopted.draining {
+        Stage::Draining {
+            deadline: deadline(now, context.drain_timeout.saturating_add(KILL_MARGIN)),
+        }
+    } else if adopted.ready {
+        Stage::Ready { alive_at: now }
+    } else {
+        Stage::Starting
+    };
+    let watched = Watched {
+        id: adopted.id,
+        slot: adopted.slot,
+        generation: adopted.generation,
+        process,
+        channel: adopted.fds.channel,
+        notify,
+        output,
+        stage,
+    };
+    watch(watched, context, events)
+}
+
+/// What [`spawn`] and [`adopt`] share: where the worker's watcher learns
+/// what kind of worker it watches.
+pub struct WatchContext<'a> {
+    /// Set for COMMAND workers.
+    pub foreign: Option<&'a ForeignWorker>,
+    pub listeners: &'a ListenerSet,
+    pub ready_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub keeper: Option<&'a Keeper>,
+    pub output: &'a mpsc::Sender<()>,
+}
+
+/// One worker process and the master's descriptors for it.
+struct Watched {
+    id: WorkerId,
+    slot: usize,
+    generation: u64,
+    process: Process,
+    channel: OwnedFd,
+    notify: Option<NotifySocket>,
+    output: Vec<(Output, OwnedFd)>,
+    stage: Stage,
+}
+
+/// Starts the task that watches `watched`, and returns its handle (with
+/// copies of its descriptors, for an upgrade).
+fn watch(
+    watched: Watched,
+    context: &WatchContext<'_>,
+    events: mpsc::UnboundedSender<WorkerEvent>,
+) -> std::io::Result<WorkerHandle> {
+    let pid = watched.process.pid();
+    let fds = WorkerFds {
+        channel: watched.channel.try_clone()?,
+        notify: match &watched.notify {
+            Some(notify) => Some((
+                notify.socket.as_fd().try_clone_to_owned()?,
+                notify.path.clone(),
+            )),
+            None => None,
+        },
+        stdout: None,
+        stderr: None,
+    };
+    let mut fds = fds;
+    let prefix = format!("[slot {} pid {pid}]", watched.slot);
+    for (to, pipe) in watched.output {
+        let copy = pipe.try_clone()?;
+        match to {
+            Output::Stdout => fds.stdout = Some(copy),
+            Output::Stderr => fds.stderr = Some(copy),
+        }
+        forward_output(pipe, prefix.clone(), to, context.output);
+    }
+    let foreign = context
         .foreign
-        .zip(notify)
-        .map(|((foreign, _), notify)| Foreign {
+        .zip(watched.notify)
+        .map(|(foreign, notify)| Foreign {
             ready: foreign.ready,
             drain_signal: foreign.drain_signal,
             watchdog: foreign.watchdog,
             notify,
-            listeners: launch.listeners.ids(),
+            listeners: context.listeners.ids(),
         });
-    let channel = Channel::new(master_end).map_err(SpawnError::Socketpair)?;
-
+    let channel = Channel::new(std::os::unix::net::UnixDatagram::from(watched.channel))?;
     let (orders_tx, orders_rx) = mpsc::unbounded_channel();
     let span = tracing::info_span!(
         "worker",
-        slot = launch.slot,
-        generation = launch.generation,
+        slot = watched.slot,
+        generation = watched.generation,
         pid
     );
     let liveness = match &foreign {
         Some(foreign) => foreign.watchdog,
         None => Some(BUILTIN_LIVENESS),
     };
+    let now = Instant::now();
     let watcher = Watcher {
-        id: launch.id,
+        id: watched.id,
         pid,
         foreign,
-        started: Instant::now(),
-        child,
+        started: now,
+        process: watched.process,
         channel,
         orders: orders_rx,
         events,
-        ready_deadline: deadline(Instant::now(), launch.ready_timeout),
-        ready_timeout: launch.ready_timeout,
-        drain_timeout: launch.drain_timeout,
-        keeper: launch.keeper.cloned(),
-        stage: Stage::Starting,
+        ready_deadline: deadline(now, context.ready_timeout),
+        ready_timeout: context.ready_timeout,
+        drain_timeout: context.drain_timeout,
+        keeper: context.keeper.cloned(),
+        stage: watched.stage,
         killed: false,
         channel_open: true,
         orders_open: true,
         probes: 0,
         liveness,
     };
-    if let Some(keeper) = launch.keeper {
-        // The worker leads its own process group (`process_group(0)`).
-        keeper.watch(pid);
-    }
     tokio::spawn(watcher.run().instrument(span));
     Ok(WorkerHandle {
-        id: launch.id,
+        id: watched.id,
         pid,
         orders: orders_tx,
+        fds,
     })
+}
+
+/// Which of the master's outputs a worker's output goes to.
+#[derive(Debug, Clone, Copy)]
+enum Output {
+    Stdout,
+    Stderr,
+}
+
+/// Starts copying a worker's output (the read end of its pipe) to the
+/// master's, each line behind `prefix`.
+fn forward_output(pipe: OwnedFd, prefix: String, to: Output, alive: &mpsc::Sender<()>) {
+    let pipe = match tokio::net::unix::pipe::Receiver::from_owned_fd(pipe) {
+        Ok(pipe) => pipe,
+        Err(e) => {
+            warn!(cause = %e, "cannot read the worker's output");
+            return;
+        }
+    };
+    let alive = alive.clone();
+    match to {
+        Output::Stdout => tokio::spawn(forward_lines(pipe, prefix, tokio::io::stdout(), alive)),
+        Output::Stderr => tokio::spawn(forward_lines(pipe, prefix, tokio::io::stderr(), alive)),
+    };
 }
 
 /// Copies a worker's output to the master's, a line at a time, each behind
@@ -366,7 +542,7 @@ struct Watcher {
     /// or from time, and drain is a signal.
     foreign: Option<Foreign>,
     started: Instant,
-    child: Child,
+    process: Process,
     channel: Channel,
     orders: mpsc::UnboundedReceiver<Order>,
     events: mpsc::UnboundedSender<WorkerEvent>,
@@ -396,7 +572,7 @@ impl Watcher {
                 note = recv_notify(self.foreign.as_ref()) => self.on_notification(note),
                 _ = sleep(self.probe_interval()), if timers.probe => self.probe(),
                 _ = at(timers.delay), if timers.delay.is_some() => self.became_ready(),
-                status = self.child.wait() => return self.exited(status).await,
+                status = self.process.wait() => return self.exited(status).await,
                 message = self.channel.recv_plain::<ToMaster>(), if self.channel_open => {
                     self.on_message(message);
                 }
@@ -700,8 +876,7 @@ impl Watcher {
     fn kill(&mut self) {
         if !self.killed {
             self.killed = true;
-            // Fails only if the process is already gone, which `wait` reports.
-            let _ = self.child.start_kill();
+            self.process.kill();
         }
     }
 }

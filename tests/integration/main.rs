@@ -16,4 +16,5 @@ mod liveness;
 mod operators;
 mod real_servers;
 mod systemd;
+mod upgrade;
 mod zero_downtime;

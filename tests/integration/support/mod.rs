@@ -111,12 +111,13 @@ impl Baton {
         let sources: Vec<i32> = fds.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
         let names: Vec<&str> = fds.iter().map(|&(name, _)| name).collect();
         // sh learns its own pid, which exec keeps.
+        let control = private_control_path();
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "LISTEN_PID=$$ exec \"$0\" \"$@\""])
             .arg(baton_bin())
             .arg("serve")
             .arg("--control")
-            .arg(private_control_path())
+            .arg(&control)
             .args(args)
             .env("LISTEN_FDS", fds.len().to_string())
             .env("LISTEN_FDNAMES", names.join(":"))
@@ -139,7 +140,9 @@ impl Baton {
                 Ok(())
             });
         }
-        Self::launch(cmd)
+        let mut baton = Self::launch(cmd);
+        baton.control = Some(control);
+        baton
     }
 
     fn spawn_serve(mut cmd: Command, args: &[&str]) -> Baton {
