@@ -30,6 +30,15 @@ pub(crate) struct Counters {
     pub restarts: u64,
     /// Workers rolled for staying above `--max-memory`.
     pub memory_rolls: u64,
+    /// `baton upgrade`s by outcome: the new program took over; it was
+    /// refused (before anything happened); it failed (the previous program
+    /// came back, or the exec failed).
+    #[serde(default)]
+    pub upgrades_ok: u64,
+    #[serde(default)]
+    pub upgrades_refused: u64,
+    #[serde(default)]
+    pub upgrades_failed: u64,
 }
 
 pub(super) fn render<E: Effects>(supervisor: &Supervisor<E>) -> String {
@@ -48,6 +57,17 @@ pub(super) fn render<E: Effects>(supervisor: &Supervisor<E>) -> String {
             .inc_by(count);
     }
     registry.register("reloads", "Reloads by outcome", reloads);
+    let upgrades = Family::<Labels, Counter>::default();
+    for (outcome, count) in [
+        ("ok", counters.upgrades_ok),
+        ("refused", counters.upgrades_refused),
+        ("failed", counters.upgrades_failed),
+    ] {
+        upgrades
+            .get_or_create(&vec![("outcome", outcome.to_owned())])
+            .inc_by(count);
+    }
+    registry.register("upgrades", "Upgrades of baton itself by outcome", upgrades);
     for (name, help, value) in [
         (
             "worker_crashes",

@@ -21,11 +21,15 @@ struct Status {
 #[derive(Serialize)]
 struct Master {
     pid: u32,
+    /// The version of the baton program serving (it changes with `baton
+    /// upgrade`).
+    version: &'static str,
     /// The newest generation serving in a slot (not one being rolled in,
     /// nor one whose reload failed).
     generation: u64,
     /// `starting`, `running`, `degraded` (a slot has no ready worker: a
-    /// crash, a crash loop backing off), `reloading`, `stopping`.
+    /// crash, a crash loop backing off), `reloading`, `upgrading` (the new
+    /// program is being checked), `stopping`.
     state: &'static str,
     uptime_s: f64,
     workers_wanted: usize,
@@ -127,10 +131,12 @@ fn collect<E: Effects>(supervisor: &Supervisor<E>) -> Status {
     Status {
         master: Master {
             pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION"),
             generation: supervisor.serving_generation(),
             state: match supervisor.phase {
                 Phase::Starting => "starting",
                 Phase::Stopping => "stopping",
+                Phase::Running if supervisor.upgrade.is_some() => "upgrading",
                 Phase::Running if supervisor.reloads.rollout.is_some() => "reloading",
                 Phase::Running if ready < supervisor.slots.len() => "degraded",
                 Phase::Running => "running",

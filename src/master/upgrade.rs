@@ -85,6 +85,7 @@ impl<E: Effects> Supervisor<E> {
         };
         if let Some(reason) = refusal {
             warn!(event = %Event::UpgradeFailed, reason, "upgrade refused");
+            self.counters.upgrades_refused += 1;
             if let Some(waiter) = waiter {
                 let _ = waiter
                     .reply
@@ -145,6 +146,7 @@ impl<E: Effects> Supervisor<E> {
             Ok(version) => version,
             Err(reason) => {
                 error!(event = %Event::UpgradeFailed, %reason, "upgrade refused: the new program failed its check");
+                self.counters.upgrades_refused += 1;
                 let answer_text = format!(
                     "error: upgrade refused: {reason}; baton {} goes on unchanged\n",
                     env!("CARGO_PKG_VERSION")
@@ -172,6 +174,7 @@ impl<E: Effects> Supervisor<E> {
         // Returns only if the exec failed.
         let reason = self.effects.hand_over(departure);
         error!(event = %Event::UpgradeFailed, %reason, "upgrade failed; this program goes on");
+        self.counters.upgrades_failed += 1;
         self.effects.systemd(Systemd::Ready(self.status_line()));
         for reply in replies {
             let _ = reply.send(format!("error: upgrade failed: {reason}\n"));
@@ -319,6 +322,7 @@ impl<E: Effects> Supervisor<E> {
         let version = env!("CARGO_PKG_VERSION");
         if let Some(reason) = failed {
             error!(event = %Event::UpgradeFailed, %reason, "upgrade failed; the previous program took its state back");
+            self.counters.upgrades_failed += 1;
             self.effects.systemd(Systemd::Ready(self.status_line()));
             for waiter in waiters {
                 let _ = waiter.send(format!(
@@ -327,6 +331,7 @@ impl<E: Effects> Supervisor<E> {
             }
             return;
         }
+        self.counters.upgrades_ok += 1;
         info!(
             event = %Event::Upgraded,
             version,

@@ -81,6 +81,7 @@ fn an_upgrade_under_load_keeps_the_pid_runs_the_new_file_and_fails_nothing() {
     assert_no_failures(&report);
     assert!(report.ok > 0);
     assert!(baton.logs_contain(&Event::Upgraded.field()));
+    assert_eq!(baton.status()["master"]["counters"]["upgrades_ok"], 1);
 }
 
 #[test]
@@ -131,6 +132,9 @@ fn a_new_program_that_fails_is_refused_or_replaced_by_the_previous_one() {
         unchanged(&said);
     }
     assert_eq!(baton.count_log(&Event::UpgradeFailed.field()), 4);
+    let counters = &baton.status()["master"]["counters"];
+    assert_eq!(counters["upgrades_refused"], 1, "{counters}");
+    assert_eq!(counters["upgrades_failed"], 3, "{counters}");
     let report = load.finish();
     assert_no_failures(&report);
     // Still fully in control afterwards.
