@@ -8,6 +8,7 @@ mod check;
 mod command;
 mod control;
 mod deploy;
+mod fleet;
 mod hardening;
 mod http;
 mod lame_duck;

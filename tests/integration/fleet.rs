@@ -1,0 +1,285 @@
+//! A fleet: a real HAProxy in front of three baton hosts (each a master on
+//! its own loopback address, 127.0.0.2–4), load through HAProxy, and
+//! `examples/fleet/deploy` rolling a restart over the hosts. With the drain
+//! step nothing fails end to end; without it the same deploy loses
+//! requests.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::*;
+
+/// One baton host.
+struct Host {
+    server: &'static str,
+    control: PathBuf,
+}
+
+/// HAProxy and three hosts behind it; every process is killed when dropped,
+/// masters the deploy script restarted included.
+struct Fleet {
+    _dir: tempdir::TempDir,
+    hosts: Vec<Host>,
+    /// The masters the harness started (stopped by a restart, then no
+    /// longer the hosts' masters).
+    _started: Vec<Baton>,
+    _haproxy: KillOnDrop,
+    /// HAProxy's frontend.
+    front: String,
+    /// HAProxy's TCP stats socket.
+    stats: String,
+}
+
+impl Fleet {
+    fn start() -> Fleet {
+        let dir = tempdir::TempDir::new("fleet");
+        let port = free_port().to_string();
+        let agent_port = free_port().to_string();
+        let mut hosts = Vec::new();
+        let mut started = Vec::new();
+        let mut servers = String::new();
+        for (server, ip) in [
+            ("h1", "127.0.0.2"),
+            ("h2", "127.0.0.3"),
+            ("h3", "127.0.0.4"),
+        ] {
+            let listen = format!("{ip}:{port}");
+            let agent = format!("{ip}:{agent_port}");
+            let baton = Baton::serve(&[
+                "--listen",
+                &listen,
+                "--agent",
+                &agent,
+                "--workers",
+                "1",
+                "--drain-grace",
+                "500ms",
+            ]);
+            servers += &format!(
+                "  server {server} {listen} check inter 200ms agent-check agent-port {agent_port} agent-inter 200ms\n"
+            );
+            hosts.push(Host {
+                server,
+                control: baton.control.clone().unwrap(),
+            });
+            started.push(baton);
+        }
+        let front = format!("127.0.0.1:{}", free_port());
+        let stats = format!("127.0.0.1:{}", free_port());
+        let config = dir.path().join("haproxy.cfg");
+        std::fs::write(
+            &config,
+            format!(
+                "global\n  stats socket ipv4@{stats} level admin\n\
+                 defaults\n  mode http\n  timeout connect 2s\n  timeout client 10s\n  timeout server 10s\n\
+                 frontend fe\n  bind {front}\n  default_backend be\n\
+                 backend be\n{servers}"
+            ),
+        )
+        .unwrap();
+        let haproxy = KillOnDrop(
+            Command::new("haproxy")
+                .args(["-db", "-f"])
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("haproxy (Debian package haproxy; .ci/run installs it)"),
+        );
+        let fleet = Fleet {
+            _dir: dir,
+            hosts,
+            _started: started,
+            _haproxy: haproxy,
+            front,
+            stats,
+        };
+        let up = wait_until(Duration::from_secs(15), || {
+            fleet
+                .hosts
+                .iter()
+                .all(|h| fleet.column(h.server, "status") == "UP")
+        });
+        assert!(
+            up,
+            "HAProxy did not see every host UP: {}",
+            fleet.show_stat()
+        );
+        fleet
+    }
+
+    /// HAProxy's `show stat` CSV.
+    fn show_stat(&self) -> String {
+        let Ok(mut socket) = std::net::TcpStream::connect(&self.stats) else {
+            return String::new();
+        };
+        socket.write_all(b"show stat\n").unwrap();
+        let mut csv = String::new();
+        let _ = socket.read_to_string(&mut csv);
+        csv
+    }
+
+    /// One column of server `server`'s row in backend `be`.
+    fn column(&self, server: &str, name: &str) -> String {
+        let csv = self.show_stat();
+        let mut lines = csv.lines();
+        let header: Vec<&str> = lines
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("# ")
+            .split(',')
+            .collect();
+        let at = |column: &str| header.iter().position(|h| *h == column);
+        let (Some(px), Some(sv), Some(col)) = (at("pxname"), at("svname"), at(name)) else {
+            return String::new();
+        };
+        lines
+            .map(|line| line.split(',').collect::<Vec<_>>())
+            .find(|row| row.get(px) == Some(&"be") && row.get(sv) == Some(&server))
+            .and_then(|row| {
+                row.get(col)
+                    .map(|v| v.split_whitespace().next().unwrap_or("").to_owned())
+            })
+            .unwrap_or_default()
+    }
+
+    /// Responses each host gave through HAProxy so far.
+    fn served(&self) -> Vec<(&'static str, u64)> {
+        self.hosts
+            .iter()
+            .map(|h| {
+                (
+                    h.server,
+                    self.column(h.server, "hrsp_2xx").parse().unwrap_or(0),
+                )
+            })
+            .collect()
+    }
+
+    /// Runs the deploy script over every host with `args`; what it printed.
+    fn deploy(&self, args: &[&str]) -> String {
+        let mut command = Command::new(example("fleet/deploy"));
+        command
+            .args(["--haproxy", &self.stats, "--action", "restart"])
+            .args(args)
+            .env("BATON", baton_bin())
+            .stdin(Stdio::null());
+        for host in &self.hosts {
+            command.arg(format!("{}={}", host.server, host.control.display()));
+        }
+        let output = command.output().expect("run examples/fleet/deploy");
+        let printed = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "deploy failed: {printed}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        printed
+    }
+
+    /// `baton check --url` through HAProxy for `duration`, in the
+    /// background; its JSON report lands in `report`.
+    fn check(&self, duration: Duration, report: &std::path::Path) -> KillOnDrop {
+        KillOnDrop(
+            Command::new(baton_bin())
+                .args(["check", "--url", &format!("http://{}/", self.front)])
+                .arg("--duration")
+                .arg(format!("{}ms", duration.as_millis()))
+                .arg("--json")
+                .arg(report)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("run baton check"),
+        )
+    }
+}
+
+impl Drop for Fleet {
+    /// Kills the masters the deploy script started (and their workers).
+    fn drop(&mut self) {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        for host in &self.hosts {
+            let Ok(answer) = baton::control::request(
+                &host.control,
+                baton::control::Command::Status { json: true },
+            ) else {
+                continue;
+            };
+            let workers = children(answer.master_pid);
+            let _ = kill(Pid::from_raw(answer.master_pid as i32), Signal::SIGKILL);
+            for (pid, _) in workers {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// The check's report, once it has finished.
+fn report(mut check: KillOnDrop, path: &std::path::Path) -> serde_json::Value {
+    let finished = wait_until(Duration::from_secs(120), || {
+        check.0.try_wait().expect("wait for baton check").is_some()
+    });
+    assert!(finished, "baton check did not finish");
+    serde_json::from_slice(&std::fs::read(path).expect("the check's JSON report"))
+        .expect("the check's JSON")
+}
+
+fn failed(report: &serde_json::Value) -> u64 {
+    let failures = &report["failures"];
+    ["refused", "reset", "timeout", "eof", "bad_status", "other"]
+        .iter()
+        .map(|kind| failures[kind].as_u64().unwrap_or(0))
+        .sum()
+}
+
+#[test]
+fn a_fleet_deploy_that_drains_each_host_first_loses_nothing_end_to_end() {
+    let _heavy = heavy();
+    let fleet = Fleet::start();
+    let dir = tempdir::TempDir::new("fleet-check");
+    let path = dir.path().join("check.json");
+    let check = fleet.check(slower(Duration::from_secs(25)), &path);
+    // Twice over every host, one host at a time.
+    let first = fleet.deploy(&[]);
+    let second = fleet.deploy(&[]);
+    let served = fleet.served();
+    let report = report(check, &path);
+    eprintln!(
+        "deploy 1:\n{first}deploy 2:\n{second}served through HAProxy: {served:?}; check: {} requests, {} failed",
+        report["requests"],
+        failed(&report)
+    );
+    assert_eq!(first.lines().count(), 3, "{first}");
+    assert_eq!(failed(&report), 0, "{report:#}");
+    assert!(report["requests"].as_u64().unwrap() > 0, "{report:#}");
+    assert!(
+        served.iter().all(|(_, n)| *n > 0),
+        "every host served: {served:?}"
+    );
+}
+
+#[test]
+fn the_same_deploy_without_the_drain_step_loses_requests() {
+    let _heavy = heavy();
+    let fleet = Fleet::start();
+    let dir = tempdir::TempDir::new("fleet-check");
+    let path = dir.path().join("check.json");
+    let check = fleet.check(slower(Duration::from_secs(12)), &path);
+    let printed = fleet.deploy(&["--no-drain"]);
+    let report = report(check, &path);
+    eprintln!(
+        "deploy without drain:\n{printed}check: {} requests, {} failed: {}",
+        report["requests"],
+        failed(&report),
+        report["failures"]
+    );
+    assert!(
+        failed(&report) > 0,
+        "a restart under live traffic lost nothing? {report:#}"
+    );
+}
