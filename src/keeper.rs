@@ -45,7 +45,7 @@ impl Keeper {
     /// Starts `program keeper` and the task that writes to it. The keeper
     /// is detached: it is not a child of the master once started.
     pub async fn start(program: &Path) -> io::Result<Self> {
-        let mut child = tokio::process::Command::new(program)
+        let mut child = std::process::Command::new(program)
             .arg("keeper")
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -56,13 +56,16 @@ impl Keeper {
             .spawn()?;
         let stdin = child.stdin.take().expect("stdin is piped");
         // The first process only forks the keeper and exits.
-        let status = child.wait().await?;
+        let status = match crate::process::Process::watch(child.id()) {
+            Ok(mut process) => process.wait().await?,
+            Err(_) => child.wait()?,
+        };
         if !status.success() {
             return Err(io::Error::other(format!(
                 "the keeper did not start ({status})"
             )));
         }
-        Self::adopt(stdin.into_owned_fd()?)
+        Self::adopt(OwnedFd::from(stdin))
     }
 
     /// Writes to the keeper whose pipe is `pipe` (the writing end): one

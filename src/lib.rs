@@ -58,6 +58,7 @@ pub mod listeners;
 pub mod load;
 pub mod logging;
 pub mod master;
+pub mod process;
 pub mod procfs;
 pub mod protocol;
 pub mod rlimit;

@@ -3,7 +3,7 @@
 //! master has announced itself can take the default action and kill it.
 
 use futures::StreamExt;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR2};
+use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR2};
 use signal_hook_tokio::Signals;
 
 /// What a signal asks of the master.
@@ -18,6 +18,9 @@ pub enum Intent {
     /// SIGUSR2: replace the master's own program in place (`baton
     /// upgrade`).
     Upgrade,
+    /// SIGCHLD: a child exited; orphans among them are reaped (see
+    /// [`crate::process::reap_orphans`]).
+    ChildExited,
 }
 
 /// The master's signal stream.
@@ -29,7 +32,7 @@ impl SignalIntents {
     /// Installs the handlers. Must be called inside a tokio runtime.
     pub fn install() -> std::io::Result<Self> {
         Ok(SignalIntents {
-            signals: Signals::new([SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGUSR2])?,
+            signals: Signals::new([SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGUSR2, SIGCHLD])?,
         })
     }
 
@@ -42,6 +45,7 @@ impl SignalIntents {
             SIGQUIT => (Intent::Quit, "SIGQUIT"),
             SIGINT => (Intent::Shutdown, "SIGINT"),
             SIGUSR2 => (Intent::Upgrade, "SIGUSR2"),
+            SIGCHLD => (Intent::ChildExited, "SIGCHLD"),
             _ => (Intent::Shutdown, "SIGTERM"),
         })
     }

@@ -22,7 +22,6 @@ mod agent;
 mod effects;
 pub mod handover;
 mod metrics;
-mod process;
 mod release;
 mod rollout;
 mod status;
@@ -45,7 +44,7 @@ use crate::error::MasterError;
 use crate::event::Event;
 use crate::keeper::Keeper;
 use crate::listeners::{BindOptions, ListenerSet};
-use crate::signals::SignalIntents;
+use crate::signals::{Intent, SignalIntents};
 use crate::systemd::Notifier;
 pub use effects::ConfigLoader;
 use effects::{OwnSockets, Processes};
@@ -180,6 +179,9 @@ async fn serve(
     start: Start,
 ) -> Result<(), MasterError> {
     let mut signals = SignalIntents::install().map_err(MasterError::Signals)?;
+    if let Err(e) = crate::process::become_subreaper() {
+        warn!(cause = %e, "cannot become a child subreaper: processes a worker leaves behind go to init");
+    }
     let notifier = Notifier::from_env();
     let watchdog = notifier.watchdog_interval();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -349,7 +351,7 @@ fn take_parts(state: &handover::State) -> Result<Parts, String> {
 }
 
 /// Watches the workers the previous image handed over; returns those now
-/// watched. One that cannot be watched is killed (and reaped).
+/// watched. One that cannot be watched is killed.
 fn adopt_workers(
     processes: &mut Processes,
     config: &MasterConfig,
@@ -387,9 +389,9 @@ fn adopt_workers(
             }
             Err(reason) => {
                 warn!(pid = handed.pid, %reason, "cannot watch a worker handed over; killing it");
+                // Reaped as an orphan (see `crate::process::reap_orphans`).
                 let pid = nix::unistd::Pid::from_raw(handed.pid as i32);
                 let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-                tokio::task::spawn_blocking(move || nix::sys::wait::waitpid(pid, None));
             }
         }
     }
@@ -557,7 +559,15 @@ async fn drive(
             }
             _ = tick(&mut watchdog) => supervisor.watchdog(),
             _ = tick(&mut memory_check) => supervisor.check_memory(),
-            Some((intent, signal)) = signals.next() => supervisor.on_signal(intent, signal),
+            Some((intent, signal)) = signals.next() => {
+                if intent == Intent::ChildExited {
+                    for pid in crate::process::reap_orphans() {
+                        info!(pid, "reaped an orphaned process");
+                    }
+                } else {
+                    supervisor.on_signal(intent, signal);
+                }
+            }
             Some(event) = inputs.events.recv() => supervisor.on_event(event),
             Some(request) = inputs.control.recv() => supervisor.on_control(request),
             Some(checked) = inputs.upgrade_checked.recv() => supervisor.on_upgrade_checked(checked),

@@ -453,6 +453,9 @@ impl<E: Effects> Supervisor<E> {
     pub fn on_signal(&mut self, intent: Intent, signal: &'static str) {
         info!(signal, "signal received");
         match intent {
+            // Workers' exits come from their watchers; the master's loop
+            // reaps orphans.
+            Intent::ChildExited => {}
             Intent::Reload => self.request_reload(None),
             Intent::Shutdown => self.shutdown_after_delay(),
             Intent::Quit => self.stop(true),

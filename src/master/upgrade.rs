@@ -379,8 +379,8 @@ pub async fn check_program(
     program: PathBuf,
     serve_args: Vec<std::ffi::OsString>,
 ) -> Result<String, String> {
-    let mut command = tokio::process::Command::new(&program);
-    command
+    let cannot_run = |e: std::io::Error| format!("cannot run {}: {e}", program.display());
+    let mut child = std::process::Command::new(&program)
         .arg("upgrade-check")
         .arg("--format")
         .arg(handover::FORMAT.to_string())
@@ -391,9 +391,26 @@ pub async fn check_program(
         .stderr(std::process::Stdio::piped())
         .env_remove("NOTIFY_SOCKET")
         .env_remove(handover::ENV_STATE)
-        .kill_on_drop(true);
-    let run = command.output();
-    let output = match tokio::time::timeout(CHECK_WITHIN, run).await {
+        .spawn()
+        .map_err(cannot_run)?;
+    // Killed if the check times out (dropped with the future below).
+    let mut process = crate::process::Process::watch(child.id()).map_err(cannot_run)?;
+    let pipe = |fd: Option<OwnedFd>| {
+        tokio::net::unix::pipe::Receiver::from_owned_fd(fd.expect("piped")).map_err(cannot_run)
+    };
+    let mut stdout = pipe(child.stdout.take().map(OwnedFd::from))?;
+    let mut stderr = pipe(child.stderr.take().map(OwnedFd::from))?;
+    let run = async {
+        use tokio::io::AsyncReadExt;
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let (_, _, status) = tokio::join!(
+            stdout.read_to_end(&mut out),
+            stderr.read_to_end(&mut err),
+            process.wait()
+        );
+        status.map(|status| (status, out, err))
+    };
+    let (status, stdout, stderr) = match tokio::time::timeout(CHECK_WITHIN, run).await {
         Err(_) => {
             return Err(format!(
                 "{} did not finish its check within {}",
@@ -401,8 +418,13 @@ pub async fn check_program(
                 humantime::format_duration(CHECK_WITHIN)
             ))
         }
-        Ok(Err(e)) => return Err(format!("cannot run {}: {e}", program.display())),
-        Ok(Ok(output)) => output,
+        Ok(Err(e)) => return Err(cannot_run(e)),
+        Ok(Ok(done)) => done,
+    };
+    let output = std::process::Output {
+        status,
+        stdout,
+        stderr,
     };
     let said = |bytes: &[u8]| String::from_utf8_lossy(bytes).trim().replace('\n', "; ");
     if !output.status.success() {

@@ -15,12 +15,12 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep, sleep_until, Instant};
 use tracing::{debug, info, warn, Instrument};
 
-use super::process::Process;
 use crate::config::{deadline, ForeignWorker, ReadyMode};
 use crate::error::{HandoffError, SpawnError};
 use crate::fd;
 use crate::keeper::Keeper;
 use crate::listeners::ListenerSet;
+use crate::process::Process;
 use crate::procfs;
 use crate::protocol::{self, Channel, ToMaster, ToWorker};
 

@@ -16,6 +16,7 @@ mod lifecycle;
 mod liveness;
 mod operators;
 mod real_servers;
+mod reaper;
 mod systemd;
 mod upgrade;
 mod zero_downtime;
