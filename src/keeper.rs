@@ -15,7 +15,9 @@
 //! (forks, the parent exits, the child starts its own session) and reads
 //! the master's list of worker process groups from a pipe whose only writer
 //! is the master. When the pipe ends, which happens however the master
-//! ends, the keeper SIGKILLs every group still listed and exits.
+//! ends, the keeper SIGKILLs every group still listed and exits. It also
+//! removes the master's private directory (notify sockets, rolled-back
+//! program files), which a SIGKILLed master would leave behind.
 //!
 //! Limits: a process that leaves its group (`setsid`, `setpgid`) escapes
 //! both the master and the keeper; under systemd the service's cgroup still
@@ -94,6 +96,12 @@ impl Keeper {
         let _ = self.lines.send(format!("+{pgid}\n"));
     }
 
+    /// Removes `dir` (the master's private directory) if the master goes
+    /// away without doing it.
+    pub fn remove_when_gone(&self, dir: &Path) {
+        let _ = self.lines.send(format!("d{}\n", dir.display()));
+    }
+
     /// Group `pgid` is empty: leave it alone.
     pub fn forget(&self, pgid: u32) {
         let _ = self.lines.send(format!("-{pgid}\n"));
@@ -110,19 +118,18 @@ pub fn run() -> io::Result<()> {
         return Ok(());
     }
     let mut groups = std::collections::BTreeSet::new();
+    let mut private_dir = None;
     for line in io::stdin().lock().lines() {
         let Ok(line) = line else { break };
-        let (sign, pgid) = line.split_at(line.len().min(1));
-        let Ok(pgid) = pgid.parse::<u32>() else {
-            continue;
-        };
-        match sign {
-            "+" => {
+        let (sign, rest) = line.split_at(line.len().min(1));
+        match (sign, rest.parse::<u32>()) {
+            ("+", Ok(pgid)) => {
                 groups.insert(pgid);
             }
-            "-" => {
+            ("-", Ok(pgid)) => {
                 groups.remove(&pgid);
             }
+            ("d", _) => private_dir = Some(std::path::PathBuf::from(rest)),
             _ => {}
         }
     }
@@ -130,6 +137,10 @@ pub fn run() -> io::Result<()> {
         if pgid > 1 {
             let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
         }
+    }
+    // A master that exits removes it itself; a killed one cannot.
+    if let Some(dir) = private_dir {
+        let _ = std::fs::remove_dir_all(dir);
     }
     std::process::exit(0);
 }

@@ -115,6 +115,9 @@ pub async fn run(
         .await
         .inspect_err(|e| warn!(cause = %e, "no keeper: if the master is killed, processes its workers forked may outlive it"))
         .ok();
+    if let Some((keeper, dir)) = keeper.as_ref().zip(runtime_dir.as_ref()) {
+        keeper.remove_when_gone(dir.path());
+    }
     let balance = ShareTable::create()
         .inspect_err(|e| warn!(cause = %e, "no accept balance: workers accept unpaced"))
         .ok();

@@ -47,6 +47,11 @@ fn sigquit_stops_at_once() {
 fn workers_die_with_a_killed_master() {
     let baton = Baton::serve(&["--workers", "2"]);
     let workers = baton.wait_workers(Duration::from_secs(5), |w| w.len() == 2);
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let private_dir = base.join(format!("baton-{}", baton.pid()));
+    assert!(private_dir.is_dir(), "{}", private_dir.display());
     baton.signal(Signal::SIGKILL);
     assert!(
         wait_until(Duration::from_secs(1), || workers
@@ -60,6 +65,12 @@ fn workers_die_with_a_killed_master() {
         baton.addr
     )
     .is_err()));
+    // Nor is the master's private directory left behind.
+    assert!(
+        wait_until(Duration::from_secs(5), || !private_dir.exists()),
+        "{} outlived its master",
+        private_dir.display()
+    );
 }
 
 #[test]
