@@ -121,27 +121,11 @@ impl Fleet {
         csv
     }
 
-    /// One column of server `server`'s row in backend `be`.
+    /// One column of server `server`'s row in backend `be` (its first
+    /// word: a status reads `DRAIN (agent)`).
     fn column(&self, server: &str, name: &str) -> String {
-        let csv = self.show_stat();
-        let mut lines = csv.lines();
-        let header: Vec<&str> = lines
-            .next()
-            .unwrap_or_default()
-            .trim_start_matches("# ")
-            .split(',')
-            .collect();
-        let at = |column: &str| header.iter().position(|h| *h == column);
-        let (Some(px), Some(sv), Some(col)) = (at("pxname"), at("svname"), at(name)) else {
-            return String::new();
-        };
-        lines
-            .map(|line| line.split(',').collect::<Vec<_>>())
-            .find(|row| row.get(px) == Some(&"be") && row.get(sv) == Some(&server))
-            .and_then(|row| {
-                row.get(col)
-                    .map(|v| v.split_whitespace().next().unwrap_or("").to_owned())
-            })
+        haproxy_column(&self.show_stat(), "be", server, name)
+            .and_then(|value| value.split_whitespace().next().map(str::to_owned))
             .unwrap_or_default()
     }
 

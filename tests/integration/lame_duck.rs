@@ -97,23 +97,8 @@ fn haproxy_status(stats: &std::path::Path) -> String {
     socket.write_all(b"show stat\n").unwrap();
     let mut csv = String::new();
     socket.read_to_string(&mut csv).unwrap();
-    let mut lines = csv.lines();
-    let header: Vec<&str> = lines
-        .next()
-        .unwrap_or_default()
-        .trim_start_matches("# ")
-        .split(',')
-        .collect();
-    let column = |name: &str| header.iter().position(|h| *h == name);
-    let (Some(px), Some(sv), Some(status)) = (column("pxname"), column("svname"), column("status"))
-    else {
-        return format!("no status in {csv:?}");
-    };
-    lines
-        .map(|line| line.split(',').collect::<Vec<_>>())
-        .find(|row| row.get(px) == Some(&"be") && row.get(sv) == Some(&"host1"))
-        .and_then(|row| row.get(status).map(|s| s.to_string()))
-        .unwrap_or_else(|| format!("no be/host1 in {csv:?}"))
+    haproxy_column(&csv, "be", "host1", "status")
+        .unwrap_or_else(|| format!("no status of be/host1 in {csv:?}"))
 }
 
 /// A real HAProxy reads baton's agent check (`--agent`): `baton drain`

@@ -643,3 +643,16 @@ pub fn complete(response: &[u8]) -> bool {
         })
         .is_some_and(|len| body.len() >= len)
 }
+
+/// One column (`status`, `hrsp_2xx`, …) of server `server` in proxy
+/// `proxy`, from the CSV of HAProxy's `show stat`.
+pub fn haproxy_column(csv: &str, proxy: &str, server: &str, column: &str) -> Option<String> {
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next()?.trim_start_matches("# ").split(',').collect();
+    let at = |name: &str| header.iter().position(|h| *h == name);
+    let (px, sv, col) = (at("pxname")?, at("svname")?, at(column)?);
+    lines
+        .map(|line| line.split(',').collect::<Vec<_>>())
+        .find(|row| row.get(px) == Some(&proxy) && row.get(sv) == Some(&server))
+        .and_then(|row| row.get(col).map(|value| value.to_string()))
+}
