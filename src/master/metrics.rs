@@ -41,33 +41,40 @@ pub(crate) struct Counters {
     pub upgrades_failed: u64,
 }
 
+/// A counter per `outcome` label.
+fn by_outcome(counts: &[(&str, u64)]) -> Family<Labels, Counter> {
+    let family = Family::<Labels, Counter>::default();
+    for &(outcome, count) in counts {
+        family
+            .get_or_create(&vec![("outcome", outcome.to_owned())])
+            .inc_by(count);
+    }
+    family
+}
+
 pub(super) fn render<E: Effects>(supervisor: &Supervisor<E>) -> String {
     let mut registry = Registry::with_prefix("baton");
     let counters = &supervisor.counters;
 
-    let reloads = Family::<Labels, Counter>::default();
-    for (outcome, count) in [
-        ("ok", counters.reloads_ok),
-        ("failed", counters.reloads_failed),
-        ("rejected", counters.reloads_rejected),
-        ("rolled_back", counters.reloads_rolled_back),
-    ] {
-        reloads
-            .get_or_create(&vec![("outcome", outcome.to_owned())])
-            .inc_by(count);
-    }
-    registry.register("reloads", "Reloads by outcome", reloads);
-    let upgrades = Family::<Labels, Counter>::default();
-    for (outcome, count) in [
-        ("ok", counters.upgrades_ok),
-        ("refused", counters.upgrades_refused),
-        ("failed", counters.upgrades_failed),
-    ] {
-        upgrades
-            .get_or_create(&vec![("outcome", outcome.to_owned())])
-            .inc_by(count);
-    }
-    registry.register("upgrades", "Upgrades of baton itself by outcome", upgrades);
+    registry.register(
+        "reloads",
+        "Reloads by outcome",
+        by_outcome(&[
+            ("ok", counters.reloads_ok),
+            ("failed", counters.reloads_failed),
+            ("rejected", counters.reloads_rejected),
+            ("rolled_back", counters.reloads_rolled_back),
+        ]),
+    );
+    registry.register(
+        "upgrades",
+        "Upgrades of baton itself by outcome",
+        by_outcome(&[
+            ("ok", counters.upgrades_ok),
+            ("refused", counters.upgrades_refused),
+            ("failed", counters.upgrades_failed),
+        ]),
+    );
     for (name, help, value) in [
         (
             "worker_crashes",
