@@ -178,7 +178,15 @@ impl ListenerSet {
         let mut to_bind = Vec::new();
         for spec in specs {
             let Some(name) = &spec.name else {
-                to_bind.push(spec.clone());
+                // An address systemd passed a socket for (from a socket
+                // unit, or back from its descriptor store) is that socket:
+                // binding it again could only fail.
+                if !listeners
+                    .iter()
+                    .any(|l| same_address(&spec.addr, &l.local_addr))
+                {
+                    to_bind.push(spec.clone());
+                }
                 continue;
             };
             match listeners.iter().find(|l| &l.name == name) {
@@ -299,6 +307,16 @@ pub struct BacklogRestored {
 
 /// Whether `--listen` address `given` describes the inherited socket at
 /// `actual` (port 0 matches any port).
+/// `given` names exactly the address `actual` is bound to (port 0 names
+/// none).
+fn same_address(given: &ListenAddr, actual: &ListenAddr) -> bool {
+    match (given, actual) {
+        (ListenAddr::Tcp(given), ListenAddr::Tcp(actual)) => given.port() != 0 && given == actual,
+        (ListenAddr::Unix(given), ListenAddr::Unix(actual)) => given == actual,
+        _ => false,
+    }
+}
+
 fn agrees(given: &ListenAddr, actual: &ListenAddr) -> bool {
     match (given, actual) {
         (ListenAddr::Tcp(given), ListenAddr::Tcp(actual)) => {

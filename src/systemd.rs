@@ -111,6 +111,27 @@ impl Notifier {
         self.notify(&[NotifyState::Status(status)]);
     }
 
+    /// Hands `listeners` (name, descriptor) to systemd's file descriptor
+    /// store (`FDSTORE=1`, `FDNAME=`), one message each: systemd holds them
+    /// while the service restarts and passes them back by name, so that
+    /// even a `systemctl restart` without a socket unit refuses nothing.
+    /// Needs `FileDescriptorStoreMax=` in the unit; without it systemd
+    /// drops them. Returns how many were sent.
+    pub fn store_fds(&self, listeners: &[(&str, std::os::fd::BorrowedFd<'_>)]) -> usize {
+        let Some(socket) = &self.socket else {
+            return 0;
+        };
+        let mut stored = 0;
+        for (name, fd) in listeners {
+            let message = format!("FDSTORE=1\nFDNAME={name}\n");
+            match fd::send_with_fds(socket, message.as_bytes(), &[*fd]) {
+                Ok(_) => stored += 1,
+                Err(e) => debug!(cause = %e, name, "listener not stored with systemd"),
+            }
+        }
+        stored
+    }
+
     pub fn watchdog(&self) {
         self.notify(&[NotifyState::Watchdog]);
     }

@@ -229,6 +229,21 @@ async fn serve(
     tokio::spawn(control::serve(parts.control, control_tx, clients.clone()));
     let supervisor = match start {
         Start::Fresh => {
+            // systemd keeps what baton bound across a restart (what it
+            // passed is already its own).
+            let bound: Vec<_> = processes
+                .listeners
+                .iter()
+                .filter(|l| !l.inherited)
+                .map(|l| (l.name.as_str(), l.as_fd()))
+                .collect();
+            let stored = processes.notifier.store_fds(&bound);
+            if stored > 0 {
+                info!(
+                    listeners = stored,
+                    "listeners handed to systemd's descriptor store"
+                );
+            }
             let mut supervisor = Supervisor::new(config, processes);
             supervisor.start();
             supervisor

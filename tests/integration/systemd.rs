@@ -5,7 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -184,6 +184,101 @@ fn a_full_restart_on_a_held_socket_fails_nothing() {
     assert!(report.ok > 1000, "{report}");
     newer.signal(Signal::SIGTERM);
     assert_eq!(newer.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
+
+/// What systemd's descriptor store holds: (FDNAME, descriptor).
+type Stored = Arc<Mutex<Vec<(String, std::os::fd::OwnedFd)>>>;
+
+/// A NOTIFY_SOCKET that keeps what baton hands to the descriptor store, as
+/// systemd does with `FileDescriptorStoreMax=`.
+fn fd_store() -> (TempDir, String, Stored) {
+    let dir = TempDir::new("fdstore");
+    let path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    let store = Arc::new(Mutex::new(Vec::new()));
+    let kept = store.clone();
+    std::thread::spawn(move || loop {
+        let mut buf = [0u8; 4096];
+        // recv_with_fds does not block: wait for the next message first.
+        let mut peek = [0u8; 1];
+        let flags = nix::sys::socket::MsgFlags::MSG_PEEK;
+        if nix::sys::socket::recv(socket.as_raw_fd(), &mut peek, flags).is_err() {
+            return;
+        }
+        let Ok(message) = baton::fd::recv_with_fds(socket.as_fd(), &mut buf) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&buf[..message.len]).into_owned();
+        if text.lines().any(|l| l == "FDSTORE=1") {
+            let name = text
+                .lines()
+                .find_map(|l| l.strip_prefix("FDNAME="))
+                .unwrap_or("stored")
+                .to_owned();
+            for fd in message.fds {
+                kept.lock().unwrap().push((name.clone(), fd));
+            }
+        }
+    });
+    let path = path.to_str().unwrap().to_owned();
+    (dir, path, store)
+}
+
+/// `systemctl restart` of a service with no socket unit: stop the master
+/// (SIGTERM, wait for it to exit), start it again, with the listeners it
+/// stored with systemd passed back (`with_store`) or not. Returns what the
+/// load saw.
+fn restart_without_a_socket_unit(with_store: bool) -> baton::load::LoadReport {
+    let (_dir, notify, store) = fd_store();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let args = ["--workers", "2", "--listen", &listen];
+    let mut command = Command::new(baton_bin());
+    command.env("NOTIFY_SOCKET", &notify);
+    let mut old = Baton::serve_command(command, &args);
+    assert!(
+        wait_until(Duration::from_secs(10), || !store
+            .lock()
+            .unwrap()
+            .is_empty()),
+        "nothing was stored"
+    );
+    assert_eq!(store.lock().unwrap()[0].0, "http");
+    let load = BackgroundLoad::start(LoadPlan::new(
+        old.addr,
+        mixed_clients(16, 16, 4),
+        Duration::from_secs(4),
+    ));
+    sleep(Duration::from_secs(1));
+    old.signal(Signal::SIGTERM);
+    assert_eq!(old.wait_exit(Duration::from_secs(30)).code(), Some(0));
+    let new = if with_store {
+        let stored = store.lock().unwrap();
+        let fds: Vec<_> = stored
+            .iter()
+            .map(|(name, fd)| (name.as_str(), fd.as_fd()))
+            .collect();
+        // The same command line: its --listen is the socket passed back.
+        Baton::spawn_activated(&fds, &[], &args)
+    } else {
+        // As systemd without FileDescriptorStoreMax=: nothing kept.
+        store.lock().unwrap().clear();
+        Baton::spawn(&baton_bin(), &args)
+    };
+    new.wait_log(&Event::AllWorkersReady.field(), Duration::from_secs(20));
+    load.finish()
+}
+
+#[test]
+fn a_restart_with_the_listeners_in_systemds_store_refuses_nothing() {
+    let _heavy = heavy();
+    let report = restart_without_a_socket_unit(true);
+    eprintln!("restart with the descriptor store: {report}");
+    assert_no_failures(&report);
+    // Without the store the port is closed between the two masters.
+    let report = restart_without_a_socket_unit(false);
+    eprintln!("restart without it: {report}");
+    assert!(!report.failures.is_empty(), "{report}");
 }
 
 #[test]
