@@ -47,13 +47,17 @@ const server = http.createServer((req, res) => {
     res.end(body);
   });
 });
-server.listen({ fd: 3 }, () => console.log(`worker ${process.pid} listening`));
-drain(server, { graceMs: GRACE_MS });
-
+// The tutorial's crashing workers: with CRASH_AFTER_MS, each worker dies
+// between half that and that long after it starts serving (counted from
+// then, so that a slow start on a busy host is not a crash before ready).
 const crashAfter = Number(process.env.CRASH_AFTER_MS || 0);
-if (crashAfter > 0) {
-  setTimeout(() => {
-    console.error(`worker ${process.pid} crashing on purpose`);
-    process.exit(1);
-  }, crashAfter / 2 + Math.random() * crashAfter / 2);
-}
+server.listen({ fd: 3 }, () => {
+  console.log(`worker ${process.pid} listening`);
+  if (crashAfter > 0) {
+    setTimeout(() => {
+      console.error(`worker ${process.pid} crashing on purpose`);
+      process.exit(1);
+    }, crashAfter / 2 + Math.random() * crashAfter / 2);
+  }
+});
+drain(server, { graceMs: GRACE_MS });

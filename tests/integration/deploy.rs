@@ -30,19 +30,21 @@ fn broken_releases_fail_the_reload_and_lose_nothing() {
     let _heavy = heavy();
     let (dir, program) = private_copy("broken-release");
     let original = std::fs::read(&program).unwrap();
-    let baton = Baton::serve_from(&program, &["--workers", "2", "--ready-timeout", "1s"]);
+    // Long enough for a loaded machine to start a release; the silent one
+    // waits it out.
+    let baton = Baton::serve_from(&program, &["--workers", "2", "--ready-timeout", "5s"]);
     let serving = baton.workers();
     let load = BackgroundLoad::start(light_load(&baton, Duration::from_secs(8)));
 
     let cases = [
         (GARBAGE_WORKER, "broke the handoff protocol"),
         (CRASHING_WORKER, "exited before it was ready (exit code 3)"),
-        (SILENT_WORKER, "not ready within 1s"),
+        (SILENT_WORKER, "not ready within 5s"),
     ];
     for (n, (release, reason)) in cases.iter().enumerate() {
         replace_file(&program, release.as_bytes(), true);
         baton.signal(nix::sys::signal::Signal::SIGHUP);
-        let line = baton.wait_log_nth(&Event::ReloadFailed.field(), n + 1, Duration::from_secs(10));
+        let line = baton.wait_log_nth(&Event::ReloadFailed.field(), n + 1, Duration::from_secs(20));
         assert!(
             line.contains(reason),
             "reload failure should say {reason:?}: {line}"

@@ -1,6 +1,6 @@
 //! Programs users really run, as COMMAND workers, each with the drain recipe
 //! shipped in `examples/` for its ecosystem: `baton check --url` against the
-//! running server, reloaded five times or more by `baton reload --wait`, must
+//! running server, reloaded three times or more by `baton reload --wait`, must
 //! count zero failed requests. `tests/servers/install` installs what these need
 //! (uvicorn into a venv under target/servers, Debian's Go).
 
@@ -16,13 +16,14 @@ fn servers_dir() -> PathBuf {
 
 /// Runs `baton check --url` against `baton` with a `reload --wait` every 3 s
 /// (the next starts when the last has answered), and asserts that at least
-/// five reloads ran, all succeeded, and nothing failed. 36 s leaves room for
-/// reloads of 6 s, measured on a machine whose cores were both kept busy.
+/// three reloads ran, all succeeded, and nothing failed. On a quiet machine
+/// 36 s holds five or more; with both cores kept busy by other jobs a Node
+/// worker once took 7 s to start, and a reload of two 13 s.
 ///
 /// The servers run with `--probation 0s`, so that `reload --wait` answers as
 /// soon as the rollout is done: these tests are about the drain (probation
 /// has its own in deploy.rs).
-fn assert_five_reloads_lose_nothing(baton: &Baton, name: &str) {
+fn assert_reloads_lose_nothing(baton: &Baton, name: &str) {
     let dir = TempDir::new(&format!("real-{name}"));
     let json = dir.path().join("report.json");
     let control = baton
@@ -48,7 +49,7 @@ fn assert_five_reloads_lose_nothing(baton: &Baton, name: &str) {
         serde_json::from_str(&std::fs::read_to_string(&json).expect("the check wrote its JSON"))
             .expect("the JSON report parses");
     let reloads = report["reloads"].as_array().unwrap();
-    assert!(reloads.len() >= 5, "{stdout}");
+    assert!(reloads.len() >= 3, "{stdout}");
     assert!(reloads.iter().all(|r| r["ok"] == true), "{stdout}");
     assert_eq!(output.status.code(), Some(0), "{stdout}");
     assert_eq!(report["ok"], report["requests"], "{stdout}");
@@ -85,7 +86,7 @@ fn installed(path: PathBuf) -> String {
 fn node_http_with_the_drain_module_passes_the_check() {
     let _heavy = heavy();
     let baton = serve(&["node", &example("node/server.js")]);
-    assert_five_reloads_lose_nothing(&baton, "node");
+    assert_reloads_lose_nothing(&baton, "node");
 }
 
 #[test]
@@ -102,7 +103,7 @@ fn uvicorn_with_the_drain_runner_passes_the_check() {
         &example("python"),
         "asgi_app:app",
     ]);
-    assert_five_reloads_lose_nothing(&baton, "uvicorn");
+    assert_reloads_lose_nothing(&baton, "uvicorn");
 }
 
 #[test]
@@ -118,5 +119,5 @@ fn go_net_http_with_batondrain_passes_the_check() {
         .expect("run `go build` (tests/servers/install installs Go)");
     assert!(built.success(), "go build failed");
     let baton = serve(&[program.to_str().unwrap()]);
-    assert_five_reloads_lose_nothing(&baton, "go");
+    assert_reloads_lose_nothing(&baton, "go");
 }

@@ -578,8 +578,15 @@ pub fn example(path: &str) -> String {
 /// Runs `baton ARGS` to completion (killing it after 20 s) and returns its
 /// exit code and stderr.
 pub fn run_baton(args: &[&str]) -> (i32, String) {
+    // A master gets its own control socket, as every master a test starts.
+    // (Right after `serve`: what follows `--` is the COMMAND's.)
+    let control = private_control_path().display().to_string();
+    let mut argv: Vec<&str> = args.to_vec();
+    if args.first() == Some(&"serve") && !args.contains(&"--control") {
+        argv.splice(1..1, ["--control", control.as_str()]);
+    }
     let mut child = Command::new(baton_bin())
-        .args(args)
+        .args(&argv)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
