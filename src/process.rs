@@ -77,8 +77,14 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
+        if self.reaped {
+            return;
+        }
         self.kill();
-        // Killed, not yet reaped: an orphan for `reap_orphans` from now on.
+        // Already gone (its SIGCHLD came while it was watched, so the orphan
+        // reaper skipped it): reaped now. Still dying: an orphan for
+        // `reap_orphans` at its SIGCHLD.
+        let _ = fd::reap(self.pidfd.get_ref().as_fd());
         watched().remove(&self.pid);
     }
 }
