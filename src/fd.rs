@@ -208,8 +208,7 @@ pub fn prepare_child(
 /// The caller must own descriptor [`HANDOFF_FD`]: nothing else in the process
 /// may use or close it. Call once, at start-up.
 pub unsafe fn take_handoff() -> Option<OwnedFd> {
-    // SAFETY: F_GETFD on any number is harmless; it fails on a closed one.
-    if unsafe { libc::fcntl(HANDOFF_FD, libc::F_GETFD) } < 0 {
+    if !is_open(HANDOFF_FD) {
         return None;
     }
     // SAFETY: the descriptor is open and, per this function's contract, ours.
@@ -223,7 +222,7 @@ pub unsafe fn take_handoff() -> Option<OwnedFd> {
         return None;
     }
     // Close-on-exec from now on, so that nothing this worker runs inherits it.
-    set_cloexec(fd.as_fd()).ok()?;
+    set_inherited(fd.as_fd(), false).ok()?;
     Some(fd)
 }
 
@@ -234,13 +233,12 @@ pub unsafe fn take_handoff() -> Option<OwnedFd> {
 /// `raw` must be a descriptor this process owns and that nothing else uses
 /// or closes.
 pub unsafe fn adopt_inherited(raw: RawFd) -> io::Result<OwnedFd> {
-    // SAFETY: F_GETFD on any number is harmless; it fails on a closed one.
-    if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
+    if !is_open(raw) {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: open, and ours per this function's contract.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    set_cloexec(fd.as_fd())?;
+    set_inherited(fd.as_fd(), false)?;
     Ok(fd)
 }
 
@@ -310,12 +308,10 @@ pub fn recv_with_pid(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize,
     Ok((msg.bytes, pid))
 }
 
-fn set_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: F_SETFD on a borrowed, open descriptor.
-    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+/// Whether descriptor number `raw` is open (errno tells why not).
+fn is_open(raw: RawFd) -> bool {
+    // SAFETY: F_GETFD on any number is harmless; it fails on a closed one.
+    unsafe { libc::fcntl(raw, libc::F_GETFD) >= 0 }
 }
 
 /// Whether `O_NONBLOCK` is set on the open file description behind `fd`.
@@ -444,8 +440,7 @@ pub struct HandedOver;
 impl HandedOver {
     /// Takes descriptor `raw`.
     pub fn take(raw: RawFd) -> io::Result<OwnedFd> {
-        // SAFETY: F_GETFD on any number is harmless; it fails on a closed one.
-        if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
+        if !is_open(raw) {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: open (checked), handed to this image, taken once.
@@ -454,8 +449,7 @@ impl HandedOver {
 
     /// Reads the whole file behind `raw` without taking it.
     pub fn read(raw: RawFd) -> io::Result<Vec<u8>> {
-        // SAFETY: F_GETFD on any number is harmless; it fails on a closed one.
-        if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
+        if !is_open(raw) {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: open (checked) and only borrowed for the read.
@@ -466,8 +460,9 @@ impl HandedOver {
     /// `done` (the previous image's executable, the state) are closed.
     pub fn close_way_back(handed: &[RawFd], done: &[RawFd]) {
         for &raw in handed {
-            // SAFETY: F_SETFD on a number changes only its flag (or fails).
-            unsafe { libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC) };
+            // SAFETY: open in this image (taken by the adoption), borrowed
+            // only to change its flag.
+            let _ = set_inherited(unsafe { BorrowedFd::borrow_raw(raw) }, false);
         }
         for &raw in done {
             // SAFETY: these were handed to this image for the adoption only;
