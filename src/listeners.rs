@@ -42,11 +42,7 @@ pub struct Listener {
 /// A socket file baton created; removed on drop if it is still the same
 /// file (another process may have replaced it since).
 #[derive(Debug)]
-pub struct SocketFile {
-    path: PathBuf,
-    dev: u64,
-    ino: u64,
-}
+pub struct SocketFile(SocketFileId);
 
 /// Names a [`SocketFile`] without owning it (nothing is removed when it is
 /// dropped): how `baton upgrade` hands one to the next image.
@@ -70,38 +66,31 @@ pub struct HandedListener {
 
 impl SocketFile {
     pub fn id(&self) -> SocketFileId {
-        SocketFileId {
-            path: self.path.clone(),
-            dev: self.dev,
-            ino: self.ino,
-        }
+        self.0.clone()
     }
 
     /// Owns the file `id` names from now on (removed on drop).
     pub fn from_id(id: SocketFileId) -> Self {
-        SocketFile {
-            path: id.path,
-            dev: id.dev,
-            ino: id.ino,
-        }
+        SocketFile(id)
     }
 
     fn record(path: &Path) -> std::io::Result<Self> {
         let meta = std::fs::symlink_metadata(path)?;
-        Ok(SocketFile {
+        Ok(SocketFile(SocketFileId {
             path: path.to_owned(),
             dev: meta.dev(),
             ino: meta.ino(),
-        })
+        }))
     }
 }
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
-        let same = std::fs::symlink_metadata(&self.path)
-            .is_ok_and(|m| m.dev() == self.dev && m.ino() == self.ino);
+        let SocketFileId { path, dev, ino } = &self.0;
+        let same =
+            std::fs::symlink_metadata(path).is_ok_and(|m| m.dev() == *dev && m.ino() == *ino);
         if same {
-            let _ = std::fs::remove_file(&self.path);
+            let _ = std::fs::remove_file(path);
         }
     }
 }
