@@ -194,7 +194,7 @@ impl State {
 }
 
 /// Takes descriptor `raw` from the state. It stays inheritable until
-/// [`Incoming::adopted`], so that the previous image gets it back if this
+/// [`adopted`], so that the previous image gets it back if this
 /// one gives up.
 pub(crate) fn take(raw: RawFd) -> Result<OwnedFd, String> {
     HandedOver::take(raw)
@@ -209,6 +209,9 @@ pub struct Incoming {
     /// Set when this is the previous image coming back: why the new one
     /// gave up.
     pub failed: Option<String>,
+    /// The previous image's executable, to go back to: `None` for the
+    /// previous image itself, or when the state is unusable.
+    previous_program: Option<RawFd>,
 }
 
 /// The way back to the previous image, prepared before anything can fail.
@@ -230,27 +233,28 @@ pub fn incoming() -> Option<&'static Incoming> {
     }
     let raw: RawFd = std::env::var(ENV_STATE).ok()?.parse().ok()?;
     let failed = std::env::var(ENV_FAILED).ok();
+    // (An unusable state is found again, and reported, by the adoption.)
+    let previous_program = match failed {
+        None => State::read(raw).ok().map(|state| state.previous_program),
+        Some(_) => None,
+    };
     let incoming = INCOMING.get_or_init(|| Incoming {
         state_fd: raw,
-        failed: failed.clone(),
+        failed,
+        previous_program,
     });
     // Nothing the workers start may see these.
     std::env::remove_var(ENV_STATE);
     std::env::remove_var(ENV_FAILED);
-    if failed.is_none() {
-        prepare_way_back(raw);
+    if let Some(program) = previous_program {
+        prepare_way_back(program, raw);
     }
     Some(incoming)
 }
 
-/// Prepares and arms the way back: handlers for the crash signals and
-/// SIGALRM, and a panic hook, that all `fexecve` the previous image.
-fn prepare_way_back(state_fd: RawFd) {
-    let Ok(state) = State::read(state_fd) else {
-        // Found unusable by `adopt`, which then goes back itself.
-        return;
-    };
-    let program = state.previous_program;
+/// Prepares and arms the way back to `program`: handlers for the crash
+/// signals and SIGALRM, and a panic hook, that all `fexecve` it.
+fn prepare_way_back(program: RawFd, state_fd: RawFd) {
     let build = |reason: &str| Exec::fd(program, &own_argv(), &env_back(state_fd, reason));
     let (Ok(crashed), Ok(timed_out)) = (
         build("the new program crashed while taking over"),
@@ -295,19 +299,12 @@ pub fn go_back(reason: &str) {
     let Some(incoming) = INCOMING.get() else {
         return;
     };
-    if incoming.failed.is_some() {
-        return;
-    }
-    let Ok(state) = State::read(incoming.state_fd) else {
+    let Some(program) = incoming.previous_program else {
         return;
     };
     fd::alarm(None);
     fd::set_fatal_handler(&GIVE_UP_SIGNALS, None);
-    if let Ok(exec) = Exec::fd(
-        state.previous_program,
-        &own_argv(),
-        &env_back(incoming.state_fd, reason),
-    ) {
+    if let Ok(exec) = Exec::fd(program, &own_argv(), &env_back(incoming.state_fd, reason)) {
         let error = exec.run();
         eprintln!("baton: cannot go back to the previous program: {error}");
     }
