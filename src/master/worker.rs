@@ -274,13 +274,6 @@ pub fn spawn(
             return Err(SpawnError::Watch(source));
         }
     };
-    let mut output = Vec::new();
-    if let Some(stdout) = child.stdout.take() {
-        output.push((Output::Stdout, OwnedFd::from(stdout)));
-    }
-    if let Some(stderr) = child.stderr.take() {
-        output.push((Output::Stderr, OwnedFd::from(stderr)));
-    }
     let watched = Watched {
         id: launch.id,
         slot: launch.slot,
@@ -288,7 +281,8 @@ pub fn spawn(
         process,
         channel: master_end.into(),
         notify,
-        output,
+        stdout: child.stdout.take().map(OwnedFd::from),
+        stderr: child.stderr.take().map(OwnedFd::from),
         stage: Stage::Starting,
     };
     let context = WatchContext {
@@ -332,9 +326,6 @@ pub fn adopt(
         Some((fd, path)) => Some(NotifySocket::adopt(fd, path)?),
         None => None,
     };
-    let mut output = Vec::new();
-    output.extend(adopted.fds.stdout.map(|fd| (Output::Stdout, fd)));
-    output.extend(adopted.fds.stderr.map(|fd| (Output::Stderr, fd)));
     let now = Instant::now();
     let stage = if adopted.draining {
         Stage::Draining {
@@ -352,7 +343,8 @@ pub fn adopt(
         process,
         channel: adopted.fds.channel,
         notify,
-        output,
+        stdout: adopted.fds.stdout,
+        stderr: adopted.fds.stderr,
         stage,
     };
     watch(watched, context, events)
@@ -378,7 +370,10 @@ struct Watched {
     process: Process,
     channel: OwnedFd,
     notify: Option<NotifySocket>,
-    output: Vec<(Output, OwnedFd)>,
+    /// A COMMAND worker's output pipes (read ends), with `--output
+    /// prefixed`.
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
     stage: Stage,
 }
 
@@ -390,6 +385,7 @@ fn watch(
     events: mpsc::UnboundedSender<WorkerEvent>,
 ) -> std::io::Result<WorkerHandle> {
     let pid = watched.process.pid();
+    let copy = |pipe: &Option<OwnedFd>| pipe.as_ref().map(OwnedFd::try_clone).transpose();
     let fds = WorkerFds {
         channel: watched.channel.try_clone()?,
         notify: match &watched.notify {
@@ -399,18 +395,17 @@ fn watch(
             )),
             None => None,
         },
-        stdout: None,
-        stderr: None,
+        stdout: copy(&watched.stdout)?,
+        stderr: copy(&watched.stderr)?,
     };
-    let mut fds = fds;
     let prefix = format!("[slot {} pid {pid}]", watched.slot);
-    for (to, pipe) in watched.output {
-        let copy = pipe.try_clone()?;
-        match to {
-            Output::Stdout => fds.stdout = Some(copy),
-            Output::Stderr => fds.stderr = Some(copy),
+    for (pipe, to) in [
+        (watched.stdout, Output::Stdout),
+        (watched.stderr, Output::Stderr),
+    ] {
+        if let Some(pipe) = pipe {
+            forward_output(pipe, prefix.clone(), to, context.output);
         }
-        forward_output(pipe, prefix.clone(), to, context.output);
     }
     let foreign = context
         .foreign
