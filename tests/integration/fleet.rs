@@ -20,7 +20,7 @@ struct Host {
 /// HAProxy and three hosts behind it; every process is killed when dropped,
 /// masters the deploy script restarted included.
 struct Fleet {
-    _dir: tempdir::TempDir,
+    dir: tempdir::TempDir,
     hosts: Vec<Host>,
     /// The masters the harness started (stopped by a restart, then no
     /// longer the hosts' masters).
@@ -89,7 +89,7 @@ impl Fleet {
                 .expect("haproxy (Debian package haproxy; .ci/run installs it)"),
         );
         let fleet = Fleet {
-            _dir: dir,
+            dir,
             hosts,
             _started: started,
             _haproxy: haproxy,
@@ -164,21 +164,46 @@ impl Fleet {
     }
 
     /// `baton check --url` through HAProxy for `duration`, in the
-    /// background; its JSON report lands in `report`.
-    fn check(&self, duration: Duration, report: &std::path::Path) -> KillOnDrop {
-        KillOnDrop(
+    /// background.
+    fn check(&self, duration: Duration) -> Check {
+        let report = self.dir.path().join("check.json");
+        let process = KillOnDrop(
             Command::new(baton_bin())
                 .args(["check", "--url", &format!("http://{}/", self.front)])
                 .arg("--duration")
                 .arg(format!("{}ms", duration.as_millis()))
                 .arg("--json")
-                .arg(report)
+                .arg(&report)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("run baton check"),
-        )
+        );
+        Check { process, report }
+    }
+}
+
+/// A `baton check` running in the background, and where its JSON report
+/// lands.
+struct Check {
+    process: KillOnDrop,
+    report: PathBuf,
+}
+
+impl Check {
+    /// The report, once the check has finished.
+    fn report(mut self) -> serde_json::Value {
+        let finished = wait_until(Duration::from_secs(120), || {
+            self.process
+                .0
+                .try_wait()
+                .expect("wait for baton check")
+                .is_some()
+        });
+        assert!(finished, "baton check did not finish");
+        serde_json::from_slice(&std::fs::read(&self.report).expect("the check's JSON report"))
+            .expect("the check's JSON")
     }
 }
 
@@ -203,16 +228,6 @@ impl Drop for Fleet {
     }
 }
 
-/// The check's report, once it has finished.
-fn report(mut check: KillOnDrop, path: &std::path::Path) -> serde_json::Value {
-    let finished = wait_until(Duration::from_secs(120), || {
-        check.0.try_wait().expect("wait for baton check").is_some()
-    });
-    assert!(finished, "baton check did not finish");
-    serde_json::from_slice(&std::fs::read(path).expect("the check's JSON report"))
-        .expect("the check's JSON")
-}
-
 fn failed(report: &serde_json::Value) -> u64 {
     let failures = &report["failures"];
     ["refused", "reset", "timeout", "eof", "bad_status", "other"]
@@ -225,14 +240,12 @@ fn failed(report: &serde_json::Value) -> u64 {
 fn a_fleet_deploy_that_drains_each_host_first_loses_nothing_end_to_end() {
     let _heavy = heavy();
     let fleet = Fleet::start();
-    let dir = tempdir::TempDir::new("fleet-check");
-    let path = dir.path().join("check.json");
-    let check = fleet.check(slower(Duration::from_secs(25)), &path);
+    let check = fleet.check(slower(Duration::from_secs(25)));
     // Twice over every host, one host at a time.
     let first = fleet.deploy(&[]);
     let second = fleet.deploy(&[]);
     let served = fleet.served();
-    let report = report(check, &path);
+    let report = check.report();
     eprintln!(
         "deploy 1:\n{first}deploy 2:\n{second}served through HAProxy from the start of the load to the end of the deploys: {served:?}; check: {} requests, {} failed",
         report["requests"],
@@ -254,11 +267,9 @@ fn a_fleet_deploy_that_drains_each_host_first_loses_nothing_end_to_end() {
 fn the_same_deploy_without_the_drain_step_loses_requests() {
     let _heavy = heavy();
     let fleet = Fleet::start();
-    let dir = tempdir::TempDir::new("fleet-check");
-    let path = dir.path().join("check.json");
-    let check = fleet.check(slower(Duration::from_secs(12)), &path);
+    let check = fleet.check(slower(Duration::from_secs(12)));
     let printed = fleet.deploy(&["--no-drain"]);
-    let report = report(check, &path);
+    let report = check.report();
     eprintln!(
         "deploy without drain:\n{printed}check: {} requests, {} failed: {}",
         report["requests"],
