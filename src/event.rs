@@ -73,10 +73,13 @@ pub enum Event {
     ShuttingDown,
     /// The first start failed; the master exits. `reason=`.
     StartFailed,
+    ListenerRestored,
+    BacklogRestored,
+    ListenerDown,
 }
 
 impl Event {
-    pub const ALL: [Event; 29] = [
+    pub const ALL: [Event; 32] = [
         Event::MasterStarted,
         Event::Listening,
         Event::WorkerStarted,
@@ -106,6 +109,9 @@ impl Event {
         Event::UpgradeFailed,
         Event::ShuttingDown,
         Event::StartFailed,
+        Event::ListenerRestored,
+        Event::BacklogRestored,
+        Event::ListenerDown,
     ];
 
     /// The stable name logged as `event=NAME`.
@@ -140,6 +146,9 @@ impl Event {
             Event::UpgradeFailed => "upgrade_failed",
             Event::ShuttingDown => "shutting_down",
             Event::StartFailed => "start_failed",
+            Event::ListenerRestored => "listener_restored",
+            Event::BacklogRestored => "backlog_restored",
+            Event::ListenerDown => "listener_down",
         }
     }
 

@@ -242,6 +242,9 @@ pub unsafe fn adopt_inherited(raw: RawFd) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Where a COMMAND finds its first listener, the systemd way (SD_LISTEN_FDS_START).
+pub const FIRST_LISTEN_FD: i32 = 3;
+
 /// Moves `fds` to descriptors 3, 4, … without close-on-exec, for a program
 /// that takes its listeners the systemd way. Everything else stays
 /// close-on-exec, so these are all the program inherits besides stdio.
@@ -254,7 +257,7 @@ pub fn place_for_exec(fds: Vec<OwnedFd>) -> io::Result<()> {
     }
     drop(fds);
     for (i, fd) in parked.iter().enumerate() {
-        let target = HANDOFF_FD + i as RawFd;
+        let target = FIRST_LISTEN_FD + i as RawFd;
         // SAFETY: dup2 onto a number nothing in this process owns any more
         // (the handoff socket was dropped, received descriptors were parked
         // above PARK_FLOOR and their originals closed); the new descriptor
@@ -634,5 +637,175 @@ pub fn set_fatal_handler(signals: &[libc::c_int], handler: Option<extern "C" fn(
             action.sa_flags = libc::SA_NODEFER | libc::SA_RESETHAND;
             libc::sigaction(signal, &action, std::ptr::null_mut());
         }
+    }
+}
+
+/// What TCP_INFO tells of a TCP socket that is, or was, listening.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpListenInfo {
+    /// In the LISTEN state (a `shutdown()` leaves it CLOSE).
+    pub listening: bool,
+    /// The accept queue's length limit, as `listen()` last set it.
+    pub backlog: u32,
+    /// Connections waiting in the accept queue now.
+    pub queued: u32,
+}
+
+/// Reads TCP_INFO of the TCP socket `fd`. For a listener the kernel puts
+/// the backlog where a connection's SACKed count would be and the queue's
+/// length in place of its unacknowledged count (`tcp_get_info`): one
+/// `getsockopt`, where `ss` needs a netlink dump of every socket.
+pub fn tcp_listen_info(fd: BorrowedFd<'_>) -> io::Result<TcpListenInfo> {
+    // tcp_states.h
+    const TCP_LISTEN: u8 = 10;
+    // SAFETY: a zeroed tcp_info is a valid value of the plain C struct.
+    let mut info: libc::tcp_info = unsafe { mem::zeroed() };
+    let mut len = mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`, which is
+    // that large, on a borrowed open descriptor.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(TcpListenInfo {
+        listening: info.tcpi_state == TCP_LISTEN,
+        backlog: info.tcpi_sacked,
+        queued: info.tcpi_unacked,
+    })
+}
+
+/// Whether the socket `fd` has been shut down for reading (`shutdown()`
+/// with SHUT_RD or SHUT_RDWR, by this process or any other holding it):
+/// `poll` asking for nothing still reports hang-ups.
+pub fn is_shut_down(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut pollfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: poll on one pollfd that lives across the call, timeout 0.
+    let rc = unsafe { libc::poll(&mut pollfd, 1, 0) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(pollfd.revents & (libc::POLLHUP | libc::POLLRDHUP) != 0)
+}
+
+/// An epoll set that wakes its owner when a socket in it hangs up (a
+/// listener shut down by any process holding it), and never for anything
+/// else: the sockets are added asking for no event but EPOLLRDHUP, so the
+/// wake-ups a listener sends for each new connection (keyed EPOLLIN) are
+/// filtered out in the kernel and cost the owner nothing. Each socket is
+/// one-shot: after it was reported, [`HangupWatch::arm`] it again once it
+/// listens again.
+#[derive(Debug)]
+pub struct HangupWatch {
+    epoll: tokio::io::unix::AsyncFd<EpollFd>,
+}
+
+#[derive(Debug)]
+struct EpollFd(nix::sys::epoll::Epoll);
+
+impl AsRawFd for EpollFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0 .0.as_raw_fd()
+    }
+}
+
+impl HangupWatch {
+    /// An empty watch, registered with the current tokio runtime.
+    pub fn new() -> io::Result<Self> {
+        use nix::sys::epoll::{Epoll, EpollCreateFlags};
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        // SAFETY: the epoll descriptor is moved in and owned by the
+        // `AsyncFd` for its whole life: nothing else can close or replace
+        // it while it is registered.
+        let registered = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(
+                EpollFd(epoll),
+                tokio::io::Interest::READABLE,
+            )
+        };
+        Ok(HangupWatch {
+            epoll: registered.map_err(|e| e.into_parts().1)?,
+        })
+    }
+
+    fn event(token: u64) -> nix::sys::epoll::EpollEvent {
+        use nix::sys::epoll::{EpollEvent, EpollFlags};
+        EpollEvent::new(EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLONESHOT, token)
+    }
+
+    /// Watches `fd` for a hang-up, reported with `token`.
+    pub fn add(&self, fd: BorrowedFd<'_>, token: u64) -> io::Result<()> {
+        Ok(self.epoll.get_ref().0.add(fd, Self::event(token))?)
+    }
+
+    /// Watches `fd`, already added, again after it was reported.
+    pub fn arm(&self, fd: BorrowedFd<'_>, token: u64) -> io::Result<()> {
+        let mut event = Self::event(token);
+        Ok(self.epoll.get_ref().0.modify(fd, &mut event)?)
+    }
+
+    /// Waits until at least one socket hung up; their tokens.
+    pub async fn hung_up(&self) -> io::Result<Vec<u64>> {
+        use nix::sys::epoll::{EpollEvent, EpollTimeout};
+        loop {
+            let mut guard = self.epoll.readable().await?;
+            let mut events = [EpollEvent::empty(); 16];
+            let n = guard.get_inner().0.wait(&mut events, EpollTimeout::ZERO)?;
+            if n == 0 {
+                guard.clear_ready();
+                continue;
+            }
+            return Ok(events[..n].iter().map(EpollEvent::data).collect());
+        }
+    }
+}
+
+/// Installs the seccomp filter `program` on this process (every thread),
+/// kept across `execve` by its children and itself. Without privileges the
+/// kernel requires `no_new_privs` first (set-user-ID programs then no
+/// longer gain privileges): with `allow_no_new_privs` it is set when it is
+/// needed; without, such a process gets EACCES.
+pub fn install_seccomp(program: &[libc::sock_filter], allow_no_new_privs: bool) -> io::Result<()> {
+    let prog = libc::sock_fprog {
+        len: u16::try_from(program.len()).map_err(|_| io::Error::other("filter too long"))?,
+        // The kernel only reads the program.
+        filter: program.as_ptr().cast_mut(),
+    };
+    let install = || {
+        // SAFETY: seccomp(2) reads `prog` and the instructions it points
+        // to, which outlive the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                libc::SECCOMP_FILTER_FLAG_TSYNC,
+                &prog as *const libc::sock_fprog,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    match install() {
+        Err(e) if e.raw_os_error() == Some(libc::EACCES) && allow_no_new_privs => {
+            // SAFETY: prctl with plain numbers.
+            if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            install()
+        }
+        other => other,
     }
 }

@@ -22,8 +22,9 @@
 //!   other `unsafe` maps the [`balance`] table.)
 //! - [`keeper`]: stops workers' process trees when the master is gone.
 //! - [`listeners`]: binding the listening sockets, keyed by name.
-//! - [`backlog`]: the listen backlog, read back and kept as the operator
-//!   set it.
+//! - [`listen_state`]: a listener's state read back from the kernel
+//!   (listening? its backlog, its queue) and put right where a worker
+//!   changed it.
 //! - [`protocol`]: the master ↔ worker messages and their framing.
 //! - [`rlimit`]: the open-file limit, raised for the workers to inherit.
 //! - [`signals`]: Unix signals mapped to the master's intents.
@@ -43,7 +44,6 @@
 
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
-pub mod backlog;
 pub mod balance;
 pub mod check;
 pub mod cli;
@@ -54,6 +54,7 @@ pub mod error;
 pub mod event;
 pub mod fd;
 pub mod keeper;
+pub mod listen_state;
 pub mod listeners;
 pub mod load;
 pub mod logging;

@@ -29,7 +29,7 @@ pub struct Listener {
     pub local_addr: ListenAddr,
     /// Whether systemd passed it (rather than baton binding it).
     pub inherited: bool,
-    /// The listen backlog to keep (see [`crate::backlog`]): `--backlog` for
+    /// The listen backlog to keep (see [`crate::listen_state`]): `--backlog` for
     /// the TCP listeners baton binds, what systemd set for inherited ones;
     /// `None` where it cannot be read back (Unix sockets).
     pub backlog: Option<u32>,
@@ -259,39 +259,80 @@ impl ListenerSet {
             .collect()
     }
 
-    /// Reads every TCP listener's backlog back and sets it again where a
-    /// worker changed it; returns what was changed.
-    pub fn keep_backlogs(&self) -> Vec<BacklogRestored> {
-        let mut restored = Vec::new();
-        for listener in &self.listeners {
-            let Some(wanted) = listener.backlog else {
-                continue;
-            };
-            let Ok(Some(found)) = crate::backlog::read(listener.as_fd()) else {
-                continue;
-            };
-            if found != wanted {
-                let result = crate::backlog::restore(listener.as_fd(), wanted);
-                restored.push(BacklogRestored {
-                    listener: listener.name.clone(),
-                    found,
-                    wanted,
-                    result,
-                });
-            }
-        }
-        restored
+    /// Reads every listener's state back from the kernel and puts right
+    /// what a worker changed: listens again on a socket that was shut down,
+    /// sets the backlog back. Returns what it found wrong.
+    pub fn keep_listening(&self) -> Vec<Repair> {
+        self.listeners.iter().filter_map(Listener::repair).collect()
     }
 }
 
-/// A listener whose backlog a worker changed, set back.
+impl Listener {
+    /// Whether the kernel says it listens (false if that cannot be read).
+    pub fn is_listening(&self) -> bool {
+        crate::listen_state::read(self.as_fd()).is_ok_and(|state| state.listening)
+    }
+
+    /// What is wrong with this listener, put right (see
+    /// [`ListenerSet::keep_listening`]); `None` if nothing is.
+    fn repair(&self) -> Option<Repair> {
+        // Reading fails only for a descriptor that is not a socket, which
+        // the master's own never stops being.
+        let state = crate::listen_state::read(self.as_fd()).ok()?;
+        let fault = if !state.listening {
+            Fault::ShutDown
+        } else {
+            match (state.backlog, self.backlog) {
+                (Some(found), Some(wanted)) if found != wanted => Fault::Backlog { found, wanted },
+                _ => return None,
+            }
+        };
+        let result = match (&fault, &self.local_addr) {
+            (Fault::ShutDown, ListenAddr::Unix(_)) => Err(std::io::Error::other(
+                "a Unix listener that was shut down cannot listen again; restart baton (systemctl restart keeps a socket unit's listener)",
+            )),
+            (Fault::ShutDown, ListenAddr::Tcp(_)) => self.listen_again(),
+            (_, _) => crate::listen_state::relisten(self.as_fd(), self.backlog.unwrap_or(1024)),
+        };
+        Some(Repair {
+            listener: self.name.clone(),
+            fault,
+            result,
+        })
+    }
+
+    /// Listens again on this TCP socket after a `shutdown()`, on the very
+    /// address it had.
+    fn listen_again(&self) -> std::io::Result<()> {
+        crate::listen_state::relisten(self.as_fd(), self.backlog.unwrap_or(1024))?;
+        let now = SockRef::from(&self.fd).local_addr()?;
+        if listen_addr_of(&now).as_ref() != Some(&self.local_addr) {
+            return Err(std::io::Error::other(format!(
+                "the socket listens again but at {:?}, not at {}: the kernel gave its port away; restart baton",
+                now.as_socket(),
+                self.local_addr
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A listener a worker changed, and whether it was put right.
 #[derive(Debug)]
-pub struct BacklogRestored {
+pub struct Repair {
     pub listener: String,
-    /// The backlog the worker left.
-    pub found: u32,
-    pub wanted: u32,
+    pub fault: Fault,
     pub result: std::io::Result<()>,
+}
+
+/// What a worker did to a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// It stopped listening (`shutdown()`): connections were refused and
+    /// those waiting in its queue reset.
+    ShutDown,
+    /// It has another backlog (`listen()` again).
+    Backlog { found: u32, wanted: u32 },
 }
 
 /// Whether `--listen` address `given` describes the inherited socket at
@@ -350,7 +391,9 @@ fn adopt(name: String, fd: OwnedFd) -> Result<Listener, ListenError> {
         name,
         local_addr,
         inherited: true,
-        backlog: crate::backlog::read(fd.as_fd()).ok().flatten(),
+        backlog: crate::listen_state::read(fd.as_fd())
+            .ok()
+            .and_then(|state| state.backlog),
         fd,
         _created: None,
     })
@@ -379,6 +422,13 @@ fn bind_tcp(name: String, addr: SocketAddr, backlog: u32) -> Result<Listener, Bi
     if addr.is_ipv6() {
         socket.set_only_v6(true).map_err(fail)?;
     }
+    // A port the kernel picks is given back when a worker shuts the socket
+    // down, and `listen()` again would pick another: bind the port picked
+    // explicitly, so that the kernel keeps it (see `crate::listen_state`).
+    let (addr, _probe) = match addr.port() {
+        0 => pick_port(addr).map_err(fail)?,
+        _ => (addr, None),
+    };
     socket.bind(&addr.into()).map_err(fail)?;
     let local = socket.local_addr().map_err(fail)?;
     let listener = listen(socket, backlog).map_err(fail)?;
@@ -390,6 +440,23 @@ fn bind_tcp(name: String, addr: SocketAddr, backlog: u32) -> Result<Listener, Bi
         fd: listener,
         _created: None,
     })
+}
+
+/// A free port at `addr`'s IP, and the socket that holds it (bound with
+/// SO_REUSEADDR, as the listener is, but not listening) until the listener
+/// has bound it too, so that nothing else takes it in between.
+fn pick_port(addr: SocketAddr) -> std::io::Result<(SocketAddr, Option<Socket>)> {
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    probe.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        probe.set_only_v6(true)?;
+    }
+    probe.bind(&addr.into())?;
+    let picked = probe
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| std::io::Error::other("no IP address"))?;
+    Ok((picked, Some(probe)))
 }
 
 /// Binds a Unix socket at `path`. A socket file already there is replaced

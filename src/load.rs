@@ -98,6 +98,23 @@ impl LoadPlan {
 pub struct Progress {
     pub attempted: AtomicU64,
     pub failed: AtomicU64,
+    /// Set to end the load before its duration: each client stops after
+    /// its request in hand.
+    pub stopped: std::sync::atomic::AtomicBool,
+}
+
+impl Progress {
+    /// Requests answered so far.
+    pub fn succeeded(&self) -> u64 {
+        self.attempted
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.failed.load(Ordering::Relaxed))
+    }
+
+    /// Ends the load early (see [`Progress::stopped`]).
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+    }
 }
 
 /// One successful request: when it started and how long it took.
@@ -369,6 +386,7 @@ async fn run_client(
     let mut connection: Option<Connection> = None;
     let mut rng = fastrand::Rng::new();
     while Instant::now() < deadline
+        && !plan.progress.stopped.load(Ordering::Relaxed)
         && plan
             .requests_per_client
             .is_none_or(|limit| report.attempted < limit)

@@ -11,7 +11,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tracing::warn;
 
 use std::os::fd::{AsFd, OwnedFd};
 
@@ -66,9 +65,9 @@ pub(super) trait Effects {
     fn kill(&mut self, id: WorkerId);
     /// Worker `id` (process `pid`) is gone and reaped: forget it.
     fn gone(&mut self, id: WorkerId, pid: u32);
-    /// Worker `pid` became ready; it may have called `listen()` again on a
-    /// shared socket.
-    fn became_ready(&mut self, pid: u32);
+    /// Reads the listeners back from the kernel and puts right what a
+    /// worker changed (a `shutdown()`, another backlog); what it found.
+    fn keep_listening(&mut self) -> Vec<crate::listeners::Repair>;
     /// The resident size of a worker's process group, in bytes.
     fn rss_bytes(&self, pid: u32) -> u64;
     fn systemd(&mut self, message: Systemd);
@@ -178,27 +177,8 @@ impl Effects for Processes {
         }
     }
 
-    /// Sets the listen backlog back where a worker changed it.
-    fn became_ready(&mut self, pid: u32) {
-        for restored in self.listeners.keep_backlogs() {
-            match restored.result {
-                Ok(()) => warn!(
-                    listener = %restored.listener,
-                    found = restored.found,
-                    backlog = restored.wanted,
-                    pid,
-                    "a worker changed the listen backlog; set back"
-                ),
-                Err(e) => warn!(
-                    listener = %restored.listener,
-                    found = restored.found,
-                    backlog = restored.wanted,
-                    pid,
-                    cause = %e,
-                    "a worker changed the listen backlog; cannot set it back"
-                ),
-            }
-        }
+    fn keep_listening(&mut self) -> Vec<crate::listeners::Repair> {
+        self.listeners.keep_listening()
     }
 
     fn rss_bytes(&self, pid: u32) -> u64 {

@@ -39,14 +39,20 @@ pub(crate) struct Counters {
     pub upgrades_refused: u64,
     #[serde(default)]
     pub upgrades_failed: u64,
+    /// Listeners a worker shut down, listening again.
+    #[serde(default)]
+    pub listener_restores: u64,
+    /// Listeners whose backlog a worker changed, set back.
+    #[serde(default)]
+    pub backlog_restores: u64,
 }
 
-/// A counter per `outcome` label.
-fn by_outcome(counts: &[(&str, u64)]) -> Family<Labels, Counter> {
+/// A counter per value of `label`.
+fn by_label(label: &'static str, counts: &[(&str, u64)]) -> Family<Labels, Counter> {
     let family = Family::<Labels, Counter>::default();
-    for &(outcome, count) in counts {
+    for &(value, count) in counts {
         family
-            .get_or_create(&vec![("outcome", outcome.to_owned())])
+            .get_or_create(&vec![(label, value.to_owned())])
             .inc_by(count);
     }
     family
@@ -59,21 +65,38 @@ pub(super) fn render<E: Effects>(supervisor: &Supervisor<E>) -> String {
     registry.register(
         "reloads",
         "Reloads by outcome",
-        by_outcome(&[
-            ("ok", counters.reloads_ok),
-            ("failed", counters.reloads_failed),
-            ("rejected", counters.reloads_rejected),
-            ("rolled_back", counters.reloads_rolled_back),
-        ]),
+        by_label(
+            "outcome",
+            &[
+                ("ok", counters.reloads_ok),
+                ("failed", counters.reloads_failed),
+                ("rejected", counters.reloads_rejected),
+                ("rolled_back", counters.reloads_rolled_back),
+            ],
+        ),
     );
     registry.register(
         "upgrades",
         "Upgrades of baton itself by outcome",
-        by_outcome(&[
-            ("ok", counters.upgrades_ok),
-            ("refused", counters.upgrades_refused),
-            ("failed", counters.upgrades_failed),
-        ]),
+        by_label(
+            "outcome",
+            &[
+                ("ok", counters.upgrades_ok),
+                ("refused", counters.upgrades_refused),
+                ("failed", counters.upgrades_failed),
+            ],
+        ),
+    );
+    registry.register(
+        "listener_repairs",
+        "Listeners a worker changed, put right, by what it did",
+        by_label(
+            "fault",
+            &[
+                ("shut_down", counters.listener_restores),
+                ("backlog", counters.backlog_restores),
+            ],
+        ),
     );
     for (name, help, value) in [
         (
@@ -129,6 +152,11 @@ pub(super) fn render<E: Effects>(supervisor: &Supervisor<E>) -> String {
             "reload_in_progress",
             "1 while a reload rolls",
             i64::from(supervisor.reloads.rollout.is_some()),
+        ),
+        (
+            "listeners_down",
+            "Listeners not listening that could not be put right",
+            supervisor.listening.broken().count() as i64,
         ),
         (
             "backing_off_slots",

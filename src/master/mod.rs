@@ -7,6 +7,8 @@
 //! - [`rollout`]: one rolling restart, slot by slot.
 //! - [`release`]: what a generation was started from, for a rollback.
 //! - [`worker`]: one worker process and the task that watches it.
+//! - [`listening`]: the listeners kept listening, whatever a worker does
+//!   to them.
 //! - [`status`]: `baton status`.
 //! - [`metrics`], [`admin`]: `/metrics`, `/healthz`, `/readyz` on the
 //!   `--admin` listener; [`agent`]: HAProxy's agent check on `--agent`.
@@ -21,6 +23,7 @@ mod admin;
 mod agent;
 mod effects;
 pub mod handover;
+mod listening;
 mod metrics;
 mod release;
 mod rollout;
@@ -564,6 +567,7 @@ async fn drive(
         .config
         .max_memory
         .map(|_| tokio::time::interval(MEMORY_CHECK_EVERY));
+    let mut listeners = listening::Watch::new(&supervisor.effects.listeners);
     while !supervisor.is_done() {
         let next_restart = supervisor.next_restart();
         let probation_end = supervisor.probation_end();
@@ -577,6 +581,10 @@ async fn drive(
             }
             _ = tick(&mut watchdog) => supervisor.watchdog(),
             _ = tick(&mut memory_check) => supervisor.check_memory(),
+            look = listeners.next() => {
+                supervisor.keep_listening(look);
+                listeners.rearm(&supervisor.effects.listeners);
+            }
             Some((intent, signal)) = signals.next() => {
                 if intent == Intent::ChildExited {
                     for pid in crate::process::reap_orphans() {

@@ -28,12 +28,15 @@ struct Master {
     /// nor one whose reload failed).
     generation: u64,
     /// `starting`, `running`, `degraded` (a slot has no ready worker: a
-    /// crash, a crash loop backing off), `reloading`, `upgrading` (the new
-    /// program is being checked), `stopping`.
+    /// crash, a crash loop backing off), `listener_down` (a listener is not
+    /// listening and could not be put right), `reloading`, `upgrading` (the
+    /// new program is being checked), `stopping`.
     state: &'static str,
     uptime_s: f64,
     workers_wanted: usize,
     workers_ready: usize,
+    /// Listeners not listening that could not be put right.
+    listeners_down: Vec<String>,
     reload_in_progress: bool,
     /// The generation the reload in progress rolls in.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -128,6 +131,7 @@ fn collect<E: Effects>(supervisor: &Supervisor<E>) -> Status {
         })
         .collect();
     let ready = supervisor.ready_slots();
+    let listeners_down: Vec<String> = supervisor.listening.broken().map(str::to_owned).collect();
     Status {
         master: Master {
             pid: std::process::id(),
@@ -136,6 +140,7 @@ fn collect<E: Effects>(supervisor: &Supervisor<E>) -> Status {
             state: match supervisor.phase {
                 Phase::Starting => "starting",
                 Phase::Stopping => "stopping",
+                Phase::Running if !listeners_down.is_empty() => "listener_down",
                 Phase::Running if supervisor.upgrade.is_some() => "upgrading",
                 Phase::Running if supervisor.reloads.rollout.is_some() => "reloading",
                 Phase::Running if ready < supervisor.slots.len() => "degraded",
@@ -144,6 +149,7 @@ fn collect<E: Effects>(supervisor: &Supervisor<E>) -> Status {
             uptime_s: (now - supervisor.started).as_secs_f64(),
             workers_wanted: supervisor.slots.len(),
             workers_ready: ready,
+            listeners_down,
             reload_in_progress: supervisor.reloads.rollout.is_some(),
             reloading_to: supervisor.reloads.rollout.as_ref().map(|r| r.generation),
             last_reload: supervisor.reloads.last.clone(),
@@ -187,6 +193,12 @@ fn table(status: &Status) -> String {
             master
                 .open_connections
                 .map_or_else(|| "?".to_owned(), |n| n.to_string())
+        );
+    }
+    if !master.listeners_down.is_empty() {
+        text += &format!(
+            "listeners down (not listening, cannot be put right): {}\n",
+            master.listeners_down.join(", ")
         );
     }
     if let Some(generation) = master.reloading_to {

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tracing::{error, info, info_span, warn};
 
 use super::effects::{Effects, Systemd};
+use super::listening::{Listening, Look, Suspects};
 use super::metrics::Counters;
 use super::release::Release;
 use super::rollout::Rollout;
@@ -338,6 +339,8 @@ pub(super) struct Supervisor<E: Effects> {
     pub shutdown_at: Option<Instant>,
     /// `baton upgrade` in progress (its program being checked).
     pub upgrade: Option<super::upgrade::Upgrade>,
+    /// What the workers did to the listeners, and which are down.
+    pub listening: Listening,
 }
 
 impl<E: Effects> Supervisor<E> {
@@ -359,6 +362,7 @@ impl<E: Effects> Supervisor<E> {
             lame_duck: false,
             shutdown_at: None,
             upgrade: None,
+            listening: Listening::default(),
         }
     }
 
@@ -379,14 +383,37 @@ impl<E: Effects> Supervisor<E> {
     }
 
     /// Where this host stands for a load balancer: `serving`, `lame_duck`
-    /// (health checks fail, the workers still serve) or `draining`
+    /// (health checks fail, the workers still serve), `listener_down` (a
+    /// listener is not listening and could not be put right) or `draining`
     /// (shutting down).
     pub fn host_state(&self) -> &'static str {
         match self.phase {
             Phase::Stopping => "draining",
             _ if self.lame_duck => "lame_duck",
+            _ if self.listening.broken().next().is_some() => "listener_down",
             _ => "serving",
         }
+    }
+
+    /// Reads the listeners back from the kernel and puts right what a
+    /// worker changed (see [`super::listening`]).
+    pub fn keep_listening(&mut self, look: Look) {
+        let repairs = self.effects.keep_listening();
+        let suspects = if repairs.is_empty() {
+            Suspects::default()
+        } else {
+            Suspects {
+                draining: self
+                    .workers
+                    .values()
+                    .filter(|w| w.state.is_draining())
+                    .map(|w| w.pid)
+                    .collect(),
+                all: self.workers.values().map(|w| w.pid).collect(),
+            }
+        };
+        self.listening
+            .record(look, repairs, suspects, &mut self.counters);
     }
 
     /// Health checks fail from now on; the workers go on serving.
@@ -616,7 +643,7 @@ impl<E: Effects> Supervisor<E> {
             "worker ready"
         );
         let (pid, slot) = (worker.pid, worker.slot);
-        self.effects.became_ready(pid);
+        self.keep_listening(Look::WorkerReady(pid));
 
         if self.phase == Phase::Starting && self.all_slots_ready() {
             self.phase = Phase::Running;
@@ -671,6 +698,7 @@ impl<E: Effects> Supervisor<E> {
         };
         let (pid, slot, generation) = (worker.pid, worker.slot, worker.generation);
         self.effects.gone(id, pid);
+        self.keep_listening(Look::WorkerExited(pid));
         let status = describe(status);
 
         if worker.state.is_draining() {
@@ -1333,6 +1361,8 @@ mod tests {
         systemd: Vec<Systemd>,
         /// Starting a worker fails while set.
         refuse_spawns: bool,
+        /// What the next look at the listeners finds.
+        repairs: Vec<crate::listeners::Repair>,
         /// Upgrade checks asked for.
         upgrade_checks: usize,
         /// What each upgrade would have handed to the new program (the
@@ -1364,7 +1394,9 @@ mod tests {
             self.killed.push(id);
         }
         fn gone(&mut self, _id: WorkerId, _pid: u32) {}
-        fn became_ready(&mut self, _pid: u32) {}
+        fn keep_listening(&mut self) -> Vec<crate::listeners::Repair> {
+            std::mem::take(&mut self.repairs)
+        }
         fn rss_bytes(&self, _pid: u32) -> u64 {
             0
         }

@@ -45,7 +45,11 @@ fn prepare(command: &[OsString]) -> Result<std::process::Command, WorkerError> {
         check_listener(name, listener.as_fd(), false)?;
     }
     drop(handoff);
+    let count = fds.len();
     fd::place_for_exec(fds).map_err(WorkerError::PlaceListeners)?;
+    if let Err(reason) = super::guard::install(fd::FIRST_LISTEN_FD, count) {
+        tracing::warn!(%reason, "cannot keep the program from shutting its listeners down; the master will put them back if it does");
+    }
 
     let mut cmd = std::process::Command::new(&command[0]);
     cmd.args(&command[1..])

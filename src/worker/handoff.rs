@@ -151,6 +151,7 @@ pub fn check_listener(
         name: name.to_owned(),
         reason,
     };
+    wait_listening(fd);
     let domain = crate::listeners::check_listening_socket(fd).map_err(bad)?;
     // Tokio needs O_NONBLOCK, which the master sets once for every process:
     // setting it here would change it under the others' feet.
@@ -160,6 +161,24 @@ pub fn check_listener(
         ));
     }
     Ok(domain == Domain::UNIX)
+}
+
+/// How long a worker waits for a listener that is not listening to listen
+/// again before it gives up on it.
+const RELISTEN_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Waits, for [`RELISTEN_WAIT`] at the most, while `fd` is a socket that
+/// does not listen: a worker of the generation draining may have shut the
+/// shared socket down a moment ago, and the master listens on it again
+/// within milliseconds (see [`crate::listen_state`]).
+fn wait_listening(fd: BorrowedFd<'_>) {
+    let deadline = std::time::Instant::now() + RELISTEN_WAIT;
+    let sock = socket2::SockRef::from(&fd);
+    while sock.is_listener().is_ok_and(|listening| !listening)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
 
 fn adopt_listener(name: String, fd: OwnedFd) -> Result<NamedListener, WorkerError> {

@@ -12,6 +12,7 @@
 pub mod accept;
 pub mod connection;
 pub mod exec;
+pub mod guard;
 pub mod handoff;
 pub mod http;
 pub mod options;

@@ -227,7 +227,7 @@ n.sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
 "#;
 
 /// The backlog `ss` shows for the listener on `port`.
-fn backlog_of(port: u16) -> u32 {
+pub fn backlog_of(port: u16) -> u32 {
     let output = std::process::Command::new("ss")
         .args(["-Hlnt", &format!("sport = :{port}")])
         .output()

@@ -13,6 +13,7 @@ mod hardening;
 mod http;
 mod lame_duck;
 mod lifecycle;
+mod listener;
 mod liveness;
 mod operators;
 mod real_servers;
