@@ -11,8 +11,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, HOST};
+use hyper::{Method, Request, Response, StatusCode, Version};
 
 /// What the handler shares across connections.
 #[derive(Debug)]
@@ -53,6 +53,13 @@ pub async fn handle(
 
 async fn route(req: Request<Incoming>, state: &HttpState) -> Response<Full<Bytes>> {
     let pid = state.pid;
+    if let Some(problem) = host_problem(&req) {
+        let mut response = text(StatusCode::BAD_REQUEST, format!("{problem}\n"));
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+        return response;
+    }
     match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n".to_owned()),
         (&Method::GET | &Method::HEAD, "/") => {
@@ -88,6 +95,19 @@ async fn route(req: Request<Incoming>, state: &HttpState) -> Response<Full<Bytes
     }
 }
 
+/// What is wrong with a request's `Host` (RFC 9112 §3.2: an HTTP/1.1
+/// request without one, and any request with more than one, is answered
+/// 400). HTTP/2 names its authority in `:authority` instead; HTTP/1.0 may
+/// leave it out.
+fn host_problem<B>(req: &Request<B>) -> Option<&'static str> {
+    let hosts = req.headers().get_all(HOST).iter().count();
+    match hosts {
+        0 if req.version() == Version::HTTP_11 => Some("an HTTP/1.1 request needs a Host header"),
+        0 | 1 => None,
+        _ => Some("a request may have one Host header, not several"),
+    }
+}
+
 /// Why a request body could not be read.
 enum BodyError {
     /// No chunk came within the body timeout.
@@ -109,6 +129,29 @@ async fn body_len(mut body: Incoming, pause: Duration) -> Result<u64, BodyError>
         if let Some(data) = frame.map_err(BodyError::Broken)?.data_ref() {
             len += data.len() as u64;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(version: Version, hosts: &[&str]) -> Request<()> {
+        let mut builder = Request::get("/").version(version);
+        for host in hosts {
+            builder = builder.header(HOST, *host);
+        }
+        builder.body(()).unwrap()
+    }
+
+    #[test]
+    fn host_is_required_once_in_http_1_1_and_never_twice() {
+        assert!(host_problem(&request(Version::HTTP_11, &[])).is_some());
+        assert!(host_problem(&request(Version::HTTP_11, &["a", "b"])).is_some());
+        assert!(host_problem(&request(Version::HTTP_10, &["a", "a"])).is_some());
+        assert!(host_problem(&request(Version::HTTP_11, &["a"])).is_none());
+        assert!(host_problem(&request(Version::HTTP_10, &[])).is_none());
+        assert!(host_problem(&request(Version::HTTP_2, &[])).is_none());
     }
 }
 
