@@ -283,12 +283,18 @@ fn trusted_peer(me: u32, peer: u32, path: &Path) -> bool {
 
 /// Serves the control socket until the master exits, passing well-formed
 /// requests to `requests`.
+///
+/// When [`MAX_CLIENTS`] are connected, a new client takes the place of the
+/// one that has waited longest without sending its request: clients that
+/// connect and say nothing cannot lock the operator out, since the
+/// operator's own command sends its request at once.
 pub async fn serve(
     listener: UnixListener,
     requests: mpsc::UnboundedSender<Request>,
     clients: Clients,
 ) {
     let slots = clients.0;
+    let silent = Silent::default();
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -298,21 +304,80 @@ pub async fn serve(
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            debug!("control socket busy; client turned away");
-            continue;
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) if silent.evict_oldest() => {
+                debug!("control socket full; the longest silent client made room");
+                match timeout(REQUEST_TIMEOUT, slots.clone().acquire_owned()).await {
+                    Ok(Ok(permit)) => permit,
+                    _ => continue,
+                }
+            }
+            Err(_) => {
+                debug!("control socket busy; client turned away");
+                continue;
+            }
         };
         let requests = requests.clone();
+        let (id, evicted) = silent.add();
+        let silent = silent.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, requests).await {
+            if let Err(e) = handle(stream, requests, evicted, || silent.remove(id)).await {
                 debug!(cause = %e, "control client");
             }
+            silent.remove(id);
             drop(permit);
         });
     }
 }
 
-async fn handle(stream: UnixStream, requests: mpsc::UnboundedSender<Request>) -> io::Result<()> {
+/// The clients that have not sent their request yet, oldest first, each
+/// with the means to drop it.
+#[derive(Debug, Clone, Default)]
+struct Silent(Arc<std::sync::Mutex<SilentList>>);
+
+#[derive(Debug, Default)]
+struct SilentList {
+    next_id: u64,
+    waiting: std::collections::VecDeque<(u64, oneshot::Sender<()>)>,
+}
+
+impl Silent {
+    /// A new client: its id, and what resolves when it is evicted.
+    fn add(&self) -> (u64, oneshot::Receiver<()>) {
+        let (evict, evicted) = oneshot::channel();
+        let mut list = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let id = list.next_id;
+        list.next_id += 1;
+        list.waiting.push_back((id, evict));
+        (id, evicted)
+    }
+
+    /// The client `id` sent its request (or left).
+    fn remove(&self, id: u64) {
+        let mut list = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        list.waiting.retain(|(waiting, _)| *waiting != id);
+    }
+
+    /// Drops the client silent for longest; false if none is.
+    fn evict_oldest(&self) -> bool {
+        let mut list = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match list.waiting.pop_front() {
+            Some((_, evict)) => {
+                let _ = evict.send(());
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+async fn handle(
+    stream: UnixStream,
+    requests: mpsc::UnboundedSender<Request>,
+    evicted: oneshot::Receiver<()>,
+    spoke: impl FnOnce(),
+) -> io::Result<()> {
     let peer = stream.peer_cred()?;
     let connection = {
         use std::os::fd::AsFd;
@@ -323,7 +388,12 @@ async fn handle(stream: UnixStream, requests: mpsc::UnboundedSender<Request>) ->
     // with its request unread would reset the connection before it reads why.
     let mut line = String::new();
     let mut limited = BufReader::new(read.take(MAX_REQUEST_BYTES + 1));
-    let read = timeout(REQUEST_TIMEOUT, limited.read_line(&mut line)).await;
+    let read = tokio::select! {
+        read = timeout(REQUEST_TIMEOUT, limited.read_line(&mut line)) => read,
+        // Dropped for a newer client: closed without an answer.
+        Ok(()) = evicted => return Ok(()),
+    };
+    spoke();
     let me = nix::unistd::getuid().as_raw();
     let answer = if peer.uid() != 0 && peer.uid() != me {
         warn!(uid = peer.uid(), "control request refused: wrong user");

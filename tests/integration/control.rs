@@ -225,6 +225,25 @@ fn the_control_socket_refuses_other_users_and_survives_abuse() {
     assert!(c.baton.workers().len() == 1);
 }
 
+#[test]
+fn status_answers_within_a_second_while_a_thousand_silent_clients_hold_the_control_socket() {
+    let c = serve_with_control(&["--workers", "1"]);
+    for round in 1..=3 {
+        // Silent clients of the same user: they connect and say nothing.
+        let silent: Vec<UnixStream> = (0..1000)
+            .map(|_| UnixStream::connect(&c.path).unwrap())
+            .collect();
+        let asked = std::time::Instant::now();
+        let (code, stdout, stderr) = client(&["status"], &c.path, None);
+        let took = asked.elapsed();
+        eprintln!("status behind 1,000 silent clients, round {round}: {took:?}");
+        assert_eq!(code, 0, "{stdout}{stderr}");
+        assert!(stdout.contains("running"), "{stdout}");
+        assert!(took < Duration::from_secs(1), "took {took:?}");
+        drop(silent);
+    }
+}
+
 /// A program of another user that listens at a control path and answers
 /// every client "ok", as an impersonator would; it records what it is sent.
 const IMPERSONATOR: &str = r#"
