@@ -132,6 +132,24 @@ async fn body_len(mut body: Incoming, pause: Duration) -> Result<u64, BodyError>
     }
 }
 
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}
+
+/// The tutorial's simulated CPU cost: a loop the optimiser cannot remove.
+pub fn burn_cpu(iterations: u64) -> u64 {
+    let mut x = 0u64;
+    for i in 0..iterations {
+        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+    }
+    x
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,22 +171,4 @@ mod tests {
         assert!(host_problem(&request(Version::HTTP_10, &[])).is_none());
         assert!(host_problem(&request(Version::HTTP_2, &[])).is_none());
     }
-}
-
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    response
-}
-
-/// The tutorial's simulated CPU cost: a loop the optimiser cannot remove.
-pub fn burn_cpu(iterations: u64) -> u64 {
-    let mut x = 0u64;
-    for i in 0..iterations {
-        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
-    }
-    x
 }
