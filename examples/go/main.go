@@ -15,7 +15,7 @@ import (
 	"strconv"
 	"time"
 
-	"baton.example/server/batondrain"
+	"baton.example/batondrain"
 )
 
 func main() {

@@ -18,13 +18,17 @@
 //   next request is answered, then closes those still idle;
 // - exits 0 when the last connection has closed.
 //
-// Keep `graceMs` longer than your clients' think time, and below baton's
+// `graceMs` defaults to DRAIN_GRACE_MS from the environment, else 5000 (5 s).
+// Keep it longer than your clients' think time, and below baton's
 // --drain-timeout (30 s by default), after which baton kills the worker.
 
 'use strict';
 const net = require('net');
 
-module.exports = function drain(server, { graceMs = 20000, signal = 'SIGTERM', onDrained } = {}) {
+const envGraceMs = Number.parseInt(process.env.DRAIN_GRACE_MS, 10);
+const DEFAULT_GRACE_MS = envGraceMs >= 0 ? envGraceMs : 5000;
+
+module.exports = function drain(server, { graceMs = DEFAULT_GRACE_MS, signal = 'SIGTERM', onDrained } = {}) {
   let draining = false;
   // Before the application's own handler, so the header is set before any
   // response is written.

@@ -21,7 +21,6 @@
 const http = require('http');
 const drain = require('./baton-drain');
 
-const GRACE_MS = Number(process.env.DRAIN_GRACE_MS || 3000);
 const WORK = Number(process.env.WORK || 0);
 
 function burnCpu(iterations) {
@@ -60,4 +59,4 @@ server.listen({ fd: 3 }, () => {
     }, crashAfter / 2 + Math.random() * crashAfter / 2);
   }
 });
-drain(server, { graceMs: GRACE_MS });
+drain(server); // the grace: DRAIN_GRACE_MS, 5 s by default

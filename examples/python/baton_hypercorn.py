@@ -10,7 +10,8 @@ the optional TOML file, and changes one thing: how a worker stops.
 hypercorn's stop closes every idle keep-alive connection at once. A client
 about to reuse one sends its next request into a socket that is closing and
 gets a reset or an early EOF. On baton's drain signal (SIGTERM) this runner
-instead stops accepting (the other workers take the shared queue), answers
+instead stops accepting (the other workers take the shared queue) while
+serving every connection already accepted, answers
 every later request with `Connection: close`, keeps idle connections for
 DRAIN_GRACE_S seconds (default 5) or until every client has left, and only
 then lets hypercorn's own stop run. hypercorn's keep-alive timeout is raised
@@ -57,9 +58,19 @@ async def serve_draining(app, config):
 
     async def drained():
         await stop.wait()
+        # Stop accepting without closing the servers: asyncio accepts
+        # several connections per wake-up and attaches each to its server a
+        # loop turn later, so `Server.close()` here would drop (reset) the
+        # ones accepted but not yet attached. Taking the listening sockets
+        # out of the loop stops new accepts and lets those finish; hypercorn
+        # closes the servers itself when this returns.
         for server in servers:
-            server.close()
+            for sock in server.sockets:
+                loop.remove_reader(sock.fileno())
         app.draining = True
+        # Connections accepted just before are handed to hypercorn in the
+        # next turns of the loop: count them before deciding none is left.
+        await asyncio.sleep(0.1)
         deadline = loop.time() + GRACE_S
         while open_connections and loop.time() < deadline:
             await asyncio.sleep(0.05)

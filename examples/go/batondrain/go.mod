@@ -1,0 +1,3 @@
+module baton.example/batondrain
+
+go 1.19
