@@ -214,15 +214,13 @@ impl Watch {
         let Some(watch) = &self.hangups else {
             return;
         };
-        let listening: Vec<_> = listeners.iter().map(|l| l.is_listening()).collect();
-        self.unarmed.retain(|&index| {
-            let Some(listener) = listeners.iter().nth(index) else {
-                return false;
-            };
-            if !listening[index] {
-                return true;
-            }
-            watch.arm(listener.as_fd(), index as u64).is_err()
-        });
+        self.unarmed
+            .retain(|&index| match listeners.iter().nth(index) {
+                Some(listener) if listener.is_listening() => {
+                    watch.arm(listener.as_fd(), index as u64).is_err()
+                }
+                Some(_) => true,
+                None => false,
+            });
     }
 }

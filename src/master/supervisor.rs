@@ -2013,4 +2013,40 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn a_listener_put_right_is_counted_and_one_that_cannot_be_is_down_until_it_listens() {
+        use crate::listeners::{Fault, Repair};
+        let mut supervisor = running(2, Duration::ZERO);
+        let repair = |fault, result| Repair {
+            listener: "http".to_owned(),
+            fault,
+            result,
+        };
+        supervisor.effects.repairs = vec![
+            repair(Fault::ShutDown, Ok(())),
+            repair(
+                Fault::Backlog {
+                    found: 1,
+                    wanted: 1024,
+                },
+                Ok(()),
+            ),
+        ];
+        supervisor.keep_listening(Look::HungUp);
+        assert_eq!(supervisor.counters.listener_restores, 1);
+        assert_eq!(supervisor.counters.backlog_restores, 1);
+        assert_eq!(supervisor.host_state(), "serving");
+
+        supervisor.effects.repairs = vec![repair(
+            Fault::ShutDown,
+            Err(std::io::Error::other("cannot")),
+        )];
+        supervisor.keep_listening(Look::Periodic);
+        assert_eq!(supervisor.host_state(), "listener_down");
+        assert_eq!(supervisor.listening.broken().collect::<Vec<_>>(), ["http"]);
+        // A later look that finds it well: serving again.
+        supervisor.keep_listening(Look::Periodic);
+        assert_eq!(supervisor.host_state(), "serving");
+    }
 }
