@@ -18,7 +18,9 @@ use crate::support::*;
 /// the socket until it listens again and prints how long it was down, in
 /// milliseconds. `{LISTENER}` is how it takes fd 3: as it is, or a copy
 /// (`dup`, as uvicorn's `--fd` does), which baton's exec stage cannot tell
-/// from any other socket.
+/// from any other socket. Its accept loop is `command::SERVE_UNTIL_TERM`'s
+/// but for one thing: it survives an `accept()` that fails (EINVAL) while
+/// another worker has the socket shut down.
 const SHUTS_DOWN_ON_TERM: &str = r#"
 import os, select, signal, socket, sys, time
 s = socket.socket(fileno={LISTENER})
