@@ -9,7 +9,7 @@ use clap::Parser;
 
 use baton::check::CheckError;
 use baton::cli::{CheckArgs, Cli, Command, ControlArgs, ServeArgs, StopArgs};
-use baton::control::Command as Control;
+use baton::control::{Command as Control, Reply};
 use baton::error::{MasterError, WorkerError};
 
 const EXIT_FAILURE: u8 = 1;
@@ -103,7 +103,7 @@ fn run(command: Command) -> Result<Success, Failure> {
         Command::Serve(args) => serve(args),
         Command::Check(args) => check(args),
         Command::Reload(args) => control(&args.control, Control::Reload { wait: args.wait }),
-        Command::Status(args) => control(&args.control, Control::Status { json: args.json }),
+        Command::Status(args) => status(&args.control, args.json),
         Command::Stop(args) => stop(&args),
         Command::Drain(args) => control(&args, Control::Drain),
         Command::Undrain(args) => control(&args, Control::Undrain),
@@ -218,19 +218,29 @@ fn control(args: &ControlArgs, command: Control) -> Result<Success, Failure> {
     Ok(Success::Done)
 }
 
+/// `baton status`: the master's state as a table, or as JSON.
+fn status(args: &ControlArgs, json: bool) -> Result<Success, Failure> {
+    let answer =
+        baton::control::request(&args.path(), Control::Status).map_err(Failure::Control)?;
+    match answer.reply {
+        Reply::Status(status) if json => {
+            let text = serde_json::to_string_pretty(&status).expect("the status serializes");
+            println!("{text}");
+        }
+        Reply::Status(status) => print!("{}", status.table()),
+        other => return Err(Failure::Control(other.to_string())),
+    }
+    Ok(Success::Done)
+}
+
 /// Sends one request and prints the master's answer; returns the master's
 /// pid.
 fn send(args: &ControlArgs, command: Control) -> Result<u32, Failure> {
     let answer = baton::control::request(&args.path(), command).map_err(Failure::Control)?;
-    let text = answer.text;
-    if let Some(body) = text.strip_prefix("ok\n") {
-        // A bare "ok" line heads a body (the status): print the body.
-        print!("{body}");
-    } else if text.starts_with("ok") {
-        print!("{text}");
-    } else {
-        return Err(Failure::Control(text));
+    if !answer.reply.is_ok() {
+        return Err(Failure::Control(answer.reply.to_string()));
     }
+    print!("{}", answer.reply);
     Ok(answer.master_pid)
 }
 

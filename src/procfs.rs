@@ -119,7 +119,7 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
 }
 
 /// What a worker's processes use: the sum over its process group.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
     pub rss_bytes: u64,
     /// User and system CPU time since each process started.

@@ -72,11 +72,15 @@ pub enum ToMaster {
     /// The worker accepts on every listener it was given.
     Ready,
     /// Counters the master shows in `baton status`, sent every second.
-    Stats {
-        accepted: u64,
-        open_connections: u64,
-        requests: u64,
-    },
+    Stats(WorkerStats),
+}
+
+/// What a built-in worker reports about its traffic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerStats {
+    pub accepted: u64,
+    pub open_connections: u64,
+    pub requests: u64,
 }
 
 #[derive(Serialize, Deserialize)]

@@ -82,29 +82,34 @@ async fn answer(
             ))
         }
     };
-    let metrics = command == control::Command::Metrics;
     let (tx, rx) = oneshot::channel();
     let asked = supervisor.send(control::Request {
         command,
         reply: tx,
         connection: None,
     });
-    let Ok(text) = asked.map_err(drop).and(rx.await.map_err(drop)) else {
+    let Ok(answer) = asked.map_err(drop).and(rx.await.map_err(drop)) else {
         return Ok(reply(
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
             "draining: baton is exiting\n".to_owned(),
         ));
     };
-    if metrics {
-        return Ok(reply(StatusCode::OK, METRICS_TYPE, text));
-    }
-    // Health checks: the answer's first word says which; the body is the
-    // state (`serving`, `lame_duck`, `draining`, `ready`, `starting`).
-    let (status, body) = match text.split_once(": ") {
-        Some(("ok", state)) => (StatusCode::OK, state.to_owned()),
-        Some((_, state)) => (StatusCode::SERVICE_UNAVAILABLE, state.to_owned()),
-        None => (StatusCode::SERVICE_UNAVAILABLE, text),
+    let status = if answer.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
     };
-    Ok(reply(status, "text/plain", body))
+    // The body of a health check is the state: `serving`, `lame_duck`,
+    // `draining`; `ready`, `starting`, `stopping`.
+    let (content_type, body) = match answer {
+        control::Reply::Metrics { text } => (METRICS_TYPE, text),
+        control::Reply::Health { state } => ("text/plain", format!("{state}\n")),
+        control::Reply::Readiness { .. } if status == StatusCode::OK => {
+            ("text/plain", "ready\n".to_owned())
+        }
+        control::Reply::Readiness { phase } => ("text/plain", format!("{phase}\n")),
+        other => ("text/plain", other.to_string()),
+    };
+    Ok(reply(status, content_type, body))
 }

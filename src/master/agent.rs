@@ -38,7 +38,7 @@ async fn agent_line(requests: &mpsc::UnboundedSender<control::Request>) -> &'sta
         connection: None,
     });
     match (asked, answer.await) {
-        (Ok(()), Ok(health)) if health.starts_with("ok") => "up ready\n",
+        (Ok(()), Ok(health)) if health.is_ok() => "up ready\n",
         _ => "drain\n",
     }
 }

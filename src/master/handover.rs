@@ -118,8 +118,8 @@ pub(crate) struct SupervisorState {
     pub generation: u64,
     pub slots: Vec<SlotState>,
     pub workers: Vec<WorkerState>,
-    pub counters: super::metrics::Counters,
-    pub last_reload: Option<super::supervisor::Outcome>,
+    pub counters: crate::control::status::Counters,
+    pub last_reload: Option<crate::control::reply::ReloadOutcome>,
     pub lame_duck: bool,
     /// When the master started (milliseconds since the epoch: the state
     /// may be read again later, by the previous image coming back).
@@ -147,7 +147,7 @@ pub(crate) struct WorkerState {
     pub state: super::supervisor::WorkerState,
     /// When it started (milliseconds since the epoch).
     pub started_at_ms: u64,
-    pub stats: Option<super::worker::WorkerStats>,
+    pub stats: Option<crate::protocol::WorkerStats>,
 }
 
 impl State {

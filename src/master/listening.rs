@@ -26,7 +26,7 @@ use std::time::Duration;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tracing::{error, warn};
 
-use super::metrics::Counters;
+use crate::control::status::Counters;
 use crate::event::Event;
 use crate::fd::HangupWatch;
 use crate::listeners::{Fault, ListenerSet, Repair};

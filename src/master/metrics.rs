@@ -15,38 +15,6 @@ use super::supervisor::{Supervisor, WorkerState};
 /// Labels: `[("state", "ready")]` and the like.
 type Labels = Vec<(&'static str, String)>;
 
-/// What the supervisor counts over its life, for `/metrics` and
-/// `status --json`.
-#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
-pub(crate) struct Counters {
-    /// Reloads by outcome.
-    pub reloads_ok: u64,
-    pub reloads_failed: u64,
-    pub reloads_rejected: u64,
-    pub reloads_rolled_back: u64,
-    /// Workers that died on their own while serving.
-    pub crashes: u64,
-    /// Workers started to replace a crashed one.
-    pub restarts: u64,
-    /// Workers rolled for staying above `--max-memory`.
-    pub memory_rolls: u64,
-    /// `baton upgrade`s by outcome: the new program took over; it was
-    /// refused (before anything happened); it failed (the previous program
-    /// came back, or the exec failed).
-    #[serde(default)]
-    pub upgrades_ok: u64,
-    #[serde(default)]
-    pub upgrades_refused: u64,
-    #[serde(default)]
-    pub upgrades_failed: u64,
-    /// Listeners a worker shut down, listening again.
-    #[serde(default)]
-    pub listener_restores: u64,
-    /// Listeners whose backlog a worker changed, set back.
-    #[serde(default)]
-    pub backlog_restores: u64,
-}
-
 /// A counter per value of `label`.
 fn by_label(label: &'static str, counts: &[(&str, u64)]) -> Family<Labels, Counter> {
     let family = Family::<Labels, Counter>::default();

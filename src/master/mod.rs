@@ -52,7 +52,7 @@ use crate::systemd::Notifier;
 pub use effects::ConfigLoader;
 use effects::{OwnSockets, Processes};
 use supervisor::Supervisor;
-pub use worker::{WorkerEvent, WorkerHandle, WorkerId, WorkerStats};
+pub use worker::{WorkerEvent, WorkerHandle, WorkerId};
 
 /// How often workers' memory is compared with `--max-memory`.
 const MEMORY_CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -421,7 +421,9 @@ fn adopt_workers(
 
 /// Answers the `upgrade --wait` clients handed over on their connections:
 /// one sender each, for the supervisor to answer on.
-fn answer_on(connections: &[std::os::fd::RawFd]) -> Vec<tokio::sync::oneshot::Sender<String>> {
+fn answer_on(
+    connections: &[std::os::fd::RawFd],
+) -> Vec<tokio::sync::oneshot::Sender<crate::control::Reply>> {
     let mut waiters = Vec::new();
     for &raw in connections {
         let Ok(fd) = handover::take(raw) else {
@@ -434,12 +436,13 @@ fn answer_on(connections: &[std::os::fd::RawFd]) -> Vec<tokio::sync::oneshot::Se
         let Ok(mut stream) = tokio::net::UnixStream::from_std(stream) else {
             continue;
         };
-        let (reply, answer) = tokio::sync::oneshot::channel::<String>();
+        let (reply, answer) = tokio::sync::oneshot::channel();
         waiters.push(reply);
         tokio::spawn(async move {
             use tokio::io::AsyncWriteExt;
-            if let Ok(text) = answer.await {
-                let _ = stream.write_all(text.as_bytes()).await;
+            if let Ok(reply) = answer.await {
+                let line = crate::control::encode_reply(&reply);
+                let _ = stream.write_all(&line).await;
                 let _ = stream.shutdown().await;
             }
         });

@@ -19,14 +19,16 @@ use tracing::{error, info, info_span, warn};
 
 use super::effects::{Effects, Systemd};
 use super::listening::{Listening, Look, Suspects};
-use super::metrics::Counters;
 use super::release::Release;
 use super::rollout::Rollout;
-use super::worker::{WorkerEvent, WorkerId, WorkerStats};
+use super::worker::{WorkerEvent, WorkerId};
 use crate::config::{self, MasterConfig};
 use crate::control;
+use crate::control::reply::{Problem, ReloadOutcome, Reply};
+use crate::control::status::Counters;
 use crate::error::MasterError;
 use crate::event::Event;
+use crate::protocol::WorkerStats;
 use crate::signals::Intent;
 
 /// A worker that lived at least this long before crashing is restarted at
@@ -175,11 +177,11 @@ pub(super) struct Reloads {
     /// were ready): one more reload runs after it, however many were asked.
     queued: bool,
     /// `baton reload --wait` clients waiting for the reload in progress...
-    waiters: Vec<oneshot::Sender<String>>,
+    waiters: Vec<oneshot::Sender<Reply>>,
     /// ...and for the one queued behind it.
-    queued_waiters: Vec<oneshot::Sender<String>>,
+    queued_waiters: Vec<oneshot::Sender<Reply>>,
     /// The last reload's outcome, for STATUS= lines and `baton status`.
-    pub last: Option<Outcome>,
+    pub last: Option<ReloadOutcome>,
     /// The newest generation, rolled in, before its probation ends.
     pub probation: Option<Probation>,
     /// The configuration before the reload in progress read a new one,
@@ -203,114 +205,33 @@ impl Reloads {
             .ok();
     }
 
-    fn queue(&mut self, waiter: Option<oneshot::Sender<String>>) {
+    fn queue(&mut self, waiter: Option<oneshot::Sender<Reply>>) {
         self.queued = true;
         self.queued_waiters.extend(waiter);
     }
 
     /// The reload starting now covers every request queued so far.
-    fn begin(&mut self, waiter: Option<oneshot::Sender<String>>) {
+    fn begin(&mut self, waiter: Option<oneshot::Sender<Reply>>) {
         let queued = std::mem::take(&mut self.queued_waiters);
         self.waiters.extend(queued);
         self.waiters.extend(waiter);
     }
 
-    fn answer(&mut self, answer: &str) {
+    fn answer(&mut self, reply: &Reply) {
         for waiter in self.waiters.drain(..) {
-            let _ = waiter.send(answer.to_owned());
+            let _ = waiter.send(reply.clone());
         }
     }
 
     /// Forgets the queued reload and the probation, and answers everyone
     /// waiting: shutdown.
-    fn cancel(&mut self, answer: &str) {
+    fn cancel(&mut self, reply: &Reply) {
         self.queued = false;
         self.probation = None;
         let queued = std::mem::take(&mut self.queued_waiters);
         self.waiters.extend(queued);
-        self.answer(answer);
+        self.answer(reply);
     }
-}
-
-/// How a reload ended: kept as the last outcome for `baton status` (as
-/// JSON, with `outcome` naming the variant) and said to `--wait` clients.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "outcome", rename_all = "snake_case")]
-pub(crate) enum Outcome {
-    /// The new configuration cannot be used; nothing was started.
-    Rejected { reason: String },
-    /// Every slot runs the new generation (and it passed its probation).
-    Ok {
-        generation: u64,
-        duration_ms: u64,
-        /// How its probation ended, if it had one.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        probation: Option<String>,
-    },
-    /// A new worker did not become ready; the old workers go on.
-    Failed { generation: u64, reason: String },
-    /// A worker of the new release crashed; the previous release rolls in.
-    RolledBack {
-        generation: u64,
-        rollback_to: u64,
-        reason: String,
-    },
-}
-
-impl Outcome {
-    /// For `baton status` and systemd's STATUS=, after "last reload".
-    pub fn summary(&self) -> String {
-        match self {
-            Outcome::Rejected { reason } => format!("rejected: {reason}"),
-            Outcome::Ok {
-                duration_ms,
-                probation,
-                ..
-            } => format!("ok in {duration_ms} ms{}", note(probation)),
-            Outcome::Failed { generation, reason } => {
-                format!("of generation {generation} FAILED: {reason}")
-            }
-            Outcome::RolledBack {
-                generation,
-                rollback_to,
-                reason,
-            } => format!(
-                "of generation {generation} FAILED: {reason}; rolled back to generation {rollback_to}'s release"
-            ),
-        }
-    }
-
-    /// For `baton reload --wait`.
-    fn answer(&self) -> String {
-        match self {
-            Outcome::Rejected { reason } => format!("error: reload rejected: {reason}\n"),
-            Outcome::Ok {
-                generation,
-                duration_ms,
-                probation,
-            } => format!(
-                "ok: generation {generation} is in ({duration_ms} ms){}\n",
-                note(probation)
-            ),
-            Outcome::Failed { generation, reason } => format!(
-                "error: reload of generation {generation} failed: {reason}; the old workers keep serving\n"
-            ),
-            Outcome::RolledBack {
-                generation,
-                rollback_to,
-                reason,
-            } => format!(
-                "error: reload of generation {generation} failed: {reason}; rolling back to generation {rollback_to}'s release\n"
-            ),
-        }
-    }
-}
-
-/// "; stayed up through its probation", or nothing.
-fn note(probation: &Option<String>) -> String {
-    probation
-        .as_ref()
-        .map_or_else(String::new, |how| format!("; {how}"))
 }
 
 pub(super) struct Supervisor<E: Effects> {
@@ -530,59 +451,54 @@ impl<E: Effects> Supervisor<E> {
                     self.request_upgrade(request, Some(waiter));
                 } else {
                     self.request_upgrade(request, None);
-                    let _ = reply.send("ok: upgrade requested; see baton status\n".to_owned());
+                    let _ = reply.send(Reply::UpgradeRequested);
                 }
             }
             control::Command::Reload { wait: true } => self.request_reload(Some(reply)),
             control::Command::Reload { wait: false } => {
                 self.request_reload(None);
-                let _ = reply.send("ok: reload requested\n".to_owned());
+                let _ = reply.send(Reply::ReloadRequested);
             }
-            control::Command::Status { json } => {
-                let _ = reply.send(super::status::render(self, json));
+            control::Command::Status => {
+                let status = super::status::collect(self);
+                let _ = reply.send(Reply::Status(Box::new(status)));
             }
             control::Command::Stop => {
                 self.stop(false);
-                let _ = reply.send("ok: draining every worker, then exiting\n".to_owned());
+                let _ = reply.send(Reply::Stopping);
             }
             control::Command::Metrics => {
-                let _ = reply.send(super::metrics::render(self));
+                let _ = reply.send(Reply::Metrics {
+                    text: super::metrics::render(self),
+                });
             }
             control::Command::Drain => {
                 self.enter_lame_duck("asked for");
-                let _ = reply.send(
-                    "ok: lame duck: health checks fail, the workers go on serving\n".to_owned(),
-                );
+                let _ = reply.send(Reply::LameDuck);
             }
             control::Command::Undrain => {
                 let answer = if self.phase == Phase::Stopping || self.shutdown_at.is_some() {
-                    "error: baton is shutting down\n".to_owned()
+                    Reply::Error(Problem::ShuttingDown)
                 } else {
                     if std::mem::take(&mut self.lame_duck) {
                         info!(event = %Event::Undrained, "lame duck over: health checks pass");
                     }
-                    "ok: serving: health checks pass\n".to_owned()
+                    Reply::Serving
                 };
                 let _ = reply.send(answer);
             }
             control::Command::Health => {
-                let state = self.host_state();
-                let word = if state == "serving" { "ok" } else { "error" };
-                let _ = reply.send(format!("{word}: {state}\n"));
+                let state = self.host_state().to_owned();
+                let _ = reply.send(Reply::Health { state });
             }
             control::Command::Ready => {
-                let ready = self.phase == Phase::Running;
-                let _ = reply.send(if ready {
-                    "ok: ready\n".to_owned()
-                } else {
-                    format!(
-                        "error: {}\n",
-                        if self.phase == Phase::Starting {
-                            "starting"
-                        } else {
-                            "stopping"
-                        }
-                    )
+                let phase = match self.phase {
+                    Phase::Starting => "starting",
+                    Phase::Running => "running",
+                    Phase::Stopping => "stopping",
+                };
+                let _ = reply.send(Reply::Readiness {
+                    phase: phase.to_owned(),
                 });
             }
         }
@@ -836,13 +752,13 @@ impl<E: Effects> Supervisor<E> {
     /// many are asked for, one more runs). `waiter` hears the outcome of the
     /// reload that covers the request.
     /// A reload that answers every one of `waiters`.
-    pub(super) fn request_reload_for(&mut self, waiters: Vec<oneshot::Sender<String>>) {
+    pub(super) fn request_reload_for(&mut self, waiters: Vec<oneshot::Sender<Reply>>) {
         // The reload that starts (or the one queued) covers queued waiters.
         self.reloads.queued_waiters.extend(waiters);
         self.request_reload(None);
     }
 
-    fn request_reload(&mut self, waiter: Option<oneshot::Sender<String>>) {
+    fn request_reload(&mut self, waiter: Option<oneshot::Sender<Reply>>) {
         if self.upgrade.is_some() {
             self.reload_during_upgrade(waiter);
             return;
@@ -851,7 +767,7 @@ impl<E: Effects> Supervisor<E> {
             Phase::Stopping => {
                 info!("reload ignored: shutting down");
                 if let Some(waiter) = waiter {
-                    let _ = waiter.send("error: baton is shutting down\n".to_owned());
+                    let _ = waiter.send(Reply::Error(Problem::ShuttingDown));
                 }
             }
             Phase::Starting => {
@@ -869,7 +785,7 @@ impl<E: Effects> Supervisor<E> {
                 self.reloads.begin(waiter);
                 if let Err(reason) = self.reread_config() {
                     error!(event = %Event::ReloadRejected, %reason, "reload rejected; the workers go on untouched");
-                    self.conclude(Outcome::Rejected { reason });
+                    self.conclude(ReloadOutcome::Rejected { reason });
                     return;
                 }
                 self.generation += 1;
@@ -971,7 +887,7 @@ impl<E: Effects> Supervisor<E> {
                         previous,
                     });
                 }
-                _ => self.conclude(Outcome::Ok {
+                _ => self.conclude(ReloadOutcome::Ok {
                     generation,
                     duration_ms: elapsed_ms,
                     probation: None,
@@ -998,7 +914,7 @@ impl<E: Effects> Supervisor<E> {
         if let Some(pending) = rollout.pending() {
             self.effects.kill(pending);
         }
-        self.conclude(Outcome::Failed {
+        self.conclude(ReloadOutcome::Failed {
             generation: rollout.generation,
             reason,
         });
@@ -1017,15 +933,15 @@ impl<E: Effects> Supervisor<E> {
 
     /// Records a reload's outcome, tells systemd the reload is over and
     /// answers everyone waiting for it.
-    fn conclude(&mut self, outcome: Outcome) {
-        let answer = outcome.answer();
-        let rejected = matches!(outcome, Outcome::Rejected { .. });
+    fn conclude(&mut self, outcome: ReloadOutcome) {
+        let answer = Reply::Reload(outcome.clone());
+        let rejected = matches!(outcome, ReloadOutcome::Rejected { .. });
         let counters = &mut self.counters;
         *match outcome {
-            Outcome::Ok { .. } => &mut counters.reloads_ok,
-            Outcome::Failed { .. } => &mut counters.reloads_failed,
-            Outcome::Rejected { .. } => &mut counters.reloads_rejected,
-            Outcome::RolledBack { .. } => &mut counters.reloads_rolled_back,
+            ReloadOutcome::Ok { .. } => &mut counters.reloads_ok,
+            ReloadOutcome::Failed { .. } => &mut counters.reloads_failed,
+            ReloadOutcome::Rejected { .. } => &mut counters.reloads_rejected,
+            ReloadOutcome::RolledBack { .. } => &mut counters.reloads_rolled_back,
         } += 1;
         self.reloads.last = Some(outcome);
         let status = self.status_line();
@@ -1052,7 +968,7 @@ impl<E: Effects> Supervisor<E> {
             return;
         };
         info!(event = %Event::ProbationOver, generation = probation.generation, how, "probation over");
-        self.conclude(Outcome::Ok {
+        self.conclude(ReloadOutcome::Ok {
             generation: probation.generation,
             duration_ms: probation.rollout_ms,
             probation: Some(how.to_owned()),
@@ -1096,7 +1012,7 @@ impl<E: Effects> Supervisor<E> {
         let failed = self.generation;
         let target = previous.generation;
         error!(event = %Event::ReleaseFailed, generation = failed, rollback_to = target, %reason, "release failed; rolling back");
-        self.conclude(Outcome::RolledBack {
+        self.conclude(ReloadOutcome::RolledBack {
             generation: failed,
             rollback_to: target,
             reason,
@@ -1297,7 +1213,7 @@ impl<E: Effects> Supervisor<E> {
                 "reload cancelled by shutdown"
             );
         }
-        self.reloads.cancel("error: baton is shutting down\n");
+        self.reloads.cancel(&Reply::Error(Problem::ShuttingDown));
         for slot in &mut self.slots {
             slot.restart_at = None;
         }
@@ -1349,6 +1265,7 @@ mod tests {
     use std::os::unix::process::ExitStatusExt;
 
     use super::*;
+    use crate::control::reply::UpgradeOutcome;
 
     /// Records what the supervisor asks for.
     #[derive(Debug, Default)]
@@ -1479,7 +1396,7 @@ mod tests {
     }
 
     /// Asks for a reload as `baton reload --wait` does.
-    fn reload_waiting(supervisor: &mut Supervisor<Fake>) -> oneshot::Receiver<String> {
+    fn reload_waiting(supervisor: &mut Supervisor<Fake>) -> oneshot::Receiver<Reply> {
         let (reply, answer) = oneshot::channel();
         supervisor.on_control(control::Request {
             command: control::Command::Reload { wait: true },
@@ -1489,8 +1406,18 @@ mod tests {
         answer
     }
 
-    fn answer(waiter: &mut oneshot::Receiver<String>) -> Option<String> {
+    /// The reply `waiter` got, in words.
+    /// The reply `waiter` got, if any yet.
+    fn answer(waiter: &mut oneshot::Receiver<Reply>) -> Option<Reply> {
         waiter.try_recv().ok()
+    }
+
+    /// The generation a `reload --wait` reply says is in, if it says so.
+    fn is_in(reply: Option<Reply>) -> Option<u64> {
+        match reply {
+            Some(Reply::Reload(ReloadOutcome::Ok { generation, .. })) => Some(generation),
+            _ => None,
+        }
     }
 
     /// Makes each new worker ready until no rollout is left.
@@ -1527,8 +1454,8 @@ mod tests {
         let new1 = newest(&supervisor);
         ready(&mut supervisor, new1);
         assert_eq!(supervisor.effects.drained, vec![old0, old1]);
-        let said = answer(&mut waiter).expect("answered once every slot is in");
-        assert!(said.starts_with("ok: generation 2 is in"), "{said}");
+        let said = answer(&mut waiter);
+        assert_eq!(is_in(said), Some(2), "answered once every slot is in");
         assert!(matches!(
             supervisor.effects.systemd[1..],
             [Systemd::Reloading(_), Systemd::Ready(_)]
@@ -1545,9 +1472,7 @@ mod tests {
 
         let gen2 = newest(&supervisor);
         ready(&mut supervisor, gen2);
-        assert!(answer(&mut first)
-            .unwrap()
-            .starts_with("ok: generation 2 is in"));
+        assert_eq!(is_in(answer(&mut first)), Some(2));
         assert_eq!(answer(&mut second), None, "covered by the queued reload");
         assert_eq!(
             supervisor.effects.spawned.len(),
@@ -1557,12 +1482,8 @@ mod tests {
         assert_eq!(supervisor.effects.spawned[2].2, 3);
 
         finish_rollouts(&mut supervisor);
-        assert!(answer(&mut second)
-            .unwrap()
-            .starts_with("ok: generation 3 is in"));
-        assert!(answer(&mut third)
-            .unwrap()
-            .starts_with("ok: generation 3 is in"));
+        assert_eq!(is_in(answer(&mut second)), Some(3));
+        assert_eq!(is_in(answer(&mut third)), Some(3));
         assert_eq!(
             supervisor.effects.spawned.len(),
             3,
@@ -1587,10 +1508,9 @@ mod tests {
 
         let said = answer(&mut waiter).expect("the failure is answered at once");
         assert!(
-            said.starts_with(
-                "error: reload of generation 2 failed: the new worker failed: not ready within 10s"
-            ),
-            "{said}"
+            matches!(&said, Reply::Reload(ReloadOutcome::Failed { generation: 2, reason })
+                if reason == "the new worker failed: not ready within 10s"),
+            "{said:?}"
         );
         assert_eq!(supervisor.effects.killed, vec![new1]);
         assert_eq!(
@@ -1613,9 +1533,7 @@ mod tests {
         exited(&mut supervisor, new1);
         assert_eq!(supervisor.effects.spawned.len(), before);
         finish_rollouts(&mut supervisor);
-        assert!(answer(&mut queued)
-            .unwrap()
-            .starts_with("ok: generation 3 is in"));
+        assert_eq!(is_in(answer(&mut queued)), Some(3));
     }
 
     #[test]
@@ -1629,10 +1547,10 @@ mod tests {
 
         exited(&mut supervisor, new0);
         let said = answer(&mut waiter).expect("answered at the crash");
-        assert!(said.contains("failed: worker 10"), "{said}");
         assert!(
-            said.contains("rolling back to generation 1's release"),
-            "{said}"
+            matches!(&said, Reply::Reload(ReloadOutcome::RolledBack { rollback_to: 1, reason, .. })
+                if reason.contains("worker 10")),
+            "{said:?}"
         );
         assert_eq!(
             supervisor.effects.killed,
@@ -1663,7 +1581,7 @@ mod tests {
         );
         assert!(matches!(
             supervisor.reloads.last,
-            Some(Outcome::RolledBack {
+            Some(ReloadOutcome::RolledBack {
                 generation: 2,
                 rollback_to: 1,
                 ..
@@ -1684,17 +1602,19 @@ mod tests {
         );
         assert!(supervisor.probation_end().is_some());
         supervisor.pass_probation("stayed up through its probation");
-        assert!(answer(&mut waiter)
-            .unwrap()
-            .starts_with("ok: generation 2 is in"));
+        assert_eq!(is_in(answer(&mut waiter)), Some(2));
 
         let mut waiter = reload_waiting(&mut supervisor);
         finish_rollouts(&mut supervisor);
         let on_probation = current(&supervisor, 0).unwrap();
         exited(&mut supervisor, on_probation);
-        assert!(answer(&mut waiter)
-            .unwrap()
-            .contains("rolling back to generation 2's release"));
+        assert!(matches!(
+            answer(&mut waiter),
+            Some(Reply::Reload(ReloadOutcome::RolledBack {
+                rollback_to: 2,
+                ..
+            }))
+        ));
         assert_eq!(
             supervisor.workers[&current(&supervisor, 0).unwrap()].generation,
             4
@@ -1709,10 +1629,7 @@ mod tests {
         supervisor.on_signal(Intent::Shutdown, "SIGTERM");
 
         for waiter in [&mut waiter, &mut queued] {
-            assert_eq!(
-                answer(waiter).as_deref(),
-                Some("error: baton is shutting down\n")
-            );
+            assert_eq!(answer(waiter), Some(Reply::Error(Problem::ShuttingDown)));
         }
         let mut drained = supervisor.effects.drained.clone();
         drained.sort_unstable();
@@ -1724,10 +1641,7 @@ mod tests {
         ));
 
         let mut late = reload_waiting(&mut supervisor);
-        assert_eq!(
-            answer(&mut late).as_deref(),
-            Some("error: baton is shutting down\n")
-        );
+        assert_eq!(answer(&mut late), Some(Reply::Error(Problem::ShuttingDown)));
         for id in started(&supervisor) {
             assert!(!supervisor.is_done());
             exited(&mut supervisor, id);
@@ -1870,7 +1784,7 @@ mod tests {
             connection: None,
         });
         assert!(
-            undrain.1.try_recv().unwrap().starts_with("error"),
+            !undrain.1.try_recv().unwrap().is_ok(),
             "no way back from a shutdown"
         );
 
@@ -1892,7 +1806,7 @@ mod tests {
     }
 
     /// Asks for an upgrade as `baton upgrade --wait` does.
-    fn upgrade_waiting(supervisor: &mut Supervisor<Fake>) -> oneshot::Receiver<String> {
+    fn upgrade_waiting(supervisor: &mut Supervisor<Fake>) -> oneshot::Receiver<Reply> {
         let (reply, answer) = oneshot::channel();
         supervisor.on_control(control::Request {
             command: control::Command::Upgrade {
@@ -1913,12 +1827,13 @@ mod tests {
         let mut refused = upgrade_waiting(&mut supervisor);
         let refused = answer(&mut refused).expect("answered at once");
         assert!(
-            refused.starts_with("error: upgrade refused: a reload is in progress"),
-            "{refused}"
+            matches!(&refused, Reply::Upgrade(UpgradeOutcome::Refused { reason })
+                if reason.starts_with("a reload is in progress")),
+            "{refused:?}"
         );
         assert_eq!(supervisor.effects.upgrade_checks, 0);
         finish_rollouts(&mut supervisor);
-        assert!(answer(&mut reload).unwrap().starts_with("ok"));
+        assert!(answer(&mut reload).unwrap().is_ok());
 
         // The program is being checked: a second upgrade waits for the
         // first, `baton reload` is told to come back, SIGHUP joins the roll.
@@ -1926,9 +1841,10 @@ mod tests {
         let mut second = upgrade_waiting(&mut supervisor);
         assert_eq!(supervisor.effects.upgrade_checks, 1, "one check for both");
         let mut reload = reload_waiting(&mut supervisor);
-        assert!(answer(&mut reload)
-            .unwrap()
-            .starts_with("error: an upgrade is in progress"));
+        assert_eq!(
+            answer(&mut reload),
+            Some(Reply::Error(Problem::UpgradeInProgress))
+        );
         supervisor.on_signal(Intent::Reload, "SIGHUP");
         assert!(
             supervisor.reloads.rollout.is_none(),
@@ -1954,8 +1870,9 @@ mod tests {
         for waiter in [&mut first, &mut second] {
             let said = answer(waiter).expect("answered");
             assert!(
-                said.starts_with("error: upgrade failed: cannot run"),
-                "{said}"
+                matches!(&said, Reply::Upgrade(UpgradeOutcome::ExecFailed { reason })
+                    if reason.starts_with("cannot run")),
+                "{said:?}"
             );
         }
         assert!(supervisor.upgrade.is_none());
@@ -1969,15 +1886,16 @@ mod tests {
         supervisor.on_upgrade_checked(Err("it exited with 3".to_owned()));
         let said = answer(&mut waiter).expect("answered");
         assert!(
-            said.starts_with("error: upgrade refused: it exited with 3"),
-            "{said}"
+            matches!(&said, Reply::Upgrade(UpgradeOutcome::CheckFailed { reason, .. })
+                if reason == "it exited with 3"),
+            "{said:?}"
         );
         assert!(supervisor.effects.handed_over.is_empty());
 
         let mut waiter = upgrade_waiting(&mut supervisor);
         supervisor.on_signal(Intent::Shutdown, "SIGTERM");
         let said = answer(&mut waiter).expect("answered");
-        assert!(said.contains("shutting down"), "{said}");
+        assert_eq!(said, Reply::Upgrade(UpgradeOutcome::Cancelled));
         supervisor.on_upgrade_checked(Ok("9.9.9".to_owned()));
         assert!(
             supervisor.effects.handed_over.is_empty(),
@@ -1990,7 +1908,7 @@ mod tests {
         let mut supervisor = running(2, Duration::ZERO);
         let mut reload = reload_waiting(&mut supervisor);
         finish_rollouts(&mut supervisor);
-        assert!(answer(&mut reload).unwrap().starts_with("ok"));
+        assert!(answer(&mut reload).unwrap().is_ok());
         let mut waiter = upgrade_waiting(&mut supervisor);
         supervisor.on_upgrade_checked(Ok("9.9.9".to_owned()));
         assert!(answer(&mut waiter).is_some());

@@ -27,6 +27,7 @@ use tracing::{error, info, warn};
 use super::effects::{Effects, Systemd};
 use super::handover::{self, SlotState, SupervisorState, UpgradeFault, WorkerState};
 use super::supervisor::{Phase, Slot, Supervisor, Worker};
+use crate::control::reply::{Problem, Reply, UpgradeOutcome, Workers};
 use crate::event::Event;
 
 /// How long the new program's check may take.
@@ -47,7 +48,7 @@ pub(crate) struct Upgrade {
 /// `connection` by the next image.
 #[derive(Debug)]
 pub(crate) struct Waiter {
-    pub reply: oneshot::Sender<String>,
+    pub reply: oneshot::Sender<Reply>,
     pub connection: Option<OwnedFd>,
 }
 
@@ -87,9 +88,9 @@ impl<E: Effects> Supervisor<E> {
             warn!(event = %Event::UpgradeFailed, reason, "upgrade refused");
             self.counters.upgrades_refused += 1;
             if let Some(waiter) = waiter {
-                let _ = waiter
-                    .reply
-                    .send(format!("error: upgrade refused: {reason}\n"));
+                let _ = waiter.reply.send(Reply::Upgrade(UpgradeOutcome::Refused {
+                    reason: reason.to_owned(),
+                }));
             }
             return;
         }
@@ -111,15 +112,13 @@ impl<E: Effects> Supervisor<E> {
 
     /// A reload asked for while an upgrade is prepared: a SIGHUP is folded
     /// into the upgrade's roll; `baton reload` is told to come back.
-    pub fn reload_during_upgrade(&mut self, waiter: Option<oneshot::Sender<String>>) -> bool {
+    pub fn reload_during_upgrade(&mut self, waiter: Option<oneshot::Sender<Reply>>) -> bool {
         let Some(upgrade) = &mut self.upgrade else {
             return false;
         };
         match waiter {
             Some(waiter) => {
-                let _ = waiter.send(
-                    "error: an upgrade is in progress; reload once it has ended\n".to_owned(),
-                );
+                let _ = waiter.send(Reply::Error(Problem::UpgradeInProgress));
             }
             None => {
                 info!("reload folded into the upgrade in progress: the workers will be rolled");
@@ -136,10 +135,7 @@ impl<E: Effects> Supervisor<E> {
             return;
         };
         if self.phase != Phase::Running {
-            answer(
-                upgrade.waiters,
-                "error: upgrade cancelled: baton is shutting down\n",
-            );
+            answer(upgrade.waiters, UpgradeOutcome::Cancelled);
             return;
         }
         let version = match checked {
@@ -147,11 +143,11 @@ impl<E: Effects> Supervisor<E> {
             Err(reason) => {
                 error!(event = %Event::UpgradeFailed, %reason, "upgrade refused: the new program failed its check");
                 self.counters.upgrades_refused += 1;
-                let answer_text = format!(
-                    "error: upgrade refused: {reason}; baton {} goes on unchanged\n",
-                    env!("CARGO_PKG_VERSION")
-                );
-                answer(upgrade.waiters, &answer_text);
+                let refused = UpgradeOutcome::CheckFailed {
+                    reason,
+                    version: env!("CARGO_PKG_VERSION").to_owned(),
+                };
+                answer(upgrade.waiters, refused);
                 return;
             }
         };
@@ -177,17 +173,16 @@ impl<E: Effects> Supervisor<E> {
         self.counters.upgrades_failed += 1;
         self.effects.systemd(Systemd::Ready(self.status_line()));
         for reply in replies {
-            let _ = reply.send(format!("error: upgrade failed: {reason}\n"));
+            let _ = reply.send(Reply::Upgrade(UpgradeOutcome::ExecFailed {
+                reason: reason.clone(),
+            }));
         }
     }
 
     /// Stop during an upgrade's check: its waiters are told.
     pub fn cancel_upgrade(&mut self) {
         if let Some(upgrade) = self.upgrade.take() {
-            answer(
-                upgrade.waiters,
-                "error: upgrade cancelled: baton is shutting down\n",
-            );
+            answer(upgrade.waiters, UpgradeOutcome::Cancelled);
         }
     }
 
@@ -317,7 +312,7 @@ impl<E: Effects> Supervisor<E> {
         failed: Option<&str>,
         roll: bool,
         took_ms: u64,
-        waiters: Vec<oneshot::Sender<String>>,
+        waiters: Vec<oneshot::Sender<Reply>>,
     ) {
         let version = env!("CARGO_PKG_VERSION");
         if let Some(reason) = failed {
@@ -325,9 +320,10 @@ impl<E: Effects> Supervisor<E> {
             self.counters.upgrades_failed += 1;
             self.effects.systemd(Systemd::Ready(self.status_line()));
             for waiter in waiters {
-                let _ = waiter.send(format!(
-                    "error: upgrade failed: {reason}; baton {version} is serving again, with the same workers\n"
-                ));
+                let _ = waiter.send(Reply::Upgrade(UpgradeOutcome::FellBack {
+                    reason: reason.to_owned(),
+                    version: version.to_owned(),
+                }));
             }
             return;
         }
@@ -340,11 +336,17 @@ impl<E: Effects> Supervisor<E> {
             workers = self.workers.len(),
             "upgraded: this program took over"
         );
-        let taken = format!("ok: baton {version} took over in {took_ms} ms");
+        let took_over = move |workers| {
+            Reply::Upgrade(UpgradeOutcome::TookOver {
+                version: version.to_owned(),
+                took_ms,
+                workers,
+            })
+        };
         if !roll {
             self.effects.systemd(Systemd::Ready(self.status_line()));
             for waiter in waiters {
-                let _ = waiter.send(format!("{taken}; the workers were kept\n"));
+                let _ = waiter.send(took_over(Workers::Kept));
             }
             return;
         }
@@ -352,24 +354,24 @@ impl<E: Effects> Supervisor<E> {
         // the waiters hear the roll's outcome, after what the upgrade took.
         let mut rolled = Vec::new();
         for waiter in waiters {
-            let (reply, answer) = oneshot::channel::<String>();
+            let (reply, answer) = oneshot::channel::<Reply>();
             rolled.push(reply);
-            let taken = taken.clone();
             tokio::spawn(async move {
-                let outcome = answer
-                    .await
-                    .unwrap_or_else(|_| "error: no outcome\n".to_owned());
-                let _ = waiter.send(format!("{taken}; roll of the workers: {outcome}"));
+                let workers = match answer.await {
+                    Ok(Reply::Reload(roll)) => Workers::Rolled { roll },
+                    _ => Workers::Unknown,
+                };
+                let _ = waiter.send(took_over(workers));
             });
         }
         self.request_reload_for(rolled);
     }
 }
 
-/// Answers every waiter with `text`.
-fn answer(waiters: Vec<Waiter>, text: &str) {
+/// Answers every waiter with `outcome`.
+fn answer(waiters: Vec<Waiter>, outcome: UpgradeOutcome) {
     for waiter in waiters {
-        let _ = waiter.reply.send(text.to_owned());
+        let _ = waiter.reply.send(Reply::Upgrade(outcome.clone()));
     }
 }
 

@@ -22,7 +22,7 @@ use crate::keeper::Keeper;
 use crate::listeners::ListenerSet;
 use crate::process::Process;
 use crate::procfs;
-use crate::protocol::{self, Channel, ToMaster, ToWorker};
+use crate::protocol::{self, Channel, ToMaster, ToWorker, WorkerStats};
 
 /// Identifies a worker process for the master's whole life (pids get reused).
 pub type WorkerId = u64;
@@ -49,14 +49,6 @@ pub enum WorkerEvent {
     Exited { id: WorkerId, status: ExitStatus },
     /// The worker's counters.
     Stats { id: WorkerId, stats: WorkerStats },
-}
-
-/// What a built-in worker reports about its traffic.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct WorkerStats {
-    pub accepted: u64,
-    pub open_connections: u64,
-    pub requests: u64,
 }
 
 /// What the supervisor asks of a worker.
@@ -671,17 +663,8 @@ impl Watcher {
     fn on_message(&mut self, message: Result<Option<ToMaster>, HandoffError>) {
         match message {
             Ok(Some(ToMaster::Ready)) => self.became_ready(),
-            Ok(Some(ToMaster::Stats {
-                accepted,
-                open_connections,
-                requests,
-            })) => {
+            Ok(Some(ToMaster::Stats(stats))) => {
                 self.alive();
-                let stats = WorkerStats {
-                    accepted,
-                    open_connections,
-                    requests,
-                };
                 let _ = self.events.send(WorkerEvent::Stats { id: self.id, stats });
             }
             // The worker closed its end: it is exiting, or (a COMMAND

@@ -14,7 +14,7 @@ use tracing::warn;
 use crate::balance::AcceptShare;
 use crate::error::{HandoffError, ProtocolError, WorkerError};
 use crate::fd;
-use crate::protocol::{Channel, Hello, ToMaster, ToWorker};
+use crate::protocol::{Channel, Hello, ToMaster, ToWorker, WorkerStats};
 
 /// A listening socket received from the master: non-blocking, listening,
 /// shared with the master and the other workers. Accept on it with
@@ -108,18 +108,8 @@ impl Handoff {
     }
 
     /// Sends counters for `baton status`.
-    pub async fn stats(
-        &self,
-        accepted: u64,
-        open_connections: u64,
-        requests: u64,
-    ) -> Result<(), HandoffError> {
-        let stats = ToMaster::Stats {
-            accepted,
-            open_connections,
-            requests,
-        };
-        self.channel.send(&stats, &[]).await
+    pub async fn stats(&self, stats: WorkerStats) -> Result<(), HandoffError> {
+        self.channel.send(&ToMaster::Stats(stats), &[]).await
     }
 
     /// Waits for the master's next instruction.

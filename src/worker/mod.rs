@@ -47,11 +47,11 @@ async fn report_stats(handoff: Arc<Handoff>, state: Arc<HttpState>) {
     loop {
         every.tick().await;
         let sent = handoff
-            .stats(
-                state.accepted.load(Relaxed),
-                state.open.load(Relaxed),
-                state.requests.load(Relaxed),
-            )
+            .stats(crate::protocol::WorkerStats {
+                accepted: state.accepted.load(Relaxed),
+                open_connections: state.open.load(Relaxed),
+                requests: state.requests.load(Relaxed),
+            })
             .await;
         if sent.is_err() {
             return;

@@ -225,6 +225,40 @@ fn the_control_socket_refuses_other_users_and_survives_abuse() {
     assert!(c.baton.workers().len() == 1);
 }
 
+/// What a real master answers to `line`.
+fn raw_answer(control: &Path, line: &[u8]) -> String {
+    let mut s = UnixStream::connect(control).unwrap();
+    s.write_all(line).unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+#[test]
+fn a_client_of_another_protocol_version_is_told_both_versions_and_nothing_happens() {
+    let c = serve_with_control(&["--workers", "1"]);
+    let newer = raw_answer(
+        &c.path,
+        b"{\"v\":99,\"baton\":\"9.9.9\",\"command\":\"stop\"}\n",
+    );
+    let reply: serde_json::Value = serde_json::from_str(&newer).expect("a JSON reply");
+    assert_eq!(reply["v"], baton::control::VERSION, "{newer}");
+    assert_eq!(reply["reply"], "error", "{newer}");
+    assert_eq!(reply["problem"], "version", "{newer}");
+    assert_eq!(reply["client"], 99, "{newer}");
+    // A client from before JSON lines sends words and is answered in words.
+    let older = raw_answer(&c.path, b"stop\n");
+    assert!(
+        older.starts_with("error: unknown request \"stop\""),
+        "{older}"
+    );
+    assert!(older.contains("control protocol 1"), "{older}");
+    // Neither stopped the master.
+    let (code, stdout, stderr) = client(&["status"], &c.path, None);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("running"), "{stdout}");
+}
+
 #[test]
 fn status_answers_within_a_second_while_a_thousand_silent_clients_hold_the_control_socket() {
     let c = serve_with_control(&["--workers", "1"]);
@@ -370,9 +404,10 @@ fn a_crash_loop_backs_off_to_the_cap_with_flat_resources() {
     // 0, 0, 100, 200, … 6400 ms, then the 10 s cap: reached after ~13 s.
     c.baton.wait_log("delay_ms=10000", Duration::from_secs(30));
     let pid = c.baton.pid();
+    let (code, json, _) = client(&["status", "--json"], &c.path, None);
+    // Measured after the status answer, whose code is then paged in.
     let fds = baton::procfs::fd_count(pid).unwrap();
     let rss = baton::procfs::rss_bytes(pid).unwrap();
-    let (code, json, _) = client(&["status", "--json"], &c.path, None);
     assert_eq!(code, 0);
     let status: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(status["backoff"][0]["slot"].as_u64(), Some(0), "{status}");

@@ -213,10 +213,9 @@ impl Drop for Fleet {
         use nix::sys::signal::{kill, Signal};
         use nix::unistd::Pid;
         for host in &self.hosts {
-            let Ok(answer) = baton::control::request(
-                &host.control,
-                baton::control::Command::Status { json: true },
-            ) else {
+            let Ok(answer) =
+                baton::control::request(&host.control, baton::control::Command::Status)
+            else {
                 continue;
             };
             let workers = children(answer.master_pid);

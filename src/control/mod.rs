@@ -1,9 +1,12 @@
 //! The control socket: `baton reload [--wait]`, `baton status [--json]` and
 //! `baton stop` talk to a running master through it.
 //!
-//! One request per connection: a line of at most [`MAX_REQUEST_BYTES`],
-//! answered with text whose first line starts with `ok` or `error`, then the
-//! connection closes. The socket file is 0600 and the peer's uid is checked
+//! One request per connection: a JSON line of at most
+//! [`MAX_REQUEST_BYTES`] carrying a [`Command`], answered with one JSON line
+//! carrying a [`Reply`], then the connection closes. Both lines name the
+//! protocol [`VERSION`] and the baton that wrote them, so that a client and
+//! a master of different versions say so instead of misreading each other;
+//! a client that sends words instead of JSON is answered in words. The socket file is 0600 and the peer's uid is checked
 //! on both sides (SO_PEERCRED): the master serves root and its own user
 //! only, and a client believes only a master of its own user or root. The
 //! default path lies in a directory only the user can write. A client that sends garbage,
@@ -16,11 +19,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::timeout;
 use tracing::{debug, warn};
+
+pub mod reply;
+pub mod status;
+
+pub use reply::{Problem, Reply};
 
 /// The longest request line.
 pub const MAX_REQUEST_BYTES: u64 = 256;
@@ -29,15 +38,20 @@ pub const MAX_CLIENTS: usize = 512;
 /// How long a client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The control protocol this baton speaks. Client and master refuse each
+/// other's lines of another version, and say which versions met.
+pub const VERSION: u32 = 1;
+
 /// What a client asks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
 pub enum Command {
     Reload {
+        #[serde(default)]
         wait: bool,
     },
-    Status {
-        json: bool,
-    },
+    /// The master and its workers (the client prints a table or JSON).
+    Status,
     Stop,
     /// The Prometheus text of `/metrics`.
     Metrics,
@@ -45,18 +59,21 @@ pub enum Command {
     Drain,
     /// Back from lame duck.
     Undrain,
-    /// `ok` while this host should get traffic (`/healthz`).
+    /// Whether this host should get traffic (`/healthz`).
     Health,
-    /// `ok` once the first generation is ready (`/readyz`).
+    /// Whether the first generation is ready (`/readyz`).
     Ready,
     /// Replace the master's own program in place (see
     /// [`crate::master`]'s upgrade).
     Upgrade {
+        #[serde(default)]
         wait: bool,
         /// Keep the workers running instead of rolling them to the new
         /// program.
+        #[serde(default)]
         keep_workers: bool,
         /// A fault for the new program to show (tests only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         fault: Option<UpgradeFault>,
     },
 }
@@ -76,99 +93,56 @@ pub enum UpgradeFault {
     Refuse,
 }
 
-impl UpgradeFault {
-    fn as_str(self) -> &'static str {
-        match self {
-            UpgradeFault::CrashHalfway => "crash-halfway",
-            UpgradeFault::Hang => "hang",
-            UpgradeFault::Refuse => "refuse",
-        }
-    }
+/// One line on the control socket, either way: the protocol version, the
+/// baton that wrote it, and the request or the reply.
+#[derive(Debug, Serialize, Deserialize)]
+struct Line<T> {
+    v: u32,
+    #[serde(default)]
+    baton: String,
+    #[serde(flatten)]
+    body: T,
+}
 
-    fn parse(word: &str) -> Option<Self> {
-        [
-            UpgradeFault::CrashHalfway,
-            UpgradeFault::Hang,
-            UpgradeFault::Refuse,
-        ]
-        .into_iter()
-        .find(|fault| fault.as_str() == word)
+impl<T: Serialize> Line<T> {
+    fn encode(body: T) -> Vec<u8> {
+        let line = Line {
+            v: VERSION,
+            baton: env!("CARGO_PKG_VERSION").to_owned(),
+            body,
+        };
+        let mut bytes = serde_json::to_vec(&line).expect("control lines serialize");
+        bytes.push(b'\n');
+        bytes
     }
 }
 
-impl Command {
-    pub fn parse(line: &str) -> Option<Self> {
-        match line.split_whitespace().collect::<Vec<_>>().as_slice() {
-            ["reload"] => Some(Command::Reload { wait: false }),
-            ["reload", "--wait"] => Some(Command::Reload { wait: true }),
-            ["status"] => Some(Command::Status { json: false }),
-            ["status", "--json"] => Some(Command::Status { json: true }),
-            ["stop"] => Some(Command::Stop),
-            ["metrics"] => Some(Command::Metrics),
-            ["drain"] => Some(Command::Drain),
-            ["undrain"] => Some(Command::Undrain),
-            ["health"] => Some(Command::Health),
-            ["ready"] => Some(Command::Ready),
-            ["upgrade", flags @ ..] => {
-                let mut upgrade = (false, false, None);
-                for flag in flags {
-                    match *flag {
-                        "--wait" if !upgrade.0 => upgrade.0 = true,
-                        "--keep-workers" if !upgrade.1 => upgrade.1 = true,
-                        _ => match flag.strip_prefix("--fault=").and_then(UpgradeFault::parse) {
-                            Some(fault) if upgrade.2.is_none() => upgrade.2 = Some(fault),
-                            _ => return None,
-                        },
-                    }
-                }
-                let (wait, keep_workers, fault) = upgrade;
-                Some(Command::Upgrade {
-                    wait,
-                    keep_workers,
-                    fault,
-                })
-            }
-            _ => None,
-        }
-    }
+/// A line's version and writer, read before its body so that a line of
+/// another version is recognised as such.
+#[derive(Debug, Deserialize)]
+struct Peek {
+    v: u32,
+    #[serde(default)]
+    baton: String,
+}
 
-    pub fn as_line(&self) -> String {
-        if let Command::Upgrade {
-            wait,
-            keep_workers,
-            fault,
-        } = self
-        {
-            let mut line = "upgrade".to_owned();
-            if *wait {
-                line += " --wait";
-            }
-            if *keep_workers {
-                line += " --keep-workers";
-            }
-            if let Some(fault) = fault {
-                line += &format!(" --fault={}", fault.as_str());
-            }
-            return line;
-        }
-        self.simple_line().to_owned()
+/// Reads a request line: the command, or the reply that refuses it.
+fn read_request(line: &str) -> Result<Command, Reply> {
+    let unknown = || {
+        Reply::Error(Problem::Unknown {
+            request: line.trim().chars().take(80).collect(),
+        })
+    };
+    let peek: Peek = serde_json::from_str(line).map_err(|_| unknown())?;
+    if peek.v != VERSION {
+        return Err(Reply::Error(Problem::Version {
+            master: VERSION,
+            client: peek.v,
+        }));
     }
-
-    fn simple_line(&self) -> &'static str {
-        match self {
-            Command::Reload { wait: false } => "reload",
-            Command::Reload { wait: true } => "reload --wait",
-            Command::Status { json: false } => "status",
-            Command::Status { json: true } => "status --json",
-            Command::Stop => "stop",
-            Command::Metrics => "metrics",
-            Command::Drain => "drain",
-            Command::Undrain => "undrain",
-            Command::Health => "health",
-            Command::Ready => "ready",
-            Command::Upgrade { .. } => "upgrade",
-        }
-    }
+    serde_json::from_str::<Line<Command>>(line)
+        .map(|line| line.body)
+        .map_err(|_| unknown())
 }
 
 /// The clients being answered, at most [`MAX_CLIENTS`]. The master waits
@@ -194,7 +168,7 @@ impl Clients {
 #[derive(Debug)]
 pub struct Request {
     pub command: Command,
-    pub reply: oneshot::Sender<String>,
+    pub reply: oneshot::Sender<Reply>,
     /// For `upgrade --wait`: a copy of the client's connection, which the
     /// next image of the master answers on if the upgrade goes ahead.
     pub connection: Option<std::os::fd::OwnedFd>,
@@ -395,28 +369,42 @@ async fn handle(
     };
     spoke();
     let me = nix::unistd::getuid().as_raw();
-    let answer = if peer.uid() != 0 && peer.uid() != me {
+    // A client that does not speak JSON lines (garbage, or a baton from
+    // before them) is answered in words, which such a client prints.
+    let speaks_json = line.trim_start().starts_with('{');
+    let reply = if peer.uid() != 0 && peer.uid() != me {
         warn!(uid = peer.uid(), "control request refused: wrong user");
-        format!("error: permission denied: only root or uid {me} may control this baton\n")
+        Reply::Error(Problem::PermissionDenied { master_uid: me })
     } else {
         match read {
-            Err(_) => "error: no request in time\n".to_owned(),
-            Ok(Err(_)) => "error: the request is not text\n".to_owned(),
-            Ok(Ok(_)) if line.len() as u64 > MAX_REQUEST_BYTES => {
-                format!("error: requests are at most {MAX_REQUEST_BYTES} bytes\n")
-            }
-            Ok(Ok(_)) => match Command::parse(&line) {
-                None => "error: unknown request; send one of: reload, reload --wait, status, status --json, stop, metrics, drain, undrain, health, ready, upgrade [--wait] [--keep-workers]\n"
-                    .to_owned(),
-                Some(command @ Command::Upgrade { wait: true, .. }) => {
+            Err(_) => Reply::Error(Problem::NoRequestInTime),
+            Ok(Err(_)) => Reply::Error(Problem::Unknown {
+                request: "(not text)".to_owned(),
+            }),
+            Ok(Ok(_)) if line.len() as u64 > MAX_REQUEST_BYTES => Reply::Error(Problem::TooLong {
+                max_bytes: MAX_REQUEST_BYTES,
+            }),
+            Ok(Ok(_)) => match read_request(&line) {
+                Err(refusal) => refusal,
+                Ok(command @ Command::Upgrade { wait: true, .. }) => {
                     ask(&requests, command, Some(connection)).await
                 }
-                Some(command) => ask(&requests, command, None).await,
+                Ok(command) => ask(&requests, command, None).await,
             },
         }
     };
-    write.write_all(answer.as_bytes()).await?;
+    let bytes = if speaks_json {
+        encode_reply(&reply)
+    } else {
+        reply.to_string().into_bytes()
+    };
+    write.write_all(&bytes).await?;
     write.shutdown().await
+}
+
+/// A reply as the line a client reads.
+pub fn encode_reply(reply: &Reply) -> Vec<u8> {
+    Line::encode(reply)
 }
 
 /// Passes `command` to the supervisor and waits for its answer.
@@ -424,8 +412,8 @@ pub async fn ask(
     requests: &mpsc::UnboundedSender<Request>,
     command: Command,
     connection: Option<std::os::fd::OwnedFd>,
-) -> String {
-    let gone = || "error: the master is shutting down\n".to_owned();
+) -> Reply {
+    let gone = || Reply::Error(Problem::ShuttingDown);
     let (reply, answer) = oneshot::channel();
     let request = Request {
         command,
@@ -441,7 +429,7 @@ pub async fn ask(
 /// What the master answered, and who it is.
 #[derive(Debug)]
 pub struct Answer {
-    pub text: String,
+    pub reply: Reply,
     /// The master's pid, as the kernel says (SO_PEERCRED).
     pub master_pid: u32,
 }
@@ -467,20 +455,44 @@ pub fn request(path: &Path, command: Command) -> Result<Answer, String> {
             peer.uid()
         ));
     }
-    let line = format!("{}\n", command.as_line());
     // Even if sending fails, the master may have said why: read on.
-    let sent = stream.write_all(line.as_bytes());
+    let sent = stream.write_all(&Line::encode(command));
     let mut answer = String::new();
     let read = stream.read_to_string(&mut answer);
-    if !answer.is_empty() {
-        return Ok(Answer {
-            text: answer,
-            master_pid: peer.pid() as u32,
-        });
+    if answer.is_empty() {
+        sent.map_err(|e| format!("cannot send to {}: {e}", path.display()))?;
+        read.map_err(|e| format!("no answer from {}: {e}", path.display()))?;
+        return Err(format!("no answer from {}", path.display()));
     }
-    sent.map_err(|e| format!("cannot send to {}: {e}", path.display()))?;
-    read.map_err(|e| format!("no answer from {}: {e}", path.display()))?;
-    Err(format!("no answer from {}", path.display()))
+    let master_pid = peer.pid() as u32;
+    let reply = read_reply(&answer).map_err(|problem| {
+        format!(
+            "the master at {} (pid {master_pid}) {problem}; run this command with the master's own program, /proc/{master_pid}/exe",
+            path.display()
+        )
+    })?;
+    Ok(Answer { reply, master_pid })
+}
+
+/// Reads the master's answer, or says why it cannot be read.
+fn read_reply(answer: &str) -> Result<Reply, String> {
+    let Ok(peek) = serde_json::from_str::<Peek>(answer) else {
+        let first = answer.lines().next().unwrap_or_default();
+        return Err(format!(
+            "answered in words, not in control protocol {VERSION} (it is a baton from before JSON lines): {first:?}"
+        ));
+    };
+    if peek.v != VERSION {
+        return Err(format!(
+            "runs baton {} and speaks control protocol {}, and this baton {} speaks {VERSION}",
+            peek.baton,
+            peek.v,
+            env!("CARGO_PKG_VERSION")
+        ));
+    }
+    serde_json::from_str::<Line<Reply>>(answer)
+        .map(|line| line.body)
+        .map_err(|e| format!("answered something this baton cannot read ({e})"))
 }
 
 #[cfg(test)]
@@ -488,12 +500,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn request_lines_round_trip() {
+    fn requests_round_trip_and_garbage_is_refused() {
         for command in [
             Command::Reload { wait: false },
             Command::Reload { wait: true },
-            Command::Status { json: false },
-            Command::Status { json: true },
+            Command::Status,
             Command::Stop,
             Command::Metrics,
             Command::Drain,
@@ -511,11 +522,56 @@ mod tests {
                 fault: Some(UpgradeFault::Hang),
             },
         ] {
-            assert_eq!(Command::parse(&command.as_line()), Some(command));
+            let line = String::from_utf8(Line::encode(command)).unwrap();
+            assert!(line.len() as u64 <= MAX_REQUEST_BYTES, "{line}");
+            assert_eq!(read_request(&line), Ok(command));
         }
-        assert_eq!(Command::parse("upgrade --wait --wait"), None);
-        assert_eq!(Command::parse("upgrade --fault=boom"), None);
-        assert_eq!(Command::parse("reload --now"), None);
-        assert_eq!(Command::parse(""), None);
+        for garbage in [
+            "reload",
+            "",
+            r#"{"v":1,"command":"reload","wait":"soon"}"#,
+            r#"{"v":1,"command":"explode"}"#,
+            r#"{"command":"reload"}"#,
+        ] {
+            assert!(
+                matches!(
+                    read_request(garbage),
+                    Err(Reply::Error(Problem::Unknown { .. }))
+                ),
+                "{garbage}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_request_of_another_version_is_refused_with_both_versions() {
+        let line = r#"{"v":2,"baton":"9.0.0","command":"reload","wait":true}"#;
+        let refusal = read_request(line).unwrap_err();
+        assert_eq!(
+            refusal,
+            Reply::Error(Problem::Version {
+                master: VERSION,
+                client: 2
+            })
+        );
+        assert!(refusal
+            .to_string()
+            .starts_with("error: this master speaks control protocol 1 and the client 2"));
+    }
+
+    #[test]
+    fn a_client_says_which_versions_met_when_the_master_speaks_another() {
+        let newer = r#"{"v":7,"baton":"9.0.0","reply":"stopping"}"#;
+        let said = read_reply(newer).unwrap_err();
+        assert!(
+            said.contains("baton 9.0.0 and speaks control protocol 7"),
+            "{said}"
+        );
+        assert!(said.contains(&format!("speaks {VERSION}")), "{said}");
+        let words = "error: unknown request; send one of: reload, status\n";
+        let said = read_reply(words).unwrap_err();
+        assert!(said.contains("answered in words"), "{said}");
+        let ours = String::from_utf8(encode_reply(&Reply::Stopping)).unwrap();
+        assert_eq!(read_reply(&ours), Ok(Reply::Stopping));
     }
 }

@@ -1,0 +1,215 @@
+//! The master's state as a value: what `baton status` carries over the
+//! control socket, printed as a table for people or as JSON for machines.
+//! The master builds it from the supervisor (`master::status`); nothing
+//! here reads the supervisor.
+
+use serde::{Deserialize, Serialize};
+
+use super::reply::ReloadOutcome;
+use crate::procfs;
+use crate::protocol::WorkerStats;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub master: Master,
+    pub workers: Vec<WorkerRow>,
+    /// Slots waiting out a crash-loop backoff.
+    pub backoff: Vec<Backoff>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Master {
+    pub pid: u32,
+    /// The version of the baton program serving (it changes with `baton
+    /// upgrade`).
+    pub version: String,
+    /// The newest generation serving in a slot (not one being rolled in,
+    /// nor one whose reload failed).
+    pub generation: u64,
+    /// `starting`, `running`, `degraded` (a slot has no ready worker: a
+    /// crash, a crash loop backing off), `listener_down` (a listener is not
+    /// listening and could not be put right), `reloading`, `upgrading` (the
+    /// new program is being checked), `stopping`.
+    pub state: String,
+    pub uptime_s: f64,
+    pub workers_wanted: usize,
+    pub workers_ready: usize,
+    /// Listeners not listening that could not be put right.
+    pub listeners_down: Vec<String>,
+    pub reload_in_progress: bool,
+    /// The generation the reload in progress rolls in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reloading_to: Option<u64>,
+    pub last_reload: Option<ReloadOutcome>,
+    /// What happened over the master's life (as on `/metrics`).
+    pub counters: Counters,
+    /// For load balancers: `serving`, `lame_duck` or `draining`.
+    pub host: String,
+    /// Connections the built-in workers have open (none for COMMAND
+    /// workers, which do not report them): wait for 0 before stopping.
+    pub open_connections: Option<u64>,
+    /// The newest generation, while a crash of one of its workers would
+    /// still roll it back.
+    pub probation: Option<ProbationRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbationRow {
+    pub generation: u64,
+    pub remaining_s: f64,
+    /// The generation whose release a rollback would start again.
+    pub rollback_to: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerRow {
+    pub slot: usize,
+    pub pid: u32,
+    pub generation: u64,
+    pub state: String,
+    pub uptime_s: f64,
+    /// Crashed workers replaced in this slot.
+    pub restarts: u64,
+    /// Traffic counters; absent for COMMAND workers.
+    #[serde(flatten)]
+    pub stats: Option<WorkerStats>,
+    /// Memory and CPU of the worker's process group.
+    #[serde(flatten)]
+    pub usage: procfs::Usage,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Backoff {
+    pub slot: usize,
+    pub quick_failures: u32,
+    pub restart_in_s: f64,
+}
+
+/// What the supervisor counts over its life, for `/metrics` and
+/// `status --json`.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Reloads by outcome.
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+    pub reloads_rejected: u64,
+    pub reloads_rolled_back: u64,
+    /// Workers that died on their own while serving.
+    pub crashes: u64,
+    /// Workers started to replace a crashed one.
+    pub restarts: u64,
+    /// Workers rolled for staying above `--max-memory`.
+    pub memory_rolls: u64,
+    /// `baton upgrade`s by outcome: the new program took over; it was
+    /// refused (before anything happened); it failed (the previous program
+    /// came back, or the exec failed).
+    #[serde(default)]
+    pub upgrades_ok: u64,
+    #[serde(default)]
+    pub upgrades_refused: u64,
+    #[serde(default)]
+    pub upgrades_failed: u64,
+    /// Listeners a worker shut down, listening again.
+    #[serde(default)]
+    pub listener_restores: u64,
+    /// Listeners whose backlog a worker changed, set back.
+    #[serde(default)]
+    pub backlog_restores: u64,
+}
+
+impl Status {
+    /// The status as a table for people.
+    pub fn table(&self) -> String {
+        let status = self;
+        let master = &status.master;
+        let mut text = format!(
+            "master pid {}, {} ({}/{} workers ready), generation {}, up {}; last reload: {}\n",
+            master.pid,
+            master.state,
+            master.workers_ready,
+            master.workers_wanted,
+            master.generation,
+            human(master.uptime_s),
+            master
+                .last_reload
+                .as_ref()
+                .map_or_else(|| "none".to_owned(), ReloadOutcome::summary),
+        );
+        if master.host != "serving" {
+            text += &format!(
+                "host: {} (health checks fail); {} connections open\n",
+                master.host,
+                master
+                    .open_connections
+                    .map_or_else(|| "?".to_owned(), |n| n.to_string())
+            );
+        }
+        if !master.listeners_down.is_empty() {
+            text += &format!(
+                "listeners down (not listening, cannot be put right): {}\n",
+                master.listeners_down.join(", ")
+            );
+        }
+        if let Some(generation) = master.reloading_to {
+            text += &format!("reloading to generation {generation}\n");
+        }
+        if let Some(p) = &master.probation {
+            text += &format!(
+            "generation {} on probation for {:.1} s more; a crash rolls back to generation {}'s release\n",
+            p.generation, p.remaining_s, p.rollback_to
+        );
+        }
+        text += &format!(
+            "{:<5} {:<8} {:<4} {:<9} {:>8} {:>8} {:>9} {:>8} {:>6} {:>9} {:>10}\n",
+            "SLOT",
+            "PID",
+            "GEN",
+            "STATE",
+            "UPTIME",
+            "RESTARTS",
+            "RSS",
+            "CPU",
+            "OPEN",
+            "ACCEPTED",
+            "REQUESTS"
+        );
+        for w in &status.workers {
+            let count = |f: fn(&WorkerStats) -> u64| {
+                w.stats
+                    .as_ref()
+                    .map_or("-".to_owned(), |s| f(s).to_string())
+            };
+            text += &format!(
+                "{:<5} {:<8} {:<4} {:<9} {:>8} {:>8} {:>9} {:>8} {:>6} {:>9} {:>10}\n",
+                w.slot,
+                w.pid,
+                w.generation,
+                w.state,
+                human(w.uptime_s),
+                w.restarts,
+                format!("{:.1}M", w.usage.rss_bytes as f64 / (1024.0 * 1024.0)),
+                format!("{:.2}s", w.usage.cpu_s),
+                count(|s| s.open_connections),
+                count(|s| s.accepted),
+                count(|s| s.requests),
+            );
+        }
+        for b in &status.backoff {
+            text += &format!(
+                "slot {} is backing off after {} quick crashes: restart in {:.1} s\n",
+                b.slot, b.quick_failures, b.restart_in_s
+            );
+        }
+        text
+    }
+}
+
+/// 42s, 3m07s, 2h05m.
+fn human(seconds: f64) -> String {
+    let s = seconds as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+    }
+}
