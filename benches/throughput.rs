@@ -120,9 +120,11 @@ fn plain_server(threads: usize, work: u64) {
             args.work,
             args.body_timeout,
         ));
-        let acceptor =
-            baton::worker::accept::Acceptor::new(baton::worker::Listener::Tcp(listener), None)
-                .unwrap();
+        let acceptor = baton::worker::accept::Acceptor::new(
+            baton::worker::ReceivedListener::Tcp(listener),
+            None,
+        )
+        .unwrap();
         let _server =
             baton::worker::server::Server::start(vec![acceptor], state, args.server_options());
         std::future::pending::<()>().await;

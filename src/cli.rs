@@ -33,11 +33,11 @@ pub struct Cli {
     pub log_format: LogFormat,
 
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Action,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub enum Action {
     /// Run the master: bind the listeners, start the workers, keep them serving.
     ///
     /// SIGHUP reloads (rolling restart, one worker at a time); SIGTERM or SIGINT

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command, ServeArgs};
+use crate::cli::{Action, Cli, ServeArgs};
 
 /// Options that take a list.
 const LISTS: [&str; 2] = ["listen", "command"];
@@ -165,7 +165,7 @@ fn merge(file: &Path, table: &toml::Table, cli_args: &[OsString]) -> Result<Serv
     }
     match Cli::try_parse_from(argv) {
         Ok(Cli {
-            command: Command::Serve(args),
+            command: Action::Serve(args),
             ..
         }) => Ok(args),
         Ok(_) => unreachable!("the arguments start with serve"),

@@ -280,18 +280,20 @@ impl Listener {
         // the master's own never stops being.
         let state = crate::listen_state::read(self.as_fd()).ok()?;
         let fault = if !state.listening {
-            Fault::ShutDown
+            ListenerFault::ShutDown
         } else {
             match (state.backlog, self.backlog) {
-                (Some(found), Some(wanted)) if found != wanted => Fault::Backlog { found, wanted },
+                (Some(found), Some(wanted)) if found != wanted => {
+                    ListenerFault::Backlog { found, wanted }
+                }
                 _ => return None,
             }
         };
         let result = match (&fault, &self.local_addr) {
-            (Fault::ShutDown, ListenAddr::Unix(_)) => Err(std::io::Error::other(
+            (ListenerFault::ShutDown, ListenAddr::Unix(_)) => Err(std::io::Error::other(
                 "a Unix listener that was shut down cannot listen again; restart baton (systemctl restart keeps a socket unit's listener)",
             )),
-            (Fault::ShutDown, ListenAddr::Tcp(_)) => self.listen_again(),
+            (ListenerFault::ShutDown, ListenAddr::Tcp(_)) => self.listen_again(),
             (_, _) => crate::listen_state::relisten(self.as_fd(), self.backlog.unwrap_or(1024)),
         };
         Some(Repair {
@@ -321,13 +323,13 @@ impl Listener {
 #[derive(Debug)]
 pub struct Repair {
     pub listener: String,
-    pub fault: Fault,
+    pub fault: ListenerFault,
     pub result: std::io::Result<()>,
 }
 
 /// What a worker did to a listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
+pub enum ListenerFault {
     /// It stopped listening (`shutdown()`): connections were refused and
     /// those waiting in its queue reset.
     ShutDown,

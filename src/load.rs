@@ -162,7 +162,7 @@ impl fmt::Display for FailureKind {
 
 /// One failed request.
 #[derive(Debug, Clone)]
-pub struct Failure {
+pub struct FailedRequest {
     pub kind: FailureKind,
     pub started: Instant,
     pub ended: Instant,
@@ -171,7 +171,7 @@ pub struct Failure {
     pub detail: String,
 }
 
-impl Failure {
+impl FailedRequest {
     /// Whether the death of worker `pid`, sent SIGKILL at `sent` and seen
     /// dead at `dead`, explains this failure: a reset or early EOF on a
     /// connection that worker had served, or on one in flight while it died
@@ -188,7 +188,7 @@ impl Failure {
 pub struct LoadReport {
     pub attempted: u64,
     pub ok: u64,
-    pub failures: Vec<Failure>,
+    pub failures: Vec<FailedRequest>,
     /// Requests answered, by the worker pid named in the response.
     pub by_pid: BTreeMap<u32, u64>,
     /// Latency of successful requests, in microseconds.
@@ -438,7 +438,7 @@ async fn run_client(
             Err((kind, detail)) => {
                 plan.progress.failed.fetch_add(1, Ordering::Relaxed);
                 connection = None;
-                report.failures.push(Failure {
+                report.failures.push(FailedRequest {
                     kind,
                     started,
                     ended: Instant::now(),

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use baton::check::CheckError;
-use baton::cli::{CheckArgs, Cli, Command, ControlArgs, ServeArgs, StopArgs};
+use baton::cli::{Action, CheckArgs, Cli, ControlArgs, ServeArgs, StopArgs};
 use baton::control::{Command as Control, Reply};
 use baton::error::{MasterError, WorkerError};
 
@@ -17,7 +17,7 @@ const EXIT_USAGE: u8 = 2;
 
 /// Why a subcommand failed, kept typed up to here.
 #[derive(Debug, thiserror::Error)]
-enum Failure {
+enum Fatal {
     /// Bad arguments or configuration, found before anything started.
     #[error("{0}")]
     Usage(String),
@@ -38,11 +38,11 @@ enum Failure {
     Output(std::io::Error),
 }
 
-impl Failure {
+impl Fatal {
     fn exit_code(&self) -> u8 {
         match self {
-            Failure::Usage(_) => EXIT_USAGE,
-            Failure::Master(e) if e.is_usage() => EXIT_USAGE,
+            Fatal::Usage(_) => EXIT_USAGE,
+            Fatal::Master(e) if e.is_usage() => EXIT_USAGE,
             _ => EXIT_FAILURE,
         }
     }
@@ -76,7 +76,7 @@ fn main() -> ExitCode {
     std::env::set_var("BATON_LOG_FORMAT", cli.log_format.as_str());
     let worker = matches!(
         cli.command,
-        Command::Worker(_) | Command::Exec(_) | Command::Keeper
+        Action::Worker(_) | Action::Exec(_) | Action::Keeper
     );
     let rust_log = std::env::var("RUST_LOG").ok();
     baton::logging::init(cli.log_format, rust_log.as_deref(), !worker);
@@ -98,16 +98,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command) -> Result<Success, Failure> {
+fn run(command: Action) -> Result<Success, Fatal> {
     match command {
-        Command::Serve(args) => serve(args),
-        Command::Check(args) => check(args),
-        Command::Reload(args) => control(&args.control, Control::Reload { wait: args.wait }),
-        Command::Status(args) => status(&args.control, args.json),
-        Command::Stop(args) => stop(&args),
-        Command::Drain(args) => control(&args, Control::Drain),
-        Command::Undrain(args) => control(&args, Control::Undrain),
-        Command::Upgrade(args) => control(
+        Action::Serve(args) => serve(args),
+        Action::Check(args) => check(args),
+        Action::Reload(args) => control(&args.control, Control::Reload { wait: args.wait }),
+        Action::Status(args) => status(&args.control, args.json),
+        Action::Stop(args) => stop(&args),
+        Action::Drain(args) => control(&args, Control::Drain),
+        Action::Undrain(args) => control(&args, Control::Undrain),
+        Action::Upgrade(args) => control(
             &args.control,
             Control::Upgrade {
                 wait: args.wait,
@@ -115,31 +115,31 @@ fn run(command: Command) -> Result<Success, Failure> {
                 fault: args.fault,
             },
         ),
-        Command::UpgradeCheck(args) => upgrade_check(args),
-        Command::Exec(args) => Err(baton::worker::exec::run(&args.command).into()),
-        Command::Completions { shell } => {
+        Action::UpgradeCheck(args) => upgrade_check(args),
+        Action::Exec(args) => Err(baton::worker::exec::run(&args.command).into()),
+        Action::Completions { shell } => {
             let mut cli = baton::cli::public_command();
             clap_complete::generate(shell, &mut cli, "baton", &mut std::io::stdout());
             Ok(Success::Done)
         }
-        Command::Man => {
+        Action::Man => {
             clap_mangen::Man::new(baton::cli::public_command())
                 .render(&mut std::io::stdout())
-                .map_err(Failure::Output)?;
+                .map_err(Fatal::Output)?;
             Ok(Success::Done)
         }
-        Command::Keeper => {
-            baton::keeper::run().map_err(Failure::Keeper)?;
+        Action::Keeper => {
+            baton::keeper::run().map_err(Fatal::Keeper)?;
             Ok(Success::Done)
         }
-        Command::Worker(args) => {
+        Action::Worker(args) => {
             baton::worker::run(args.http)?;
             Ok(Success::Done)
         }
     }
 }
 
-fn serve(args: ServeArgs) -> Result<Success, Failure> {
+fn serve(args: ServeArgs) -> Result<Success, Fatal> {
     // The raw arguments after `serve`, merged over --config again on reload.
     let cli_args: Vec<std::ffi::OsString> = std::env::args_os()
         .skip_while(|a| a != "serve")
@@ -148,25 +148,25 @@ fn serve(args: ServeArgs) -> Result<Success, Failure> {
     if args.test_config {
         return test_config(args, cli_args);
     }
-    let config = baton::settings::serve_config(args, cli_args).map_err(Failure::Usage)?;
+    let config = baton::settings::serve_config(args, cli_args).map_err(Fatal::Usage)?;
     // SAFETY: no other thread exists yet (the runtime starts below).
-    let inherited = unsafe { baton::systemd::take_listen_fds() }.map_err(Failure::Usage)?;
+    let inherited = unsafe { baton::systemd::take_listen_fds() }.map_err(Fatal::Usage)?;
     // One thread: workers are spawned from the thread that lives as long as
     // the master, which PR_SET_PDEATHSIG needs.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(Failure::Runtime)?;
+        .map_err(Fatal::Runtime)?;
     runtime.block_on(baton::master::run(config, inherited, baton::settings::load))?;
     Ok(Success::Done)
 }
 
 /// `baton upgrade-check`: whether this program can take over from a
 /// running master (its state format, its serve arguments).
-fn upgrade_check(args: baton::cli::UpgradeCheckArgs) -> Result<Success, Failure> {
+fn upgrade_check(args: baton::cli::UpgradeCheckArgs) -> Result<Success, Fatal> {
     let format = baton::master::handover::FORMAT;
     if args.format != format {
-        return Err(Failure::Usage(format!(
+        return Err(Fatal::Usage(format!(
             "this baton reads master state format {format}, the running master writes format {}",
             args.format
         )));
@@ -175,10 +175,10 @@ fn upgrade_check(args: baton::cli::UpgradeCheckArgs) -> Result<Success, Failure>
         .into_iter()
         .chain(args.serve_args.iter().cloned());
     let serve = match Cli::try_parse_from(argv).map(|cli| cli.command) {
-        Ok(Command::Serve(serve)) => serve,
+        Ok(Action::Serve(serve)) => serve,
         Ok(_) => unreachable!("parsed as serve"),
         Err(e) => {
-            return Err(Failure::Usage(format!(
+            return Err(Fatal::Usage(format!(
                 "this baton does not accept the running master's arguments: {}",
                 e.to_string().lines().next().unwrap_or_default()
             )))
@@ -186,7 +186,7 @@ fn upgrade_check(args: baton::cli::UpgradeCheckArgs) -> Result<Success, Failure>
     };
     let problems = baton::settings::test_config(serve, args.serve_args);
     if !problems.is_empty() {
-        return Err(Failure::Usage(format!(
+        return Err(Fatal::Usage(format!(
             "the configuration has problems for this baton: {}",
             problems.join("; ")
         )));
@@ -196,7 +196,7 @@ fn upgrade_check(args: baton::cli::UpgradeCheckArgs) -> Result<Success, Failure>
 }
 
 /// `baton serve -t`: lists every problem of the configuration.
-fn test_config(args: ServeArgs, cli_args: Vec<std::ffi::OsString>) -> Result<Success, Failure> {
+fn test_config(args: ServeArgs, cli_args: Vec<std::ffi::OsString>) -> Result<Success, Fatal> {
     let problems = baton::settings::test_config(args, cli_args);
     if problems.is_empty() {
         println!("baton: the configuration is valid");
@@ -206,46 +206,45 @@ fn test_config(args: ServeArgs, cli_args: Vec<std::ffi::OsString>) -> Result<Suc
         1 => "1 problem".to_owned(),
         n => format!("{n} problems"),
     };
-    Err(Failure::Usage(format!(
+    Err(Fatal::Usage(format!(
         "the configuration has {count}:\n  - {}",
         problems.join("\n  - ")
     )))
 }
 
 /// Sends one request to a running master; exit 0 on `ok`, 1 otherwise.
-fn control(args: &ControlArgs, command: Control) -> Result<Success, Failure> {
+fn control(args: &ControlArgs, command: Control) -> Result<Success, Fatal> {
     send(args, command)?;
     Ok(Success::Done)
 }
 
 /// `baton status`: the master's state as a table, or as JSON.
-fn status(args: &ControlArgs, json: bool) -> Result<Success, Failure> {
-    let answer =
-        baton::control::request(&args.path(), Control::Status).map_err(Failure::Control)?;
+fn status(args: &ControlArgs, json: bool) -> Result<Success, Fatal> {
+    let answer = baton::control::request(&args.path(), Control::Status).map_err(Fatal::Control)?;
     match answer.reply {
         Reply::Status(status) if json => {
             let text = serde_json::to_string_pretty(&status).expect("the status serializes");
             println!("{text}");
         }
         Reply::Status(status) => print!("{}", status.table()),
-        other => return Err(Failure::Control(other.to_string())),
+        other => return Err(Fatal::Control(other.to_string())),
     }
     Ok(Success::Done)
 }
 
 /// Sends one request and prints the master's answer; returns the master's
 /// pid.
-fn send(args: &ControlArgs, command: Control) -> Result<u32, Failure> {
-    let answer = baton::control::request(&args.path(), command).map_err(Failure::Control)?;
+fn send(args: &ControlArgs, command: Control) -> Result<u32, Fatal> {
+    let answer = baton::control::request(&args.path(), command).map_err(Fatal::Control)?;
     if !answer.reply.is_ok() {
-        return Err(Failure::Control(answer.reply.to_string()));
+        return Err(Fatal::Control(answer.reply.to_string()));
     }
     print!("{}", answer.reply);
     Ok(answer.master_pid)
 }
 
 /// `baton stop`, and with `--wait` until the master's process has exited.
-fn stop(args: &StopArgs) -> Result<Success, Failure> {
+fn stop(args: &StopArgs) -> Result<Success, Fatal> {
     let master = send(&args.control, Control::Stop)?;
     if args.wait {
         while !baton::procfs::has_exited(master) {
@@ -256,14 +255,14 @@ fn stop(args: &StopArgs) -> Result<Success, Failure> {
     Ok(Success::Done)
 }
 
-fn check(args: CheckArgs) -> Result<Success, Failure> {
-    let options = baton::settings::check_options(args).map_err(Failure::Usage)?;
+fn check(args: CheckArgs) -> Result<Success, Fatal> {
+    let options = baton::settings::check_options(args).map_err(Fatal::Usage)?;
     // The load runs on two threads, like a separate load generator would.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(Failure::Runtime)?;
+        .map_err(Fatal::Runtime)?;
     let report = runtime.block_on(baton::check::run(options))?;
     println!("{report}");
     Ok(if report.passed {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::load::{Failure, FailureKind, LoadReport};
+use crate::load::{FailedRequest, FailureKind, LoadReport};
 
 /// Failed requests by kind.
 #[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
@@ -139,7 +139,7 @@ impl KillRecord {
         }
     }
 
-    fn explains(&self, failure: &Failure) -> bool {
+    fn explains(&self, failure: &FailedRequest) -> bool {
         let dead = self.dead.unwrap_or(self.at + UNSEEN_DEATH_MARGIN);
         failure.explained_by_kill(self.pid, self.at, dead)
     }

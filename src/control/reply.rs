@@ -10,6 +10,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub use super::status::ReloadOutcome;
 use super::status::Status;
 
 /// One answer to one request.
@@ -42,31 +43,6 @@ pub enum Reply {
     Metrics { text: String },
     /// The request was not carried out.
     Error(Problem),
-}
-
-/// How a reload ended: kept as the last outcome for `baton status` (as
-/// JSON, with `outcome` naming the variant) and said to `--wait` clients.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "outcome", rename_all = "snake_case")]
-pub enum ReloadOutcome {
-    /// The new configuration cannot be used; nothing was started.
-    Rejected { reason: String },
-    /// Every slot runs the new generation (and it passed its probation).
-    Ok {
-        generation: u64,
-        duration_ms: u64,
-        /// How its probation ended, if it had one.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        probation: Option<String>,
-    },
-    /// A new worker did not become ready; the old workers go on.
-    Failed { generation: u64, reason: String },
-    /// A worker of the new release crashed; the previous release rolls in.
-    RolledBack {
-        generation: u64,
-        rollback_to: u64,
-        reason: String,
-    },
 }
 
 /// How `baton upgrade --wait` ended.
@@ -149,41 +125,6 @@ impl Reply {
     }
 }
 
-impl ReloadOutcome {
-    pub fn is_ok(&self) -> bool {
-        matches!(self, ReloadOutcome::Ok { .. })
-    }
-
-    /// For `baton status` and systemd's STATUS=, after "last reload".
-    pub fn summary(&self) -> String {
-        match self {
-            ReloadOutcome::Rejected { reason } => format!("rejected: {reason}"),
-            ReloadOutcome::Ok {
-                duration_ms,
-                probation,
-                ..
-            } => format!("ok in {duration_ms} ms{}", note(probation)),
-            ReloadOutcome::Failed { generation, reason } => {
-                format!("of generation {generation} FAILED: {reason}")
-            }
-            ReloadOutcome::RolledBack {
-                generation,
-                rollback_to,
-                reason,
-            } => format!(
-                "of generation {generation} FAILED: {reason}; rolled back to generation {rollback_to}'s release"
-            ),
-        }
-    }
-}
-
-/// "; stayed up through its probation", or nothing.
-fn note(probation: &Option<String>) -> String {
-    probation
-        .as_ref()
-        .map_or_else(String::new, |how| format!("; {how}"))
-}
-
 /// The first word of every line a person reads: `ok` or `error`.
 fn word(ok: bool) -> &'static str {
     if ok {
@@ -215,35 +156,6 @@ impl fmt::Display for Reply {
             Reply::Status(status) => write!(f, "{}", status.table()),
             Reply::Metrics { text } => write!(f, "{text}"),
             Reply::Error(problem) => writeln!(f, "error: {problem}"),
-        }
-    }
-}
-
-impl fmt::Display for ReloadOutcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ReloadOutcome::Rejected { reason } => write!(f, "reload rejected: {reason}"),
-            ReloadOutcome::Ok {
-                generation,
-                duration_ms,
-                probation,
-            } => write!(
-                f,
-                "generation {generation} is in ({duration_ms} ms){}",
-                note(probation)
-            ),
-            ReloadOutcome::Failed { generation, reason } => write!(
-                f,
-                "reload of generation {generation} failed: {reason}; the old workers keep serving"
-            ),
-            ReloadOutcome::RolledBack {
-                generation,
-                rollback_to,
-                reason,
-            } => write!(
-                f,
-                "reload of generation {generation} failed: {reason}; rolling back to generation {rollback_to}'s release"
-            ),
         }
     }
 }

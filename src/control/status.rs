@@ -5,7 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::reply::ReloadOutcome;
+use std::fmt;
+
 use crate::procfs;
 use crate::protocol::WorkerStats;
 
@@ -211,5 +212,94 @@ fn human(seconds: f64) -> String {
         0..=59 => format!("{s}s"),
         60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
         _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+    }
+}
+
+/// How a reload ended: kept as the last outcome for `baton status` (as
+/// JSON, with `outcome` naming the variant) and said to `--wait` clients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum ReloadOutcome {
+    /// The new configuration cannot be used; nothing was started.
+    Rejected { reason: String },
+    /// Every slot runs the new generation (and it passed its probation).
+    Ok {
+        generation: u64,
+        duration_ms: u64,
+        /// How its probation ended, if it had one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        probation: Option<String>,
+    },
+    /// A new worker did not become ready; the old workers go on.
+    Failed { generation: u64, reason: String },
+    /// A worker of the new release crashed; the previous release rolls in.
+    RolledBack {
+        generation: u64,
+        rollback_to: u64,
+        reason: String,
+    },
+}
+
+impl ReloadOutcome {
+    pub fn is_ok(&self) -> bool {
+        matches!(self, ReloadOutcome::Ok { .. })
+    }
+
+    /// For `baton status` and systemd's STATUS=, after "last reload".
+    pub fn summary(&self) -> String {
+        match self {
+            ReloadOutcome::Rejected { reason } => format!("rejected: {reason}"),
+            ReloadOutcome::Ok {
+                duration_ms,
+                probation,
+                ..
+            } => format!("ok in {duration_ms} ms{}", note(probation)),
+            ReloadOutcome::Failed { generation, reason } => {
+                format!("of generation {generation} FAILED: {reason}")
+            }
+            ReloadOutcome::RolledBack {
+                generation,
+                rollback_to,
+                reason,
+            } => format!(
+                "of generation {generation} FAILED: {reason}; rolled back to generation {rollback_to}'s release"
+            ),
+        }
+    }
+}
+
+/// "; stayed up through its probation", or nothing.
+fn note(probation: &Option<String>) -> String {
+    probation
+        .as_ref()
+        .map_or_else(String::new, |how| format!("; {how}"))
+}
+
+impl fmt::Display for ReloadOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReloadOutcome::Rejected { reason } => write!(f, "reload rejected: {reason}"),
+            ReloadOutcome::Ok {
+                generation,
+                duration_ms,
+                probation,
+            } => write!(
+                f,
+                "generation {generation} is in ({duration_ms} ms){}",
+                note(probation)
+            ),
+            ReloadOutcome::Failed { generation, reason } => write!(
+                f,
+                "reload of generation {generation} failed: {reason}; the old workers keep serving"
+            ),
+            ReloadOutcome::RolledBack {
+                generation,
+                rollback_to,
+                reason,
+            } => write!(
+                f,
+                "reload of generation {generation} failed: {reason}; rolling back to generation {rollback_to}'s release"
+            ),
+        }
     }
 }

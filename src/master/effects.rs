@@ -68,8 +68,8 @@ pub(super) trait Effects {
     /// Reads the listeners back from the kernel and puts right what a
     /// worker changed (a `shutdown()`, another backlog); what it found.
     fn keep_listening(&mut self) -> Vec<crate::listeners::Repair>;
-    /// The resident size of a worker's process group, in bytes.
-    fn rss_bytes(&self, pid: u32) -> u64;
+    /// The memory and CPU of a worker's process group.
+    fn usage(&self, pid: u32) -> procfs::Usage;
     fn systemd(&mut self, message: Systemd);
     fn load_config(&self, source: &ConfigSource) -> Result<MasterConfig, String>;
     /// Where rolled-back program files are written, if anywhere.
@@ -181,8 +181,8 @@ impl Effects for Processes {
         self.listeners.keep_listening()
     }
 
-    fn rss_bytes(&self, pid: u32) -> u64 {
-        procfs::group_usage(pid).rss_bytes
+    fn usage(&self, pid: u32) -> procfs::Usage {
+        procfs::group_usage(pid)
     }
 
     fn systemd(&mut self, message: Systemd) {

@@ -35,6 +35,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::state::{Slot, Worker};
 pub use crate::control::UpgradeFault;
 use crate::fd::{self, Exec, HandedOver};
 use crate::listeners::{HandedListener, SocketFileId};
@@ -116,8 +117,8 @@ pub(crate) struct HandedWorker {
 pub(crate) struct SupervisorState {
     pub next_id: u64,
     pub generation: u64,
-    pub slots: Vec<SlotState>,
-    pub workers: Vec<WorkerState>,
+    pub slots: Vec<Slot>,
+    pub workers: Vec<Numbered>,
     pub counters: crate::control::status::Counters,
     pub last_reload: Option<crate::control::reply::ReloadOutcome>,
     pub lame_duck: bool,
@@ -126,28 +127,12 @@ pub(crate) struct SupervisorState {
     pub started_at_ms: u64,
 }
 
+/// A worker with its id, as it crosses the upgrade.
 #[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct SlotState {
-    pub current: Option<u64>,
-    pub generation: u64,
-    pub quick_failures: u32,
-    /// When a backed-off restart is due (milliseconds since the epoch).
-    pub restart_at_ms: Option<u64>,
-    pub restarts: u64,
-    pub successor: Option<u64>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct WorkerState {
+pub(crate) struct Numbered {
     pub id: u64,
-    pub pid: u32,
-    pub slot: usize,
-    pub generation: u64,
-    pub cause: super::supervisor::Cause,
-    pub state: super::supervisor::WorkerState,
-    /// When it started (milliseconds since the epoch).
-    pub started_at_ms: u64,
-    pub stats: Option<crate::protocol::WorkerStats>,
+    #[serde(flatten)]
+    pub worker: Worker,
 }
 
 impl State {
@@ -367,11 +352,4 @@ impl Keep {
         self.fds.push(fd);
         Ok(raw)
     }
-}
-
-/// The milliseconds since the epoch, for timing an upgrade across images.
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -29,7 +29,7 @@ use tracing::{error, warn};
 use crate::control::status::Counters;
 use crate::event::Event;
 use crate::fd::HangupWatch;
-use crate::listeners::{Fault, ListenerSet, Repair};
+use crate::listeners::{ListenerFault, ListenerSet, Repair};
 
 /// How often the listeners are read back without a reason to.
 pub(super) const LOOK_EVERY: Duration = Duration::from_millis(200);
@@ -102,8 +102,8 @@ impl Listening {
         for repair in repairs {
             let listener = repair.listener.as_str();
             let pids = match (repair.fault, look) {
-                (Fault::Backlog { .. }, Look::WorkerReady(pid)) => vec![pid],
-                (Fault::Backlog { .. }, _) => suspects.all.clone(),
+                (ListenerFault::Backlog { .. }, Look::WorkerReady(pid)) => vec![pid],
+                (ListenerFault::Backlog { .. }, _) => suspects.all.clone(),
                 _ => {
                     let mut pids = suspects.draining.clone();
                     pids.extend(self.recent_exits.iter().map(|&(pid, _)| pid));
@@ -114,7 +114,7 @@ impl Listening {
             };
             let pids = format!("{pids:?}");
             match (repair.fault, repair.result) {
-                (Fault::ShutDown, Ok(())) => {
+                (ListenerFault::ShutDown, Ok(())) => {
                     counters.listener_restores += 1;
                     error!(
                         event = %Event::ListenerRestored,
@@ -123,7 +123,7 @@ impl Listening {
                         "a worker shut the listening socket down (connections were refused, and those queued reset); listening again"
                     );
                 }
-                (Fault::Backlog { found, wanted }, Ok(())) => {
+                (ListenerFault::Backlog { found, wanted }, Ok(())) => {
                     counters.backlog_restores += 1;
                     warn!(
                         event = %Event::BacklogRestored,

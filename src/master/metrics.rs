@@ -9,8 +9,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use super::effects::Effects;
-use super::supervisor::{Supervisor, WorkerState};
+use crate::control::status::Status;
+use crate::master::state::WorkerState;
 
 /// Labels: `[("state", "ready")]` and the like.
 type Labels = Vec<(&'static str, String)>;
@@ -26,9 +26,10 @@ fn by_label(label: &'static str, counts: &[(&str, u64)]) -> Family<Labels, Count
     family
 }
 
-pub(super) fn render<E: Effects>(supervisor: &Supervisor<E>) -> String {
+pub(super) fn render(status: &Status) -> String {
     let mut registry = Registry::with_prefix("baton");
-    let counters = &supervisor.counters;
+    let master = &status.master;
+    let counters = &master.counters;
 
     registry.register(
         "reloads",
@@ -89,17 +90,8 @@ pub(super) fn render<E: Effects>(supervisor: &Supervisor<E>) -> String {
     }
 
     let workers = Family::<Labels, Gauge>::default();
-    for (state, name) in [
-        (WorkerState::Starting, "starting"),
-        (WorkerState::Ready, "ready"),
-        (WorkerState::Draining, "draining"),
-        (WorkerState::Hurried, "hurried"),
-    ] {
-        let count = supervisor
-            .workers
-            .values()
-            .filter(|w| w.state == state)
-            .count();
+    for name in WorkerState::ALL.map(WorkerState::name) {
+        let count = status.workers.iter().filter(|w| w.state == name).count();
         workers
             .get_or_create(&vec![("state", name.to_owned())])
             .set(count as i64);
@@ -109,31 +101,27 @@ pub(super) fn render<E: Effects>(supervisor: &Supervisor<E>) -> String {
         (
             "workers_wanted",
             "Slots the master keeps filled (--workers)",
-            supervisor.slots.len() as i64,
+            master.workers_wanted as i64,
         ),
         (
             "generation",
             "The newest generation serving in a slot",
-            supervisor.serving_generation() as i64,
+            master.generation as i64,
         ),
         (
             "reload_in_progress",
             "1 while a reload rolls",
-            i64::from(supervisor.reloads.rollout.is_some()),
+            i64::from(master.reload_in_progress),
         ),
         (
             "listeners_down",
             "Listeners not listening that could not be put right",
-            supervisor.listening.broken().count() as i64,
+            master.listeners_down.len() as i64,
         ),
         (
             "backing_off_slots",
             "Slots waiting out a crash-loop backoff",
-            supervisor
-                .slots
-                .iter()
-                .filter(|s| s.restart_at.is_some())
-                .count() as i64,
+            status.backoff.len() as i64,
         ),
     ] {
         let gauge = Gauge::<i64>::default();
@@ -145,7 +133,7 @@ pub(super) fn render<E: Effects>(supervisor: &Supervisor<E>) -> String {
     let requests = Family::<Labels, Counter>::default();
     let accepted = Family::<Labels, Counter>::default();
     let open = Family::<Labels, Gauge>::default();
-    for worker in supervisor.workers.values() {
+    for worker in &status.workers {
         let Some(stats) = worker.stats else {
             continue;
         };

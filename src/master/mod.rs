@@ -27,7 +27,7 @@ mod listening;
 mod metrics;
 mod release;
 mod rollout;
-mod status;
+mod state;
 mod supervisor;
 mod upgrade;
 mod worker;
@@ -256,7 +256,7 @@ async fn serve(
             let handed = state.descriptors();
             let watched = adopt_workers(&mut processes, &config, &state);
             let waiters = answer_on(&state.waiters);
-            let took_ms = handover::now_ms().saturating_sub(state.asked_at_ms);
+            let took_ms = state::wall_clock::now_ms().saturating_sub(state.asked_at_ms);
             let mut supervisor = Supervisor::adopt(config, processes, state.supervisor);
             // Workers whose descriptors did not come over cannot be
             // watched: they were killed, and their slots are filled again.
@@ -395,11 +395,11 @@ fn adopt_workers(
                 };
                 let adopted = worker::Adopted {
                     id: handed.id,
-                    slot: known.slot,
-                    generation: known.generation,
+                    slot: known.worker.slot,
+                    generation: known.worker.generation,
                     pid: handed.pid,
-                    draining: known.state.is_draining(),
-                    ready: known.state == supervisor::WorkerState::Ready,
+                    draining: known.worker.state.is_draining(),
+                    ready: known.worker.state == state::WorkerState::Ready,
                     fds,
                 };
                 processes.adopt(adopted, config).map_err(|e| e.to_string())

@@ -17,7 +17,7 @@ use nix::sys::socket::{accept4, SockFlag};
 use tokio::io::unix::AsyncFd;
 use tokio::time::{timeout_at, Instant};
 
-use super::handoff::Listener;
+use super::handoff::ReceivedListener;
 use crate::balance::{AcceptShare, OpenConnection, YIELD_FOR};
 use crate::fd;
 
@@ -48,10 +48,10 @@ impl Acceptor {
     /// Registers `listener` with the current tokio runtime. With `balance`,
     /// accepts are paced by the table and this worker counts as accepting
     /// from now on; without, every pending connection is taken at once.
-    pub fn new(listener: Listener, balance: Option<Arc<AcceptShare>>) -> io::Result<Self> {
+    pub fn new(listener: ReceivedListener, balance: Option<Arc<AcceptShare>>) -> io::Result<Self> {
         let (socket, unix) = match listener {
-            Listener::Tcp(l) => (OwnedFd::from(l), false),
-            Listener::Unix(l) => (OwnedFd::from(l), true),
+            ReceivedListener::Tcp(l) => (OwnedFd::from(l), false),
+            ReceivedListener::Unix(l) => (OwnedFd::from(l), true),
         };
         let socket = fd::register_readable(socket)?;
         if let Some(share) = &balance {

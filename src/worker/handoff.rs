@@ -20,7 +20,7 @@ use crate::protocol::{Channel, Hello, ToMaster, ToWorker, WorkerStats};
 /// shared with the master and the other workers. Accept on it with
 /// [`super::accept::Acceptor`].
 #[derive(Debug)]
-pub enum Listener {
+pub enum ReceivedListener {
     Tcp(TcpListener),
     Unix(UnixListener),
 }
@@ -29,7 +29,7 @@ pub enum Listener {
 #[derive(Debug)]
 pub struct NamedListener {
     pub name: String,
-    pub listener: Listener,
+    pub listener: ReceivedListener,
 }
 
 /// What the master asks of a running worker.
@@ -173,9 +173,9 @@ fn wait_listening(fd: BorrowedFd<'_>) {
 
 fn adopt_listener(name: String, fd: OwnedFd) -> Result<NamedListener, WorkerError> {
     let listener = if check_listener(&name, fd.as_fd(), true)? {
-        Listener::Unix(UnixListener::from(fd))
+        ReceivedListener::Unix(UnixListener::from(fd))
     } else {
-        Listener::Tcp(TcpListener::from(fd))
+        ReceivedListener::Tcp(TcpListener::from(fd))
     };
     Ok(NamedListener { name, listener })
 }

@@ -28,9 +28,9 @@ use tracing::{info, warn, Instrument};
 
 use crate::error::WorkerError;
 use accept::Acceptor;
-pub use handoff::{Handoff, Instruction, Listener, NamedListener};
+pub use handoff::{Handoff, Instruction, NamedListener, ReceivedListener};
 use http::HttpState;
-use options::{AcceptMode, Fault, HttpArgs};
+use options::{AcceptMode, HttpArgs, WorkerFault};
 use server::Server;
 
 /// How long a worker told to stop by SIGTERM (not by its master) may drain.
@@ -126,7 +126,7 @@ async fn serve_listeners(
             (SIGTERM_DRAIN_TIMEOUT, args.drain_grace)
         }
     };
-    if args.fault == Some(Fault::ExitOnDrain) {
+    if args.fault == Some(WorkerFault::ExitOnDrain) {
         warn!("fault injected: exiting at once instead of draining");
         // Dropping the runtime drops every connection unanswered.
         return Ok(());

@@ -66,7 +66,7 @@ pub struct HttpArgs {
 
     /// Break a property on purpose, to prove that the tests notice
     #[arg(long, value_name = "FAULT", hide = true)]
-    pub fault: Option<Fault>,
+    pub fault: Option<WorkerFault>,
 }
 
 /// How a built-in worker accepts: see [`crate::balance`].
@@ -78,7 +78,7 @@ pub enum AcceptMode {
 
 /// Deliberate faults for testing the tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Fault {
+pub enum WorkerFault {
     /// On drain, close everything and exit at once, like a naive server.
     ExitOnDrain,
 }
@@ -166,7 +166,7 @@ mod tests {
             body_timeout: Duration::from_secs(6),
             http2_ping: Duration::from_secs(7),
             accept: AcceptMode::Kernel,
-            fault: Some(Fault::ExitOnDrain),
+            fault: Some(WorkerFault::ExitOnDrain),
         };
         let parsed = HttpArgs::parse_from(http.to_args()).unwrap();
         assert_eq!(parsed.work, 5);
@@ -177,6 +177,6 @@ mod tests {
         assert_eq!(parsed.body_timeout, Duration::from_secs(6));
         assert_eq!(parsed.http2_ping, Duration::from_secs(7));
         assert_eq!(parsed.accept, AcceptMode::Kernel);
-        assert_eq!(parsed.fault, Some(Fault::ExitOnDrain));
+        assert_eq!(parsed.fault, Some(WorkerFault::ExitOnDrain));
     }
 }

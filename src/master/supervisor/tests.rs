@@ -1,0 +1,705 @@
+//! The state machine driven by hand: events in, effects read back. No
+//! process is started; worker ids stand for processes.
+
+use std::os::unix::process::ExitStatusExt;
+
+use super::*;
+use crate::control::reply::UpgradeOutcome;
+use crate::master::state::{BACKOFF_CAP, BACKOFF_FIRST};
+
+/// Records what the supervisor asks for.
+#[derive(Debug, Default)]
+struct Fake {
+    /// (worker, slot, generation) for each worker started.
+    spawned: Vec<(WorkerId, usize, u64)>,
+    drained: Vec<WorkerId>,
+    hurried: Vec<WorkerId>,
+    killed: Vec<WorkerId>,
+    systemd: Vec<Systemd>,
+    /// Starting a worker fails while set.
+    refuse_spawns: bool,
+    /// What the next look at the listeners finds.
+    repairs: Vec<crate::listeners::Repair>,
+    /// Upgrade checks asked for.
+    upgrade_checks: usize,
+    /// What each upgrade would have handed to the new program (the
+    /// fake's exec always fails).
+    handed_over: Vec<super::super::upgrade::Departure>,
+}
+
+impl Effects for Fake {
+    fn spawn(
+        &mut self,
+        id: WorkerId,
+        slot: usize,
+        generation: u64,
+        _config: &MasterConfig,
+    ) -> Result<u32, String> {
+        if self.refuse_spawns {
+            return Err("cannot start".to_owned());
+        }
+        self.spawned.push((id, slot, generation));
+        Ok(1000 + id as u32)
+    }
+    fn drain(&mut self, id: WorkerId, _timeout: Duration, _grace: Option<Duration>) {
+        self.drained.push(id);
+    }
+    fn hurry(&mut self, id: WorkerId) {
+        self.hurried.push(id);
+    }
+    fn kill(&mut self, id: WorkerId) {
+        self.killed.push(id);
+    }
+    fn gone(&mut self, _id: WorkerId, _pid: u32) {}
+    fn keep_listening(&mut self) -> Vec<crate::listeners::Repair> {
+        std::mem::take(&mut self.repairs)
+    }
+    fn usage(&self, _pid: u32) -> crate::procfs::Usage {
+        crate::procfs::Usage::default()
+    }
+    fn systemd(&mut self, message: Systemd) {
+        self.systemd.push(message);
+    }
+    fn load_config(&self, _source: &crate::config::ConfigSource) -> Result<MasterConfig, String> {
+        Err("no config file in these tests".to_owned())
+    }
+    fn runtime_dir(&self) -> Option<&std::path::Path> {
+        None
+    }
+    fn check_upgrade(&mut self) {
+        self.upgrade_checks += 1;
+    }
+    fn hand_over(&mut self, departure: super::super::upgrade::Departure) -> String {
+        self.handed_over.push(departure);
+        "cannot run the new program (fake)".to_owned()
+    }
+}
+
+fn config(workers: usize, probation: Duration) -> MasterConfig {
+    MasterConfig {
+        listen: Vec::new(),
+        unix_mode: None,
+        source: None,
+        worker_identity: None,
+        control: None,
+        workers,
+        backlog: 16,
+        ready_timeout: Duration::from_secs(10),
+        drain_timeout: Duration::from_secs(30),
+        drain_grace: None,
+        probation,
+        max_memory: None,
+        admin: None,
+        agent: None,
+        shutdown_delay: Duration::ZERO,
+        // Any file that exists: a release keeps it open.
+        program: std::env::current_exe().expect("the test binary's path"),
+        worker_args: Vec::new(),
+        foreign: None,
+    }
+}
+
+/// A master whose first `workers` workers are all ready.
+fn running(workers: usize, probation: Duration) -> Supervisor<Fake> {
+    let mut supervisor = Supervisor::new(config(workers, probation), Fake::default());
+    supervisor.start();
+    for id in started(&supervisor) {
+        supervisor.on_event(WorkerEvent::Ready { id });
+    }
+    assert_eq!(supervisor.phase, Phase::Running);
+    supervisor
+}
+
+fn started(supervisor: &Supervisor<Fake>) -> Vec<WorkerId> {
+    supervisor.effects.spawned.iter().map(|s| s.0).collect()
+}
+
+/// The worker started last.
+fn newest(supervisor: &Supervisor<Fake>) -> WorkerId {
+    *started(supervisor).last().expect("a worker was started")
+}
+
+fn current(supervisor: &Supervisor<Fake>, slot: usize) -> Option<WorkerId> {
+    supervisor.slots[slot].current
+}
+
+fn ready(supervisor: &mut Supervisor<Fake>, id: WorkerId) {
+    supervisor.on_event(WorkerEvent::Ready { id });
+}
+
+fn exited(supervisor: &mut Supervisor<Fake>, id: WorkerId) {
+    let killed = ExitStatus::from_raw(libc::SIGKILL);
+    supervisor.on_event(WorkerEvent::Exited { id, status: killed });
+}
+
+/// Asks for a reload as `baton reload --wait` does.
+fn reload_waiting(supervisor: &mut Supervisor<Fake>) -> oneshot::Receiver<Reply> {
+    let (reply, answer) = oneshot::channel();
+    supervisor.on_control(control::Request {
+        command: control::Command::Reload { wait: true },
+        reply,
+        connection: None,
+    });
+    answer
+}
+
+/// The reply `waiter` got, in words.
+/// The reply `waiter` got, if any yet.
+fn answer(waiter: &mut oneshot::Receiver<Reply>) -> Option<Reply> {
+    waiter.try_recv().ok()
+}
+
+/// The generation a `reload --wait` reply says is in, if it says so.
+fn is_in(reply: Option<Reply>) -> Option<u64> {
+    match reply {
+        Some(Reply::Reload(ReloadOutcome::Ok { generation, .. })) => Some(generation),
+        _ => None,
+    }
+}
+
+/// Makes each new worker ready until no rollout is left.
+fn finish_rollouts(supervisor: &mut Supervisor<Fake>) {
+    while let Some(pending) = supervisor.pending_new_worker() {
+        ready(supervisor, pending);
+    }
+}
+
+#[test]
+fn a_reload_replaces_one_slot_at_a_time_and_answers_when_all_are_in() {
+    let mut supervisor = running(2, Duration::ZERO);
+    let (old0, old1) = (
+        current(&supervisor, 0).unwrap(),
+        current(&supervisor, 1).unwrap(),
+    );
+    let mut waiter = reload_waiting(&mut supervisor);
+    assert_eq!(
+        supervisor.effects.spawned.len(),
+        3,
+        "one new worker at a time"
+    );
+    let new0 = newest(&supervisor);
+    assert_eq!(supervisor.effects.spawned[2], (new0, 0, 2));
+    assert!(
+        supervisor.effects.drained.is_empty(),
+        "nothing drains before its successor is ready"
+    );
+
+    ready(&mut supervisor, new0);
+    assert_eq!(supervisor.effects.drained, vec![old0]);
+    assert_eq!(current(&supervisor, 0), Some(new0));
+    assert_eq!(answer(&mut waiter), None, "one slot is still old");
+    let new1 = newest(&supervisor);
+    ready(&mut supervisor, new1);
+    assert_eq!(supervisor.effects.drained, vec![old0, old1]);
+    let said = answer(&mut waiter);
+    assert_eq!(is_in(said), Some(2), "answered once every slot is in");
+    assert!(matches!(
+        supervisor.effects.systemd[1..],
+        [Systemd::Reloading(_), Systemd::Ready(_)]
+    ));
+}
+
+#[test]
+fn reloads_asked_for_during_a_reload_run_once_after_it() {
+    let mut supervisor = running(1, Duration::ZERO);
+    let mut first = reload_waiting(&mut supervisor);
+    let mut second = reload_waiting(&mut supervisor);
+    let mut third = reload_waiting(&mut supervisor);
+    assert_eq!(supervisor.effects.spawned.len(), 2, "queued, not started");
+
+    let gen2 = newest(&supervisor);
+    ready(&mut supervisor, gen2);
+    assert_eq!(is_in(answer(&mut first)), Some(2));
+    assert_eq!(answer(&mut second), None, "covered by the queued reload");
+    assert_eq!(
+        supervisor.effects.spawned.len(),
+        3,
+        "the queued reload started"
+    );
+    assert_eq!(supervisor.effects.spawned[2].2, 3);
+
+    finish_rollouts(&mut supervisor);
+    assert_eq!(is_in(answer(&mut second)), Some(3));
+    assert_eq!(is_in(answer(&mut third)), Some(3));
+    assert_eq!(
+        supervisor.effects.spawned.len(),
+        3,
+        "two requests, one reload"
+    );
+    assert!(supervisor.reloads.rollout.is_none());
+}
+
+#[test]
+fn a_new_worker_failing_mid_rollout_fails_the_reload_and_old_workers_go_on() {
+    let mut supervisor = running(2, Duration::ZERO);
+    let old1 = current(&supervisor, 1).unwrap();
+    let mut waiter = reload_waiting(&mut supervisor);
+    let mut queued = reload_waiting(&mut supervisor);
+    let new0 = newest(&supervisor);
+    ready(&mut supervisor, new0);
+    let new1 = newest(&supervisor);
+    supervisor.on_event(WorkerEvent::Failed {
+        id: new1,
+        reason: "not ready within 10s".to_owned(),
+    });
+
+    let said = answer(&mut waiter).expect("the failure is answered at once");
+    assert!(
+        matches!(&said, Reply::Reload(ReloadOutcome::Failed { generation: 2, reason })
+            if reason == "the new worker failed: not ready within 10s"),
+        "{said:?}"
+    );
+    assert_eq!(supervisor.effects.killed, vec![new1]);
+    assert_eq!(
+        current(&supervisor, 1),
+        Some(old1),
+        "the old worker keeps its slot"
+    );
+    assert!(!supervisor.effects.drained.contains(&old1));
+    assert!(supervisor
+        .effects
+        .systemd
+        .iter()
+        .any(|m| matches!(m, Systemd::Ready(s) if s.contains("FAILED"))));
+    // The queued reload runs next, from the top.
+    let retry = newest(&supervisor);
+    assert_eq!(supervisor.effects.spawned.last(), Some(&(retry, 0, 3)));
+
+    // The failed worker's exit is not a crash: nothing restarts.
+    let before = supervisor.effects.spawned.len();
+    exited(&mut supervisor, new1);
+    assert_eq!(supervisor.effects.spawned.len(), before);
+    finish_rollouts(&mut supervisor);
+    assert_eq!(is_in(answer(&mut queued)), Some(3));
+}
+
+#[test]
+fn a_crash_of_the_new_release_during_its_rollout_rolls_back() {
+    let mut supervisor = running(2, Duration::from_secs(5));
+    let old1 = current(&supervisor, 1).unwrap();
+    let mut waiter = reload_waiting(&mut supervisor);
+    let new0 = newest(&supervisor);
+    ready(&mut supervisor, new0);
+    let pending1 = newest(&supervisor);
+
+    exited(&mut supervisor, new0);
+    let said = answer(&mut waiter).expect("answered at the crash");
+    assert!(
+        matches!(&said, Reply::Reload(ReloadOutcome::RolledBack { rollback_to: 1, reason, .. })
+            if reason.contains("worker 10")),
+        "{said:?}"
+    );
+    assert_eq!(
+        supervisor.effects.killed,
+        vec![pending1],
+        "the rollout in progress stops"
+    );
+    assert_eq!(
+        supervisor.generation, 3,
+        "the rollback is a generation of its own"
+    );
+    // The crashed slot restarts at once in the rollback's generation;
+    // the other slot's old worker is replaced by the rollout.
+    let restarted = current(&supervisor, 0).unwrap();
+    assert_eq!(supervisor.workers[&restarted].generation, 3);
+    assert_eq!(
+        supervisor.effects.spawned.last().map(|s| (s.1, s.2)),
+        Some((1, 3))
+    );
+
+    exited(&mut supervisor, pending1);
+    ready(&mut supervisor, restarted);
+    finish_rollouts(&mut supervisor);
+    assert!(supervisor.effects.drained.contains(&old1));
+    assert!(supervisor.reloads.rollout.is_none());
+    assert!(
+        supervisor.reloads.probation.is_none(),
+        "a rollback is not on probation"
+    );
+    assert!(matches!(
+        supervisor.reloads.last,
+        Some(ReloadOutcome::RolledBack {
+            generation: 2,
+            rollback_to: 1,
+            ..
+        })
+    ));
+    assert!(supervisor.slots.iter().all(|s| s.generation == 3));
+}
+
+#[test]
+fn a_crash_during_probation_rolls_back_and_passing_it_answers_ok() {
+    let mut supervisor = running(1, Duration::from_secs(5));
+    let mut waiter = reload_waiting(&mut supervisor);
+    finish_rollouts(&mut supervisor);
+    assert_eq!(
+        answer(&mut waiter),
+        None,
+        "answered when the probation ends"
+    );
+    assert!(supervisor.probation_end().is_some());
+    supervisor.pass_probation("stayed up through its probation");
+    assert_eq!(is_in(answer(&mut waiter)), Some(2));
+
+    let mut waiter = reload_waiting(&mut supervisor);
+    finish_rollouts(&mut supervisor);
+    let on_probation = current(&supervisor, 0).unwrap();
+    exited(&mut supervisor, on_probation);
+    assert!(matches!(
+        answer(&mut waiter),
+        Some(Reply::Reload(ReloadOutcome::RolledBack {
+            rollback_to: 2,
+            ..
+        }))
+    ));
+    assert_eq!(
+        supervisor.workers[&current(&supervisor, 0).unwrap()].generation,
+        4
+    );
+}
+
+#[test]
+fn stop_during_a_reload_answers_every_waiter_and_drains_every_worker() {
+    let mut supervisor = running(2, Duration::ZERO);
+    let mut waiter = reload_waiting(&mut supervisor);
+    let mut queued = reload_waiting(&mut supervisor);
+    supervisor.on_signal(Intent::Shutdown, "SIGTERM");
+
+    for waiter in [&mut waiter, &mut queued] {
+        assert_eq!(answer(waiter), Some(Reply::Error(Problem::ShuttingDown)));
+    }
+    let mut drained = supervisor.effects.drained.clone();
+    drained.sort_unstable();
+    assert_eq!(drained, started(&supervisor), "old and new workers alike");
+    assert!(supervisor.reloads.rollout.is_none());
+    assert!(matches!(
+        supervisor.effects.systemd.last(),
+        Some(Systemd::Stopping { .. })
+    ));
+
+    let mut late = reload_waiting(&mut supervisor);
+    assert_eq!(answer(&mut late), Some(Reply::Error(Problem::ShuttingDown)));
+    for id in started(&supervisor) {
+        assert!(!supervisor.is_done());
+        exited(&mut supervisor, id);
+    }
+    assert_eq!(
+        supervisor.effects.spawned.len(),
+        3,
+        "nothing restarts while stopping"
+    );
+    assert!(supervisor.is_done());
+    assert!(supervisor.finish().is_ok());
+}
+
+#[test]
+fn quick_crashes_back_off_and_a_worker_that_lived_resets_the_backoff() {
+    let mut supervisor = running(1, Duration::ZERO);
+    let crash = |supervisor: &mut Supervisor<Fake>| {
+        let id = current(supervisor, 0).expect("the slot has a worker");
+        exited(supervisor, id);
+    };
+    crash(&mut supervisor);
+    crash(&mut supervisor);
+    assert_eq!(
+        supervisor.effects.spawned.len(),
+        3,
+        "two quick deaths restart at once"
+    );
+    assert_eq!(supervisor.slots[0].restarts, 2);
+
+    crash(&mut supervisor);
+    assert_eq!(supervisor.effects.spawned.len(), 3, "the third backs off");
+    let due = supervisor.next_restart().expect("a restart is scheduled");
+    let wait = due - Instant::now();
+    assert!(
+        wait > Duration::from_millis(50) && wait <= BACKOFF_FIRST,
+        "{wait:?}"
+    );
+    supervisor.restart_due_slots(due - Duration::from_millis(1));
+    assert_eq!(supervisor.effects.spawned.len(), 3, "not before it is due");
+    supervisor.restart_due_slots(due);
+    assert_eq!(supervisor.effects.spawned.len(), 4);
+
+    crash(&mut supervisor);
+    let wait = supervisor.next_restart().unwrap() - Instant::now();
+    assert!(wait > BACKOFF_FIRST, "the backoff doubles: {wait:?}");
+    supervisor.restart_due_slots(Instant::now() + BACKOFF_CAP);
+
+    // A worker that was ready and lived past STABLE_LIFETIME crashes:
+    // restarted at once, the count of quick deaths back to zero.
+    let id = current(&supervisor, 0).unwrap();
+    ready(&mut supervisor, id);
+    let worker = supervisor.workers.get_mut(&id).unwrap();
+    worker.started -= STABLE_LIFETIME * 2;
+    let before = supervisor.effects.spawned.len();
+    crash(&mut supervisor);
+    assert_eq!(supervisor.effects.spawned.len(), before + 1);
+    assert_eq!(supervisor.slots[0].quick_failures, 0);
+    assert_eq!(supervisor.next_restart(), None);
+}
+
+#[test]
+fn the_backoff_doubles_from_the_third_quick_death_up_to_its_cap_and_resets() {
+    let mut slot = Slot::default();
+    let delays: Vec<Option<u64>> = (0..12)
+        .map(|_| slot.backoff(true).map(|d| d.as_millis() as u64))
+        .collect();
+    assert_eq!(
+        delays,
+        [
+            None,
+            None,
+            Some(100),
+            Some(200),
+            Some(400),
+            Some(800),
+            Some(1600),
+            Some(3200),
+            Some(6400),
+            Some(10_000),
+            Some(10_000),
+            Some(10_000)
+        ]
+    );
+    assert_eq!(slot.backoff(false), None, "a worker that lived resets it");
+    assert_eq!(slot.quick_failures, 0);
+    assert_eq!(slot.backoff(true), None);
+}
+
+#[test]
+fn a_worker_that_cannot_be_started_is_retried_with_backoff() {
+    let mut supervisor = running(1, Duration::ZERO);
+    supervisor.effects.refuse_spawns = true;
+    let id = current(&supervisor, 0).unwrap();
+    exited(&mut supervisor, id);
+    assert!(
+        supervisor.next_restart().is_some(),
+        "failed starts back off"
+    );
+    supervisor.effects.refuse_spawns = false;
+    supervisor.restart_due_slots(Instant::now() + BACKOFF_CAP);
+    assert!(current(&supervisor, 0).is_some());
+}
+
+#[test]
+fn a_first_worker_that_dies_before_ready_fails_the_start() {
+    let mut supervisor = Supervisor::new(config(2, Duration::ZERO), Fake::default());
+    supervisor.start();
+    let first = started(&supervisor)[0];
+    exited(&mut supervisor, first);
+    assert_eq!(supervisor.phase, Phase::Stopping);
+    let second = started(&supervisor)[1];
+    assert_eq!(supervisor.effects.killed, vec![second]);
+    exited(&mut supervisor, second);
+    assert!(supervisor.is_done());
+    let error = supervisor.finish().unwrap_err();
+    assert!(
+        error.to_string().contains("exited before it was ready"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_shutdown_delay_is_a_lame_duck_first_and_a_second_sigterm_drains_at_once() {
+    let mut config = config(1, Duration::ZERO);
+    config.shutdown_delay = Duration::from_secs(10);
+    let mut supervisor = Supervisor::new(config, Fake::default());
+    supervisor.start();
+    let first = newest(&supervisor);
+    ready(&mut supervisor, first);
+    assert_eq!(supervisor.host_state(), "serving");
+
+    supervisor.on_signal(Intent::Shutdown, "SIGTERM");
+    assert_eq!(supervisor.host_state(), "lame_duck");
+    assert!(supervisor.shutdown_at.is_some());
+    assert!(supervisor.effects.drained.is_empty(), "still serving");
+    let mut undrain = oneshot::channel();
+    supervisor.on_control(control::Request {
+        command: control::Command::Undrain,
+        reply: undrain.0,
+        connection: None,
+    });
+    assert!(
+        !undrain.1.try_recv().unwrap().is_ok(),
+        "no way back from a shutdown"
+    );
+
+    supervisor.on_signal(Intent::Shutdown, "SIGTERM");
+    assert_eq!(supervisor.host_state(), "draining");
+    assert_eq!(supervisor.effects.drained.len(), 1);
+    assert_eq!(supervisor.shutdown_at, None);
+}
+
+#[test]
+fn a_reload_storm_hurries_all_but_the_newest_draining_generations() {
+    let mut supervisor = running(1, Duration::ZERO);
+    let first = current(&supervisor, 0).unwrap();
+    for _ in 0..MAX_DRAINING_GENERATIONS + 1 {
+        reload_waiting(&mut supervisor);
+        finish_rollouts(&mut supervisor);
+    }
+    assert_eq!(supervisor.effects.hurried, vec![first]);
+}
+
+/// Asks for an upgrade as `baton upgrade --wait` does.
+fn upgrade_waiting(supervisor: &mut Supervisor<Fake>) -> oneshot::Receiver<Reply> {
+    let (reply, answer) = oneshot::channel();
+    supervisor.on_control(control::Request {
+        command: control::Command::Upgrade {
+            wait: true,
+            keep_workers: false,
+            fault: None,
+        },
+        reply,
+        connection: None,
+    });
+    answer
+}
+
+#[test]
+fn an_upgrade_during_a_reload_is_refused_and_reloads_during_an_upgrade_are_not_raced() {
+    let mut supervisor = running(2, Duration::ZERO);
+    let mut reload = reload_waiting(&mut supervisor);
+    let mut refused = upgrade_waiting(&mut supervisor);
+    let refused = answer(&mut refused).expect("answered at once");
+    assert!(
+        matches!(&refused, Reply::Upgrade(UpgradeOutcome::Refused { reason })
+            if reason.starts_with("a reload is in progress")),
+        "{refused:?}"
+    );
+    assert_eq!(supervisor.effects.upgrade_checks, 0);
+    finish_rollouts(&mut supervisor);
+    assert!(answer(&mut reload).unwrap().is_ok());
+
+    // The program is being checked: a second upgrade waits for the
+    // first, `baton reload` is told to come back, SIGHUP joins the roll.
+    let mut first = upgrade_waiting(&mut supervisor);
+    let mut second = upgrade_waiting(&mut supervisor);
+    assert_eq!(supervisor.effects.upgrade_checks, 1, "one check for both");
+    let mut reload = reload_waiting(&mut supervisor);
+    assert_eq!(
+        answer(&mut reload),
+        Some(Reply::Error(Problem::UpgradeInProgress))
+    );
+    supervisor.on_signal(Intent::Reload, "SIGHUP");
+    assert!(
+        supervisor.reloads.rollout.is_none(),
+        "no reload races the upgrade"
+    );
+    assert_eq!(answer(&mut first), None);
+
+    // The check passes, the exec fails: both waiters hear it, and the
+    // master goes on with its workers.
+    supervisor.on_upgrade_checked(Ok("9.9.9".to_owned()));
+    let departure = &supervisor.effects.handed_over[0];
+    let states = |state: WorkerState| {
+        let workers = &departure.supervisor.workers;
+        workers.iter().filter(|w| w.worker.state == state).count()
+    };
+    // The old generation still drains: it is handed over too.
+    assert_eq!(
+        (states(WorkerState::Ready), states(WorkerState::Draining)),
+        (2, 2)
+    );
+    assert_eq!(departure.supervisor.generation, 2);
+    assert!(departure.roll);
+    for waiter in [&mut first, &mut second] {
+        let said = answer(waiter).expect("answered");
+        assert!(
+            matches!(&said, Reply::Upgrade(UpgradeOutcome::ExecFailed { reason })
+                if reason.starts_with("cannot run")),
+            "{said:?}"
+        );
+    }
+    assert!(supervisor.upgrade.is_none());
+    assert_eq!(supervisor.ready_slots(), 2);
+}
+
+#[test]
+fn a_new_program_that_fails_its_check_is_refused_and_stop_cancels_an_upgrade() {
+    let mut supervisor = running(1, Duration::ZERO);
+    let mut waiter = upgrade_waiting(&mut supervisor);
+    supervisor.on_upgrade_checked(Err("it exited with 3".to_owned()));
+    let said = answer(&mut waiter).expect("answered");
+    assert!(
+        matches!(&said, Reply::Upgrade(UpgradeOutcome::CheckFailed { reason, .. })
+            if reason == "it exited with 3"),
+        "{said:?}"
+    );
+    assert!(supervisor.effects.handed_over.is_empty());
+
+    let mut waiter = upgrade_waiting(&mut supervisor);
+    supervisor.on_signal(Intent::Shutdown, "SIGTERM");
+    let said = answer(&mut waiter).expect("answered");
+    assert_eq!(said, Reply::Upgrade(UpgradeOutcome::Cancelled));
+    supervisor.on_upgrade_checked(Ok("9.9.9".to_owned()));
+    assert!(
+        supervisor.effects.handed_over.is_empty(),
+        "no exec while stopping"
+    );
+}
+
+#[test]
+fn an_adopted_state_keeps_slots_workers_and_history() {
+    let mut supervisor = running(2, Duration::ZERO);
+    let mut reload = reload_waiting(&mut supervisor);
+    finish_rollouts(&mut supervisor);
+    assert!(answer(&mut reload).unwrap().is_ok());
+    let mut waiter = upgrade_waiting(&mut supervisor);
+    supervisor.on_upgrade_checked(Ok("9.9.9".to_owned()));
+    assert!(answer(&mut waiter).is_some());
+    let state = supervisor.effects.handed_over.remove(0).supervisor;
+    let json = serde_json::to_string(&state).unwrap();
+    let state = serde_json::from_str(&json).unwrap();
+    let adopted = Supervisor::adopt(config(2, Duration::ZERO), Fake::default(), state);
+    assert_eq!(adopted.phase, Phase::Running);
+    assert_eq!(adopted.generation, supervisor.generation);
+    assert_eq!(adopted.next_id, supervisor.next_id);
+    assert_eq!(adopted.counters.reloads_ok, 1);
+    let ids = |s: &Supervisor<Fake>| s.slots.iter().map(|slot| slot.current).collect::<Vec<_>>();
+    assert_eq!(ids(&adopted), ids(&supervisor));
+    for (id, worker) in &supervisor.workers {
+        let kept = &adopted.workers[id];
+        assert_eq!(
+            (kept.pid, kept.slot, kept.state),
+            (worker.pid, worker.slot, worker.state)
+        );
+    }
+}
+
+#[test]
+fn a_listener_put_right_is_counted_and_one_that_cannot_be_is_down_until_it_listens() {
+    use crate::listeners::{ListenerFault, Repair};
+    let mut supervisor = running(2, Duration::ZERO);
+    let repair = |fault, result| Repair {
+        listener: "http".to_owned(),
+        fault,
+        result,
+    };
+    supervisor.effects.repairs = vec![
+        repair(ListenerFault::ShutDown, Ok(())),
+        repair(
+            ListenerFault::Backlog {
+                found: 1,
+                wanted: 1024,
+            },
+            Ok(()),
+        ),
+    ];
+    supervisor.keep_listening(Look::HungUp);
+    assert_eq!(supervisor.counters.listener_restores, 1);
+    assert_eq!(supervisor.counters.backlog_restores, 1);
+    assert_eq!(supervisor.host_state(), "serving");
+
+    supervisor.effects.repairs = vec![repair(
+        ListenerFault::ShutDown,
+        Err(std::io::Error::other("cannot")),
+    )];
+    supervisor.keep_listening(Look::Periodic);
+    assert_eq!(supervisor.host_state(), "listener_down");
+    assert_eq!(supervisor.listening.broken().collect::<Vec<_>>(), ["http"]);
+    // A later look that finds it well: serving again.
+    supervisor.keep_listening(Look::Periodic);
+    assert_eq!(supervisor.host_state(), "serving");
+}

@@ -1,0 +1,262 @@
+//! The supervisor's side of `baton upgrade` (see [`crate::master`]'s
+//! upgrade module for the steps): refused or joined, the new program's
+//! check, the departure, and the adoption of the state by the image that
+//! serves next.
+
+use tokio::sync::oneshot;
+use tracing::{error, info, warn};
+
+use super::Supervisor;
+use crate::control::reply::{Problem, Reply, UpgradeOutcome, Workers};
+use crate::event::Event;
+use crate::master::effects::{Effects, Systemd};
+use crate::master::handover::{Numbered, SupervisorState};
+use crate::master::state::{wall_clock, Phase};
+use crate::master::upgrade::{Departure, Upgrade, UpgradeRequest, Waiter};
+
+impl<E: Effects> Supervisor<E> {
+    /// `baton upgrade` or SIGUSR2 (`waiter` is `None`).
+    pub fn request_upgrade(&mut self, request: UpgradeRequest, waiter: Option<Waiter>) {
+        let refusal = match self.phase {
+            Phase::Starting => Some("the first workers are still starting"),
+            Phase::Stopping => Some("baton is shutting down"),
+            Phase::Running if self.reloads.rollout.is_some() || self.reloads.is_queued() => {
+                Some("a reload is in progress; upgrade once it has ended")
+            }
+            Phase::Running if self.reloads.probation.is_some() => Some(
+                "the last reload is on probation; upgrade once it has passed (see baton status)",
+            ),
+            Phase::Running => None,
+        };
+        if let Some(reason) = refusal {
+            warn!(event = %Event::UpgradeFailed, reason, "upgrade refused");
+            self.counters.upgrades_refused += 1;
+            if let Some(waiter) = waiter {
+                let _ = waiter.reply.send(Reply::Upgrade(UpgradeOutcome::Refused {
+                    reason: reason.to_owned(),
+                }));
+            }
+            return;
+        }
+        if let Some(upgrade) = &mut self.upgrade {
+            info!("an upgrade is already being prepared; this request waits for it");
+            upgrade.roll |= request.roll;
+            upgrade.waiters.extend(waiter);
+            return;
+        }
+        info!(event = %Event::UpgradeStarted, program = %self.program_path.display(), "upgrade: checking the new program");
+        self.upgrade = Some(Upgrade {
+            waiters: waiter.into_iter().collect(),
+            roll: request.roll,
+            fault: request.fault,
+            asked_at_ms: wall_clock::now_ms(),
+        });
+        self.effects.check_upgrade();
+    }
+
+    /// A reload asked for while an upgrade is prepared: a SIGHUP is folded
+    /// into the upgrade's roll; `baton reload` is told to come back.
+    pub fn reload_during_upgrade(&mut self, waiter: Option<oneshot::Sender<Reply>>) -> bool {
+        let Some(upgrade) = &mut self.upgrade else {
+            return false;
+        };
+        match waiter {
+            Some(waiter) => {
+                let _ = waiter.send(Reply::Error(Problem::UpgradeInProgress));
+            }
+            None => {
+                info!("reload folded into the upgrade in progress: the workers will be rolled");
+                upgrade.roll = true;
+            }
+        }
+        true
+    }
+
+    /// The new program's check ended: `Ok` with its version, or why it
+    /// cannot be used.
+    pub fn on_upgrade_checked(&mut self, checked: Result<String, String>) {
+        let Some(upgrade) = self.upgrade.take() else {
+            return;
+        };
+        if self.phase != Phase::Running {
+            answer(upgrade.waiters, UpgradeOutcome::Cancelled);
+            return;
+        }
+        let version = match checked {
+            Ok(version) => version,
+            Err(reason) => {
+                error!(event = %Event::UpgradeFailed, %reason, "upgrade refused: the new program failed its check");
+                self.counters.upgrades_refused += 1;
+                let refused = UpgradeOutcome::CheckFailed {
+                    reason,
+                    version: env!("CARGO_PKG_VERSION").to_owned(),
+                };
+                answer(upgrade.waiters, refused);
+                return;
+            }
+        };
+        info!(to_version = %version, workers = self.workers.len(), "upgrade: handing over to the new program");
+        self.effects
+            .systemd(Systemd::Reloading(format!("upgrading to baton {version}")));
+        let mut replies = Vec::new();
+        let mut connections = Vec::new();
+        for waiter in upgrade.waiters {
+            replies.push(waiter.reply);
+            connections.extend(waiter.connection);
+        }
+        let departure = Departure {
+            supervisor: self.handover_state(),
+            waiters: connections,
+            roll: upgrade.roll,
+            fault: upgrade.fault,
+            asked_at_ms: upgrade.asked_at_ms,
+        };
+        // Returns only if the exec failed.
+        let reason = self.effects.hand_over(departure);
+        error!(event = %Event::UpgradeFailed, %reason, "upgrade failed; this program goes on");
+        self.counters.upgrades_failed += 1;
+        self.effects.systemd(Systemd::Ready(self.status_line()));
+        for reply in replies {
+            let _ = reply.send(Reply::Upgrade(UpgradeOutcome::ExecFailed {
+                reason: reason.clone(),
+            }));
+        }
+    }
+
+    /// Stop during an upgrade's check: its waiters are told.
+    pub fn cancel_upgrade(&mut self) {
+        if let Some(upgrade) = self.upgrade.take() {
+            answer(upgrade.waiters, UpgradeOutcome::Cancelled);
+        }
+    }
+
+    /// The supervisor's state for the next image.
+    fn handover_state(&self) -> SupervisorState {
+        SupervisorState {
+            next_id: self.next_id,
+            generation: self.generation,
+            slots: self.slots.clone(),
+            workers: self
+                .workers
+                .iter()
+                .map(|(&id, worker)| Numbered {
+                    id,
+                    worker: worker.clone(),
+                })
+                .collect(),
+            counters: self.counters.clone(),
+            last_reload: self.reloads.last.clone(),
+            lame_duck: self.lame_duck,
+            started_at_ms: wall_clock::to_ms(self.started),
+        }
+    }
+
+    /// The supervisor of an image that adopted `state` from the previous
+    /// one: its workers (those still known to the effects), slots and
+    /// history, running.
+    pub fn adopt(config: crate::config::MasterConfig, effects: E, state: SupervisorState) -> Self {
+        let mut supervisor = Supervisor::new(config, effects);
+        supervisor.phase = Phase::Running;
+        supervisor.next_id = state.next_id;
+        supervisor.generation = state.generation;
+        supervisor.counters = state.counters;
+        supervisor.reloads.last = state.last_reload;
+        supervisor.lame_duck = state.lame_duck;
+        supervisor.started = wall_clock::from_ms(state.started_at_ms);
+        supervisor.slots = state.slots;
+        supervisor.workers = state
+            .workers
+            .into_iter()
+            .map(|numbered| (numbered.id, numbered.worker))
+            .collect();
+        supervisor.config.workers = supervisor.slots.len();
+        supervisor
+            .reloads
+            .capture_release(supervisor.generation, &supervisor.config);
+        supervisor
+    }
+
+    /// Forgets the adopted workers that are not `watched` (their
+    /// descriptors did not come over); their slots are filled again.
+    pub fn keep_only(&mut self, watched: &std::collections::BTreeSet<u64>) {
+        self.workers.retain(|id, _| watched.contains(id));
+        for slot in 0..self.slots.len() {
+            let entry = &mut self.slots[slot];
+            entry.successor = entry.successor.filter(|id| watched.contains(id));
+            if entry.current.is_some_and(|id| !watched.contains(&id)) {
+                entry.current = None;
+                self.schedule_restart(slot, false);
+            }
+        }
+    }
+
+    /// After an adoption: the upgrade's outcome for its waiters (the
+    /// previous image's `failed` reason if this is the previous image
+    /// coming back), and the roll to the new program if asked for.
+    pub fn after_adoption(
+        &mut self,
+        failed: Option<&str>,
+        roll: bool,
+        took_ms: u64,
+        waiters: Vec<oneshot::Sender<Reply>>,
+    ) {
+        let version = env!("CARGO_PKG_VERSION");
+        if let Some(reason) = failed {
+            error!(event = %Event::UpgradeFailed, %reason, "upgrade failed; the previous program took its state back");
+            self.counters.upgrades_failed += 1;
+            self.effects.systemd(Systemd::Ready(self.status_line()));
+            for waiter in waiters {
+                let _ = waiter.send(Reply::Upgrade(UpgradeOutcome::FellBack {
+                    reason: reason.to_owned(),
+                    version: version.to_owned(),
+                }));
+            }
+            return;
+        }
+        self.counters.upgrades_ok += 1;
+        info!(
+            event = %Event::Upgraded,
+            version,
+            pid = std::process::id(),
+            took_ms,
+            workers = self.workers.len(),
+            "upgraded: this program took over"
+        );
+        let took_over = move |workers| {
+            Reply::Upgrade(UpgradeOutcome::TookOver {
+                version: version.to_owned(),
+                took_ms,
+                workers,
+            })
+        };
+        if !roll {
+            self.effects.systemd(Systemd::Ready(self.status_line()));
+            for waiter in waiters {
+                let _ = waiter.send(took_over(Workers::Kept));
+            }
+            return;
+        }
+        // systemd hears READY=1 when the roll ends, like after a reload;
+        // the waiters hear the roll's outcome, after what the upgrade took.
+        let mut rolled = Vec::new();
+        for waiter in waiters {
+            let (reply, answer) = oneshot::channel::<Reply>();
+            rolled.push(reply);
+            tokio::spawn(async move {
+                let workers = match answer.await {
+                    Ok(Reply::Reload(roll)) => Workers::Rolled { roll },
+                    _ => Workers::Unknown,
+                };
+                let _ = waiter.send(took_over(workers));
+            });
+        }
+        self.request_reload_for(rolled);
+    }
+}
+
+/// Answers every waiter with `outcome`.
+fn answer(waiters: Vec<Waiter>, outcome: UpgradeOutcome) {
+    for waiter in waiters {
+        let _ = waiter.reply.send(Reply::Upgrade(outcome.clone()));
+    }
+}
