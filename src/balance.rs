@@ -17,7 +17,7 @@
 //! wake-ups follow the socket's wait queue, last in first out, so the same
 //! worker keeps winning; it needs the same pacing on top to be even, plus a
 //! thread and a cross-thread hand-off per connection. The measurements
-//! behind the choice are in the README (Accept balance).
+//! behind the choice are in docs/how-it-works.md (Accept balance).
 //!
 //! The table is advisory. A worker that ignores it (or a COMMAND worker,
 //! which never sees it) only makes the split less even; nobody ever waits

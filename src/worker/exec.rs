@@ -37,7 +37,7 @@ fn prepare(command: &[OsString]) -> Result<std::process::Command, WorkerError> {
         listeners, balance, ..
     } = Hello::from_received(message, fds).map_err(HandoffError::from)?;
     // A COMMAND does not speak baton's protocol: the accept-balance table is
-    // of no use to it (see the README on fairness for COMMAND workers). It is
+    // of no use to it (see docs/workers.md on the accept balance for COMMAND workers). It is
     // closed now, before descriptors are moved into place for the exec.
     drop(balance);
     let (names, fds): (Vec<String>, Vec<OwnedFd>) = listeners.into_iter().unzip();

@@ -300,7 +300,7 @@ fn a_reload_storm_hurries_old_generations_so_processes_stay_bounded() {
     }
 }
 
-/// The c10k run for the README's figures (a minute; run it by name with
+/// The c10k run for the figures in docs/usage.md (a minute; run it by name with
 /// `--ignored`): 10,000 keep-alive clients thinking 5–15 s, two reloads.
 #[test]
 #[ignore = "a minute of 10,000 connections; run by hand for the figures"]
