@@ -20,7 +20,6 @@
 #[path = "support.rs"]
 mod support;
 
-use std::ffi::OsString;
 use std::time::Duration;
 
 use baton::check::report::CheckReport;
@@ -88,21 +87,24 @@ struct Sample {
 }
 
 fn check(runtime: &tokio::runtime::Runtime, load: &Load, mode: Mode) -> Sample {
-    let mut serve_args = vec![
-        "--listen".to_string(),
-        "127.0.0.1:0".into(),
-        "--workers".into(),
-        WORKERS.to_string(),
-        "--accept".into(),
-        mode.flag().into(),
-    ];
+    let mut options = format!(
+        "listen = [\"127.0.0.1:0\"]\nworkers = {WORKERS}\naccept = \"{}\"\n",
+        mode.flag()
+    );
     if let Some(work) = load.work {
-        serve_args.extend(["--work".into(), work.into()]);
+        options += &format!("work = {work}\n");
     }
+    // Removed by the check once its server has stopped.
+    let config = std::env::temp_dir().join(format!(
+        "baton-bench-balance-{}-{}.toml",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
+    std::fs::write(&config, options).unwrap();
     let options = CheckOptions {
         target: Target::SelfHosted {
             program: baton_bin(),
-            serve_args: serve_args.into_iter().map(OsString::from).collect(),
+            config,
         },
         duration: RUN,
         connections: load.connections,

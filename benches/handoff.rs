@@ -40,11 +40,12 @@ fn handoff(c: &mut Criterion) {
                     generation: 1,
                     listeners: names.clone(),
                     balance: false,
+                    http: None,
                 };
                 let fds: Vec<_> = sockets.iter().map(|s| s.as_fd()).collect();
                 protocol::send_now(&master_end, &hello, &fds).unwrap();
                 runtime.block_on(async {
-                    let (_handoff, received) = Handoff::receive_on(worker_end).await.unwrap();
+                    let (_handoff, received) = Handoff::receive_on(worker_end).unwrap();
                     let usable: Vec<_> = received
                         .into_iter()
                         .map(|l| Acceptor::new(l.listener, None).unwrap())

@@ -9,7 +9,6 @@
 #[path = "support.rs"]
 mod support;
 
-use std::ffi::OsString;
 use std::time::Duration;
 
 use baton::check::{self, CheckOptions, Target};
@@ -20,14 +19,17 @@ fn options(
     reload_every: Option<Duration>,
     kill_every: Option<Duration>,
 ) -> CheckOptions {
-    let serve_args: Vec<OsString> = ["--listen", "127.0.0.1:0", "--workers", "4"]
-        .into_iter()
-        .map(OsString::from)
-        .collect();
+    // Removed by the check once its server has stopped.
+    let config = std::env::temp_dir().join(format!(
+        "baton-bench-reload-{}-{}.toml",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
+    std::fs::write(&config, "listen = [\"127.0.0.1:0\"]\nworkers = 4\n").unwrap();
     CheckOptions {
         target: Target::SelfHosted {
             program: baton_bin(),
-            serve_args,
+            config,
         },
         duration,
         connections: 64,

@@ -112,7 +112,7 @@ fn plain_server(threads: usize, work: u64) {
         socket.set_nonblocking(true).unwrap();
         let listener: std::net::TcpListener = socket.into();
         println!("{}", listener.local_addr().unwrap());
-        let args = baton::worker::options::HttpArgs {
+        let args = baton::http_options::HttpArgs {
             work,
             ..Default::default()
         };
@@ -125,8 +125,7 @@ fn plain_server(threads: usize, work: u64) {
             None,
         )
         .unwrap();
-        let _server =
-            baton::worker::server::Server::start(vec![acceptor], state, args.server_options());
+        let _server = baton::worker::server::Server::start(vec![acceptor], state, (&args).into());
         std::future::pending::<()>().await;
     });
 }

@@ -6,11 +6,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
 
+pub use crate::http_options::HttpArgs;
 use crate::logging::LogFormat;
-pub use crate::worker::options::HttpArgs;
 
-use crate::config::{duration_arg, parse_mode, parse_signal, DurationRange, ListenSpec, ReadyMode};
+use crate::values::{
+    parse_backlog, parse_memory_limit, parse_mode, parse_signal, parse_workers, text,
+    DurationRange, ListenSpec, ReadyMode,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -79,7 +83,7 @@ pub enum Action {
     Man,
     /// A worker process, started by `baton serve`.
     #[command(hide = true)]
-    Worker(WorkerArgs),
+    Worker,
     /// The stage that hands a COMMAND worker its listeners and execs it,
     /// started by `baton serve -- COMMAND`.
     #[command(hide = true)]
@@ -202,21 +206,29 @@ pub struct ExecArgs {
     pub command: Vec<OsString>,
 }
 
-#[derive(Debug, Clone, Args)]
+/// `baton serve`'s options: filled by the command line (clap) and by the
+/// `--config` file (serde, each value read by the same function; see
+/// [`crate::values::text`]).
+#[serde_with::serde_as]
+#[derive(Debug, Clone, PartialEq, Args, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ServeArgs {
     /// Address to listen on: [NAME=]HOST:PORT, [NAME=][IPv6]:PORT or
     /// [NAME=]unix:PATH; repeat for several. Under systemd socket activation
     /// the passed sockets are used, and a --listen with the same NAME refers
     /// to one of them [default: 127.0.0.1:8080]
+    #[serde_as(as = "Vec<text::Listen>")]
     #[arg(long = "listen", value_name = "[NAME=]ADDR")]
     pub listen: Vec<ListenSpec>,
 
     /// Permissions (octal) of Unix socket files baton creates
+    #[serde_as(as = "Option<text::Mode>")]
     #[arg(long, value_name = "MODE", value_parser = parse_mode)]
     pub unix_mode: Option<u32>,
 
     /// Read options from this TOML file (keys are these options' names with
     /// underscores); options given here override it. Re-read on reload
+    #[serde(skip)]
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -224,6 +236,7 @@ pub struct ServeArgs {
     /// line and --config file completely (every value, the listeners, user
     /// and group, that COMMAND can be run) without binding or starting
     /// anything; list every problem, exit 0 if there is none, 2 otherwise
+    #[serde(skip)]
     #[arg(short = 't', long)]
     pub test_config: bool,
 
@@ -243,22 +256,25 @@ pub struct ServeArgs {
     pub control: Option<PathBuf>,
 
     /// Number of worker processes [default: the number of CPUs]
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    #[serde_as(as = "Option<text::Workers>")]
+    #[arg(long, value_name = "N", value_parser = parse_workers)]
     pub workers: Option<u16>,
 
     /// Listen backlog: connections that wait while no worker accepts
-    #[arg(long, value_name = "N", default_value_t = 1024,
-          value_parser = clap::value_parser!(u32).range(1..=65535))]
+    #[serde_as(as = "text::Backlog")]
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = parse_backlog)]
     pub backlog: u32,
 
     /// How long a new worker may take to become ready before the start or
     /// reload counts as failed
+    #[serde_as(as = "text::Timeout")]
     #[arg(long, value_name = "DUR", default_value = "10s",
           value_parser = DurationRange::TIMEOUT.parser())]
     pub ready_timeout: Duration,
 
     /// How long a draining worker may take to finish its requests before it
     /// is killed
+    #[serde_as(as = "text::Drain")]
     #[arg(long, value_name = "DUR", default_value = "30s",
           value_parser = DurationRange::DRAIN.parser())]
     pub drain_timeout: Duration,
@@ -268,6 +284,7 @@ pub struct ServeArgs {
     /// then). A crash meanwhile fails the reload and rolls back to the
     /// previous generation's program file, configuration and COMMAND. 0s
     /// for none
+    #[serde_as(as = "text::Wait")]
     #[arg(long, value_name = "DUR", default_value = "5s",
           value_parser = DurationRange::WAIT.parser())]
     pub probation: Duration,
@@ -275,7 +292,8 @@ pub struct ServeArgs {
     /// Roll a worker whose memory (the resident size of its process group)
     /// stays above SIZE for 3 s: a new worker takes its slot first, then it
     /// drains. SIZE like 512MiB or 2GiB (MB and GB are powers of 1000)
-    #[arg(long, value_name = "SIZE", value_parser = crate::config::parse_memory_limit)]
+    #[serde_as(as = "Option<text::Memory>")]
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory_limit)]
     pub max_memory: Option<u64>,
 
     /// Serve Prometheus metrics at http://ADDR/metrics (reloads by outcome,
@@ -283,21 +301,25 @@ pub struct ServeArgs {
     /// requests and connections) and health checks for load balancers:
     /// /healthz (200, or 503 in lame duck and shutdown) and /readyz (503
     /// until the first workers are ready). Keep it on a private address
+    #[serde_as(as = "Option<text::Addr>")]
     #[arg(long, value_name = "HOST:PORT")]
     pub admin: Option<std::net::SocketAddr>,
 
     /// Answer HAProxy's agent check here (`agent-check agent-port PORT`):
     /// `up ready` while serving, `drain` in lame duck and shutdown
+    #[serde_as(as = "Option<text::Addr>")]
     #[arg(long, value_name = "HOST:PORT")]
     pub agent: Option<std::net::SocketAddr>,
 
     /// On SIGTERM, first serve this long as a lame duck (health checks
     /// fail, the workers go on serving, so that load balancers take this
     /// host out), then drain. A second SIGTERM drains at once
+    #[serde_as(as = "text::Wait")]
     #[arg(long, value_name = "DUR", default_value = "0s",
           value_parser = DurationRange::WAIT.parser())]
     pub shutdown_delay: Duration,
 
+    #[serde(flatten)]
     #[command(flatten)]
     pub http: HttpArgs,
 
@@ -306,11 +328,13 @@ pub struct ServeArgs {
     /// (works for any program); `notify`: it sends READY=1 to
     /// $NOTIFY_SOCKET; `auto`: whichever comes first; `delay:DUR`: it stayed
     /// up that long
+    #[serde_as(as = "text::Ready")]
     #[arg(long, value_name = "MODE", default_value = "auto")]
     pub ready: ReadyMode,
 
     /// With a COMMAND: the signal that asks a worker to drain; SIGKILL
     /// follows at --drain-timeout
+    #[serde_as(as = "text::SignalName")]
     #[arg(long, value_name = "SIGNAL", default_value = "SIGTERM", value_parser = parse_signal)]
     pub drain_signal: nix::sys::signal::Signal,
 
@@ -318,11 +342,13 @@ pub struct ServeArgs {
     /// WATCHDOG_PID and must send WATCHDOG=1 on $NOTIFY_SOCKET at least this
     /// often once ready; one that misses it is killed and replaced. (Built-in
     /// workers are always watched: 3 s without their report.)
+    #[serde_as(as = "Option<text::Timeout>")]
     #[arg(long, value_name = "DUR", value_parser = DurationRange::TIMEOUT.parser())]
     pub watchdog: Option<Duration>,
 
     /// With a COMMAND: `prefixed` puts "[slot N pid P]" before each line the
     /// workers print; `raw` passes their output through untouched
+    #[serde_as(as = "text::Named")]
     #[arg(long, value_name = "MODE", default_value = "prefixed")]
     pub output: OutputMode,
 
@@ -330,6 +356,7 @@ pub struct ServeArgs {
     /// receives the listeners the systemd way: descriptors from 3 up,
     /// LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES. Without it, workers run the
     /// built-in HTTP server
+    #[serde_as(as = "Vec<text::Arg>")]
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
 }
@@ -401,79 +428,16 @@ fn parse_ratio(s: &str) -> Result<f64, String> {
     }
 }
 
-#[derive(Debug, Args)]
-pub struct WorkerArgs {
-    #[command(flatten)]
-    pub http: HttpArgs,
-}
-
-impl ServeArgs {
-    /// The same options as command-line arguments for `baton serve`.
-    pub fn to_args(&self) -> Vec<OsString> {
-        let mut args: Vec<OsString> = Vec::new();
-        for listen in &self.listen {
-            args.extend(["--listen".into(), listen.to_string().into()]);
+/// `baton serve`'s defaults, as the command line gives them: what a config
+/// file's missing keys take.
+impl Default for ServeArgs {
+    fn default() -> Self {
+        match Cli::try_parse_from(["baton", "serve"]) {
+            Ok(Cli {
+                command: Action::Serve(args),
+                ..
+            }) => args,
+            _ => unreachable!("`baton serve` alone parses"),
         }
-        if let Some(mode) = self.unix_mode {
-            args.extend(["--unix-mode".into(), format!("{mode:o}").into()]);
-        }
-        if let Some(control) = &self.control {
-            args.extend(["--control".into(), control.into()]);
-        }
-        if let Some(config) = &self.config {
-            args.extend(["--config".into(), config.into()]);
-        }
-        if let Some(user) = &self.user {
-            args.extend(["--user".into(), user.into()]);
-        }
-        if let Some(group) = &self.group {
-            args.extend(["--group".into(), group.into()]);
-        }
-        if let Some(workers) = self.workers {
-            args.extend(["--workers".into(), workers.to_string().into()]);
-        }
-        args.extend([
-            "--backlog".into(),
-            self.backlog.to_string().into(),
-            "--ready-timeout".into(),
-            duration_arg(self.ready_timeout),
-            "--drain-timeout".into(),
-            duration_arg(self.drain_timeout),
-            "--probation".into(),
-            duration_arg(self.probation),
-        ]);
-        if let Some(admin) = self.admin {
-            args.extend(["--admin".into(), admin.to_string().into()]);
-        }
-        if let Some(agent) = self.agent {
-            args.extend(["--agent".into(), agent.to_string().into()]);
-        }
-        args.extend(["--shutdown-delay".into(), duration_arg(self.shutdown_delay)]);
-        if let Some(bytes) = self.max_memory {
-            args.extend(["--max-memory".into(), format!("{bytes}B").into()]);
-        }
-        args.extend(self.http.to_args());
-        if !self.command.is_empty() {
-            let ready = match self.ready {
-                ReadyMode::Notify => "notify".to_owned(),
-                ReadyMode::Auto => "auto".to_owned(),
-                ReadyMode::Listening => "listening".to_owned(),
-                ReadyMode::Delay(d) => format!("delay:{}", humantime::format_duration(d)),
-            };
-            args.extend([
-                "--ready".into(),
-                ready.into(),
-                "--drain-signal".into(),
-                self.drain_signal.as_str().into(),
-                "--output".into(),
-                format!("{:?}", self.output).to_lowercase().into(),
-            ]);
-            if let Some(watchdog) = self.watchdog {
-                args.extend(["--watchdog".into(), duration_arg(watchdog)]);
-            }
-            args.push("--".into());
-            args.extend(self.command.iter().cloned());
-        }
-        args
     }
 }

@@ -2,31 +2,30 @@
 //! long options with underscores (`workers = 4`, `drain_timeout = "30s"`,
 //! `listen = ["127.0.0.1:8080"]`, `command = ["node", "server.js"]`).
 //!
-//! The file is turned into command-line arguments and parsed by the same
-//! parser as the command line, so both are validated alike; an option given
-//! on the command line replaces the file's. The master reads the file again
-//! on every reload.
+//! The file deserialises into the same [`ServeArgs`] the command line
+//! fills, each value read by the same function as its flag (see
+//! [`crate::values::text`]); then the options given on the command line
+//! replace the file's, field by field. Every key is read on its own, so
+//! that `serve -t` lists every problem and `serve` and a reload stop at the
+//! first of the same list. The master reads the file again on every reload.
 
 use std::ffi::OsString;
 use std::path::Path;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
+use serde::Deserialize;
 
-use crate::cli::{Action, Cli, ServeArgs};
+use crate::cli::{Cli, ServeArgs};
 
-/// Options that take a list.
+/// The keys that take a list.
 const LISTS: [&str; 2] = ["listen", "command"];
+
 /// Every key the file may hold: each `serve` option's long name with
 /// underscores, from the command line's own definition (so the two cannot
 /// drift), and `command`; with whether it is listed to users (hidden
 /// options are not).
 fn keys() -> Vec<(String, bool)> {
-    use clap::CommandFactory;
-    let cli = Cli::command();
-    let serve = cli
-        .find_subcommand("serve")
-        .expect("baton has a serve subcommand");
-    let mut keys: Vec<(String, bool)> = serve
+    let mut keys: Vec<(String, bool)> = serve_command()
         .get_arguments()
         .filter_map(|arg| Some((arg.get_long()?.replace('-', "_"), !arg.is_hide_set())))
         .filter(|(key, _)| !["config", "test_config", "help"].contains(&key.as_str()))
@@ -35,67 +34,85 @@ fn keys() -> Vec<(String, bool)> {
     keys
 }
 
-/// Reads `file` and merges it under `cli_args` (the arguments after
-/// `serve`), returning the serve options they make together.
-pub fn load(file: &Path, cli_args: &[OsString]) -> Result<ServeArgs, String> {
-    let table = read_table(file)?;
-    merge(file, &table, cli_args)
+/// `baton serve`'s own definition.
+fn serve_command() -> clap::Command {
+    Cli::command()
+        .find_subcommand("serve")
+        .expect("baton has a serve subcommand")
+        .clone()
 }
 
-/// Every problem of `file` merged under `cli_args`, each key checked on
-/// its own (so that one bad value does not hide the next), and the serve
+/// Reads `file` and merges `cli_args` (the arguments after `serve`) over
+/// it: the serve options they make together, or the first problem.
+pub fn load(file: &Path, cli_args: &[OsString]) -> Result<ServeArgs, String> {
+    let (problems, args) = check(file, cli_args);
+    match (problems.into_iter().next(), args) {
+        (None, Some(args)) => Ok(args),
+        (Some(problem), _) => Err(problem),
+        (None, None) => unreachable!("no options without a problem"),
+    }
+}
+
+/// Every problem of `file` merged under `cli_args`, each key read on its
+/// own (so that one bad value does not hide the next), and the serve
 /// options that the keys without a problem make with the command line.
 pub fn check(file: &Path, cli_args: &[OsString]) -> (Vec<String>, Option<ServeArgs>) {
-    use clap::CommandFactory;
     let table = match read_table(file) {
         Ok(table) => table,
         Err(problem) => return (vec![problem], None),
     };
-    // `serve` alone, each option free of what it requires of the others:
-    // a key is checked on its own.
-    let serve = Cli::command()
-        .find_subcommand("serve")
-        .expect("baton has a serve subcommand")
-        .clone()
-        .mut_args(|arg| arg.requires(clap::builder::Resettable::<clap::Id>::Reset));
+    let known = keys();
     let mut problems = Vec::new();
     let mut good = toml::Table::new();
-    for (key, value) in &table {
+    for (key, value) in table {
         let alone: toml::Table = [(key.clone(), value.clone())].into_iter().collect();
-        let values = match to_args(&alone) {
-            Ok(args) => args.into_iter().flat_map(|(_, values)| values),
-            Err(problem) => {
-                problems.push(format!("{}: {problem}", file.display()));
-                continue;
-            }
+        let problem = if !known.iter().any(|(k, _)| *k == key) {
+            let listed: Vec<&str> = known
+                .iter()
+                .filter(|(_, listed)| *listed)
+                .map(|(k, _)| k.as_str())
+                .collect();
+            Some(format!(
+                "unknown key {key:?}; keys are the serve options: {}",
+                listed.join(", ")
+            ))
+        } else if LISTS.contains(&key.as_str()) && !value.is_array() {
+            Some(format!("{key} is a list, like {key} = [{}]", value))
+        } else {
+            ServeArgs::deserialize(alone)
+                .err()
+                .map(|e| format!("{key}: {}", e.message().trim()))
         };
-        let option = format!("--{}=", key.replace('_', "-"));
-        let invalid = (key != "command")
-            .then(|| {
-                values.into_iter().find_map(|value| {
-                    let mut word = OsString::from(&option);
-                    word.push(value);
-                    serve
-                        .clone()
-                        .try_get_matches_from(["serve".into(), word])
-                        .err()
-                })
-            })
-            .flatten();
-        match invalid {
-            Some(e) => problems.push(format!("{}: {key}: {}", file.display(), first_line(&e))),
+        match problem {
+            Some(problem) => problems.push(format!("{}: {problem}", file.display())),
             None => {
-                good.insert(key.clone(), value.clone());
+                good.insert(key, value);
             }
         }
     }
-    match merge(file, &good, cli_args) {
+    let from_file = ServeArgs::deserialize(good).expect("each key was read alone");
+    match over(from_file, cli_args) {
         Ok(args) => (problems, Some(args)),
         Err(problem) => {
             problems.push(problem);
             (problems, None)
         }
     }
+}
+
+/// `args` with what `cli_args` gives put over it, field by field: only the
+/// options the command line names (parsed without defaults, so that a
+/// default never hides the file's value).
+fn over(mut args: ServeArgs, cli_args: &[OsString]) -> Result<ServeArgs, String> {
+    let given = serve_command()
+        .mut_args(|arg| arg.default_value(None::<&str>))
+        .try_get_matches_from(
+            std::iter::once(OsString::from("serve")).chain(cli_args.iter().cloned()),
+        )
+        .map_err(|e| format!("invalid options: {}", first_line(&e)))?;
+    args.update_from_arg_matches(&given)
+        .map_err(|e| format!("invalid options: {}", first_line(&e)))?;
+    Ok(args)
 }
 
 /// The first line of a clap error, without its "error: ".
@@ -123,111 +140,6 @@ fn read_table(file: &Path) -> Result<toml::Table, String> {
         ));
     }
     Ok(table)
-}
-
-/// The serve options `table` (read from `file`) makes under `cli_args`.
-fn merge(file: &Path, table: &toml::Table, cli_args: &[OsString]) -> Result<ServeArgs, String> {
-    let from_file = to_args(table).map_err(|e| format!("{}: {e}", file.display()))?;
-    let (cli_options, cli_command) = split_command(cli_args);
-    let given_on_cli: Vec<String> = cli_options
-        .iter()
-        .filter_map(|a| a.to_str()?.strip_prefix("--"))
-        .map(|a| a.split('=').next().unwrap_or(a).replace('-', "_"))
-        .collect();
-
-    let mut argv: Vec<OsString> = vec!["baton".into(), "serve".into()];
-    let mut file_command = Vec::new();
-    for (key, values) in from_file {
-        if given_on_cli.contains(&key) {
-            continue;
-        }
-        if key == "command" {
-            file_command = values;
-            continue;
-        }
-        for value in values {
-            // One `--key=value` word: a value that starts with '-' stays a
-            // value.
-            let mut arg = OsString::from(format!("--{}=", key.replace('_', "-")));
-            arg.push(value);
-            argv.push(arg);
-        }
-    }
-    argv.extend(cli_options.iter().cloned());
-    let command = if cli_command.is_empty() {
-        file_command
-    } else {
-        cli_command.to_vec()
-    };
-    if !command.is_empty() {
-        argv.push("--".into());
-        argv.extend(command);
-    }
-    match Cli::try_parse_from(argv) {
-        Ok(Cli {
-            command: Action::Serve(args),
-            ..
-        }) => Ok(args),
-        Ok(_) => unreachable!("the arguments start with serve"),
-        Err(e) => Err(format!(
-            "invalid options (with {}): {}",
-            file.display(),
-            first_line(&e)
-        )),
-    }
-}
-
-/// The arguments before and after `--`.
-fn split_command(args: &[OsString]) -> (&[OsString], &[OsString]) {
-    match args.iter().position(|a| a == "--") {
-        Some(i) => (&args[..i], &args[i + 1..]),
-        None => (args, &[]),
-    }
-}
-
-/// Each key's values as argument strings, in the file's order.
-fn to_args(table: &toml::Table) -> Result<Vec<(String, Vec<OsString>)>, String> {
-    let known = keys();
-    let mut args = Vec::new();
-    for (key, value) in table {
-        if !known.iter().any(|(k, _)| k == key) {
-            let listed: Vec<&str> = known
-                .iter()
-                .filter(|(_, listed)| *listed)
-                .map(|(k, _)| k.as_str())
-                .collect();
-            return Err(format!(
-                "unknown key {key:?}; keys are the serve options: {}",
-                listed.join(", ")
-            ));
-        }
-        let values = match value {
-            toml::Value::Array(items) if LISTS.contains(&key.as_str()) => items
-                .iter()
-                .map(|item| scalar(key, item))
-                .collect::<Result<Vec<_>, _>>()?,
-            toml::Value::Array(_) => return Err(format!("{key} takes one value, not a list")),
-            _ if key == "command" => {
-                return Err("command is a list, like [\"node\", \"server.js\"]".to_owned())
-            }
-            other => vec![scalar(key, other)?],
-        };
-        args.push((key.clone(), values));
-    }
-    Ok(args)
-}
-
-fn scalar(key: &str, value: &toml::Value) -> Result<OsString, String> {
-    match value {
-        toml::Value::String(s) => Ok(s.into()),
-        toml::Value::Integer(i) if key == "unix_mode" => Ok(format!("{i:o}").into()),
-        toml::Value::Integer(i) => Ok(i.to_string().into()),
-        toml::Value::Boolean(b) => Ok(b.to_string().into()),
-        other => Err(format!(
-            "{key} = {} is not a value baton takes",
-            other.type_str()
-        )),
-    }
 }
 
 #[cfg(test)]
@@ -260,9 +172,10 @@ mod tests {
 
     #[test]
     fn the_command_line_overrides_the_file() {
-        let file = write("workers = 4\ndrain_timeout = \"5s\"\nlisten = [\"127.0.0.1:9000\", \"b=127.0.0.1:9001\"]\ncommand = [\"node\", \"server.js\"]\n");
+        let file = write("workers = 4\nbacklog = 77\ndrain_timeout = \"5s\"\nlisten = [\"127.0.0.1:9000\", \"b=127.0.0.1:9001\"]\ncommand = [\"node\", \"server.js\"]\n");
         let args = load(&file.0, &["--workers".into(), "2".into()]).unwrap();
         assert_eq!(args.workers, Some(2));
+        assert_eq!(args.backlog, 77, "a flag's default never hides the file");
         assert_eq!(args.drain_timeout, std::time::Duration::from_secs(5));
         assert_eq!(args.listen.len(), 2);
         assert_eq!(args.command, ["node", "server.js"]);
@@ -270,10 +183,107 @@ mod tests {
         assert_eq!(args.command, ["python3"]);
     }
 
+    /// One value per serve option, none of them its default.
+    const SAMPLES: [(&str, &str); 28] = [
+        ("listen", "a=127.0.0.1:9000"),
+        ("unix_mode", "0640"),
+        ("user", "nobody"),
+        ("group", "nogroup"),
+        ("control", "/tmp/baton-sample.sock"),
+        ("workers", "3"),
+        ("backlog", "77"),
+        ("ready_timeout", "1500ms"),
+        ("drain_timeout", "2m"),
+        ("probation", "0s"),
+        ("max_memory", "1GiB"),
+        ("admin", "127.0.0.1:9100"),
+        ("agent", "127.0.0.1:9101"),
+        ("shutdown_delay", "3s"),
+        ("work", "7"),
+        ("threads", "2"),
+        ("drain_grace", "4s"),
+        ("header_timeout", "5s"),
+        ("keepalive_timeout", "6s"),
+        ("body_timeout", "7s"),
+        ("http2_ping", "8s"),
+        ("accept", "kernel"),
+        ("fault", "exit-on-drain"),
+        ("ready", "delay:250ms"),
+        ("drain_signal", "SIGINT"),
+        ("watchdog", "9s"),
+        ("output", "raw"),
+        ("command", "node"),
+    ];
+
+    /// `key = value` as the file would hold it.
+    fn as_key(key: &str, value: &str) -> (String, toml::Value) {
+        let value = toml::Value::String(value.to_owned());
+        let value = if LISTS.contains(&key) {
+            toml::Value::Array(vec![value])
+        } else {
+            value
+        };
+        (key.to_owned(), value)
+    }
+
+    #[test]
+    fn every_serve_option_reads_the_same_as_a_flag_and_as_a_key() {
+        for (key, _) in keys() {
+            assert!(
+                SAMPLES.iter().any(|(k, _)| *k == key),
+                "no sample for {key}"
+            );
+        }
+        for (key, value) in SAMPLES {
+            // --group needs --user: both ways alike.
+            let mut words: Vec<OsString> = Vec::new();
+            let mut table = toml::Table::new();
+            if key != "user" {
+                words.push("--user=nobody".into());
+                table.extend([as_key("user", "nobody")]);
+            }
+            if key == "command" {
+                words.extend(["--".into(), value.into()]);
+            } else {
+                words.push(format!("--{}={value}", key.replace('_', "-")).into());
+            }
+            table.extend([as_key(key, value)]);
+            let by_flag = over(ServeArgs::default(), &words).unwrap();
+            let by_key = ServeArgs::deserialize(table).unwrap();
+            assert_eq!(by_flag, by_key, "{key}");
+            let default = ServeArgs {
+                user: (key != "user").then(|| "nobody".to_owned()),
+                ..Default::default()
+            };
+            assert_ne!(by_key, default, "{key}: the sample is the default");
+        }
+    }
+
+    #[test]
+    fn the_options_written_as_a_file_read_back_the_same() {
+        let table: toml::Table = SAMPLES
+            .iter()
+            .map(|(key, value)| as_key(key, value))
+            .collect();
+        let args = ServeArgs::deserialize(table).unwrap();
+        let text = toml::to_string(&args).unwrap();
+        let file = write(&text);
+        assert_eq!(load(&file.0, &[]).unwrap(), args, "{text}");
+        let defaults = toml::to_string(&ServeArgs::default()).unwrap();
+        assert_eq!(
+            load(&write(&defaults).0, &[]).unwrap(),
+            ServeArgs::default()
+        );
+    }
+
     #[test]
     fn bad_files_say_what_is_wrong() {
         let file = write("workers = \"many\"\n");
-        assert!(load(&file.0, &[]).unwrap_err().contains("--workers"));
+        let said = load(&file.0, &[]).unwrap_err();
+        assert!(
+            said.contains("workers: \"many\" is not a whole number from 1 to 1024"),
+            "{said}"
+        );
         let file = write("wrokers = 4\n");
         assert!(load(&file.0, &[])
             .unwrap_err()

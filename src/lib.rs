@@ -12,7 +12,11 @@
 //! - [`cli`]: the command line (`baton serve`, the hidden `baton worker`).
 //! - [`settings`]: parsed flags (and the config file) into validated
 //!   settings.
-//! - [`config`]: the validated settings and their value parsers.
+//! - [`config`]: the validated settings the master runs with.
+//! - [`values`]: the grammar of option values, shared by the command line
+//!   and the config file.
+//! - [`http_options`]: the built-in worker's options, given on the command
+//!   line or in the config file and handed to each worker in its hello.
 //! - [`config_file`]: `--config FILE`, merged under the command line.
 //! - [`control`]: the control socket and its client (`reload`, `status`,
 //!   `stop`).
@@ -53,6 +57,7 @@ pub mod control;
 pub mod error;
 pub mod event;
 pub mod fd;
+pub mod http_options;
 pub mod keeper;
 pub mod listen_state;
 pub mod listeners;
@@ -66,4 +71,5 @@ pub mod rlimit;
 pub mod settings;
 pub mod signals;
 pub mod systemd;
+pub mod values;
 pub mod worker;

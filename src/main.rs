@@ -76,7 +76,7 @@ fn main() -> ExitCode {
     std::env::set_var("BATON_LOG_FORMAT", cli.log_format.as_str());
     let worker = matches!(
         cli.command,
-        Action::Worker(_) | Action::Exec(_) | Action::Keeper
+        Action::Worker | Action::Exec(_) | Action::Keeper
     );
     let rust_log = std::env::var("RUST_LOG").ok();
     baton::logging::init(cli.log_format, rust_log.as_deref(), !worker);
@@ -132,8 +132,8 @@ fn run(command: Action) -> Result<Success, Fatal> {
             baton::keeper::run().map_err(Fatal::Keeper)?;
             Ok(Success::Done)
         }
-        Action::Worker(args) => {
-            baton::worker::run(args.http)?;
+        Action::Worker => {
+            baton::worker::run()?;
             Ok(Success::Done)
         }
     }

@@ -17,6 +17,7 @@ use tokio::io::Interest;
 
 use crate::error::{HandoffError, ProtocolError};
 use crate::fd;
+use crate::http_options::HttpArgs;
 
 /// The protocol version this baton speaks.
 pub const VERSION: u32 = 1;
@@ -42,6 +43,10 @@ pub enum ToWorker {
         listeners: Vec<String>,
         #[serde(default)]
         balance: bool,
+        /// A built-in worker's options; `None` for a COMMAND, or a worker
+        /// of another kind that brings its own.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        http: Option<HttpArgs>,
     },
     /// Stop accepting and finish what is in flight within `timeout_ms`, after
     /// which the master kills the worker; keep idle keep-alive connections
@@ -175,6 +180,8 @@ pub struct Hello {
     pub listeners: Vec<(String, OwnedFd)>,
     /// The accept-balance table, when the master sent one.
     pub balance: Option<OwnedFd>,
+    /// A built-in worker's options.
+    pub http: Option<HttpArgs>,
 }
 
 impl Hello {
@@ -187,6 +194,7 @@ impl Hello {
             generation,
             listeners: names,
             balance,
+            http,
         } = message
         else {
             return Err(ProtocolError::Unexpected("expected hello first"));
@@ -205,6 +213,7 @@ impl Hello {
             generation,
             listeners: names.into_iter().zip(fds).collect(),
             balance,
+            http,
         })
     }
 }
@@ -291,6 +300,7 @@ mod tests {
             generation: 2,
             listeners: vec!["http".into()],
             balance: true,
+            http: None,
         };
         let bytes = encode(&hello);
         assert!(String::from_utf8_lossy(&bytes).contains("\"v\":1"));
@@ -352,6 +362,7 @@ mod tests {
             generation: 1,
             listeners: vec!["a".into()],
             balance: false,
+            http: None,
         };
         master.send(&hello, &[x.as_fd()]).await.unwrap();
         let (got, fds) = worker.recv::<ToWorker>().await.unwrap().unwrap();

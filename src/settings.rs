@@ -38,15 +38,23 @@ pub fn load(source: &ConfigSource) -> Result<MasterConfig, String> {
 }
 
 /// Every problem of `serve`'s arguments and their `--config` file, for
-/// `baton serve -t`: nothing is bound or started.
+/// `baton serve -t` and `baton upgrade-check`: nothing is bound or started.
 pub fn test_config(args: ServeArgs, cli_args: Vec<OsString>) -> Vec<String> {
     let (mut problems, merged) = match args.config.clone() {
         Some(file) => crate::config_file::check(&file, &cli_args),
         None => (Vec::new(), Some(args)),
     };
-    let Some(args) = merged else {
-        return problems;
-    };
+    if let Some(args) = merged {
+        problems.extend(problems_of(&args));
+    }
+    problems
+}
+
+/// Every problem of these options that the configuration alone shows:
+/// the one validation of `serve -t`, the start, each reload and
+/// `upgrade-check`.
+fn problems_of(args: &ServeArgs) -> Vec<String> {
+    let mut problems = Vec::new();
     if let Err(problem) = name_listeners(&args.listen, &[], true) {
         problems.push(problem);
     }
@@ -89,8 +97,9 @@ fn find_program(program: &std::ffi::OsStr) -> Result<(), String> {
 /// Validates `serve`'s arguments (without a config file) into the
 /// master's configuration.
 pub fn master_config(args: ServeArgs) -> Result<MasterConfig, String> {
-    // Names must be unique whatever systemd passes.
-    name_listeners(&args.listen, &[], true)?;
+    if let Some(problem) = problems_of(&args).into_iter().next() {
+        return Err(problem);
+    }
     let workers = match args.workers {
         Some(n) => usize::from(n),
         None => std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
@@ -98,9 +107,7 @@ pub fn master_config(args: ServeArgs) -> Result<MasterConfig, String> {
     let program = own_program_path()
         .map_err(|e| format!("cannot find baton's own program file to start workers from: {e}"))?;
     let (worker_args, foreign) = if args.command.is_empty() {
-        let mut worker_args: Vec<OsString> = vec!["worker".into()];
-        worker_args.extend(args.http.to_args());
-        (worker_args, None)
+        (vec!["worker".into()], None)
     } else {
         let mut worker_args: Vec<OsString> = vec!["exec".into(), "--".into()];
         worker_args.extend(args.command.iter().cloned());
@@ -122,7 +129,7 @@ pub fn master_config(args: ServeArgs) -> Result<MasterConfig, String> {
         backlog: args.backlog,
         ready_timeout: args.ready_timeout,
         drain_timeout: args.drain_timeout,
-        drain_grace: args.command.is_empty().then_some(args.http.drain_grace),
+        http: args.command.is_empty().then_some(args.http),
         probation: args.probation,
         max_memory: args.max_memory,
         admin: args.admin,
@@ -193,15 +200,20 @@ pub fn check_options(args: CheckArgs) -> Result<CheckOptions, String> {
                 serve.control = Some(dir.join(format!("check-{}.sock", std::process::id())));
             }
             // Validate now, so that a bad serve option is a usage error
-            // of the check itargs.
+            // of the check itself.
             master_config(serve.clone())?;
             let program = own_program_path().map_err(|e| {
                 format!("cannot find baton's own program file to start the server from: {e}")
             })?;
-            Target::SelfHosted {
-                program,
-                serve_args: serve.to_args(),
-            }
+            // The server reads its options from a config file, as a
+            // deploy's would.
+            let control = serve.control.clone().expect("set above");
+            let config = control.with_extension("toml");
+            let text = toml::to_string(&serve)
+                .map_err(|e| format!("cannot write the server's options as TOML: {e}"))?;
+            std::fs::write(&config, text)
+                .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
+            Target::SelfHosted { program, config }
         }
     };
     let reload_every = match (args.reload_every, &target) {

@@ -14,7 +14,6 @@ pub mod plot;
 pub mod report;
 pub mod server;
 
-use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -45,12 +44,10 @@ pub enum CheckError {
 /// What to check.
 #[derive(Debug, Clone)]
 pub enum Target {
-    /// Start `program serve ARGS` on a free loopback port, reload it with
-    /// SIGHUP.
-    SelfHosted {
-        program: PathBuf,
-        serve_args: Vec<OsString>,
-    },
+    /// Start `program serve --config FILE` (a free loopback port unless
+    /// the file says otherwise), reload it with SIGHUP; the file is removed
+    /// once the server has stopped.
+    SelfHosted { program: PathBuf, config: PathBuf },
     /// Load the server at `url`; run `reload_command` through `sh -c` to reload.
     External {
         url: Uri,
@@ -113,10 +110,9 @@ struct PendingReload {
 /// `--plot` when asked).
 pub async fn run(options: CheckOptions) -> Result<CheckReport, CheckError> {
     let mut server = match &options.target {
-        Target::SelfHosted {
-            program,
-            serve_args,
-        } => Some(ManagedServer::start(program, serve_args, SERVER_START_TIMEOUT).await?),
+        Target::SelfHosted { program, config } => {
+            Some(ManagedServer::start(program, config, SERVER_START_TIMEOUT).await?)
+        }
         Target::External { .. } => None,
     };
     let (addr, host, path, target_name) = match (&options.target, &server) {

@@ -3,9 +3,9 @@
 //! outcome, a crashed worker replaced).
 
 use std::collections::VecDeque;
-use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -87,6 +87,8 @@ fn number<T: std::str::FromStr>(line: &str, key: &str) -> Option<T> {
 /// A running `baton serve` started by the check.
 pub struct ManagedServer {
     child: Child,
+    /// Its config file, removed with it.
+    config: PathBuf,
     pid: u32,
     pub addr: SocketAddr,
     events: mpsc::UnboundedReceiver<ServerEvent>,
@@ -94,15 +96,17 @@ pub struct ManagedServer {
 }
 
 impl ManagedServer {
-    /// Starts `program serve ARGS` and waits until every worker is ready.
+    /// Starts `program serve --config FILE` and waits until every worker
+    /// is ready.
     pub async fn start(
         program: &Path,
-        serve_args: &[OsString],
+        config: &Path,
         within: Duration,
     ) -> Result<Self, CheckError> {
         let mut child = Command::new(program)
             .arg("serve")
-            .args(serve_args)
+            .arg("--config")
+            .arg(config)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -144,6 +148,7 @@ impl ManagedServer {
         .unwrap_or(false);
         let mut server = ManagedServer {
             child,
+            config: config.to_owned(),
             pid,
             addr: addr.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
             events,
@@ -210,6 +215,12 @@ impl ManagedServer {
                 self.child.wait().await.ok()
             }
         }
+    }
+}
+
+impl Drop for ManagedServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.config);
     }
 }
 

@@ -133,6 +133,7 @@ impl Effects for Processes {
             generation,
             program: &config.program,
             args: &config.worker_args,
+            http: config.http.as_ref(),
             listeners: &self.listeners,
             ready_timeout: config.ready_timeout,
             foreign: config

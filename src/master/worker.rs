@@ -110,6 +110,8 @@ pub struct Launch<'a> {
     pub generation: u64,
     pub program: &'a Path,
     pub args: &'a [OsString],
+    /// A built-in worker's options, for its hello.
+    pub http: Option<&'a crate::http_options::HttpArgs>,
     pub listeners: &'a ListenerSet,
     pub ready_timeout: Duration,
     /// Set for a COMMAND worker, with the directory for its notify socket.
@@ -213,6 +215,7 @@ pub fn spawn(
         generation: launch.generation,
         listeners: launch.listeners.names(),
         balance: launch.balance.is_some(),
+        http: launch.http.cloned(),
     };
     let mut fds = launch.listeners.fds();
     fds.extend(launch.balance);

@@ -14,7 +14,8 @@ use tracing::warn;
 use crate::balance::AcceptShare;
 use crate::error::{HandoffError, ProtocolError, WorkerError};
 use crate::fd;
-use crate::protocol::{Channel, Hello, ToMaster, ToWorker, WorkerStats};
+use crate::http_options::HttpArgs;
+use crate::protocol::{self, Channel, Hello, ToMaster, ToWorker, WorkerStats};
 
 /// A listening socket received from the master: non-blocking, listening,
 /// shared with the master and the other workers. Accept on it with
@@ -62,26 +63,45 @@ pub struct Handoff {
     pub balance: Option<Arc<AcceptShare>>,
 }
 
-impl Handoff {
-    /// Takes the handoff socket inherited at fd 3 and receives the listeners.
-    /// Must be called once, inside a tokio runtime.
-    pub async fn receive() -> Result<(Self, Vec<NamedListener>), WorkerError> {
+/// The master's hello, read before the worker builds its runtime: it
+/// carries the options the runtime is built with. The master queues it
+/// before the worker starts, so reading it does not wait.
+#[derive(Debug)]
+pub struct Welcome {
+    end: OwnedFd,
+    hello: Hello,
+}
+
+impl Welcome {
+    /// Takes the handoff socket inherited at fd 3 and reads the hello.
+    /// Must be called once.
+    pub fn receive() -> Result<Self, WorkerError> {
         // SAFETY: called once at start-up by a process that `baton serve`
         // started with its handoff socket at fd 3; take_handoff checks the
         // descriptor is a SEQPACKET socket before adopting it.
         let end =
             unsafe { fd::take_handoff() }.ok_or(WorkerError::NoHandoff { fd: fd::HANDOFF_FD })?;
-        Self::receive_on(end).await
+        Self::receive_on(end)
     }
 
-    /// Receives the listeners on an already-adopted handoff socket.
-    pub async fn receive_on(end: OwnedFd) -> Result<(Self, Vec<NamedListener>), WorkerError> {
-        let channel = Channel::new(end).map_err(HandoffError::from)?;
-        let (message, fds) = channel
-            .recv::<ToWorker>()
-            .await?
-            .ok_or(WorkerError::MasterGone)?;
+    /// Reads the hello on an already-adopted handoff socket.
+    pub fn receive_on(end: OwnedFd) -> Result<Self, WorkerError> {
+        let (message, fds) =
+            protocol::recv_now::<ToWorker>(end.as_fd())?.ok_or(WorkerError::MasterGone)?;
         let hello = Hello::from_received(message, fds).map_err(HandoffError::from)?;
+        Ok(Welcome { end, hello })
+    }
+
+    /// The built-in worker's options, if the master sent them.
+    pub fn http(&self) -> Option<&HttpArgs> {
+        self.hello.http.as_ref()
+    }
+
+    /// Starts talking to the master, and takes the listeners. Must be
+    /// called inside a tokio runtime.
+    pub fn into_handoff(self) -> Result<(Handoff, Vec<NamedListener>), WorkerError> {
+        let Welcome { end, hello } = self;
+        let channel = Channel::new(end).map_err(HandoffError::from)?;
         let balance = hello.balance.and_then(|table| {
             AcceptShare::join(table)
                 .inspect_err(|e| warn!(cause = %e, "no accept balance: accepting unpaced"))
@@ -100,6 +120,14 @@ impl Handoff {
             balance,
         };
         Ok((handoff, listeners))
+    }
+}
+
+impl Handoff {
+    /// Reads the hello on an already-adopted handoff socket and takes the
+    /// listeners. Must be called inside a tokio runtime.
+    pub fn receive_on(end: OwnedFd) -> Result<(Self, Vec<NamedListener>), WorkerError> {
+        Welcome::receive_on(end)?.into_handoff()
     }
 
     /// Tells the master this worker accepts on every listener.
@@ -206,9 +234,10 @@ mod tests {
             generation: 1,
             listeners: vec!["http".into()],
             balance,
+            http: None,
         };
         protocol::send_now(&master_end, &hello, fds).unwrap();
-        Handoff::receive_on(worker_end).await
+        Handoff::receive_on(worker_end)
     }
 
     #[tokio::test]

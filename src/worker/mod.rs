@@ -15,7 +15,6 @@ pub mod exec;
 pub mod guard;
 pub mod handoff;
 pub mod http;
-pub mod options;
 pub mod server;
 
 use std::sync::Arc;
@@ -27,11 +26,11 @@ use tokio::time::Instant;
 use tracing::{info, warn, Instrument};
 
 use crate::error::WorkerError;
+use crate::http_options::{AcceptMode, HttpArgs, WorkerFault};
 use accept::Acceptor;
-pub use handoff::{Handoff, Instruction, NamedListener, ReceivedListener};
+pub use handoff::{Handoff, Instruction, NamedListener, ReceivedListener, Welcome};
 use http::HttpState;
-use options::{AcceptMode, HttpArgs, WorkerFault};
-use server::Server;
+use server::{Server, ServerOptions};
 
 /// How long a worker told to stop by SIGTERM (not by its master) may drain.
 const SIGTERM_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -59,8 +58,11 @@ async fn report_stats(handoff: Arc<Handoff>, state: Arc<HttpState>) {
     }
 }
 
-/// Runs the built-in worker until it has drained.
-pub fn run(args: HttpArgs) -> Result<(), WorkerError> {
+/// Runs the built-in worker until it has drained, with the options the
+/// master sent in its hello.
+pub fn run() -> Result<(), WorkerError> {
+    let welcome = Welcome::receive()?;
+    let args = welcome.http().cloned().unwrap_or_default();
     let runtime = if args.threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -72,11 +74,11 @@ pub fn run(args: HttpArgs) -> Result<(), WorkerError> {
             .build()
     }
     .map_err(WorkerError::Runtime)?;
-    runtime.block_on(serve(args))
+    runtime.block_on(serve(args, welcome))
 }
 
-async fn serve(args: HttpArgs) -> Result<(), WorkerError> {
-    let (handoff, received) = Handoff::receive().await?;
+async fn serve(args: HttpArgs, welcome: Welcome) -> Result<(), WorkerError> {
+    let (handoff, received) = welcome.into_handoff()?;
     // Named as the master names it: slot, generation, pid.
     let span = tracing::info_span!(
         "worker",
@@ -111,7 +113,7 @@ async fn serve_listeners(
     // handler, not the default action that kills.
     let mut sigterm = signal_hook_tokio::Signals::new([SIGTERM]).map_err(WorkerError::Signals)?;
     let state = Arc::new(HttpState::new(args.work, args.body_timeout));
-    let server = Server::start(acceptors, state.clone(), args.server_options());
+    let server = Server::start(acceptors, state.clone(), ServerOptions::from(&args));
     handoff.ready().await?;
     let handoff = Arc::new(handoff);
     tokio::spawn(report_stats(handoff.clone(), state));

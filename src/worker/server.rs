@@ -53,6 +53,18 @@ pub struct ServerOptions {
     pub http2_ping: Duration,
 }
 
+impl From<&crate::http_options::HttpArgs> for ServerOptions {
+    fn from(args: &crate::http_options::HttpArgs) -> Self {
+        ServerOptions {
+            limits: Limits {
+                header: args.header_timeout,
+                keepalive: args.keepalive_timeout,
+            },
+            http2_ping: args.http2_ping,
+        }
+    }
+}
+
 /// A running HTTP server over one or more listeners.
 pub struct Server {
     state: Arc<HttpState>,

@@ -97,9 +97,19 @@ fn a_command_that_cannot_start_fails_the_first_start() {
         ],
         &["not ready within 1s"],
     );
-    assert_first_start_fails(
-        &["--workers", "1", "--", "/nonexistent/program"],
-        &["cannot run /nonexistent/program"],
+    // A program that is not there is a configuration problem, found
+    // before anything starts (as `serve -t` finds it).
+    let (code, stderr) = run_baton(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--",
+        "/nonexistent/program",
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("COMMAND: /nonexistent/program is not an executable file"),
+        "{stderr}"
     );
 }
 

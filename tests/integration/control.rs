@@ -574,7 +574,7 @@ fn an_invalid_config_rejects_the_reload_and_loses_nothing() {
     for (broken, reason) in [
         (
             "workers = \"many\"\nlisten = [\"127.0.0.1:0\"]\n",
-            "--workers",
+            "workers: \"many\" is not a whole number",
         ),
         (
             "workers = 2\nlisten = [\"127.0.0.1:0\"]\nwrokers = 3\n",

@@ -89,14 +89,16 @@ fn a_typo_in_rust_log_is_reported_and_errors_still_show() {
             "--workers",
             "1",
             "--",
-            "/no/such/program",
+            "sh",
+            "-c",
+            "exit 3",
         ],
         &[("RUST_LOG", "warning")],
     );
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("ignoring RUST_LOG=\"warning\""), "{stderr}");
     assert!(
-        stderr.contains("cannot run /no/such/program"),
+        stderr.contains("exit code 3"),
         "the worker's reason is shown:\n{stderr}"
     );
 }

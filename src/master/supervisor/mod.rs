@@ -1049,7 +1049,7 @@ impl<E: Effects> Supervisor<E> {
         );
         let config = &self.config;
         self.effects
-            .drain(id, config.drain_timeout, config.drain_grace);
+            .drain(id, config.drain_timeout, config.drain_grace());
         self.hurry_old_generations();
     }
 

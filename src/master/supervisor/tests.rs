@@ -86,7 +86,7 @@ fn config(workers: usize, probation: Duration) -> MasterConfig {
         backlog: 16,
         ready_timeout: Duration::from_secs(10),
         drain_timeout: Duration::from_secs(30),
-        drain_grace: None,
+        http: None,
         probation,
         max_memory: None,
         admin: None,

@@ -1,25 +1,30 @@
 //! The built-in worker's options. Declared with clap so that `baton serve`
-//! takes them (flattened into its own options) and hands them to each
-//! `baton worker` on its command line; the worker parses them back with the
-//! same definitions.
+//! takes them (flattened into its own options), and with serde so that the
+//! master hands them to each worker in its hello (see
+//! [`crate::protocol::ToWorker::Hello`]), as values.
 
 use std::ffi::OsString;
 use std::time::Duration;
 
 use clap::{Args, Parser, ValueEnum};
+use serde::{Deserialize, Serialize};
 
-use crate::config::{duration_arg, DurationRange};
+use crate::values::{parse_threads, parse_work, text, DurationRange};
 
 /// Options of the built-in HTTP worker, passed from the master to each worker.
-#[derive(Debug, Clone, Args)]
+#[serde_with::serde_as]
+#[derive(Debug, Clone, PartialEq, Eq, Args, Serialize, Deserialize)]
+#[serde(default)]
 pub struct HttpArgs {
     /// Iterations of simulated CPU work per request
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[serde_as(as = "text::Work")]
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = parse_work)]
     pub work: u64,
 
     /// Threads per worker process
+    #[serde_as(as = "text::Threads")]
     #[arg(long, value_name = "N", default_value_t = 1,
-          value_parser = clap::value_parser!(u16).range(1..=256))]
+          value_parser = parse_threads)]
     pub threads: u16,
 
     /// While draining, how long an idle keep-alive connection stays open. A
@@ -27,6 +32,7 @@ pub struct HttpArgs {
     /// (with `Connection: close`) instead of a reset; clients that think
     /// longer between requests than this can race the close. Capped by
     /// --drain-timeout
+    #[serde_as(as = "text::Wait")]
     #[arg(long, value_name = "DUR", default_value = "20s",
           value_parser = DurationRange::WAIT.parser())]
     pub drain_grace: Duration,
@@ -34,24 +40,28 @@ pub struct HttpArgs {
     /// How long a client may take to send a request's headers: from the
     /// connection's start, or from its first byte after an idle keep-alive
     /// pause, to the end of the headers. Slow or silent clients are closed
+    #[serde_as(as = "text::ClientTimeout")]
     #[arg(long, value_name = "DUR", default_value = "10s",
           value_parser = DurationRange::CLIENT_TIMEOUT.parser())]
     pub header_timeout: Duration,
 
     /// How long a keep-alive connection (HTTP/1 or HTTP/2) may sit idle
     /// between requests before it is closed
+    #[serde_as(as = "text::ClientTimeout")]
     #[arg(long, value_name = "DUR", default_value = "75s",
           value_parser = DurationRange::CLIENT_TIMEOUT.parser())]
     pub keepalive_timeout: Duration,
 
     /// How long a request body may pause between two chunks before the
     /// request is answered 408 and its connection closed
+    #[serde_as(as = "text::ClientTimeout")]
     #[arg(long, value_name = "DUR", default_value = "60s",
           value_parser = DurationRange::CLIENT_TIMEOUT.parser())]
     pub body_timeout: Duration,
 
     /// HTTP/2: ping the client after this long without a frame from it, and
     /// close the connection if the ping is not answered within as long
+    #[serde_as(as = "text::ClientTimeout")]
     #[arg(long, value_name = "DUR", default_value = "20s",
           value_parser = DurationRange::CLIENT_TIMEOUT.parser())]
     pub http2_ping: Duration,
@@ -61,10 +71,12 @@ pub struct HttpArgs {
     /// to the others for a millisecond; `kernel`: whichever worker wakes
     /// first takes it (uneven: one worker can serve several times what
     /// another does)
+    #[serde_as(as = "text::Named")]
     #[arg(long, value_name = "MODE", default_value = "balanced")]
     pub accept: AcceptMode,
 
     /// Break a property on purpose, to prove that the tests notice
+    #[serde_as(as = "Option<text::Named>")]
     #[arg(long, value_name = "FAULT", hide = true)]
     pub fault: Option<WorkerFault>,
 }
@@ -107,56 +119,12 @@ impl Default for HttpArgs {
     }
 }
 
-impl HttpArgs {
-    /// The server's client limits.
-    pub fn server_options(&self) -> super::server::ServerOptions {
-        super::server::ServerOptions {
-            limits: super::connection::Limits {
-                header: self.header_timeout,
-                keepalive: self.keepalive_timeout,
-            },
-            http2_ping: self.http2_ping,
-        }
-    }
-
-    /// The same options as command-line arguments for `baton worker`.
-    pub fn to_args(&self) -> Vec<OsString> {
-        let mut args: Vec<OsString> = vec![
-            "--work".into(),
-            self.work.to_string().into(),
-            "--threads".into(),
-            self.threads.to_string().into(),
-            "--drain-grace".into(),
-            duration_arg(self.drain_grace),
-            "--header-timeout".into(),
-            duration_arg(self.header_timeout),
-            "--keepalive-timeout".into(),
-            duration_arg(self.keepalive_timeout),
-            "--body-timeout".into(),
-            duration_arg(self.body_timeout),
-            "--http2-ping".into(),
-            duration_arg(self.http2_ping),
-            "--accept".into(),
-            self.accept
-                .to_possible_value()
-                .expect("modes are not skipped")
-                .get_name()
-                .into(),
-        ];
-        if let Some(fault) = self.fault {
-            let value = fault.to_possible_value().expect("faults are not skipped");
-            args.extend(["--fault".into(), value.get_name().into()]);
-        }
-        args
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn http_args_round_trip_through_the_worker_command_line() {
+    fn the_options_cross_the_hello_unchanged() {
         let http = HttpArgs {
             work: 5,
             threads: 2,
@@ -168,15 +136,7 @@ mod tests {
             accept: AcceptMode::Kernel,
             fault: Some(WorkerFault::ExitOnDrain),
         };
-        let parsed = HttpArgs::parse_from(http.to_args()).unwrap();
-        assert_eq!(parsed.work, 5);
-        assert_eq!(parsed.threads, 2);
-        assert_eq!(parsed.drain_grace, Duration::from_millis(1500));
-        assert_eq!(parsed.header_timeout, Duration::from_secs(4));
-        assert_eq!(parsed.keepalive_timeout, Duration::from_secs(5));
-        assert_eq!(parsed.body_timeout, Duration::from_secs(6));
-        assert_eq!(parsed.http2_ping, Duration::from_secs(7));
-        assert_eq!(parsed.accept, AcceptMode::Kernel);
-        assert_eq!(parsed.fault, Some(WorkerFault::ExitOnDrain));
+        let json = serde_json::to_string(&http).unwrap();
+        assert_eq!(serde_json::from_str::<HttpArgs>(&json).unwrap(), http);
     }
 }
