@@ -62,7 +62,7 @@ impl Drop for Running {
 /// Starts `baton serve ARGS` on a free port and waits until it is ready.
 pub fn start_baton(args: &[&str]) -> Running {
     let mut child = Command::new(baton_bin())
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
         .args(args)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
@@ -74,18 +74,13 @@ pub fn start_baton(args: &[&str]) -> Running {
     let mut addr = None;
     for line in lines.by_ref() {
         let line = line.expect("read baton's log");
-        let event = baton::event::Event::of_line(&line);
-        if event == Some(baton::event::Event::Listening) {
-            let value = line
-                .split("addr=")
-                .nth(1)
-                .unwrap()
-                .split_whitespace()
-                .next()
-                .unwrap();
-            addr = Some(value.parse().unwrap());
+        let Some(logged) = baton::event::Logged::parse(&line) else {
+            continue;
+        };
+        if logged.event == Some(baton::event::Event::Listening) {
+            addr = logged.parsed("addr");
         }
-        if event == Some(baton::event::Event::AllWorkersReady) {
+        if logged.event == Some(baton::event::Event::AllWorkersReady) {
             break;
         }
     }

@@ -1,15 +1,29 @@
 //! The master's lifecycle events, as data.
 //!
 //! Every log line that marks a step in a worker's or a reload's life carries
-//! an `event=NAME` field with one of these names. The names are stable:
-//! `baton check`, the tests and the benches follow a master through
-//! [`Event::of_line`], never through the wording of the message beside it,
-//! and so may anyone who reads baton's log with a program.
+//! an `event` field with one of these names, beside its own fields (`pid`,
+//! `slot`, `generation`, `reason`, …). The names are stable. `baton check`,
+//! the tests and the benches run the master with `--log-format json` and
+//! read each line as a [`Logged`] value, never through the wording of the
+//! message beside it; so may anyone who reads baton's log with a program.
 
-use std::fmt;
+use serde_json::{Map, Value};
+use strum::IntoEnumIterator;
 
 /// One step in the life of the master, a worker or a reload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::EnumIter,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::Display,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum Event {
     /// The master started; `pid=`, `version=`.
     MasterStarted,
@@ -79,97 +93,87 @@ pub enum Event {
 }
 
 impl Event {
-    pub const ALL: [Event; 32] = [
-        Event::MasterStarted,
-        Event::Listening,
-        Event::WorkerStarted,
-        Event::WorkerReady,
-        Event::AllWorkersReady,
-        Event::WorkerFailed,
-        Event::WorkerCrashed,
-        Event::WorkerExited,
-        Event::WorkerDrained,
-        Event::WorkerDraining,
-        Event::WorkerHurried,
-        Event::Backoff,
-        Event::MemoryRoll,
-        Event::ReloadStarted,
-        Event::ReloadComplete,
-        Event::ReloadFailed,
-        Event::ReloadRejected,
-        Event::ProbationStarted,
-        Event::ProbationOver,
-        Event::ReleaseFailed,
-        Event::RollbackStarted,
-        Event::RollbackComplete,
-        Event::LameDuck,
-        Event::Undrained,
-        Event::UpgradeStarted,
-        Event::Upgraded,
-        Event::UpgradeFailed,
-        Event::ShuttingDown,
-        Event::StartFailed,
-        Event::ListenerRestored,
-        Event::BacklogRestored,
-        Event::ListenerDown,
-    ];
-
-    /// The stable name logged as `event=NAME`.
+    /// The stable name logged as its `event` field.
     pub fn name(self) -> &'static str {
-        match self {
-            Event::MasterStarted => "master_started",
-            Event::Listening => "listening",
-            Event::WorkerStarted => "worker_started",
-            Event::WorkerReady => "worker_ready",
-            Event::AllWorkersReady => "all_workers_ready",
-            Event::WorkerFailed => "worker_failed",
-            Event::WorkerCrashed => "worker_crashed",
-            Event::WorkerExited => "worker_exited",
-            Event::WorkerDrained => "worker_drained",
-            Event::WorkerDraining => "worker_draining",
-            Event::WorkerHurried => "worker_hurried",
-            Event::Backoff => "backoff",
-            Event::MemoryRoll => "memory_roll",
-            Event::ReloadStarted => "reload_started",
-            Event::ReloadComplete => "reload_complete",
-            Event::ReloadFailed => "reload_failed",
-            Event::ReloadRejected => "reload_rejected",
-            Event::ProbationStarted => "probation_started",
-            Event::ProbationOver => "probation_over",
-            Event::ReleaseFailed => "release_failed",
-            Event::RollbackStarted => "rollback_started",
-            Event::RollbackComplete => "rollback_complete",
-            Event::LameDuck => "lame_duck",
-            Event::Undrained => "undrained",
-            Event::UpgradeStarted => "upgrade_started",
-            Event::Upgraded => "upgraded",
-            Event::UpgradeFailed => "upgrade_failed",
-            Event::ShuttingDown => "shutting_down",
-            Event::StartFailed => "start_failed",
-            Event::ListenerRestored => "listener_restored",
-            Event::BacklogRestored => "backlog_restored",
-            Event::ListenerDown => "listener_down",
-        }
+        self.into()
     }
 
-    /// The `key=value` text that marks a log line with this event, for
-    /// matching lines as text.
-    pub fn field(self) -> String {
-        format!("event={}", self.name())
-    }
-
-    /// The event a log line of `baton serve` carries, if any.
-    pub fn of_line(line: &str) -> Option<Event> {
-        let name = line
-            .split_whitespace()
-            .find_map(|word| word.strip_prefix("event="))?;
-        Event::ALL.into_iter().find(|event| event.name() == name)
+    /// Every event.
+    pub fn all() -> impl Iterator<Item = Event> {
+        Event::iter()
     }
 }
 
-impl fmt::Display for Event {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+/// One line of baton's JSON log (`--log-format json`), read: its level,
+/// message and lifecycle event, and its fields with those of the span it
+/// was logged in (a worker's `slot`, `generation`, `pid`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Logged {
+    pub level: String,
+    pub message: String,
+    pub event: Option<Event>,
+    fields: Map<String, Value>,
+}
+
+impl Logged {
+    /// Reads one JSON log line; `None` for a line that is not one (a
+    /// COMMAND worker's own output, say).
+    pub fn parse(line: &str) -> Option<Logged> {
+        let Value::Object(mut fields) = serde_json::from_str(line).ok()? else {
+            return None;
+        };
+        // The span's fields, under the event's own.
+        if let Some(Value::Object(span)) = fields.remove("span") {
+            for (key, value) in span {
+                fields.entry(key).or_insert(value);
+            }
+        }
+        let text = |fields: &mut Map<String, Value>, key: &str| match fields.remove(key) {
+            Some(Value::String(text)) => text,
+            _ => String::new(),
+        };
+        let level = text(&mut fields, "level");
+        let message = text(&mut fields, "message");
+        let event = fields
+            .get("event")
+            .and_then(Value::as_str)
+            .and_then(|name| name.parse().ok());
+        Some(Logged {
+            level,
+            message,
+            event,
+            fields,
+        })
+    }
+
+    /// A field's value as text (numbers and booleans written out).
+    pub fn field(&self, key: &str) -> Option<String> {
+        match self.fields.get(key)? {
+            Value::String(text) => Some(text.clone()),
+            Value::Null => None,
+            other => Some(other.to_string()),
+        }
+    }
+
+    /// A field's value read as `T` (a number, an address).
+    pub fn parsed<T: std::str::FromStr>(&self, key: &str) -> Option<T> {
+        self.field(key)?.parse().ok()
+    }
+
+    /// Whether this line carries `event` with `key` equal to `value`.
+    pub fn is(&self, event: Event, key: &str, value: &str) -> bool {
+        self.event == Some(event) && self.field(key).as_deref() == Some(value)
+    }
+}
+
+impl std::fmt::Display for Logged {
+    /// The line for a person: level, message, fields.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.level, self.message)?;
+        for (key, value) in &self.fields {
+            write!(f, " {key}={value}")?;
+        }
+        Ok(())
     }
 }
 
@@ -179,21 +183,37 @@ mod tests {
 
     #[test]
     fn every_event_is_read_back_from_its_log_line() {
-        for event in Event::ALL {
+        for event in Event::all() {
             let line = format!(
-                "2026-11-29T23:42:35.369700Z  INFO baton::master: some words event={event} pid=12 slot=0"
+                r#"{{"timestamp":"2026-11-29T23:42:35.369700Z","level":"INFO","message":"some words","event":"{event}","pid":12,"reason":"a reason: with words","span":{{"name":"worker","slot":0,"generation":3}},"target":"baton::master"}}"#
             );
-            assert_eq!(Event::of_line(&line), Some(event), "{line}");
+            let logged = Logged::parse(&line).unwrap();
+            assert_eq!(logged.event, Some(event), "{line}");
+            assert_eq!(logged.parsed::<u32>("pid"), Some(12));
+            assert_eq!(
+                logged.field("reason").as_deref(),
+                Some("a reason: with words")
+            );
+            assert_eq!(
+                logged.parsed::<u64>("generation"),
+                Some(3),
+                "span fields too"
+            );
+            assert_eq!(logged.message, "some words");
         }
-        assert_eq!(Event::of_line("INFO reload complete generation=2"), None);
-        assert_eq!(Event::of_line("event=no_such_event"), None);
+        let plain = Logged::parse(r#"{"level":"INFO","message":"reload complete"}"#).unwrap();
+        assert_eq!(plain.event, None);
+        let unknown = Logged::parse(r#"{"event":"no_such_event"}"#).unwrap();
+        assert_eq!(unknown.event, None);
+        assert_eq!(Logged::parse("[slot 0 pid 12] listening on 3"), None);
     }
 
     #[test]
-    fn names_are_distinct() {
-        let mut names: Vec<_> = Event::ALL.iter().map(|e| e.name()).collect();
+    fn names_are_distinct_and_snake_case() {
+        let mut names: Vec<_> = Event::all().map(Event::name).collect();
+        assert_eq!(Event::ReloadComplete.name(), "reload_complete");
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), Event::ALL.len());
+        assert_eq!(names.len(), Event::all().count());
     }
 }

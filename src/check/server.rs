@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio::time::timeout;
 
 use super::CheckError;
-use crate::event::Event;
+use crate::event::{Event, Logged};
 use crate::procfs;
 
 /// Log lines kept to explain a server that failed.
@@ -43,45 +43,32 @@ pub enum ServerEvent {
     },
 }
 
-/// Reads one log line of `baton serve` by its `event=` field.
+/// Reads one JSON log line of `baton serve` by its `event` field.
 pub fn parse_event(line: &str) -> Option<ServerEvent> {
-    match Event::of_line(line)? {
-        Event::Listening => {
-            let addr = value_after(line, "addr=")?.split_whitespace().next()?;
-            addr.parse().ok().map(ServerEvent::Listening)
-        }
+    let logged = Logged::parse(line)?;
+    match logged.event? {
+        Event::Listening => logged.parsed("addr").map(ServerEvent::Listening),
         Event::AllWorkersReady => Some(ServerEvent::AllReady),
         Event::ReloadComplete => Some(ServerEvent::ReloadComplete),
-        Event::ReloadFailed | Event::ReleaseFailed => {
-            let reason = value_after(line, "reason=").unwrap_or("see the server's log");
-            Some(ServerEvent::ReloadFailed(reason.trim().to_owned()))
-        }
-        Event::WorkerReady if line.contains("cause=replacement") => {
+        Event::ReloadFailed | Event::ReleaseFailed => Some(ServerEvent::ReloadFailed(
+            logged
+                .field("reason")
+                .unwrap_or_else(|| "see the server's log".to_owned()),
+        )),
+        Event::WorkerReady if logged.field("cause").as_deref() == Some("replacement") => {
             Some(ServerEvent::ReplacementReady {
-                slot: number(line, "slot=")?,
+                slot: logged.parsed("slot")?,
             })
         }
         event @ (Event::WorkerCrashed | Event::WorkerExited | Event::WorkerDrained) => {
             Some(ServerEvent::WorkerExited {
-                pid: number(line, "pid=")?,
-                slot: number(line, "slot=")?,
+                pid: logged.parsed("pid")?,
+                slot: logged.parsed("slot")?,
                 crashed: event == Event::WorkerCrashed,
             })
         }
         _ => None,
     }
-}
-
-fn value_after<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    Some(&line[line.find(key)? + key.len()..])
-}
-
-fn number<T: std::str::FromStr>(line: &str, key: &str) -> Option<T> {
-    value_after(line, key)?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
 
 /// A running `baton serve` started by the check.
@@ -104,8 +91,7 @@ impl ManagedServer {
         within: Duration,
     ) -> Result<Self, CheckError> {
         let mut child = Command::new(program)
-            .arg("serve")
-            .arg("--config")
+            .args(["--log-format", "json", "serve", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -228,44 +214,70 @@ impl Drop for ManagedServer {
 mod tests {
     use super::*;
 
+    /// A JSON log line as `baton serve --log-format json` writes it.
+    fn line(fields: &str) -> String {
+        format!(
+            r#"{{"timestamp":"2026-01-01T00:00:00Z","level":"INFO","message":"words","target":"baton::master",{fields}}}"#
+        )
+    }
+
     #[test]
     fn reads_the_masters_log_lines() {
         assert_eq!(
-            parse_event(
-                "2026-01-01T00:00:00Z  INFO baton::master: listening event=listening name=http addr=127.0.0.1:4000"
-            ),
+            parse_event(&line(
+                r#""event":"listening","name":"http","addr":"127.0.0.1:4000""#
+            )),
             Some(ServerEvent::Listening("127.0.0.1:4000".parse().unwrap()))
         );
         assert_eq!(
-            parse_event("INFO baton::master: all workers ready event=all_workers_ready workers=2 generation=1"),
+            parse_event(&line(
+                r#""event":"all_workers_ready","workers":2,"generation":1"#
+            )),
             Some(ServerEvent::AllReady)
         );
         assert_eq!(
-            parse_event("ERROR baton::master: reload failed; the old workers keep serving event=reload_failed generation=2 replaced=0 slots=2 reason=the new worker failed: x y"),
-            Some(ServerEvent::ReloadFailed("the new worker failed: x y".into()))
+            parse_event(&line(
+                r#""event":"reload_failed","generation":2,"reason":"the new worker failed: x y""#
+            )),
+            Some(ServerEvent::ReloadFailed(
+                "the new worker failed: x y".into()
+            ))
         );
         assert_eq!(
-            parse_event(
-                "INFO baton::master: worker ready event=worker_ready pid=1 slot=3 generation=1 cause=replacement"
-            ),
+            parse_event(&line(
+                r#""event":"worker_ready","pid":1,"slot":3,"generation":1,"cause":"replacement""#
+            )),
             Some(ServerEvent::ReplacementReady { slot: 3 })
         );
         assert_eq!(
-            parse_event("WARN baton::master: worker crashed; replacing it event=worker_crashed pid=77 slot=1 generation=1 status=signal 9 (SIGKILL)"),
-            Some(ServerEvent::WorkerExited { pid: 77, slot: 1, crashed: true })
+            parse_event(&line(
+                r#""event":"worker_crashed","pid":77,"slot":1,"status":"signal 9 (SIGKILL)""#
+            )),
+            Some(ServerEvent::WorkerExited {
+                pid: 77,
+                slot: 1,
+                crashed: true
+            })
         );
         assert_eq!(
-            parse_event("INFO baton::master: worker exited after draining event=worker_drained pid=78 slot=0 generation=1 status=exit code 0"),
-            Some(ServerEvent::WorkerExited { pid: 78, slot: 0, crashed: false })
+            parse_event(&line(r#""event":"worker_drained","pid":78,"slot":0"#)),
+            Some(ServerEvent::WorkerExited {
+                pid: 78,
+                slot: 0,
+                crashed: false
+            })
         );
         assert_eq!(
-            parse_event("INFO baton::master: worker ready event=worker_ready pid=1 slot=0 generation=2 cause=reload"),
+            parse_event(&line(
+                r#""event":"worker_ready","pid":1,"slot":0,"generation":2,"cause":"reload""#
+            )),
             None
         );
         // The wording alone means nothing: only the event field counts.
         assert_eq!(
-            parse_event("INFO baton::master: all workers ready workers=2 generation=1"),
+            parse_event(&line(r#""all_workers_ready":"event=all_workers_ready""#)),
             None
         );
+        assert_eq!(parse_event("event=all_workers_ready"), None);
     }
 }

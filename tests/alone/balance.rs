@@ -89,8 +89,8 @@ fn assert_even(connections: &[(TcpStream, u32)], workers: &[u32]) {
 /// SIGKILLs `victim` and returns the workers once its replacement is ready.
 fn kill_and_replace(baton: &Baton, victim: u32, ready_before: usize) -> Vec<u32> {
     kill(Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
-    baton.wait_log_nth(
-        &Event::WorkerReady.field(),
+    baton.wait_event_nth(
+        Event::WorkerReady,
         ready_before + 1,
         Duration::from_secs(10),
     );

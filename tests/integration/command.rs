@@ -56,13 +56,18 @@ fn the_tutorials_crashing_workers_refuse_nothing() {
     );
     let report = runtime().block_on(baton::load::run(plan));
     eprintln!("crashing node workers: {report}");
-    let crashes = baton.count_log(&Event::WorkerCrashed.field());
+    let crashes = baton.count_event(Event::WorkerCrashed);
     assert!(crashes >= 4, "the workers crashed ({crashes} times)");
     assert_eq!(report.count(FailureKind::Refused), 0, "{report}");
     assert_eq!(report.count(FailureKind::Timeout), 0, "{report}");
     assert_eq!(report.count(FailureKind::BadStatus), 0, "{report}");
     // Every crash was replaced: the crashes logged so far each have a ready replacement.
-    baton.wait_log_nth("cause=replacement", crashes, Duration::from_secs(5));
+    baton.wait_logged(
+        "a replacement worker ready",
+        crashes,
+        Duration::from_secs(5),
+        |l| l.is(Event::WorkerReady, "cause", "replacement"),
+    );
 }
 
 /// Runs `baton serve` on a free port with `args` and checks that the first
@@ -144,8 +149,14 @@ fn a_release_that_fails_on_reload_loses_nothing() {
     sleep(Duration::from_secs(1));
     std::fs::write(&flag, "").unwrap();
     baton.signal(Signal::SIGHUP);
-    let failed = baton.wait_log(&Event::ReloadFailed.field(), Duration::from_secs(10));
-    assert!(failed.contains("exit code 3"), "{failed}");
+    let failed = baton.wait_event(Event::ReloadFailed, Duration::from_secs(10));
+    assert!(
+        failed
+            .field("reason")
+            .unwrap_or_default()
+            .contains("exit code 3"),
+        "{failed}"
+    );
     let report = load.finish();
     eprintln!("python workers, failed reload: {report}");
     assert_no_failures(&report);
@@ -218,9 +229,13 @@ fn a_worker_that_ignores_its_drain_signal_is_killed_and_the_reload_completes() {
     ]);
     let old = baton.workers()[0];
     baton.reload();
-    let exited = baton.wait_log(&Event::WorkerDrained.field(), Duration::from_secs(5));
+    let exited = baton.wait_event(Event::WorkerDrained, Duration::from_secs(5));
     assert!(
-        exited.contains(&format!("pid={old} ")) && exited.contains("SIGKILL"),
+        exited.parsed::<u32>("pid") == Some(old)
+            && exited
+                .field("status")
+                .unwrap_or_default()
+                .contains("SIGKILL"),
         "{exited}"
     );
     assert!(baton.logs_contain("drain deadline passed"));
@@ -404,10 +419,10 @@ fn readiness_is_seen_in_the_whole_process_tree_and_on_the_real_listener() {
     ] {
         eprintln!("readiness shape: {shape}");
         let baton = Baton::serve(&["--workers", "1", "--", "python3", "-c", program]);
-        let started = baton.wait_log(&Event::WorkerStarted.field(), Duration::from_secs(1));
-        let ready = baton.wait_log(&Event::WorkerReady.field(), Duration::from_secs(1));
-        let at = |line: &str| -> f64 {
-            let stamp = line.split_whitespace().next().unwrap();
+        let started = baton.wait_event(Event::WorkerStarted, Duration::from_secs(1));
+        let ready = baton.wait_event(Event::WorkerReady, Duration::from_secs(1));
+        let at = |line: &Logged| -> f64 {
+            let stamp = line.field("timestamp").unwrap();
             let clock = stamp.rsplit_once('T').unwrap().1.trim_end_matches('Z');
             clock
                 .split(':')
@@ -442,7 +457,7 @@ fn a_single_threaded_select_worker_reloads_under_load_without_failures() {
     ));
     let report = load.finish_after_reloads(&baton, 3, Duration::from_secs(2));
     eprintln!("single-threaded select() workers across 3 reloads: {report}");
-    assert_eq!(baton.count_log(&Event::ReloadFailed.field()), 0);
+    assert_eq!(baton.count_event(Event::ReloadFailed), 0);
     assert_no_failures(&report);
     assert!(report.ok > 500, "{report}");
 }

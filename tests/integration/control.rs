@@ -184,7 +184,7 @@ fn the_control_socket_refuses_other_users_and_survives_abuse() {
     assert_eq!(code, 1);
     assert!(stderr.contains("permission denied"), "{stderr}");
     assert_eq!(
-        c.baton.count_log(&Event::ReloadStarted.field()),
+        c.baton.count_event(Event::ReloadStarted),
         0,
         "nobody's request did nothing"
     );
@@ -402,7 +402,10 @@ fn a_crash_loop_backs_off_to_the_cap_with_flat_resources() {
     .unwrap();
 
     // 0, 0, 100, 200, … 6400 ms, then the 10 s cap: reached after ~13 s.
-    c.baton.wait_log("delay_ms=10000", Duration::from_secs(30));
+    c.baton
+        .wait_logged("the backoff at its cap", 1, Duration::from_secs(30), |l| {
+            l.is(Event::Backoff, "delay_ms", "10000")
+        });
     let pid = c.baton.pid();
     let (code, json, _) = client(&["status", "--json"], &c.path, None);
     // Measured after the status answer, whose code is then paged in.
@@ -418,7 +421,9 @@ fn a_crash_loop_backs_off_to_the_cap_with_flat_resources() {
 
     // Five cap-length backoffs later (a minute into the loop), nothing has grown.
     c.baton
-        .wait_log_nth("delay_ms=10000", 6, Duration::from_secs(70));
+        .wait_logged("the backoff at its cap", 6, Duration::from_secs(70), |l| {
+            l.is(Event::Backoff, "delay_ms", "10000")
+        });
     assert_eq!(baton::procfs::fd_count(pid).unwrap(), fds);
     let rss_after = baton::procfs::rss_bytes(pid).unwrap();
     assert!(

@@ -44,9 +44,9 @@ fn broken_releases_fail_the_reload_and_lose_nothing() {
     for (n, (release, reason)) in cases.iter().enumerate() {
         replace_file(&program, release.as_bytes(), true);
         baton.signal(nix::sys::signal::Signal::SIGHUP);
-        let line = baton.wait_log_nth(&Event::ReloadFailed.field(), n + 1, Duration::from_secs(20));
+        let line = baton.wait_event_nth(Event::ReloadFailed, n + 1, Duration::from_secs(20));
         assert!(
-            line.contains(reason),
+            line.field("reason").unwrap_or_default().contains(reason),
             "reload failure should say {reason:?}: {line}"
         );
         // The failed worker is killed and reaped; the old ones keep serving.
@@ -95,7 +95,7 @@ fn a_release_that_dies_after_it_is_ready_is_rolled_back() {
         "{answer}"
     );
 
-    baton.wait_log(&Event::RollbackComplete.field(), Duration::from_secs(20));
+    baton.wait_event(Event::RollbackComplete, Duration::from_secs(20));
     let rolled_back_in = failed_at.elapsed();
     // The previous release serves again: workers of the rollback generation,
     // started from the old program file, though the path holds the broken one.
@@ -126,9 +126,9 @@ fn a_release_that_dies_after_it_is_ready_is_rolled_back() {
     // second may die before the rollback reaches its slot).
     assert!(report.failures.len() <= 2 * 18, "{report}");
     // The rolled-back workers stay up: nothing crashed after the rollback.
-    let crashes = baton.count_log(&Event::WorkerCrashed.field());
+    let crashes = baton.count_event(Event::WorkerCrashed);
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(baton.count_log(&Event::WorkerCrashed.field()), crashes);
+    assert_eq!(baton.count_event(Event::WorkerCrashed), crashes);
     assert!(serving.iter().all(|pid| !is_dead(*pid)));
     drop(dir);
 }

@@ -278,11 +278,11 @@ fn a_reload_storm_hurries_old_generations_so_processes_stay_bounded() {
     let report = load.finish();
     eprintln!(
         "reload storm: {} reloads, at most {most_alive} workers alive, {most_draining_generations} generations draining at their own pace; {report}",
-        baton.count_log(&Event::ReloadComplete.field())
+        baton.count_event(Event::ReloadComplete)
     );
     // Hurried workers close their idle connections and leave within
     // milliseconds; status rarely catches one.
-    let hurried = hurried + baton.count_log(&Event::WorkerHurried.field());
+    let hurried = hurried + baton.count_event(Event::WorkerHurried);
     assert!(hurried > 0, "old generations were hurried");
     assert!(
         most_draining_generations <= 2,

@@ -131,7 +131,7 @@ fn a_drain_that_overruns_its_timeout_ends_at_the_deadline() {
     conn.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\nstart")
         .unwrap();
     baton.reload();
-    let exited = baton.wait_log(&Event::WorkerDrained.field(), Duration::from_secs(5));
-    assert!(exited.contains("generation=1"), "{exited}");
+    let exited = baton.wait_event(Event::WorkerDrained, Duration::from_secs(5));
+    assert_eq!(exited.parsed::<u64>("generation"), Some(1), "{exited}");
     baton.wait_log("drain deadline passed", Duration::from_secs(1));
 }

@@ -15,7 +15,7 @@ fn sigterm_drains_every_worker_and_exits_zero() {
     baton.signal(Signal::SIGTERM);
     let status = baton.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(0));
-    assert_eq!(baton.count_log(&Event::WorkerDrained.field()), 2);
+    assert_eq!(baton.count_event(Event::WorkerDrained), 2);
     // Reaped by the master itself: not even a zombie is left.
     for pid in workers {
         assert!(
@@ -31,7 +31,7 @@ fn sigint_drains_like_sigterm() {
     let mut baton = Baton::serve(&["--workers", "1"]);
     baton.signal(Signal::SIGINT);
     assert_eq!(baton.wait_exit(Duration::from_secs(10)).code(), Some(0));
-    assert_eq!(baton.count_log(&Event::WorkerDrained.field()), 1);
+    assert_eq!(baton.count_event(Event::WorkerDrained), 1);
 }
 
 #[test]
@@ -81,7 +81,7 @@ fn twenty_reloads_leak_no_descriptor_and_no_process() {
     for _ in 0..20 {
         baton.reload();
     }
-    baton.wait_log_nth(&Event::WorkerDrained.field(), 40, Duration::from_secs(10));
+    baton.wait_event_nth(Event::WorkerDrained, 40, Duration::from_secs(10));
     baton.wait_workers(Duration::from_secs(5), |w| w.len() == 2);
     assert!(
         wait_until(Duration::from_secs(5), || baton.fd_count() == fds),
@@ -100,15 +100,15 @@ fn reloads_asked_for_during_a_reload_are_coalesced() {
     for _ in 0..5 {
         baton.signal(Signal::SIGHUP);
     }
-    baton.wait_log(&Event::ReloadComplete.field(), Duration::from_secs(10));
+    baton.wait_event(Event::ReloadComplete, Duration::from_secs(10));
     // However many SIGHUPs arrived during the first reload, one more follows.
     let settled = wait_until(Duration::from_secs(10), || {
-        let started = baton.count_log(&Event::ReloadStarted.field());
-        started == baton.count_log(&Event::ReloadComplete.field()) && started >= 1
+        let started = baton.count_event(Event::ReloadStarted);
+        started == baton.count_event(Event::ReloadComplete) && started >= 1
     });
     assert!(settled);
     assert!(
-        baton.count_log(&Event::ReloadStarted.field()) <= 2,
+        baton.count_event(Event::ReloadStarted) <= 2,
         "reloads were not coalesced"
     );
     // Old generations drain away, leaving the configured count.
@@ -121,7 +121,7 @@ fn workers_inherit_only_their_handoff_socket() {
     // as happens under careless parents; its workers must not get it.
     let stray = std::fs::File::open("/dev/zero").unwrap();
     let baton = Baton::spawn_with_fd(&stray, 40, &["--workers", "2"]);
-    baton.wait_log(&Event::AllWorkersReady.field(), Duration::from_secs(20));
+    baton.wait_event(Event::AllWorkersReady, Duration::from_secs(20));
     assert!(std::fs::read_link(format!("/proc/{}/fd/40", baton.pid())).is_ok());
     for pid in baton.workers() {
         let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))

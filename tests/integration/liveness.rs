@@ -27,7 +27,12 @@ fn a_stopped_builtin_worker_is_replaced_while_load_runs() {
     let victim = baton.workers()[0];
     kill(Pid::from_raw(victim as i32), Signal::SIGSTOP).unwrap();
     let stopped = Instant::now();
-    baton.wait_log("cause=replacement", Duration::from_secs(20));
+    baton.wait_logged(
+        "a replacement worker ready",
+        1,
+        Duration::from_secs(20),
+        |l| l.is(Event::WorkerReady, "cause", "replacement"),
+    );
     let replaced_in = stopped.elapsed();
     let report = load.finish();
     eprintln!("stopped worker replaced in {replaced_in:?}; load: {report}");
@@ -89,7 +94,12 @@ fn a_command_worker_that_stops_its_watchdog_is_replaced() {
     ));
     // Each worker beats for 2 s, then is stuck 1 s later.
     let line = baton.wait_log("stuck: no WATCHDOG=1 for", Duration::from_secs(20));
-    baton.wait_log("cause=replacement", Duration::from_secs(20));
+    baton.wait_logged(
+        "a replacement worker ready",
+        1,
+        Duration::from_secs(20),
+        |l| l.is(Event::WorkerReady, "cause", "replacement"),
+    );
     let report = load.finish();
     eprintln!("{line}\nload: {report}");
     assert!(
@@ -141,14 +151,16 @@ serve(socket.socket(fileno=3))
         hog.is_some()
     });
     let hog = hog.expect("status showed a worker above the limit");
-    baton.wait_log("cause=memory", Duration::from_secs(20));
+    baton.wait_logged("a memory worker ready", 1, Duration::from_secs(20), |l| {
+        l.is(Event::WorkerReady, "cause", "memory")
+    });
     assert!(
         wait_until(Duration::from_secs(20), || is_dead(hog)),
         "the worker over its limit drained and exited"
     );
     let report = load.finish();
     eprintln!("rolled worker {hog} over its memory limit; load: {report}");
-    assert_eq!(baton.count_log(&Event::MemoryRoll.field()), 1);
+    assert_eq!(baton.count_event(Event::MemoryRoll), 1);
     assert_no_failures(&report);
     assert!(report.ok > 200, "{report}");
 }

@@ -8,6 +8,7 @@ mod check;
 mod command;
 mod control;
 mod deploy;
+mod docs;
 mod fleet;
 mod hardening;
 mod http;

@@ -36,6 +36,8 @@ fn serves_on_the_socket_systemd_socket_activate_passes() {
         "--fdname=http",
         "-E",
         "RUST_LOG=info",
+        "-E",
+        "BATON_LOG_FORMAT=json",
     ])
     .arg(baton_bin())
     .args(["serve", "--workers", "2", "--control"])
@@ -48,7 +50,8 @@ fn serves_on_the_socket_systemd_socket_activate_passes() {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     let line = baton.wait_event(Event::Listening, Duration::from_secs(10));
     assert!(
-        line.contains("name=http") && line.contains("inherited=true"),
+        line.field("name").as_deref() == Some("http")
+            && line.field("inherited").as_deref() == Some("true"),
         "{line}"
     );
     assert!(!baton.logs_contain("bind"), "nothing is bound");
@@ -118,7 +121,7 @@ fn speaks_the_notify_reload_protocol_and_the_watchdog() {
         &[("NOTIFY_SOCKET", &notify.path), ("WATCHDOG_USEC", "400000")],
         &["--workers", "2"],
     );
-    baton.wait_log(&Event::AllWorkersReady.field(), Duration::from_secs(20));
+    baton.wait_event(Event::AllWorkersReady, Duration::from_secs(20));
     let (_, ready) = notify.wait_for(&["READY=1", "STATUS="], 1);
     assert!(ready.contains("2/2 workers ready"), "{ready}");
 
@@ -158,7 +161,7 @@ fn a_full_restart_on_a_held_socket_fails_nothing() {
     let addr = listener.local_addr().unwrap();
     let start = || {
         let baton = Baton::spawn_activated(&[("http", listener.as_fd())], &[], &["--workers", "2"]);
-        baton.wait_log(&Event::AllWorkersReady.field(), Duration::from_secs(20));
+        baton.wait_event(Event::AllWorkersReady, Duration::from_secs(20));
         baton
     };
     let mut old = start();
@@ -265,7 +268,7 @@ fn restart_without_a_socket_unit(with_store: bool) -> baton::load::LoadReport {
         store.lock().unwrap().clear();
         Baton::spawn(&baton_bin(), &args)
     };
-    new.wait_log(&Event::AllWorkersReady.field(), Duration::from_secs(20));
+    new.wait_event(Event::AllWorkersReady, Duration::from_secs(20));
     load.finish()
 }
 
@@ -311,8 +314,10 @@ fn tcp4_tcp6_and_unix_listeners_at_once() {
         0o600
     );
     if ipv6 {
-        let line = baton.wait_log("name=v6", Duration::from_secs(1));
-        let addr: std::net::SocketAddr = field(&line, "addr").unwrap().parse().unwrap();
+        let line = baton.wait_logged("the v6 listener", 1, Duration::from_secs(1), |l| {
+            l.is(Event::Listening, "name", "v6")
+        });
+        let addr: std::net::SocketAddr = line.parsed("addr").unwrap();
         assert!(get(TcpStream::connect(addr).unwrap()).starts_with("HTTP/1.1 200"));
     }
     baton.signal(Signal::SIGTERM);
@@ -401,14 +406,21 @@ fn a_listen_flag_naming_an_inherited_socket_refers_to_it() {
             "extra=127.0.0.1:0",
         ],
     );
-    baton.wait_log(&Event::AllWorkersReady.field(), Duration::from_secs(20));
-    assert_eq!(baton.count_log(&Event::Listening.field()), 2);
-    assert!(baton
-        .wait_log("name=http", Duration::from_secs(1))
-        .contains("inherited=true"));
-    assert!(baton
-        .wait_log("name=extra", Duration::from_secs(1))
-        .contains("inherited=false"));
+    baton.wait_event(Event::AllWorkersReady, Duration::from_secs(20));
+    assert_eq!(baton.count_event(Event::Listening), 2);
+    let listening = |name: &str| {
+        baton.wait_logged(name, 1, Duration::from_secs(1), |l| {
+            l.is(Event::Listening, "name", name)
+        })
+    };
+    assert_eq!(
+        listening("http").field("inherited").as_deref(),
+        Some("true")
+    );
+    assert_eq!(
+        listening("extra").field("inherited").as_deref(),
+        Some("false")
+    );
 
     let other = "http=127.0.0.1:1".to_owned();
     let mut mismatched = Baton::spawn_activated(

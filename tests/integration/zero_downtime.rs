@@ -100,22 +100,18 @@ fn killed_workers_are_replaced_and_only_their_in_flight_requests_fail() {
         sleep(Duration::from_millis(1500));
         let workers = baton.wait_workers(Duration::from_secs(1), |w| w.len() == 4);
         let victim = workers[fastrand::usize(..workers.len())];
-        let ready_before = baton.count_log(&Event::WorkerReady.field());
-        let crashes_before = baton.count_log(&Event::WorkerCrashed.field());
+        let ready_before = baton.count_event(Event::WorkerReady);
+        let crashes_before = baton.count_event(Event::WorkerCrashed);
         let sent = Instant::now();
         kill(Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
-        let crash = baton.wait_log_nth(
-            &Event::WorkerCrashed.field(),
+        let crash = baton.wait_event_nth(
+            Event::WorkerCrashed,
             crashes_before + 1,
             Duration::from_secs(1),
         );
-        assert!(crash.contains(&format!("pid={victim} ")), "{crash}");
+        assert_eq!(crash.parsed::<u32>("pid"), Some(victim), "{crash}");
         kills.push((victim, sent, Instant::now()));
-        baton.wait_log_nth(
-            &Event::WorkerReady.field(),
-            ready_before + 1,
-            Duration::from_secs(1),
-        );
+        baton.wait_event_nth(Event::WorkerReady, ready_before + 1, Duration::from_secs(1));
         slowest = slowest.max(sent.elapsed());
     }
     let report = load.finish();
@@ -150,7 +146,7 @@ fn all_workers_killed_at_once_refuses_nothing() {
     let _heavy = heavy();
     let baton = Baton::serve(&["--workers", "4"]);
     let workers = baton.wait_workers(Duration::from_secs(5), |w| w.len() == 4);
-    let ready_before = baton.count_log(&Event::WorkerReady.field());
+    let ready_before = baton.count_event(Event::WorkerReady);
     for &pid in &workers {
         kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
     }
@@ -164,11 +160,7 @@ fn all_workers_killed_at_once_refuses_nothing() {
     plan.requests_per_client = Some(5);
     let report = runtime().block_on(baton::load::run(plan));
     assert_eq!(report.ok, 80, "{}", describe_failures(&report));
-    baton.wait_log_nth(
-        &Event::WorkerReady.field(),
-        ready_before + 4,
-        Duration::from_secs(5),
-    );
+    baton.wait_event_nth(Event::WorkerReady, ready_before + 4, Duration::from_secs(5));
     assert!(
         report.by_pid.keys().all(|pid| !workers.contains(pid)),
         "answered by the replacements only: {:?}",

@@ -12,7 +12,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-pub use baton::event::Event;
+pub use baton::event::{Event, Logged};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -157,17 +157,19 @@ impl Baton {
         cmd.args(args);
         let mut baton = Self::launch(cmd);
         baton.control = control;
-        if let Some(line) = baton.try_wait_log(&Event::Listening.field(), Duration::from_secs(20)) {
-            if let Ok(addr) = field(&line, "addr").unwrap_or_default().parse() {
+        if let Some(line) = baton.try_wait_event(Event::Listening, Duration::from_secs(20)) {
+            if let Some(addr) = line.parsed("addr") {
                 baton.addr = addr;
             }
         }
         baton
     }
 
-    /// Starts a fully formed command whose stderr is baton's log.
+    /// Starts a fully formed command whose stderr is baton's log, in JSON
+    /// lines (read as [`Logged`] values).
     pub fn launch(mut cmd: Command) -> Baton {
         cmd.env("RUST_LOG", "info")
+            .env("BATON_LOG_FORMAT", "json")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -217,13 +219,19 @@ impl Baton {
         self.count_log(pattern) > 0
     }
 
-    /// Waits for the `n`th line containing `pattern` and returns it.
-    pub fn try_wait_log_nth(&self, pattern: &str, n: usize, within: Duration) -> Option<String> {
+    /// Waits for the `n`th line that `pick` takes something from, and
+    /// returns what it took.
+    fn try_wait_nth<T>(
+        &self,
+        n: usize,
+        within: Duration,
+        pick: impl Fn(&str) -> Option<T>,
+    ) -> Option<T> {
         let deadline = Instant::now() + slower(within);
         let mut lines = self.logs.lines.lock().unwrap();
         loop {
-            if let Some(line) = lines.iter().filter(|l| l.contains(pattern)).nth(n - 1) {
-                return Some(line.clone());
+            if let Some(found) = lines.iter().filter_map(|l| pick(l)).nth(n - 1) {
+                return Some(found);
             }
             let now = Instant::now();
             if now >= deadline {
@@ -236,6 +244,11 @@ impl Baton {
                 .unwrap()
                 .0;
         }
+    }
+
+    /// Waits for the `n`th line containing `pattern` and returns it.
+    pub fn try_wait_log_nth(&self, pattern: &str, n: usize, within: Duration) -> Option<String> {
+        self.try_wait_nth(n, within, |l| l.contains(pattern).then(|| l.to_owned()))
     }
 
     pub fn try_wait_log(&self, pattern: &str, within: Duration) -> Option<String> {
@@ -257,19 +270,75 @@ impl Baton {
         self.wait_log_nth(pattern, 1, within)
     }
 
+    /// Lines logged so far that `matches`, read.
+    pub fn count_logged(&self, matches: impl Fn(&Logged) -> bool) -> usize {
+        self.logs
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|line| Logged::parse(line))
+            .filter(|logged| matches(logged))
+            .count()
+    }
+
+    /// Lines logged so far that carry `event`.
+    pub fn count_event(&self, event: Event) -> usize {
+        self.count_logged(|l| l.event == Some(event))
+    }
+
+    /// Waits for the `n`th line that `matches` (`what` names it in a
+    /// failure) and returns it, read.
+    pub fn try_wait_logged(
+        &self,
+        n: usize,
+        within: Duration,
+        matches: impl Fn(&Logged) -> bool,
+    ) -> Option<Logged> {
+        self.try_wait_nth(n, within, |l| {
+            Logged::parse(l).filter(|logged| matches(logged))
+        })
+    }
+
+    /// Like [`Baton::try_wait_logged`], failing the test if the line does
+    /// not come.
+    pub fn wait_logged(
+        &self,
+        what: &str,
+        n: usize,
+        within: Duration,
+        matches: impl Fn(&Logged) -> bool,
+    ) -> Logged {
+        self.try_wait_logged(n, within, matches).unwrap_or_else(|| {
+            let lines = self.logs.lines.lock().unwrap();
+            let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+            panic!(
+                "baton did not log {what} ({n} times) within {within:?}; its last lines:\n{tail}"
+            )
+        })
+    }
+
+    pub fn try_wait_event(&self, event: Event, within: Duration) -> Option<Logged> {
+        self.try_wait_logged(1, within, |l| l.event == Some(event))
+    }
+
+    /// Waits for the `n`th line that carries `event`.
+    pub fn wait_event_nth(&self, event: Event, n: usize, within: Duration) -> Logged {
+        self.wait_logged(&event.to_string(), n, within, |l| l.event == Some(event))
+    }
+
     /// Waits for the first line that carries `event`.
-    pub fn wait_event(&self, event: Event, within: Duration) -> String {
-        self.wait_log(&event.field(), within)
+    pub fn wait_event(&self, event: Event, within: Duration) -> Logged {
+        self.wait_event_nth(event, 1, within)
     }
 
     /// Sends SIGHUP and waits for the reload to complete; returns the
     /// generation it rolled in.
     pub fn reload(&self) -> u64 {
-        let complete = Event::ReloadComplete.field();
-        let done = self.count_log(&complete);
+        let done = self.count_event(Event::ReloadComplete);
         self.signal(Signal::SIGHUP);
-        let line = self.wait_log_nth(&complete, done + 1, Duration::from_secs(30));
-        field(&line, "generation").unwrap().parse().unwrap()
+        let line = self.wait_event_nth(Event::ReloadComplete, done + 1, Duration::from_secs(30));
+        line.parsed("generation").unwrap()
     }
 
     /// Runs `baton ARGS --control PATH` against this master.
@@ -397,14 +466,6 @@ pub fn private_control_path() -> PathBuf {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     ))
-}
-
-/// The value of `key=value` in a tracing log line.
-pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    let needle = format!(" {key}=");
-    let start = line.find(&needle)? + needle.len();
-    let rest = &line[start..];
-    Some(rest.split_whitespace().next()?.trim_matches('"'))
 }
 
 pub use baton::procfs::{children, stat};
