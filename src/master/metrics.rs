@@ -9,7 +9,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::control::status::Status;
+use crate::control::status::{Counters, Status};
 use crate::master::state::WorkerState;
 
 /// Labels: `[("state", "ready")]` and the like.
@@ -28,9 +28,16 @@ fn by_label(label: &'static str, counts: &[(&str, u64)]) -> Family<Labels, Count
 
 pub(super) fn render(status: &Status) -> String {
     let mut registry = Registry::with_prefix("baton");
-    let master = &status.master;
-    let counters = &master.counters;
+    register_counters(&mut registry, &status.master.counters);
+    register_gauges(&mut registry, status);
+    register_worker_reports(&mut registry, status);
+    let mut text = String::new();
+    encode(&mut text, &registry).expect("writing to a String cannot fail");
+    text
+}
 
+/// What happened over the master's life.
+fn register_counters(registry: &mut Registry, counters: &Counters) {
     registry.register(
         "reloads",
         "Reloads by outcome",
@@ -88,7 +95,11 @@ pub(super) fn render(status: &Status) -> String {
         counter.inc_by(value);
         registry.register(name, help, counter);
     }
+}
 
+/// The master's state now.
+fn register_gauges(registry: &mut Registry, status: &Status) {
+    let master = &status.master;
     let workers = Family::<Labels, Gauge>::default();
     for name in WorkerState::ALL.map(WorkerState::name) {
         let count = status.workers.iter().filter(|w| w.state == name).count();
@@ -128,8 +139,10 @@ pub(super) fn render(status: &Status) -> String {
         gauge.set(value);
         registry.register(name, help, gauge);
     }
+}
 
-    // Built-in workers' own reports.
+/// Built-in workers' own reports.
+fn register_worker_reports(registry: &mut Registry, status: &Status) {
     let requests = Family::<Labels, Counter>::default();
     let accepted = Family::<Labels, Counter>::default();
     let open = Family::<Labels, Gauge>::default();
@@ -162,8 +175,4 @@ pub(super) fn render(status: &Status) -> String {
         "Connections a built-in worker has open",
         open,
     );
-
-    let mut text = String::new();
-    encode(&mut text, &registry).expect("writing to a String cannot fail");
-    text
 }
