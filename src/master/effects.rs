@@ -1,13 +1,13 @@
 //! Everything the supervisor does to the world, behind one trait: start,
 //! tell and kill worker processes, tell systemd, read a worker's memory,
-//! read the configuration again.
+//! read the configuration again, keep and restore program files.
 //!
 //! The supervisor's state machine ([`super::supervisor`]) acts only through
 //! [`Effects`], so its unit tests drive it with a fake that records what it
 //! asked for, and the master drives it with [`Processes`], the real thing.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use std::os::fd::{AsFd, OwnedFd};
 
 use super::handover::{self, HandedSocketFile, HandedWorker, Keep, State};
+use super::release::ProgramFile;
 use super::upgrade::{self, Departure};
 use super::worker::{self, WorkerEvent, WorkerHandle, WorkerId};
 use crate::balance::ShareTable;
@@ -72,8 +73,18 @@ pub(super) trait Effects {
     fn usage(&self, pid: u32) -> procfs::Usage;
     fn systemd(&mut self, message: Systemd);
     fn load_config(&self, source: &ConfigSource) -> Result<MasterConfig, String>;
-    /// Where rolled-back program files are written, if anywhere.
-    fn runtime_dir(&self) -> Option<&Path>;
+    /// A program file kept as it is now, whatever later happens to its
+    /// path, for a rollback.
+    type Program: std::fmt::Debug;
+    /// Keeps the program file at `path` as it is now.
+    fn keep_program(&mut self, path: &Path) -> std::io::Result<Self::Program>;
+    /// Writes a kept program of `generation` back out as an executable
+    /// file: its path, or why it cannot.
+    fn restore_program(
+        &mut self,
+        program: &Self::Program,
+        generation: u64,
+    ) -> Result<PathBuf, String>;
     /// Checks the program an upgrade would run (`baton upgrade-check`);
     /// the outcome comes back as an input of the master's loop.
     fn check_upgrade(&mut self);
@@ -200,8 +211,24 @@ impl Effects for Processes {
         (self.loader)(source)
     }
 
-    fn runtime_dir(&self) -> Option<&Path> {
-        self.runtime_dir.as_ref().map(super::RuntimeDir::path)
+    type Program = ProgramFile;
+
+    fn keep_program(&mut self, path: &Path) -> std::io::Result<ProgramFile> {
+        ProgramFile::open(path)
+    }
+
+    fn restore_program(
+        &mut self,
+        program: &ProgramFile,
+        generation: u64,
+    ) -> Result<PathBuf, String> {
+        let dir = self
+            .runtime_dir
+            .as_ref()
+            .ok_or("the master has no private directory to write it to")?;
+        program
+            .write_out(dir.path(), generation)
+            .map_err(|e| e.to_string())
     }
 
     fn check_upgrade(&mut self) {

@@ -572,15 +572,13 @@ async fn drive(
         .map(|_| tokio::time::interval(MEMORY_CHECK_EVERY));
     let mut listeners = listening::Watch::new(&supervisor.effects.listeners);
     while !supervisor.is_done() {
-        let next_restart = supervisor.next_restart();
-        let probation_end = supervisor.probation_end();
-        let shutdown_at = supervisor.shutdown_at;
+        let timer = supervisor.next_timer();
+        let due = timer.map_or_else(Instant::now, |(at, _)| at);
         tokio::select! {
-            _ = sleep_until(shutdown_at.unwrap_or_else(Instant::now)), if shutdown_at.is_some() => {
-                supervisor.shutdown_delay_over();
-            }
-            _ = sleep_until(probation_end.unwrap_or_else(Instant::now)), if probation_end.is_some() => {
-                supervisor.pass_probation("stayed up through its probation");
+            _ = sleep_until(due), if timer.is_some() => {
+                if let Some((_, timer)) = timer {
+                    supervisor.on_timer(timer);
+                }
             }
             _ = tick(&mut watchdog) => supervisor.watchdog(),
             _ = tick(&mut memory_check) => supervisor.check_memory(),
@@ -600,9 +598,6 @@ async fn drive(
             Some(event) = inputs.events.recv() => supervisor.on_event(event),
             Some(request) = inputs.control.recv() => supervisor.on_control(request),
             Some(checked) = inputs.upgrade_checked.recv() => supervisor.on_upgrade_checked(checked),
-            _ = sleep_until(next_restart.unwrap_or_else(Instant::now)), if next_restart.is_some() => {
-                supervisor.restart_due_slots(Instant::now());
-            }
         }
     }
     supervisor.finish()

@@ -7,7 +7,9 @@
 //! the old file open instead: the open descriptor holds the old inode,
 //! whatever happens to the path, and a rollback writes it back out as an
 //! executable file in the master's private directory and starts workers
-//! from there.
+//! from there. Keeping and writing back are effects on the world, so the
+//! supervisor asks for them through its `Effects`; a [`Release`] holds
+//! whatever those hand it back ([`ProgramFile`] in the real master).
 
 use std::fs::File;
 use std::io;
@@ -15,52 +17,44 @@ use std::path::{Path, PathBuf};
 
 use crate::config::MasterConfig;
 
-/// A generation's configuration and program file.
+/// A generation's configuration and its program, as `P` keeps it.
 #[derive(Debug)]
-pub struct Release {
+pub struct Release<P> {
     pub generation: u64,
     pub config: MasterConfig,
     /// The program file as it was when the generation started.
-    program: File,
+    pub program: P,
 }
 
-impl Release {
-    /// Captures what `config` starts workers from now, for `generation`.
-    pub fn capture(generation: u64, config: &MasterConfig) -> io::Result<Release> {
-        Ok(Release {
-            generation,
-            config: config.clone(),
-            program: File::open(&config.program)?,
-        })
+/// A program file held open: the file as it was, whatever later happens
+/// to its path.
+#[derive(Debug)]
+pub struct ProgramFile(File);
+
+impl ProgramFile {
+    pub fn open(path: &Path) -> io::Result<ProgramFile> {
+        File::open(path).map(ProgramFile)
     }
 
-    /// The configuration to start this release again: its program written
-    /// back as an executable file in `dir`, in place of the path (which may
-    /// lead to another release by now).
-    pub fn restore(&self, dir: &Path) -> io::Result<MasterConfig> {
-        let path = self.write_program(dir)?;
-        let mut config = self.config.clone();
-        config.program = path;
-        Ok(config)
-    }
-
-    fn write_program(&self, dir: &Path) -> io::Result<PathBuf> {
+    /// Writes the program back out as an executable file in `dir`, named
+    /// for `generation`: its path. Written once per generation.
+    pub fn write_out(&self, dir: &Path, generation: u64) -> io::Result<PathBuf> {
         use std::io::{Seek, SeekFrom};
         use std::os::unix::fs::OpenOptionsExt;
-        let path = dir.join(format!("program-{}", self.generation));
+        let path = dir.join(format!("program-{generation}"));
         if path.exists() {
             return Ok(path);
         }
         // Written under another name and renamed, so that no worker is ever
         // started from a half-written file.
-        let staging = dir.join(format!(".program-{}.partial", self.generation));
+        let staging = dir.join(format!(".program-{generation}.partial"));
         let mut out = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o755)
             .open(&staging)?;
-        let mut program = &self.program;
+        let mut program = &self.0;
         program.seek(SeekFrom::Start(0))?;
         io::copy(&mut program, &mut out)?;
         drop(out);

@@ -43,22 +43,34 @@ const MAX_DRAINING_GENERATIONS: usize = 2;
 /// rolled: a short peak is not a leak.
 const MEMORY_CHECKS_OVER: u32 = 3;
 
+/// A moment the supervisor waits for; the master's loop sleeps until the
+/// next one ([`Supervisor::next_timer`]) and says when it is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timer {
+    /// SIGTERM's `--shutdown-delay` is over: drain and exit.
+    ShutdownDelay,
+    /// The newest generation stayed up through its probation.
+    Probation,
+    /// A backed-off restart is due.
+    Restart,
+}
+
 /// A generation rolled in and not yet trusted: a crash of one of its
 /// workers before `until` rolls back to `previous`.
 #[derive(Debug)]
-pub(super) struct Probation {
+pub(super) struct Probation<P> {
     pub generation: u64,
     pub until: Instant,
     /// How long the rollout took, for the answer.
     rollout_ms: u64,
-    pub previous: Release,
+    pub previous: Release<P>,
 }
 
 /// Everything about reloads: the one rolling, the one queued behind it, who
 /// waits for which, what each generation was started from, the last
 /// outcome.
-#[derive(Debug, Default)]
-pub(super) struct Reloads {
+#[derive(Debug)]
+pub(super) struct Reloads<P> {
     pub rollout: Option<Rollout>,
     /// The rollout in progress rolls back to an older release.
     rolling_back: bool,
@@ -72,26 +84,36 @@ pub(super) struct Reloads {
     /// The last reload's outcome, for STATUS= lines and `baton status`.
     pub last: Option<ReloadOutcome>,
     /// The newest generation, rolled in, before its probation ends.
-    pub probation: Option<Probation>,
+    pub probation: Option<Probation<P>>,
     /// The configuration before the reload in progress read a new one,
     /// restored if the reload is abandoned.
     previous_config: Option<MasterConfig>,
     /// What the newest generation was started from...
-    release: Option<Release>,
+    release: Option<Release<P>>,
     /// ...and, while a reload rolls, what the generation it replaces was.
-    previous_release: Option<Release>,
+    previous_release: Option<Release<P>>,
 }
 
-impl Reloads {
+impl<P> Default for Reloads<P> {
+    fn default() -> Self {
+        Reloads {
+            rollout: None,
+            rolling_back: false,
+            queued: false,
+            waiters: Vec::new(),
+            queued_waiters: Vec::new(),
+            last: None,
+            probation: None,
+            previous_config: None,
+            release: None,
+            previous_release: None,
+        }
+    }
+}
+
+impl<P> Reloads<P> {
     pub fn is_queued(&self) -> bool {
         self.queued
-    }
-
-    /// Keeps what `generation` was started from, for a later rollback.
-    pub fn capture_release(&mut self, generation: u64, config: &MasterConfig) {
-        self.release = Release::capture(generation, config)
-            .inspect_err(|e| warn!(cause = %e, "cannot keep the program file open: a failed release cannot be rolled back to this one"))
-            .ok();
     }
 
     fn queue(&mut self, waiter: Option<oneshot::Sender<Reply>>) {
@@ -133,7 +155,7 @@ pub(super) struct Supervisor<E: Effects> {
     /// The newest generation started.
     pub generation: u64,
     pub phase: Phase,
-    pub reloads: Reloads,
+    pub reloads: Reloads<E::Program>,
     /// Set when the first start failed: the master exits with it.
     pub failure: Option<MasterError>,
     /// The program path workers start from (a rollback starts them from a
@@ -179,7 +201,7 @@ impl<E: Effects> Supervisor<E> {
     /// Starts the first generation.
     pub fn start(&mut self) {
         info!(workers = self.slots.len(), program = %self.config.program.display(), "starting workers");
-        self.reloads.capture_release(1, &self.config);
+        self.reloads.release = self.keep_release();
         for slot in 0..self.slots.len() {
             self.slots[slot].generation = 1;
             match self.spawn(slot, 1, Cause::Start) {
@@ -251,10 +273,37 @@ impl<E: Effects> Supervisor<E> {
         );
     }
 
-    /// The `--shutdown-delay` is over: drain and exit.
-    pub fn shutdown_delay_over(&mut self) {
-        self.shutdown_at = None;
-        self.stop(false);
+    /// The next moment the supervisor waits for, and what falls due then.
+    pub fn next_timer(&self) -> Option<(Instant, Timer)> {
+        let probation_end = self.reloads.probation.as_ref().map(|p| p.until);
+        let next_restart = self.slots.iter().filter_map(|s| s.restart_at).min();
+        [
+            (self.shutdown_at, Timer::ShutdownDelay),
+            (probation_end, Timer::Probation),
+            (next_restart, Timer::Restart),
+        ]
+        .into_iter()
+        .filter_map(|(at, timer)| Some((at?, timer)))
+        .min_by_key(|&(at, _)| at)
+    }
+
+    /// `timer` fell due.
+    pub fn on_timer(&mut self, timer: Timer) {
+        match timer {
+            Timer::ShutdownDelay => {
+                self.shutdown_at = None;
+                self.stop(false);
+            }
+            Timer::Probation => self.pass_probation("stayed up through its probation"),
+            Timer::Restart => {
+                let now = Instant::now();
+                for slot in 0..self.slots.len() {
+                    if self.slots[slot].restart_at.is_some_and(|at| at <= now) {
+                        self.restart(slot);
+                    }
+                }
+            }
+        }
     }
 
     /// Whether the master is done: stopping, and every worker gone.
@@ -271,16 +320,6 @@ impl<E: Effects> Supervisor<E> {
                 Ok(())
             }
         }
-    }
-
-    /// When the next backed-off restart is due.
-    pub fn next_restart(&self) -> Option<Instant> {
-        self.slots.iter().filter_map(|s| s.restart_at).min()
-    }
-
-    /// When the newest generation's probation ends.
-    pub fn probation_end(&self) -> Option<Instant> {
-        self.reloads.probation.as_ref().map(|p| p.until)
     }
 
     pub fn watchdog(&mut self) {
@@ -599,15 +638,6 @@ impl<E: Effects> Supervisor<E> {
         }
     }
 
-    /// Restarts the slots whose backoff is over at `now`.
-    pub fn restart_due_slots(&mut self, now: Instant) {
-        for slot in 0..self.slots.len() {
-            if self.slots[slot].restart_at.is_some_and(|at| at <= now) {
-                self.restart(slot);
-            }
-        }
-    }
-
     /// The newest generation with a ready worker in a slot: what serves,
     /// whatever is being rolled in or failed to. With no worker ready (a
     /// crash loop), the generation the slots restart in.
@@ -686,14 +716,9 @@ impl<E: Effects> Supervisor<E> {
                 // Workers start from the program path again, even after a
                 // rollback started them from a copy.
                 self.config.program = self.program_path.clone();
+                let kept = self.keep_release();
                 let reloads = &mut self.reloads;
-                match Release::capture(self.generation, &self.config) {
-                    Ok(release) => reloads.previous_release = reloads.release.replace(release),
-                    Err(e) => {
-                        warn!(cause = %e, "cannot keep the program file open: this release cannot be rolled back to");
-                        reloads.previous_release = reloads.release.take();
-                    }
-                }
+                reloads.previous_release = std::mem::replace(&mut reloads.release, kept);
                 self.effects.systemd(Systemd::Reloading(format!(
                     "reloading to generation {}",
                     self.generation
@@ -909,20 +934,15 @@ impl<E: Effects> Supervisor<E> {
             rollback_to: target,
             reason,
         });
-        let restored = self
+        let mut config = previous.config.clone();
+        config.program = self
             .effects
-            .runtime_dir()
-            .ok_or_else(|| "no private directory".to_owned())
-            .and_then(|dir| previous.restore(dir).map_err(|e| e.to_string()));
-        self.config = match restored {
-            Ok(config) => config,
-            Err(cause) => {
+            .restore_program(&previous.program, previous.generation)
+            .unwrap_or_else(|cause| {
                 error!(%cause, "cannot write the previous program file back; rolling back the configuration only");
-                let mut config = previous.config.clone();
-                config.program = self.program_path.clone();
-                config
-            }
-        };
+                self.program_path.clone()
+            });
+        self.config = config;
         self.reloads.release = Some(previous);
         self.generation += 1;
         let generation = self.generation;
@@ -932,6 +952,22 @@ impl<E: Effects> Supervisor<E> {
         self.slots[crashed_slot].generation = generation;
         self.schedule_restart(crashed_slot, true);
         self.begin_rollout(generation);
+    }
+
+    /// Keeps what the current generation is started from, for a later
+    /// rollback; `None` (said in the log) if its program cannot be kept.
+    pub(super) fn keep_release(&mut self) -> Option<Release<E::Program>> {
+        match self.effects.keep_program(&self.config.program) {
+            Ok(program) => Some(Release {
+                generation: self.generation,
+                config: self.config.clone(),
+                program,
+            }),
+            Err(cause) => {
+                warn!(%cause, generation = self.generation, "cannot keep the program file open: a later release that fails cannot be rolled back to this one");
+                None
+            }
+        }
     }
 
     /// Reads the `--config` file again, keeping the configuration in force

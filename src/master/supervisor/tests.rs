@@ -1,7 +1,11 @@
 //! The state machine driven by hand: events in, effects read back. No
-//! process is started; worker ids stand for processes.
+//! process is started; worker ids stand for processes. Each test runs on
+//! tokio's paused clock: time passes only when a test says so ([`pass`]),
+//! and the supervisor's timers fire as the master's loop fires them.
 
 use std::os::unix::process::ExitStatusExt;
+
+use std::path::{Path, PathBuf};
 
 use super::*;
 use crate::control::reply::UpgradeOutcome;
@@ -10,8 +14,10 @@ use crate::master::state::{BACKOFF_CAP, BACKOFF_FIRST};
 /// Records what the supervisor asks for.
 #[derive(Debug, Default)]
 struct Fake {
-    /// (worker, slot, generation) for each worker started.
+    /// (worker, slot, generation) for each worker started...
     spawned: Vec<(WorkerId, usize, u64)>,
+    /// ...and the configuration it was started with.
+    configs: Vec<MasterConfig>,
     drained: Vec<WorkerId>,
     hurried: Vec<WorkerId>,
     killed: Vec<WorkerId>,
@@ -25,6 +31,10 @@ struct Fake {
     /// What each upgrade would have handed to the new program (the
     /// fake's exec always fails).
     handed_over: Vec<super::super::upgrade::Departure>,
+    /// Kept programs written back, with their generation.
+    restored: Vec<(PathBuf, u64)>,
+    /// Writing a kept program back fails while set.
+    refuse_restore: bool,
 }
 
 impl Effects for Fake {
@@ -33,12 +43,13 @@ impl Effects for Fake {
         id: WorkerId,
         slot: usize,
         generation: u64,
-        _config: &MasterConfig,
+        config: &MasterConfig,
     ) -> Result<u32, String> {
         if self.refuse_spawns {
             return Err("cannot start".to_owned());
         }
         self.spawned.push((id, slot, generation));
+        self.configs.push(config.clone());
         Ok(1000 + id as u32)
     }
     fn drain(&mut self, id: WorkerId, _timeout: Duration, _grace: Option<Duration>) {
@@ -63,8 +74,17 @@ impl Effects for Fake {
     fn load_config(&self, _source: &crate::config::ConfigSource) -> Result<MasterConfig, String> {
         Err("no config file in these tests".to_owned())
     }
-    fn runtime_dir(&self) -> Option<&std::path::Path> {
-        None
+    /// A kept program is its path, as the fake never reads it.
+    type Program = PathBuf;
+    fn keep_program(&mut self, path: &Path) -> std::io::Result<PathBuf> {
+        Ok(path.to_owned())
+    }
+    fn restore_program(&mut self, program: &PathBuf, generation: u64) -> Result<PathBuf, String> {
+        if self.refuse_restore {
+            return Err("disk full".to_owned());
+        }
+        self.restored.push((program.clone(), generation));
+        Ok(PathBuf::from(format!("/run/baton/program-{generation}")))
     }
     fn check_upgrade(&mut self) {
         self.upgrade_checks += 1;
@@ -74,6 +94,9 @@ impl Effects for Fake {
         "cannot run the new program (fake)".to_owned()
     }
 }
+
+/// The path of the workers' program.
+const PROGRAM: &str = "/srv/app/server";
 
 fn config(workers: usize, probation: Duration) -> MasterConfig {
     MasterConfig {
@@ -92,8 +115,7 @@ fn config(workers: usize, probation: Duration) -> MasterConfig {
         admin: None,
         agent: None,
         shutdown_delay: Duration::ZERO,
-        // Any file that exists: a release keeps it open.
-        program: std::env::current_exe().expect("the test binary's path"),
+        program: PathBuf::from(PROGRAM),
         worker_args: Vec::new(),
         foreign: None,
     }
@@ -143,7 +165,6 @@ fn reload_waiting(supervisor: &mut Supervisor<Fake>) -> oneshot::Receiver<Reply>
     answer
 }
 
-/// The reply `waiter` got, in words.
 /// The reply `waiter` got, if any yet.
 fn answer(waiter: &mut oneshot::Receiver<Reply>) -> Option<Reply> {
     waiter.try_recv().ok()
@@ -157,6 +178,25 @@ fn is_in(reply: Option<Reply>) -> Option<u64> {
     }
 }
 
+/// Lets `time` pass on the paused clock, firing each of the supervisor's
+/// timers when it falls due, as the master's loop does.
+async fn pass(supervisor: &mut Supervisor<Fake>, time: Duration) {
+    let end = Instant::now() + time;
+    while let Some((at, timer)) = supervisor.next_timer().filter(|&(at, _)| at <= end) {
+        tokio::time::advance(at - Instant::now()).await;
+        supervisor.on_timer(timer);
+    }
+    tokio::time::advance(end - Instant::now()).await;
+}
+
+/// The restart the supervisor waits for, as a time from now.
+fn restart_in(supervisor: &Supervisor<Fake>) -> Option<Duration> {
+    match supervisor.next_timer() {
+        Some((at, Timer::Restart)) => Some(at - Instant::now()),
+        _ => None,
+    }
+}
+
 /// Makes each new worker ready until no rollout is left.
 fn finish_rollouts(supervisor: &mut Supervisor<Fake>) {
     while let Some(pending) = supervisor.pending_new_worker() {
@@ -164,8 +204,8 @@ fn finish_rollouts(supervisor: &mut Supervisor<Fake>) {
     }
 }
 
-#[test]
-fn a_reload_replaces_one_slot_at_a_time_and_answers_when_all_are_in() {
+#[tokio::test(start_paused = true)]
+async fn a_reload_replaces_one_slot_at_a_time_and_answers_when_all_are_in() {
     let mut supervisor = running(2, Duration::ZERO);
     let (old0, old1) = (
         current(&supervisor, 0).unwrap(),
@@ -199,8 +239,8 @@ fn a_reload_replaces_one_slot_at_a_time_and_answers_when_all_are_in() {
     ));
 }
 
-#[test]
-fn reloads_asked_for_during_a_reload_run_once_after_it() {
+#[tokio::test(start_paused = true)]
+async fn reloads_asked_for_during_a_reload_run_once_after_it() {
     let mut supervisor = running(1, Duration::ZERO);
     let mut first = reload_waiting(&mut supervisor);
     let mut second = reload_waiting(&mut supervisor);
@@ -229,8 +269,8 @@ fn reloads_asked_for_during_a_reload_run_once_after_it() {
     assert!(supervisor.reloads.rollout.is_none());
 }
 
-#[test]
-fn a_new_worker_failing_mid_rollout_fails_the_reload_and_old_workers_go_on() {
+#[tokio::test(start_paused = true)]
+async fn a_new_worker_failing_mid_rollout_fails_the_reload_and_old_workers_go_on() {
     let mut supervisor = running(2, Duration::ZERO);
     let old1 = current(&supervisor, 1).unwrap();
     let mut waiter = reload_waiting(&mut supervisor);
@@ -273,8 +313,8 @@ fn a_new_worker_failing_mid_rollout_fails_the_reload_and_old_workers_go_on() {
     assert_eq!(is_in(answer(&mut queued)), Some(3));
 }
 
-#[test]
-fn a_crash_of_the_new_release_during_its_rollout_rolls_back() {
+#[tokio::test(start_paused = true)]
+async fn a_crash_of_the_new_release_during_its_rollout_rolls_back() {
     let mut supervisor = running(2, Duration::from_secs(5));
     let old1 = current(&supervisor, 1).unwrap();
     let mut waiter = reload_waiting(&mut supervisor);
@@ -327,8 +367,8 @@ fn a_crash_of_the_new_release_during_its_rollout_rolls_back() {
     assert!(supervisor.slots.iter().all(|s| s.generation == 3));
 }
 
-#[test]
-fn a_crash_during_probation_rolls_back_and_passing_it_answers_ok() {
+#[tokio::test(start_paused = true)]
+async fn a_crash_during_probation_rolls_back_and_passing_it_answers_ok() {
     let mut supervisor = running(1, Duration::from_secs(5));
     let mut waiter = reload_waiting(&mut supervisor);
     finish_rollouts(&mut supervisor);
@@ -337,8 +377,13 @@ fn a_crash_during_probation_rolls_back_and_passing_it_answers_ok() {
         None,
         "answered when the probation ends"
     );
-    assert!(supervisor.probation_end().is_some());
-    supervisor.pass_probation("stayed up through its probation");
+    pass(
+        &mut supervisor,
+        Duration::from_secs(5) - Duration::from_millis(1),
+    )
+    .await;
+    assert_eq!(answer(&mut waiter), None, "still on probation");
+    pass(&mut supervisor, Duration::from_millis(1)).await;
     assert_eq!(is_in(answer(&mut waiter)), Some(2));
 
     let mut waiter = reload_waiting(&mut supervisor);
@@ -358,8 +403,8 @@ fn a_crash_during_probation_rolls_back_and_passing_it_answers_ok() {
     );
 }
 
-#[test]
-fn stop_during_a_reload_answers_every_waiter_and_drains_every_worker() {
+#[tokio::test(start_paused = true)]
+async fn stop_during_a_reload_answers_every_waiter_and_drains_every_worker() {
     let mut supervisor = running(2, Duration::ZERO);
     let mut waiter = reload_waiting(&mut supervisor);
     let mut queued = reload_waiting(&mut supervisor);
@@ -392,8 +437,8 @@ fn stop_during_a_reload_answers_every_waiter_and_drains_every_worker() {
     assert!(supervisor.finish().is_ok());
 }
 
-#[test]
-fn quick_crashes_back_off_and_a_worker_that_lived_resets_the_backoff() {
+#[tokio::test(start_paused = true)]
+async fn quick_crashes_back_off_and_a_worker_that_lived_resets_the_backoff() {
     let mut supervisor = running(1, Duration::ZERO);
     let crash = |supervisor: &mut Supervisor<Fake>| {
         let id = current(supervisor, 0).expect("the slot has a worker");
@@ -410,33 +455,30 @@ fn quick_crashes_back_off_and_a_worker_that_lived_resets_the_backoff() {
 
     crash(&mut supervisor);
     assert_eq!(supervisor.effects.spawned.len(), 3, "the third backs off");
-    let due = supervisor.next_restart().expect("a restart is scheduled");
-    let wait = due - Instant::now();
-    assert!(
-        wait > Duration::from_millis(50) && wait <= BACKOFF_FIRST,
-        "{wait:?}"
-    );
-    supervisor.restart_due_slots(due - Duration::from_millis(1));
+    assert_eq!(restart_in(&supervisor), Some(BACKOFF_FIRST));
+    pass(&mut supervisor, BACKOFF_FIRST - Duration::from_millis(1)).await;
     assert_eq!(supervisor.effects.spawned.len(), 3, "not before it is due");
-    supervisor.restart_due_slots(due);
+    pass(&mut supervisor, Duration::from_millis(1)).await;
     assert_eq!(supervisor.effects.spawned.len(), 4);
 
     crash(&mut supervisor);
-    let wait = supervisor.next_restart().unwrap() - Instant::now();
-    assert!(wait > BACKOFF_FIRST, "the backoff doubles: {wait:?}");
-    supervisor.restart_due_slots(Instant::now() + BACKOFF_CAP);
+    assert_eq!(
+        restart_in(&supervisor),
+        Some(BACKOFF_FIRST * 2),
+        "the backoff doubles"
+    );
+    pass(&mut supervisor, BACKOFF_FIRST * 2).await;
+    assert_eq!(supervisor.effects.spawned.len(), 5);
 
     // A worker that was ready and lived past STABLE_LIFETIME crashes:
     // restarted at once, the count of quick deaths back to zero.
     let id = current(&supervisor, 0).unwrap();
     ready(&mut supervisor, id);
-    let worker = supervisor.workers.get_mut(&id).unwrap();
-    worker.started -= STABLE_LIFETIME * 2;
-    let before = supervisor.effects.spawned.len();
+    pass(&mut supervisor, STABLE_LIFETIME).await;
     crash(&mut supervisor);
-    assert_eq!(supervisor.effects.spawned.len(), before + 1);
+    assert_eq!(supervisor.effects.spawned.len(), 6);
     assert_eq!(supervisor.slots[0].quick_failures, 0);
-    assert_eq!(supervisor.next_restart(), None);
+    assert_eq!(supervisor.next_timer(), None);
 }
 
 #[test]
@@ -467,23 +509,20 @@ fn the_backoff_doubles_from_the_third_quick_death_up_to_its_cap_and_resets() {
     assert_eq!(slot.backoff(true), None);
 }
 
-#[test]
-fn a_worker_that_cannot_be_started_is_retried_with_backoff() {
+#[tokio::test(start_paused = true)]
+async fn a_worker_that_cannot_be_started_is_retried_with_backoff() {
     let mut supervisor = running(1, Duration::ZERO);
     supervisor.effects.refuse_spawns = true;
     let id = current(&supervisor, 0).unwrap();
     exited(&mut supervisor, id);
-    assert!(
-        supervisor.next_restart().is_some(),
-        "failed starts back off"
-    );
+    assert!(restart_in(&supervisor).is_some(), "failed starts back off");
     supervisor.effects.refuse_spawns = false;
-    supervisor.restart_due_slots(Instant::now() + BACKOFF_CAP);
+    pass(&mut supervisor, BACKOFF_CAP).await;
     assert!(current(&supervisor, 0).is_some());
 }
 
-#[test]
-fn a_first_worker_that_dies_before_ready_fails_the_start() {
+#[tokio::test(start_paused = true)]
+async fn a_first_worker_that_dies_before_ready_fails_the_start() {
     let mut supervisor = Supervisor::new(config(2, Duration::ZERO), Fake::default());
     supervisor.start();
     let first = started(&supervisor)[0];
@@ -500,8 +539,8 @@ fn a_first_worker_that_dies_before_ready_fails_the_start() {
     );
 }
 
-#[test]
-fn a_shutdown_delay_is_a_lame_duck_first_and_a_second_sigterm_drains_at_once() {
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_delay_is_a_lame_duck_first_and_a_second_sigterm_drains_at_once() {
     let mut config = config(1, Duration::ZERO);
     config.shutdown_delay = Duration::from_secs(10);
     let mut supervisor = Supervisor::new(config, Fake::default());
@@ -531,8 +570,84 @@ fn a_shutdown_delay_is_a_lame_duck_first_and_a_second_sigterm_drains_at_once() {
     assert_eq!(supervisor.shutdown_at, None);
 }
 
-#[test]
-fn a_reload_storm_hurries_all_but_the_newest_draining_generations() {
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_delay_ends_in_a_drain_when_it_is_over() {
+    let mut config = config(1, Duration::ZERO);
+    config.shutdown_delay = Duration::from_secs(10);
+    let mut supervisor = Supervisor::new(config, Fake::default());
+    supervisor.start();
+    let first = newest(&supervisor);
+    ready(&mut supervisor, first);
+
+    supervisor.on_signal(Intent::Shutdown, "SIGTERM");
+    pass(
+        &mut supervisor,
+        Duration::from_secs(10) - Duration::from_millis(1),
+    )
+    .await;
+    assert_eq!(supervisor.host_state(), "lame_duck");
+    assert!(supervisor.effects.drained.is_empty(), "still serving");
+    pass(&mut supervisor, Duration::from_millis(1)).await;
+    assert_eq!(supervisor.host_state(), "draining");
+    assert_eq!(supervisor.effects.drained, vec![first]);
+}
+
+/// A release on probation whose worker crashes: the rollback is under way.
+fn roll_back_from_generation_2(supervisor: &mut Supervisor<Fake>) {
+    reload_waiting(supervisor);
+    finish_rollouts(supervisor);
+    let on_probation = current(supervisor, 0).unwrap();
+    exited(supervisor, on_probation);
+    assert!(matches!(
+        supervisor.reloads.last,
+        Some(ReloadOutcome::RolledBack { rollback_to: 1, .. })
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rollback_starts_the_previous_release_from_its_kept_program_and_configuration() {
+    let mut supervisor = running(1, Duration::from_secs(5));
+    // The release of generation 2 runs with other arguments.
+    supervisor.config.worker_args = vec!["--new-release".into()];
+    roll_back_from_generation_2(&mut supervisor);
+
+    assert_eq!(
+        supervisor.effects.restored,
+        vec![(PathBuf::from(PROGRAM), 1)],
+        "generation 1's program, kept when it started, is written back"
+    );
+    let restarted = supervisor.effects.configs.last().unwrap();
+    assert_eq!(restarted.program, Path::new("/run/baton/program-1"));
+    assert!(
+        restarted.worker_args.is_empty(),
+        "generation 1's configuration comes back with it"
+    );
+
+    // The next reload starts from the program path again.
+    finish_rollouts(&mut supervisor);
+    reload_waiting(&mut supervisor);
+    let reloaded = supervisor.effects.configs.last().unwrap();
+    assert_eq!(reloaded.program, Path::new(PROGRAM));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rollback_whose_program_cannot_be_written_back_rolls_back_the_configuration() {
+    let mut supervisor = running(1, Duration::from_secs(5));
+    supervisor.effects.refuse_restore = true;
+    supervisor.config.worker_args = vec!["--new-release".into()];
+    roll_back_from_generation_2(&mut supervisor);
+
+    let restarted = supervisor.effects.configs.last().unwrap();
+    assert_eq!(restarted.program, Path::new(PROGRAM), "from the path");
+    assert!(restarted.worker_args.is_empty());
+    assert_eq!(
+        supervisor.workers[&current(&supervisor, 0).unwrap()].generation,
+        3
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_storm_hurries_all_but_the_newest_draining_generations() {
     let mut supervisor = running(1, Duration::ZERO);
     let first = current(&supervisor, 0).unwrap();
     for _ in 0..MAX_DRAINING_GENERATIONS + 1 {
@@ -557,8 +672,8 @@ fn upgrade_waiting(supervisor: &mut Supervisor<Fake>) -> oneshot::Receiver<Reply
     answer
 }
 
-#[test]
-fn an_upgrade_during_a_reload_is_refused_and_reloads_during_an_upgrade_are_not_raced() {
+#[tokio::test(start_paused = true)]
+async fn an_upgrade_during_a_reload_is_refused_and_reloads_during_an_upgrade_are_not_raced() {
     let mut supervisor = running(2, Duration::ZERO);
     let mut reload = reload_waiting(&mut supervisor);
     let mut refused = upgrade_waiting(&mut supervisor);
@@ -616,8 +731,8 @@ fn an_upgrade_during_a_reload_is_refused_and_reloads_during_an_upgrade_are_not_r
     assert_eq!(supervisor.ready_slots(), 2);
 }
 
-#[test]
-fn a_new_program_that_fails_its_check_is_refused_and_stop_cancels_an_upgrade() {
+#[tokio::test(start_paused = true)]
+async fn a_new_program_that_fails_its_check_is_refused_and_stop_cancels_an_upgrade() {
     let mut supervisor = running(1, Duration::ZERO);
     let mut waiter = upgrade_waiting(&mut supervisor);
     supervisor.on_upgrade_checked(Err("it exited with 3".to_owned()));
@@ -640,8 +755,8 @@ fn a_new_program_that_fails_its_check_is_refused_and_stop_cancels_an_upgrade() {
     );
 }
 
-#[test]
-fn an_adopted_state_keeps_slots_workers_and_history() {
+#[tokio::test(start_paused = true)]
+async fn an_adopted_state_keeps_slots_workers_and_history() {
     let mut supervisor = running(2, Duration::ZERO);
     let mut reload = reload_waiting(&mut supervisor);
     finish_rollouts(&mut supervisor);
@@ -668,8 +783,8 @@ fn an_adopted_state_keeps_slots_workers_and_history() {
     }
 }
 
-#[test]
-fn a_listener_put_right_is_counted_and_one_that_cannot_be_is_down_until_it_listens() {
+#[tokio::test(start_paused = true)]
+async fn a_listener_put_right_is_counted_and_one_that_cannot_be_is_down_until_it_listens() {
     use crate::listeners::{ListenerFault, Repair};
     let mut supervisor = running(2, Duration::ZERO);
     let repair = |fault, result| Repair {

@@ -170,9 +170,7 @@ impl<E: Effects> Supervisor<E> {
             .map(|numbered| (numbered.id, numbered.worker))
             .collect();
         supervisor.config.workers = supervisor.slots.len();
-        supervisor
-            .reloads
-            .capture_release(supervisor.generation, &supervisor.config);
+        supervisor.reloads.release = supervisor.keep_release();
         supervisor
     }
 
