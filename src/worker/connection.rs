@@ -404,3 +404,114 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+
+    use tokio::io::{AsyncWriteExt, DuplexStream};
+
+    use super::*;
+
+    fn tracked() -> (DuplexStream, Tracked<DuplexStream>, Arc<Tracker>) {
+        let (client, ours) = tokio::io::duplex(1024);
+        let (tracked, tracker) = Tracked::new(ours);
+        (client, tracked, tracker)
+    }
+
+    /// One read of `stream` as hyper makes it: the bytes it gave, or
+    /// `None` if it has nothing yet.
+    async fn read_now(stream: &mut Tracked<DuplexStream>) -> Option<Vec<u8>> {
+        poll_fn(|cx| {
+            let mut bytes = [0u8; 256];
+            let mut buf = ReadBuf::new(&mut bytes);
+            match Pin::new(&mut *stream).poll_read(cx, &mut buf) {
+                Poll::Ready(result) => {
+                    result.expect("read");
+                    Poll::Ready(Some(buf.filled().to_vec()))
+                }
+                Poll::Pending => Poll::Ready(None),
+            }
+        })
+        .await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_close_asked_while_idle_reads_as_the_end_of_the_stream() {
+        let (_client, mut stream, tracker) = tracked();
+        assert_eq!(read_now(&mut stream).await, None, "waiting for a request");
+        tracker.ask_close();
+        assert_eq!(read_now(&mut stream).await, Some(Vec::new()), "the end");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_close_asked_with_a_request_waiting_reads_the_request_first() {
+        let (mut client, mut stream, tracker) = tracked();
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        tracker.ask_close();
+        let read = read_now(&mut stream).await.expect("the request is there");
+        assert_eq!(read, b"GET / HTTP/1.1\r\n\r\n");
+        assert!(tracker.closing(), "its response will close the connection");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_close_asked_while_a_request_is_in_flight_waits_for_its_body() {
+        let (_client, mut stream, tracker) = tracked();
+        let in_flight = tracker.request();
+        tracker.ask_close();
+        assert_eq!(read_now(&mut stream).await, None, "still reading the body");
+        drop(in_flight);
+        assert_eq!(read_now(&mut stream).await, Some(Vec::new()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_phases_deadlines_follow_what_the_connection_did() {
+        let limits = Limits {
+            header: Duration::from_secs(10),
+            keepalive: Duration::from_secs(60),
+        };
+        let (mut client, mut stream, tracker) = tracked();
+        let opened = Instant::now();
+        let step = |phase| tracker.next_step(phase, &limits);
+        assert_eq!(
+            step(DrainPhase::Serving),
+            Step::Close(opened + limits.header),
+            "a new connection has the header limit to start"
+        );
+        tokio::time::advance(Duration::from_secs(3)).await;
+        client.write_all(b"GET").await.unwrap();
+        read_now(&mut stream).await.expect("a first byte");
+        let first_byte = Instant::now();
+        assert_eq!(
+            step(DrainPhase::Serving),
+            Step::Drop(first_byte + limits.header)
+        );
+        assert_eq!(
+            step(DrainPhase::Closing),
+            Step::Drop(Instant::now()),
+            "a head still coming when the grace ends is dropped now"
+        );
+        let in_flight = tracker.request();
+        assert_eq!(
+            step(DrainPhase::Closing),
+            Step::Wait,
+            "never during a request"
+        );
+        tokio::time::advance(Duration::from_secs(5)).await;
+        drop(in_flight);
+        let answered = Instant::now();
+        assert_eq!(
+            step(DrainPhase::Serving),
+            Step::Close(answered + limits.keepalive)
+        );
+        assert_eq!(
+            step(DrainPhase::Draining),
+            Step::Close(answered + limits.keepalive)
+        );
+        assert_eq!(
+            step(DrainPhase::Closing),
+            Step::Close(Instant::now()),
+            "an idle one closes now"
+        );
+    }
+}

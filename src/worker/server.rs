@@ -71,8 +71,11 @@ pub struct Server {
     /// Tells the accept loops to stop and every connection the drain phase.
     drain_tx: watch::Sender<DrainPhase>,
     accept_loops: Vec<JoinHandle<()>>,
+    /// What connections given to [`Server::serve_connection`] share with
+    /// the accept loops' connections.
+    shared: Arc<Shared>,
     /// Resolves to `None` once every holder of [`Shared`] is gone: the
-    /// accept loops and every connection task.
+    /// server, the accept loops and every connection task.
     closed: mpsc::Receiver<()>,
 }
 
@@ -121,8 +124,19 @@ impl Server {
             state,
             drain_tx,
             accept_loops,
+            shared,
             closed,
         }
+    }
+
+    /// Serves a connection that did not come from this server's listeners,
+    /// as if it had just been accepted: its phases, limits and drain are
+    /// those of every other connection.
+    pub fn serve_connection<S>(&self, stream: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        serve(stream, None, &self.shared);
     }
 
     /// Drains: see the module docs. `hurry` resolves if the master asks to
@@ -136,6 +150,7 @@ impl Server {
         hurry: impl std::future::Future<Output = Duration>,
     ) {
         let mut closed = self.closed;
+        drop(self.shared);
         let _ = self.drain_tx.send(DrainPhase::Draining);
         for accept_loop in self.accept_loops {
             let _ = accept_loop.await;
@@ -282,3 +297,6 @@ where
         drop(open);
     });
 }
+
+#[cfg(test)]
+mod tests;
