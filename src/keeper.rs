@@ -47,14 +47,10 @@ impl Keeper {
     /// Starts `program keeper` and the task that writes to it. The keeper
     /// is detached: it is not a child of the master once started.
     pub async fn start(program: &Path) -> io::Result<Self> {
-        let mut child = std::process::Command::new(program)
+        let mut child = crate::systemd::scrub_env(&mut std::process::Command::new(program))
             .arg("keeper")
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
-            .env_remove("LISTEN_FDS")
-            .env_remove("LISTEN_PID")
-            .env_remove("LISTEN_FDNAMES")
-            .env_remove("NOTIFY_SOCKET")
             .spawn()?;
         let stdin = child.stdin.take().expect("stdin is piped");
         // The first process only forks the keeper and exits.

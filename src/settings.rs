@@ -182,41 +182,61 @@ pub fn check_options(args: CheckArgs) -> Result<CheckOptions, String> {
                 reload_command: args.reload_command,
             }
         }
-        None => {
-            let mut serve = args.serve;
-            if serve.test_config {
-                return Err("-t tests the configuration of `baton serve`, not the check".into());
-            }
-            if serve.listen.is_empty() {
-                serve
-                    .listen
-                    .push("127.0.0.1:0".parse().expect("a valid address"));
-            }
-            if serve.control.is_none() {
-                // Its own control socket, so that the check runs beside
-                // a baton that uses the default one.
-                let dir = crate::control::default_dir();
-                crate::control::ensure_private_dir(&dir)?;
-                serve.control = Some(dir.join(format!("check-{}.sock", std::process::id())));
-            }
-            // Validate now, so that a bad serve option is a usage error
-            // of the check itself.
-            master_config(serve.clone())?;
-            let program = own_program_path().map_err(|e| {
-                format!("cannot find baton's own program file to start the server from: {e}")
-            })?;
-            // The server reads its options from a config file, as a
-            // deploy's would.
-            let control = serve.control.clone().expect("set above");
-            let config = control.with_extension("toml");
-            let text = toml::to_string(&serve)
-                .map_err(|e| format!("cannot write the server's options as TOML: {e}"))?;
-            std::fs::write(&config, text)
-                .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
-            Target::SelfHosted { program, config }
-        }
+        None => self_hosted(args.serve)?,
     };
-    let reload_every = match (args.reload_every, &target) {
+    let reload_every = reload_schedule(args.reload_every, &target)?;
+    Ok(CheckOptions {
+        target,
+        duration: args.duration,
+        connections: args.connections as usize,
+        keepalive_ratio: args.keepalive_ratio,
+        reload_every,
+        kill_every: args.kill_every.filter(|every| !every.is_zero()),
+        request_timeout: args.request_timeout,
+        json: args.json,
+        plot: args.plot,
+        progress: true,
+    })
+}
+
+/// The `baton serve` a check without `--url` starts: its options written
+/// as a config file, as a deploy's would be.
+fn self_hosted(mut serve: ServeArgs) -> Result<Target, String> {
+    if serve.test_config {
+        return Err("-t tests the configuration of `baton serve`, not the check".into());
+    }
+    if serve.listen.is_empty() {
+        serve
+            .listen
+            .push("127.0.0.1:0".parse().expect("a valid address"));
+    }
+    if serve.control.is_none() {
+        // Its own control socket, so that the check runs beside
+        // a baton that uses the default one.
+        let dir = crate::control::default_dir();
+        crate::control::ensure_private_dir(&dir)?;
+        serve.control = Some(dir.join(format!("check-{}.sock", std::process::id())));
+    }
+    // Validate now, so that a bad serve option is a usage error
+    // of the check itself.
+    master_config(serve.clone())?;
+    let program = own_program_path().map_err(|e| {
+        format!("cannot find baton's own program file to start the server from: {e}")
+    })?;
+    // The server reads its options from a config file, as a
+    // deploy's would.
+    let control = serve.control.clone().expect("set above");
+    let config = control.with_extension("toml");
+    let text = toml::to_string(&serve)
+        .map_err(|e| format!("cannot write the server's options as TOML: {e}"))?;
+    std::fs::write(&config, text).map_err(|e| format!("cannot write {}: {e}", config.display()))?;
+    Ok(Target::SelfHosted { program, config })
+}
+
+/// How often the check reloads: `--reload-every` (0 for never), by
+/// default every few seconds unless baton cannot reload the target.
+fn reload_schedule(every: Option<Duration>, target: &Target) -> Result<Option<Duration>, String> {
+    let every = match (every, target) {
         (
             Some(every),
             Target::External {
@@ -238,18 +258,6 @@ pub fn check_options(args: CheckArgs) -> Result<CheckOptions, String> {
             },
         ) => None,
         (None, _) => Some(DEFAULT_RELOAD_EVERY),
-    }
-    .filter(|every| !every.is_zero());
-    Ok(CheckOptions {
-        target,
-        duration: args.duration,
-        connections: args.connections as usize,
-        keepalive_ratio: args.keepalive_ratio,
-        reload_every,
-        kill_every: args.kill_every.filter(|every| !every.is_zero()),
-        request_timeout: args.request_timeout,
-        json: args.json,
-        plot: args.plot,
-        progress: true,
-    })
+    };
+    Ok(every.filter(|every| !every.is_zero()))
 }

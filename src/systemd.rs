@@ -16,6 +16,26 @@ use tracing::debug;
 
 use crate::fd;
 
+/// What systemd says to the master alone: no child of the master (worker,
+/// keeper, the check of an upgrade's program) may read these and think it
+/// is the one socket-activated, notified or watched.
+pub const MASTER_ONLY_ENV: [&str; 6] = [
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+];
+
+/// Removes [`MASTER_ONLY_ENV`] from what `command` starts with.
+pub fn scrub_env(command: &mut std::process::Command) -> &mut std::process::Command {
+    for name in MASTER_ONLY_ENV {
+        command.env_remove(name);
+    }
+    command
+}
+
 /// Takes the listeners systemd passed, named by LISTEN_FDNAMES (systemd's
 /// default name, `unknown`, where none is given), each close-on-exec, and
 /// removes LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES from the environment.

@@ -291,6 +291,59 @@ pub fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
 
+impl CheckReport {
+    fn write_failure_samples(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for sample in &self.failure_samples {
+            write!(
+                f,
+                "    at {:>6.2} s  {:<10} after {:.1} ms",
+                sample.at_s, sample.kind, sample.after_ms
+            )?;
+            if let Some(pid) = sample.worker_pid {
+                write!(f, " on pid {pid}")?;
+            }
+            writeln!(f, ": {}", sample.detail)?;
+        }
+        Ok(())
+    }
+
+    fn write_reloads(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for reload in &self.reloads {
+            write!(
+                f,
+                "    at {:>6.2} s  {:>8.1} ms  {}",
+                reload.at_s,
+                reload.duration_ms,
+                if reload.ok { "ok" } else { "FAILED" }
+            )?;
+            match &reload.detail {
+                Some(detail) => writeln!(f, ": {detail}")?,
+                None => writeln!(f)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn write_kills(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.kills.is_empty() {
+            writeln!(f, "  kills       {}", self.kills.len())?;
+            for kill in &self.kills {
+                let replaced = kill
+                    .replaced_in_ms
+                    .map_or("not replaced (it was draining)".to_owned(), |ms| {
+                        format!("replaced in {ms:.1} ms")
+                    });
+                writeln!(
+                    f,
+                    "    at {:>6.2} s  pid {:<8} {replaced}, {} requests in flight failed",
+                    kill.at_s, kill.pid, kill.failed_in_flight
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl fmt::Display for CheckReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "baton check of {}", self.target)?;
@@ -308,17 +361,7 @@ impl fmt::Display for CheckReport {
             self.requests, self.rate, self.ok
         )?;
         writeln!(f, "  failures    {}", self.failures)?;
-        for sample in &self.failure_samples {
-            write!(
-                f,
-                "    at {:>6.2} s  {:<10} after {:.1} ms",
-                sample.at_s, sample.kind, sample.after_ms
-            )?;
-            if let Some(pid) = sample.worker_pid {
-                write!(f, " on pid {pid}")?;
-            }
-            writeln!(f, ": {}", sample.detail)?;
-        }
+        self.write_failure_samples(f)?;
         if !self.kills.is_empty() {
             writeln!(
                 f,
@@ -338,34 +381,8 @@ impl fmt::Display for CheckReport {
             self.reloads.len(),
             ok_reloads
         )?;
-        for reload in &self.reloads {
-            write!(
-                f,
-                "    at {:>6.2} s  {:>8.1} ms  {}",
-                reload.at_s,
-                reload.duration_ms,
-                if reload.ok { "ok" } else { "FAILED" }
-            )?;
-            match &reload.detail {
-                Some(detail) => writeln!(f, ": {detail}")?,
-                None => writeln!(f)?,
-            }
-        }
-        if !self.kills.is_empty() {
-            writeln!(f, "  kills       {}", self.kills.len())?;
-            for kill in &self.kills {
-                let replaced = kill
-                    .replaced_in_ms
-                    .map_or("not replaced (it was draining)".to_owned(), |ms| {
-                        format!("replaced in {ms:.1} ms")
-                    });
-                writeln!(
-                    f,
-                    "    at {:>6.2} s  pid {:<8} {replaced}, {} requests in flight failed",
-                    kill.at_s, kill.pid, kill.failed_in_flight
-                )?;
-            }
-        }
+        self.write_reloads(f)?;
+        self.write_kills(f)?;
         write!(f, "  workers     {} pids answered", self.workers.len())?;
         if let Some(spread) = self.worker_spread {
             write!(f, ", busiest/idlest {spread:.2}")?;

@@ -121,8 +121,12 @@ pub struct Counters {
 impl Status {
     /// The status as a table for people.
     pub fn table(&self) -> String {
-        let status = self;
-        let master = &status.master;
+        self.master_lines() + &self.worker_lines()
+    }
+
+    /// Where the master stands, one fact a line.
+    fn master_lines(&self) -> String {
+        let master = &self.master;
         let mut text = format!(
             "master pid {}, {} ({}/{} workers ready), generation {}, up {}; last reload: {}\n",
             master.pid,
@@ -160,7 +164,13 @@ impl Status {
             p.generation, p.remaining_s, p.rollback_to
         );
         }
-        text += &format!(
+        text
+    }
+
+    /// One line per worker under a header, then the slots backing off.
+    fn worker_lines(&self) -> String {
+        let status = self;
+        let mut text = format!(
             "{:<5} {:<8} {:<4} {:<9} {:>8} {:>8} {:>9} {:>8} {:>6} {:>9} {:>10}\n",
             "SLOT",
             "PID",

@@ -130,6 +130,39 @@ pub(super) struct OwnSockets {
     pub agent: Option<OwnedFd>,
 }
 
+impl Processes {
+    /// What the watcher of a worker started with `config` is given.
+    fn watch_context<'a>(&'a self, config: &'a MasterConfig) -> worker::WatchContext<'a> {
+        worker::WatchContext {
+            foreign: config.foreign.as_ref(),
+            listeners: &self.listeners,
+            ready_timeout: config.ready_timeout,
+            drain_timeout: config.drain_timeout,
+            keeper: self.keeper.as_ref(),
+            output: &self.output,
+        }
+    }
+}
+
+impl OwnSockets {
+    /// Copies of the master's own sockets in `parts`.
+    pub fn copied_from(parts: &super::Parts) -> Result<OwnSockets, super::MasterError> {
+        let copy = |fd: std::os::fd::BorrowedFd<'_>| {
+            fd.try_clone_to_owned()
+                .map_err(super::MasterError::OwnSockets)
+        };
+        Ok(OwnSockets {
+            control: copy(parts.control.as_fd())?,
+            control_file: parts
+                .control_file
+                .as_ref()
+                .map(crate::listeners::SocketFile::id),
+            admin: parts.admin.as_ref().map(|l| copy(l.as_fd())).transpose()?,
+            agent: parts.agent.as_ref().map(|l| copy(l.as_fd())).transpose()?,
+        })
+    }
+}
+
 impl Effects for Processes {
     fn spawn(
         &mut self,
@@ -138,6 +171,7 @@ impl Effects for Processes {
         generation: u64,
         config: &MasterConfig,
     ) -> Result<u32, String> {
+        let runtime_dir = self.runtime_dir.as_ref().map(super::RuntimeDir::path);
         let launch = worker::Launch {
             id,
             slot,
@@ -145,18 +179,10 @@ impl Effects for Processes {
             program: &config.program,
             args: &config.worker_args,
             http: config.http.as_ref(),
-            listeners: &self.listeners,
-            ready_timeout: config.ready_timeout,
-            foreign: config
-                .foreign
-                .as_ref()
-                .zip(self.runtime_dir.as_ref())
-                .map(|(foreign, dir)| (foreign, dir.path())),
             identity: config.worker_identity,
             balance: self.balance.as_ref().map(ShareTable::fd),
-            drain_timeout: config.drain_timeout,
-            keeper: self.keeper.as_ref(),
-            output: &self.output,
+            notify_dir: runtime_dir,
+            watch: self.watch_context(config),
         };
         let handle = worker::spawn(launch, self.events.clone()).map_err(|e| e.to_string())?;
         let pid = handle.pid;
@@ -257,14 +283,7 @@ impl Processes {
         adopted: worker::Adopted,
         config: &MasterConfig,
     ) -> std::io::Result<()> {
-        let context = worker::WatchContext {
-            foreign: config.foreign.as_ref(),
-            listeners: &self.listeners,
-            ready_timeout: config.ready_timeout,
-            drain_timeout: config.drain_timeout,
-            keeper: self.keeper.as_ref(),
-            output: &self.output,
-        };
+        let context = self.watch_context(config);
         let id = adopted.id;
         let handle = worker::adopt(adopted, &context, self.events.clone())?;
         self.handles.insert(id, handle);

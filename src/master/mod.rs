@@ -193,19 +193,8 @@ async fn serve(
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (output_alive, mut output_closed) = mpsc::channel::<()>(1);
     let (upgrade_checked_tx, upgrade_checked_rx) = mpsc::unbounded_channel();
-    let copy =
-        |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned().map_err(MasterError::OwnSockets);
-    use std::os::fd::AsFd;
-    let own_sockets = OwnSockets {
-        control: copy(parts.control.as_fd())?,
-        control_file: parts
-            .control_file
-            .as_ref()
-            .map(crate::listeners::SocketFile::id),
-        admin: parts.admin.as_ref().map(|l| copy(l.as_fd())).transpose()?,
-        agent: parts.agent.as_ref().map(|l| copy(l.as_fd())).transpose()?,
-    };
-    let mut processes = Processes {
+    let own_sockets = OwnSockets::copied_from(&parts)?;
+    let processes = Processes {
         listeners: parts.listeners,
         events: events_tx,
         handles: BTreeMap::new(),
@@ -230,42 +219,7 @@ async fn serve(
     }
     let clients = control::Clients::default();
     tokio::spawn(control::serve(parts.control, control_tx, clients.clone()));
-    let supervisor = match start {
-        Start::Fresh => {
-            // systemd keeps what baton bound across a restart (what it
-            // passed is already its own).
-            let bound: Vec<_> = processes
-                .listeners
-                .iter()
-                .filter(|l| !l.inherited)
-                .map(|l| (l.name.as_str(), l.as_fd()))
-                .collect();
-            let stored = processes.notifier.store_fds(&bound);
-            if stored > 0 {
-                info!(
-                    listeners = stored,
-                    "listeners handed to systemd's descriptor store"
-                );
-            }
-            let mut supervisor = Supervisor::new(config, processes);
-            supervisor.start();
-            supervisor
-        }
-        Start::Adopted { state, incoming } => {
-            let state = *state;
-            let handed = state.descriptors();
-            let watched = adopt_workers(&mut processes, &config, &state);
-            let waiters = answer_on(&state.waiters);
-            let took_ms = state::wall_clock::now_ms().saturating_sub(state.asked_at_ms);
-            let mut supervisor = Supervisor::adopt(config, processes, state.supervisor);
-            // Workers whose descriptors did not come over cannot be
-            // watched: they were killed, and their slots are filled again.
-            supervisor.keep_only(&watched);
-            handover::adopted(&handed, state.previous_program, incoming.state_fd);
-            supervisor.after_adoption(incoming.failed.as_deref(), state.roll, took_ms, waiters);
-            supervisor
-        }
-    };
+    let supervisor = start_supervisor(start, config, processes);
     let inputs = Inputs {
         events: events_rx,
         control: control_rx,
@@ -555,6 +509,55 @@ struct Inputs {
     events: mpsc::UnboundedReceiver<WorkerEvent>,
     control: mpsc::UnboundedReceiver<control::Request>,
     upgrade_checked: mpsc::UnboundedReceiver<Result<String, String>>,
+}
+
+/// The supervisor of a fresh start, with its first workers starting, or
+/// of an upgrade, with the workers it adopted.
+fn start_supervisor(
+    start: Start,
+    config: MasterConfig,
+    mut processes: Processes,
+) -> Supervisor<Processes> {
+    match start {
+        Start::Fresh => {
+            store_bound_listeners(&processes);
+            let mut supervisor = Supervisor::new(config, processes);
+            supervisor.start();
+            supervisor
+        }
+        Start::Adopted { state, incoming } => {
+            let state = *state;
+            let handed = state.descriptors();
+            let watched = adopt_workers(&mut processes, &config, &state);
+            let waiters = answer_on(&state.waiters);
+            let took_ms = state::wall_clock::now_ms().saturating_sub(state.asked_at_ms);
+            let mut supervisor = Supervisor::adopt(config, processes, state.supervisor);
+            // Workers whose descriptors did not come over cannot be
+            // watched: they were killed, and their slots are filled again.
+            supervisor.keep_only(&watched);
+            handover::adopted(&handed, state.previous_program, incoming.state_fd);
+            supervisor.after_adoption(incoming.failed.as_deref(), state.roll, took_ms, waiters);
+            supervisor
+        }
+    }
+}
+
+/// Hands the listeners baton bound to systemd's descriptor store, which
+/// keeps them across a restart (what systemd passed is already its own).
+fn store_bound_listeners(processes: &Processes) {
+    let bound: Vec<_> = processes
+        .listeners
+        .iter()
+        .filter(|l| !l.inherited)
+        .map(|l| (l.name.as_str(), l.as_fd()))
+        .collect();
+    let stored = processes.notifier.store_fds(&bound);
+    if stored > 0 {
+        info!(
+            listeners = stored,
+            "listeners handed to systemd's descriptor store"
+        );
+    }
 }
 
 /// Feeds the supervisor its inputs until every worker is gone.

@@ -72,7 +72,7 @@ pub async fn check_program(
     serve_args: Vec<std::ffi::OsString>,
 ) -> Result<String, String> {
     let cannot_run = |e: std::io::Error| format!("cannot run {}: {e}", program.display());
-    let mut child = std::process::Command::new(&program)
+    let mut child = crate::systemd::scrub_env(&mut std::process::Command::new(&program))
         .arg("upgrade-check")
         .arg("--format")
         .arg(handover::FORMAT.to_string())
@@ -81,7 +81,6 @@ pub async fn check_program(
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
-        .env_remove("NOTIFY_SOCKET")
         .env_remove(handover::ENV_STATE)
         .spawn()
         .map_err(cannot_run)?;

@@ -112,23 +112,16 @@ pub struct Launch<'a> {
     pub args: &'a [OsString],
     /// A built-in worker's options, for its hello.
     pub http: Option<&'a crate::http_options::HttpArgs>,
-    pub listeners: &'a ListenerSet,
-    pub ready_timeout: Duration,
-    /// Set for a COMMAND worker, with the directory for its notify socket.
-    pub foreign: Option<(&'a ForeignWorker, &'a Path)>,
     /// The uid and gid the worker runs as, if not the master's.
     pub identity: Option<(u32, u32)>,
     /// The accept-balance table, sent after the listeners.
     pub balance: Option<BorrowedFd<'a>>,
-    /// How long processes the worker leaves behind get to finish when it
-    /// crashes (see [`Watcher::stop_group`]).
-    pub drain_timeout: Duration,
-    /// Stops the worker's process group if the master goes away.
-    pub keeper: Option<&'a Keeper>,
-    /// Held by the tasks that forward the worker's output (never sent on):
-    /// the master waits for them before it exits, so that a worker's last
-    /// words (why it failed to start) are printed.
-    pub output: &'a mpsc::Sender<()>,
+    /// Where a COMMAND worker's notify socket goes (the master has one
+    /// whenever its workers are COMMAND workers).
+    pub notify_dir: Option<&'a Path>,
+    /// What the worker's watcher is given; `foreign` is set for a COMMAND
+    /// worker.
+    pub watch: WatchContext<'a>,
 }
 
 /// How often a worker's process group is looked at while what it left
@@ -209,51 +202,20 @@ pub fn spawn(
     let (master_end, worker_end) = fd::seqpacket_pair().map_err(SpawnError::Socketpair)?;
     let master_end = UnixDatagram::from(master_end);
     // The hello waits in the socket until the worker reads it: no round trip.
+    let listeners = launch.watch.listeners;
     let hello = ToWorker::Hello {
         worker_id: launch.id,
         slot: launch.slot,
         generation: launch.generation,
-        listeners: launch.listeners.names(),
+        listeners: listeners.names(),
         balance: launch.balance.is_some(),
         http: launch.http.cloned(),
     };
-    let mut fds = launch.listeners.fds();
+    let mut fds = listeners.fds();
     fds.extend(launch.balance);
     protocol::send_now(&master_end, &hello, &fds).map_err(SpawnError::Hello)?;
 
-    let mut notify = None;
-    let mut cmd = std::process::Command::new(launch.program);
-    cmd.args(launch.args)
-        .stdin(Stdio::null())
-        // Only the master speaks to systemd and reads its sockets.
-        .env_remove("LISTEN_FDS")
-        .env_remove("LISTEN_PID")
-        .env_remove("LISTEN_FDNAMES")
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("WATCHDOG_USEC")
-        .env_remove("WATCHDOG_PID")
-        // Its own process group: a Ctrl-C on the terminal reaches the master
-        // only, which then drains the workers instead of losing them.
-        .process_group(0);
-    if let Some((foreign, dir)) = launch.foreign {
-        let socket = NotifySocket::bind(dir.join(format!("notify-{}.sock", launch.id)))
-            .map_err(SpawnError::Notify)?;
-        if let Some((uid, gid)) = launch.identity {
-            // The worker must be able to send to its socket after it drops
-            // privileges.
-            std::os::unix::fs::chown(&socket.path, Some(uid), Some(gid))
-                .map_err(SpawnError::Notify)?;
-        }
-        cmd.env("NOTIFY_SOCKET", &socket.path);
-        if let Some(watchdog) = foreign.watchdog {
-            // The exec stage adds WATCHDOG_PID, the program's pid.
-            cmd.env("WATCHDOG_USEC", watchdog.as_micros().to_string());
-        }
-        notify = Some(socket);
-        if foreign.prefix_output {
-            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        }
-    }
+    let (mut cmd, notify) = command(&launch)?;
     fd::prepare_child(&mut cmd, worker_end.as_fd(), launch.identity);
     let mut child = cmd.spawn().map_err(|source| SpawnError::Exec {
         program: launch.program.to_owned(),
@@ -280,19 +242,50 @@ pub fn spawn(
         stderr: child.stderr.take().map(OwnedFd::from),
         stage: Stage::Starting,
     };
-    let context = WatchContext {
-        foreign: launch.foreign.map(|(foreign, _)| foreign),
-        listeners: launch.listeners,
-        ready_timeout: launch.ready_timeout,
-        drain_timeout: launch.drain_timeout,
-        keeper: launch.keeper,
-        output: launch.output,
-    };
-    if let Some(keeper) = launch.keeper {
+    if let Some(keeper) = launch.watch.keeper {
         // The worker leads its own process group (`process_group(0)`).
         keeper.watch(pid);
     }
-    watch(watched, &context, events).map_err(SpawnError::Socketpair)
+    watch(watched, &launch.watch, events).map_err(SpawnError::Socketpair)
+}
+
+/// The worker's command line and environment, and a COMMAND worker's
+/// notify socket.
+fn command(
+    launch: &Launch<'_>,
+) -> Result<(std::process::Command, Option<NotifySocket>), SpawnError> {
+    let mut cmd = std::process::Command::new(launch.program);
+    // Only the master speaks to systemd and reads its sockets.
+    crate::systemd::scrub_env(&mut cmd)
+        .args(launch.args)
+        .stdin(Stdio::null())
+        // Its own process group: a Ctrl-C on the terminal reaches the master
+        // only, which then drains the workers instead of losing them.
+        .process_group(0);
+    let Some(foreign) = launch.watch.foreign else {
+        return Ok((cmd, None));
+    };
+    let dir = launch.notify_dir.ok_or_else(|| {
+        SpawnError::Notify(std::io::Error::other(
+            "the master has no private directory for its notify socket",
+        ))
+    })?;
+    let socket = NotifySocket::bind(dir.join(format!("notify-{}.sock", launch.id)))
+        .map_err(SpawnError::Notify)?;
+    if let Some((uid, gid)) = launch.identity {
+        // The worker must be able to send to its socket after it drops
+        // privileges.
+        std::os::unix::fs::chown(&socket.path, Some(uid), Some(gid)).map_err(SpawnError::Notify)?;
+    }
+    cmd.env("NOTIFY_SOCKET", &socket.path);
+    if let Some(watchdog) = foreign.watchdog {
+        // The exec stage adds WATCHDOG_PID, the program's pid.
+        cmd.env("WATCHDOG_USEC", watchdog.as_micros().to_string());
+    }
+    if foreign.prefix_output {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    }
+    Ok((cmd, Some(socket)))
 }
 
 /// A worker the previous image of this master started (`baton upgrade`),
@@ -352,8 +345,14 @@ pub struct WatchContext<'a> {
     pub foreign: Option<&'a ForeignWorker>,
     pub listeners: &'a ListenerSet,
     pub ready_timeout: Duration,
+    /// How long processes the worker leaves behind get to finish when it
+    /// crashes (see [`Watcher::stop_group`]).
     pub drain_timeout: Duration,
+    /// Stops the worker's process group if the master goes away.
     pub keeper: Option<&'a Keeper>,
+    /// Held by the tasks that forward the worker's output (never sent on):
+    /// the master waits for them before it exits, so that a worker's last
+    /// words (why it failed to start) are printed.
     pub output: &'a mpsc::Sender<()>,
 }
 
