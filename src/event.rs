@@ -29,6 +29,9 @@ pub enum Event {
     MasterStarted,
     /// A listener is bound (or inherited); `addr=`.
     Listening,
+    /// A socket for operators is bound; `option=` (`admin` or `agent`),
+    /// `addr=`.
+    OperatorsListening,
     /// A worker process started; `pid=`, `slot=`, `generation=`, `cause=`.
     WorkerStarted,
     /// A worker is ready to serve.

@@ -422,7 +422,7 @@ fn open_tcp(
     match bound {
         Ok(listener) => {
             let addr = listener.local_addr().unwrap_or(addr);
-            info!(%addr, option, what, "listening for operators");
+            info!(event = %Event::OperatorsListening, %addr, option, what, "listening for operators");
             Ok(listener)
         }
         Err(e) => Err(MasterError::Admin {

@@ -37,8 +37,8 @@ fn port_in_use() {
 
 #[test]
 fn same_address_twice() {
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
+    // Refused before anything is bound.
+    let addr = "127.0.0.1:8080";
     assert_usage_error(
         &["serve", "--listen", &addr, "--listen", &addr],
         "given twice",
@@ -68,7 +68,7 @@ fn bad_durations_and_counts() {
 
 #[test]
 fn an_empty_config_file_is_refused_at_start() {
-    let dir = crate::support::tempdir::TempDir::new("empty-config");
+    let dir = crate::support::temp_dir("empty-config");
     let file = dir.path().join("baton.toml");
     std::fs::write(&file, "# being rewritten\n").unwrap();
     assert_usage_error(

@@ -5,8 +5,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::support::tempdir::TempDir;
 use crate::support::*;
+use crate::support::{temp_dir, TempDir};
 
 /// Runs `baton check ARGS` and returns its exit code, stdout and stderr.
 fn run_check(args: &[&str]) -> (i32, String, String) {
@@ -32,7 +32,7 @@ fn read_json(path: &Path) -> serde_json::Value {
 #[test]
 fn baton_passes_its_own_check_with_json_and_plot() {
     let _heavy = heavy();
-    let dir = TempDir::new("check-self");
+    let dir = temp_dir("check-self");
     let json = dir.path().join("report.json");
     let svg = dir.path().join("timeline.svg");
     let (code, stdout, stderr) = run_check(&[
@@ -119,7 +119,7 @@ struct NaiveServer {
 
 impl NaiveServer {
     fn start() -> Self {
-        let dir = TempDir::new("naive");
+        let dir = temp_dir("naive");
         let port = free_port();
         std::fs::write(dir.path().join("server.py"), NAIVE_SERVER).unwrap();
         let server = NaiveServer { dir, port };

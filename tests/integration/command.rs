@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::support::tempdir::TempDir;
+use crate::support::temp_dir;
 use crate::support::*;
 
 /// `baton serve --workers 2 -- node ARGS`, for tests that reload it under
@@ -121,7 +121,7 @@ fn a_command_that_cannot_start_fails_the_first_start() {
 #[test]
 fn a_release_that_fails_on_reload_loses_nothing() {
     let _heavy = heavy();
-    let dir = TempDir::new("failing-release");
+    let dir = temp_dir("failing-release");
     let flag = dir.path().join("broken");
     let script = format!(
         "if [ -e {} ]; then exit 3; fi; exec python3 {}",

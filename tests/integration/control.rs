@@ -10,8 +10,8 @@ use std::process::{Command, Stdio};
 use std::thread::sleep;
 use std::time::Duration;
 
-use crate::support::tempdir::TempDir;
 use crate::support::*;
+use crate::support::{temp_dir, TempDir};
 
 /// Runs `baton ARGS --control PATH`, optionally as another uid; returns the
 /// exit code, stdout and stderr.
@@ -54,7 +54,7 @@ struct Controlled {
 }
 
 fn serve_with_control(args: &[&str]) -> Controlled {
-    let dir = TempDir::new("control");
+    let dir = temp_dir("control");
     let path = dir.path().join("baton.sock");
     let control = path.to_str().unwrap().to_owned();
     // Before any `-- COMMAND`.
@@ -71,7 +71,7 @@ fn serve_with_control(args: &[&str]) -> Controlled {
 #[test]
 fn reload_wait_reports_success_and_failure_and_loses_nothing() {
     let _heavy = heavy();
-    let dir = TempDir::new("reload-wait");
+    let dir = temp_dir("reload-wait");
     let flag = dir.path().join("broken");
     let script = format!(
         "if [ -e {} ]; then exit 4; fi; exec python3 {}/examples/python/server.py",
@@ -308,7 +308,7 @@ fn a_control_socket_of_another_user_is_not_believed() {
     use std::io::BufRead;
     use std::os::unix::fs::PermissionsExt;
     const ATTACKER: u32 = 1;
-    let dir = TempDir::new("impersonated");
+    let dir = temp_dir("impersonated");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let path = dir.path().join("control.sock");
     let log = dir.path().join("received");
@@ -377,7 +377,7 @@ fn a_control_socket_of_another_user_is_not_believed() {
 
 #[test]
 fn a_crash_loop_backs_off_to_the_cap_with_flat_resources() {
-    let dir = TempDir::new("crash-loop");
+    let dir = temp_dir("crash-loop");
     let flag = dir.path().join("broken");
     let script = format!(
         "if [ -e {} ]; then exit 1; fi; exec sleep 600",
@@ -485,7 +485,7 @@ fn workers_run_as_another_user_on_a_privileged_port() {
 
 /// `baton serve --config FILE`, with the file in its own directory.
 fn serve_with_config(toml: &str) -> (Controlled, PathBuf) {
-    let dir = TempDir::new("config");
+    let dir = temp_dir("config");
     let file = dir.path().join("baton.toml");
     std::fs::write(&file, toml).unwrap();
     let control = dir.path().join("baton.sock");
@@ -622,7 +622,7 @@ fn an_invalid_config_rejects_the_reload_and_loses_nothing() {
 /// only once the master has exited.
 #[test]
 fn status_tells_a_crash_loop_and_a_failed_reload_and_stop_waits_for_the_exit() {
-    let dir = TempDir::new("crashloop");
+    let dir = temp_dir("crashloop");
     let broken = dir.path().join("broken");
     let program = format!(
         "import os, socket, sys\n{}\nif os.path.exists({:?}):\n    sys.exit(3)\nserve(socket.socket(fileno=3))\n",

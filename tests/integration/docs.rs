@@ -85,3 +85,18 @@ fn every_link_of_the_readme_and_the_guide_resolves() {
         "README is the front door: keep it short"
     );
 }
+
+#[test]
+fn the_guide_names_every_lifecycle_event() {
+    use strum::IntoEnumIterator;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let guide = std::fs::read_to_string(root.join("docs/operating.md")).unwrap();
+    let missing: Vec<_> = baton::event::Event::iter()
+        .map(|event| event.to_string())
+        .filter(|name| !guide.contains(&format!("`{name}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/operating.md does not list {missing:?}"
+    );
+}

@@ -20,7 +20,7 @@ struct Host {
 /// HAProxy and three hosts behind it; every process is killed when dropped,
 /// masters the deploy script restarted included.
 struct Fleet {
-    dir: tempdir::TempDir,
+    dir: TempDir,
     hosts: Vec<Host>,
     /// The masters the harness started (stopped by a restart, then no
     /// longer the hosts' masters).
@@ -34,7 +34,9 @@ struct Fleet {
 
 impl Fleet {
     fn start() -> Fleet {
-        let dir = tempdir::TempDir::new("fleet");
+        let dir = temp_dir("fleet");
+        // Chosen up front, not port 0: a restart starts each master again
+        // with the same command line, which must name the same ports.
         let port = free_port().to_string();
         let agent_port = free_port().to_string();
         let mut hosts = Vec::new();

@@ -5,7 +5,7 @@
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use crate::support::tempdir::TempDir;
+use crate::support::temp_dir;
 use crate::support::*;
 
 /// `GET path` on `addr`: the status line's code and the body.
@@ -24,8 +24,8 @@ fn get(addr: &str, path: &str) -> (u16, String) {
 
 #[test]
 fn drain_fails_health_checks_at_once_while_traffic_is_served() {
-    let admin = format!("127.0.0.1:{}", free_port());
-    let baton = Baton::serve(&["--workers", "2", "--admin", &admin]);
+    let baton = Baton::serve(&["--workers", "2", "--admin", "127.0.0.1:0"]);
+    let admin = baton.operators_addr("admin").to_string();
     baton.wait_workers(Duration::from_secs(10), |w| w.len() == 2);
     let traffic = baton.addr.to_string();
     assert_eq!(get(&admin, "/healthz"), (200, "serving".to_owned()));
@@ -53,17 +53,17 @@ fn drain_fails_health_checks_at_once_while_traffic_is_served() {
 
 #[test]
 fn a_shutdown_delay_keeps_serving_as_a_lame_duck_before_the_drain() {
-    let admin = format!("127.0.0.1:{}", free_port());
     let mut baton = Baton::serve(&[
         "--workers",
         "1",
         "--admin",
-        &admin,
+        "127.0.0.1:0",
         "--shutdown-delay",
         "2s",
         "--drain-grace",
         "0s",
     ]);
+    let admin = baton.operators_addr("admin").to_string();
     baton.wait_workers(Duration::from_secs(10), |w| w.len() == 1);
     let traffic = baton.addr.to_string();
     baton.signal(nix::sys::signal::Signal::SIGTERM);
@@ -106,10 +106,9 @@ fn haproxy_status(stats: &std::path::Path) -> String {
 /// back UP, and requests through HAProxy are served before and after.
 #[test]
 fn haproxy_sees_the_host_drain_through_the_agent_check() {
-    let dir = TempDir::new("haproxy");
-    let agent_port = free_port();
-    let agent = format!("127.0.0.1:{agent_port}");
-    let baton = Baton::serve(&["--workers", "1", "--agent", &agent]);
+    let dir = temp_dir("haproxy");
+    let baton = Baton::serve(&["--workers", "1", "--agent", "127.0.0.1:0"]);
+    let agent_port = baton.operators_addr("agent").port();
     baton.wait_workers(Duration::from_secs(10), |w| w.len() == 1);
     let front = format!("127.0.0.1:{}", free_port());
     let stats = dir.path().join("haproxy.sock");

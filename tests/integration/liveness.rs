@@ -11,7 +11,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::command::SERVE_UNTIL_TERM;
-use crate::support::tempdir::TempDir;
+use crate::support::temp_dir;
 use crate::support::*;
 
 #[test]
@@ -112,7 +112,7 @@ fn a_command_worker_that_stops_its_watchdog_is_replaced() {
 #[test]
 fn a_command_worker_over_its_memory_limit_is_rolled_without_failures() {
     let _heavy = heavy();
-    let dir = TempDir::new("memory");
+    let dir = temp_dir("memory");
     let marker = dir.path().join("hog");
     // The first worker to create the marker holds 96 MiB; the others and
     // its successor hold what python needs.

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use crate::support::tempdir::TempDir;
+use crate::support::temp_dir;
 use crate::support::*;
 
 fn servers_dir() -> PathBuf {
@@ -24,7 +24,7 @@ fn servers_dir() -> PathBuf {
 /// soon as the rollout is done: these tests are about the drain (probation
 /// has its own in deploy.rs).
 fn assert_reloads_lose_nothing(baton: &Baton, name: &str) {
-    let dir = TempDir::new(&format!("real-{name}"));
+    let dir = temp_dir(&format!("real-{name}"));
     let json = dir.path().join("report.json");
     let control = baton
         .control

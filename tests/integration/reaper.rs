@@ -68,7 +68,7 @@ fn daemon_is_adopted_and_reaped(baton: &Baton, parent: u32, flag: &Path) {
 
 #[test]
 fn a_daemon_left_by_a_worker_becomes_batons_child_and_is_reaped() {
-    let dir = tempdir::TempDir::new("reaper");
+    let dir = temp_dir("reaper");
     let flag = dir.path().join("exit");
     let args = leaves_a_daemon_behind(&flag);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -81,7 +81,7 @@ fn a_daemon_left_by_a_worker_becomes_batons_child_and_is_reaped() {
 
 #[test]
 fn as_pid_1_of_a_container_baton_reaps_orphans_and_drains_on_sigterm() {
-    let dir = tempdir::TempDir::new("reaper-pid1");
+    let dir = temp_dir("reaper-pid1");
     let flag = dir.path().join("exit");
     // PID 1 of a new PID namespace with its own /proc; killed with it if
     // the test dies.

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::support::tempdir::TempDir;
 use crate::support::*;
+use crate::support::{temp_dir, TempDir};
 
 fn get(mut stream: impl Read + Write) -> String {
     stream
@@ -69,7 +69,7 @@ struct NotifySocket {
 
 impl NotifySocket {
     fn new() -> Self {
-        let dir = TempDir::new("notify");
+        let dir = temp_dir("notify");
         let path = dir.path().join("notify.sock");
         let socket = UnixDatagram::bind(&path).unwrap();
         let messages = Arc::new(Mutex::new(Vec::new()));
@@ -195,7 +195,7 @@ type Stored = Arc<Mutex<Vec<(String, std::os::fd::OwnedFd)>>>;
 /// A NOTIFY_SOCKET that keeps what baton hands to the descriptor store, as
 /// systemd does with `FileDescriptorStoreMax=`.
 fn fd_store() -> (TempDir, String, Stored) {
-    let dir = TempDir::new("fdstore");
+    let dir = temp_dir("fdstore");
     let path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&path).unwrap();
     let store = Arc::new(Mutex::new(Vec::new()));
@@ -233,12 +233,12 @@ fn fd_store() -> (TempDir, String, Stored) {
 /// load saw.
 fn restart_without_a_socket_unit(with_store: bool) -> baton::load::LoadReport {
     let (_dir, notify, store) = fd_store();
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let args = ["--workers", "2", "--listen", &listen];
     let mut command = Command::new(baton_bin());
     command.env("NOTIFY_SOCKET", &notify);
-    let mut old = Baton::serve_command(command, &args);
+    let mut old = Baton::serve_command(command, &["--workers", "2", "--listen", "127.0.0.1:0"]);
+    // The new master is told the port the old one got.
+    let listen = old.addr.to_string();
+    let args = ["--workers", "2", "--listen", &listen];
     assert!(
         wait_until(Duration::from_secs(10), || !store
             .lock()
@@ -286,7 +286,7 @@ fn a_restart_with_the_listeners_in_systemds_store_refuses_nothing() {
 
 #[test]
 fn tcp4_tcp6_and_unix_listeners_at_once() {
-    let dir = TempDir::new("listeners");
+    let dir = temp_dir("listeners");
     let socket = dir.path().join("app.sock");
     let listen_unix = format!("sock=unix:{}", socket.display());
     let ipv6 = TcpListener::bind("[::1]:0").is_ok();
@@ -330,7 +330,7 @@ fn tcp4_tcp6_and_unix_listeners_at_once() {
 
 #[test]
 fn a_stale_unix_socket_is_replaced_and_a_live_one_is_in_use() {
-    let dir = TempDir::new("stale");
+    let dir = temp_dir("stale");
     let path = dir.path().join("app.sock");
     // A socket file left behind by a crashed server: nothing listens.
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
@@ -439,7 +439,7 @@ fn a_listen_flag_naming_an_inherited_socket_refers_to_it() {
 
 #[test]
 fn systemd_analyze_accepts_the_type_notify_units() {
-    let dir = TempDir::new("units");
+    let dir = temp_dir("units");
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
     std::fs::copy(root.join("baton.socket"), dir.path().join("baton.socket")).unwrap();
     let service = std::fs::read_to_string(root.join("legacy/baton.service"))

@@ -218,7 +218,7 @@ fn twenty_upgrades_under_load_leave_descriptors_children_and_memory_flat() {
 /// A NOTIFY_SOCKET that records each message with its sender's pid, as
 /// systemd checks `NotifyAccess=main` against MAINPID.
 struct Notify {
-    _dir: tempdir::TempDir,
+    _dir: TempDir,
     path: String,
     messages: Arc<Mutex<Vec<(Instant, u32, String)>>>,
 }
@@ -227,7 +227,7 @@ impl Notify {
     fn new() -> Self {
         use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags};
         use std::os::fd::AsRawFd;
-        let dir = tempdir::TempDir::new("notify-upgrade");
+        let dir = temp_dir("notify-upgrade");
         let path = dir.path().join("notify.sock");
         let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
         setsockopt(&socket, sockopt::PassCred, &true).unwrap();

@@ -327,6 +327,15 @@ impl Baton {
         self.wait_logged(&event.to_string(), n, within, |l| l.event == Some(event))
     }
 
+    /// The address the master bound for `--admin` or `--agent` (`option`),
+    /// as its `operators_listening` event says: give it port 0.
+    pub fn operators_addr(&self, option: &str) -> SocketAddr {
+        let line = self.wait_logged(option, 1, Duration::from_secs(20), |l| {
+            l.is(Event::OperatorsListening, "option", option)
+        });
+        line.parsed("addr").expect("an address")
+    }
+
     /// Waits for the first line that carries `event`.
     pub fn wait_event(&self, event: Event, within: Duration) -> Logged {
         self.wait_event_nth(event, 1, within)
@@ -469,6 +478,7 @@ pub fn private_control_path() -> PathBuf {
 }
 
 pub use baton::procfs::{children, stat};
+pub use tempfile::TempDir;
 
 /// Whether `pid` is gone or dead (a zombie waiting for its reaper): the
 /// same test `baton stop --wait` makes.
@@ -477,7 +487,8 @@ pub fn is_dead(pid: u32) -> bool {
 }
 
 /// A loopback port nothing listens on now (the kernel picked it for a
-/// listener that is closed again).
+/// listener that is closed again), for a program other than baton that
+/// must be told its port: baton binds port 0 and logs the port it got.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -577,41 +588,20 @@ pub fn mixed_clients(new_connection: usize, keep_alive: usize, uploads: usize) -
 
 /// Copies the binary into a fresh directory, so a test can replace the file
 /// (a deploy) without touching the one other tests run.
-pub fn private_copy(name: &str) -> (tempdir::TempDir, PathBuf) {
-    let dir = tempdir::TempDir::new(name);
+pub fn private_copy(name: &str) -> (TempDir, PathBuf) {
+    let dir = temp_dir(name);
     let path = dir.path().join("baton");
     std::fs::copy(baton_bin(), &path).expect("copy the baton binary");
     (dir, path)
 }
 
-pub mod tempdir {
-    use std::path::{Path, PathBuf};
-
-    /// A directory under the target dir, removed on drop.
-    pub struct TempDir(PathBuf);
-
-    impl TempDir {
-        pub fn new(name: &str) -> Self {
-            let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-            let path = base.join(format!(
-                "{name}-{}-{}",
-                std::process::id(),
-                fastrand::u32(..)
-            ));
-            std::fs::create_dir_all(&path).expect("create a test directory");
-            TempDir(path)
-        }
-
-        pub fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+/// A new directory under cargo's directory for test files, removed with
+/// everything in it when dropped.
+pub fn temp_dir(name: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("{name}-"))
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("create a test directory")
 }
 
 /// Replaces the file at `path` with `contents`, as a deploy would: a new
