@@ -40,7 +40,7 @@ fn same_address_twice() {
     // Refused before anything is bound.
     let addr = "127.0.0.1:8080";
     assert_usage_error(
-        &["serve", "--listen", &addr, "--listen", &addr],
+        &["serve", "--listen", addr, "--listen", addr],
         "given twice",
     );
 }
