@@ -22,8 +22,10 @@
 //!   `stop`).
 //! - [`error`]: one error enum per boundary, each saying what to do.
 //! - [`fd`]: all `unsafe` descriptor handling: SCM_RIGHTS, close-on-exec,
-//!   adopting inherited descriptors, the child's side of `fork`. (The only
-//!   other `unsafe` maps the [`balance`] table.)
+//!   adopting inherited descriptors, the child's side of `fork`. Its
+//!   `unsafe fn`s are called once each, at start, by [`systemd`] (the
+//!   listeners systemd passed) and [`worker`] (the handoff socket); the
+//!   only other `unsafe` maps the [`balance`] table.
 //! - [`keeper`]: stops workers' process trees when the master is gone.
 //! - [`listeners`]: binding the listening sockets, keyed by name.
 //! - [`listen_state`]: a listener's state read back from the kernel
@@ -45,6 +47,9 @@
 //! - [`check`]: `baton check`, the zero-downtime check: load, reloads and
 //!   kills on a schedule, a report, an exit code.
 //! - [`procfs`]: the process tree as /proc shows it.
+//! - [`process`]: a process watched through its pidfd, the subreaper and
+//!   the orphans it reaps.
+//! - [`event`]: the lifecycle events, as names and as logged JSON lines.
 
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 

@@ -1,6 +1,7 @@
 //! Everything the supervisor does to the world, behind one trait: start,
 //! tell and kill worker processes, tell systemd, read a worker's memory,
-//! read the configuration again, keep and restore program files.
+//! read the configuration again, keep and restore program files, check
+//! an upgrade's program and hand the master over to it.
 //!
 //! The supervisor's state machine ([`super::supervisor`]) acts only through
 //! [`Effects`], so its unit tests drive it with a fake that records what it

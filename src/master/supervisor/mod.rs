@@ -121,6 +121,80 @@ impl<P> Reloads<P> {
         self.queued_waiters.extend(waiter);
     }
 
+    /// Waiters for the next reload to start, or the one queued.
+    fn wait_for_next(&mut self, waiters: Vec<oneshot::Sender<Reply>>) {
+        self.queued_waiters.extend(waiters);
+    }
+
+    /// Whether a reload was queued; it is not any more.
+    fn take_queued(&mut self) -> bool {
+        std::mem::take(&mut self.queued)
+    }
+
+    /// A reload rolls in a release started from `kept`; the one it
+    /// replaces is kept for a rollback while it rolls and on probation.
+    fn roll_in(&mut self, kept: Option<Release<P>>) {
+        self.previous_release = std::mem::replace(&mut self.release, kept);
+    }
+
+    /// The configuration before the reload read a new one, `previous`, is
+    /// kept until the reload completes.
+    fn keep_config(&mut self, previous: MasterConfig) {
+        self.previous_config = Some(previous);
+    }
+
+    /// Every slot runs the new generation: whether it was a rollback, and
+    /// the release it replaced (to roll back to during its probation).
+    fn rolled_in(&mut self) -> (bool, Option<Release<P>>) {
+        self.rollout = None;
+        self.previous_config = None;
+        let rollback = std::mem::take(&mut self.rolling_back);
+        (rollback, self.previous_release.take())
+    }
+
+    /// The reload in progress is given up: the configuration to go back to,
+    /// if it read a new one. The release in force stays the old one.
+    fn abandon(&mut self) -> Option<MasterConfig> {
+        if let Some(previous) = self.previous_release.take() {
+            self.release = Some(previous);
+        }
+        self.rolling_back = false;
+        self.previous_config.take()
+    }
+
+    /// Whether a crash of a worker of `generation` fails a release: it is
+    /// on probation, or being rolled in (and not a rollback) with an older
+    /// release to go back to.
+    fn on_trial(&self, generation: u64) -> bool {
+        let probation = self
+            .probation
+            .as_ref()
+            .is_some_and(|p| p.generation == generation);
+        let rolling_in = self
+            .rollout
+            .as_ref()
+            .is_some_and(|r| r.generation == generation && !self.rolling_back)
+            && self.previous_release.is_some();
+        probation || rolling_in
+    }
+
+    /// The release on trial failed: the release to roll back to, if any,
+    /// with the rollout in progress (stopped).
+    fn fail_trial(&mut self) -> Option<(Release<P>, Option<Rollout>)> {
+        let previous = match self.probation.take() {
+            Some(probation) => probation.previous,
+            None => self.previous_release.take()?,
+        };
+        self.previous_config = None;
+        Some((previous, self.rollout.take()))
+    }
+
+    /// A rollback to `release` starts.
+    fn roll_back_to(&mut self, release: Release<P>) {
+        self.release = Some(release);
+        self.rolling_back = true;
+    }
+
     /// The reload starting now covers every request queued so far.
     fn begin(&mut self, waiter: Option<oneshot::Sender<Reply>>) {
         let queued = std::mem::take(&mut self.queued_waiters);
@@ -581,7 +655,7 @@ impl<E: Effects> Supervisor<E> {
         warn!(event = %Event::WorkerCrashed, pid, slot, generation, %status, "worker crashed; replacing it");
         self.counters.crashes += 1;
         self.slots[slot].current = None;
-        if self.on_trial(generation) {
+        if self.reloads.on_trial(generation) {
             let lived = humantime::format_duration(Duration::from_millis(
                 worker.started.elapsed().as_millis() as u64,
             ));
@@ -676,7 +750,7 @@ impl<E: Effects> Supervisor<E> {
     /// A reload that answers every one of `waiters`.
     pub(super) fn request_reload_for(&mut self, waiters: Vec<oneshot::Sender<Reply>>) {
         // The reload that starts (or the one queued) covers queued waiters.
-        self.reloads.queued_waiters.extend(waiters);
+        self.reloads.wait_for_next(waiters);
         self.request_reload(None);
     }
 
@@ -717,8 +791,7 @@ impl<E: Effects> Supervisor<E> {
                 // rollback started them from a copy.
                 self.config.program = self.program_path.clone();
                 let kept = self.keep_release();
-                let reloads = &mut self.reloads;
-                reloads.previous_release = std::mem::replace(&mut reloads.release, kept);
+                self.reloads.roll_in(kept);
                 self.effects.systemd(Systemd::Reloading(format!(
                     "reloading to generation {}",
                     self.generation
@@ -782,14 +855,13 @@ impl<E: Effects> Supervisor<E> {
     /// goes on probation; a rollback is complete.
     fn complete_rollout(&mut self, generation: u64, elapsed_ms: u64) {
         info!(event = %Event::ReloadComplete, generation, elapsed_ms, "reload complete");
-        self.reloads.rollout = None;
-        self.reloads.previous_config = None;
+        let (rollback, previous) = self.reloads.rolled_in();
         self.shrink_slots(self.config.workers);
-        if std::mem::take(&mut self.reloads.rolling_back) {
+        if rollback {
             info!(event = %Event::RollbackComplete, generation, elapsed_ms, "rollback complete");
             self.effects.systemd(Systemd::Status(self.status_line()));
         } else {
-            match self.reloads.previous_release.take() {
+            match previous {
                 Some(previous) if !self.config.probation.is_zero() => {
                     info!(
                         event = %Event::ProbationStarted,
@@ -836,14 +908,9 @@ impl<E: Effects> Supervisor<E> {
             reason,
         });
         // The old configuration stays in force, worker count included.
-        let reloads = &mut self.reloads;
-        if let Some(previous) = reloads.previous_config.take() {
+        if let Some(previous) = self.reloads.abandon() {
             self.config = previous;
         }
-        if let Some(previous) = reloads.previous_release.take() {
-            reloads.release = Some(previous);
-        }
-        reloads.rolling_back = false;
         self.shrink_slots(self.config.workers);
         self.start_queued_reload();
     }
@@ -874,7 +941,7 @@ impl<E: Effects> Supervisor<E> {
 
     /// Runs the reload asked for while another one ran, if any.
     fn start_queued_reload(&mut self) {
-        if std::mem::take(&mut self.reloads.queued) {
+        if self.reloads.take_queued() {
             self.request_reload(None);
         }
     }
@@ -893,39 +960,18 @@ impl<E: Effects> Supervisor<E> {
         self.start_queued_reload();
     }
 
-    /// Whether a crash of a worker of `generation` fails a release: it is
-    /// on probation, or being rolled in (and not a rollback).
-    fn on_trial(&self, generation: u64) -> bool {
-        let reloads = &self.reloads;
-        let probation = reloads
-            .probation
-            .as_ref()
-            .is_some_and(|p| p.generation == generation);
-        let rolling_in = reloads
-            .rollout
-            .as_ref()
-            .is_some_and(|r| r.generation == generation && !reloads.rolling_back)
-            && reloads.previous_release.is_some();
-        probation || rolling_in
-    }
-
     /// A worker of the release on trial crashed in `crashed_slot`: the reload
     /// fails, and a new generation rolls back to the previous release's
     /// program file and configuration; the crashed slot restarts with it at
     /// once (through the crash-loop backoff), the others roll.
     fn roll_back(&mut self, crashed_slot: usize, reason: String) {
-        let previous = match self.reloads.probation.take() {
-            Some(probation) => Some(probation.previous),
-            None => self.reloads.previous_release.take(),
-        };
-        let Some(previous) = previous else {
+        let Some((previous, rollout)) = self.reloads.fail_trial() else {
             self.schedule_restart(crashed_slot, true);
             return;
         };
-        if let Some(pending) = self.reloads.rollout.take().and_then(|r| r.pending()) {
+        if let Some(pending) = rollout.and_then(|r| r.pending()) {
             self.effects.kill(pending);
         }
-        self.reloads.previous_config = None;
         let failed = self.generation;
         let target = previous.generation;
         error!(event = %Event::ReleaseFailed, generation = failed, rollback_to = target, %reason, "release failed; rolling back");
@@ -943,12 +989,11 @@ impl<E: Effects> Supervisor<E> {
                 self.program_path.clone()
             });
         self.config = config;
-        self.reloads.release = Some(previous);
+        self.reloads.roll_back_to(previous);
         self.generation += 1;
         let generation = self.generation;
         let _span = info_span!("reload", generation).entered();
         info!(event = %Event::RollbackStarted, generation, rollback_to = target, "rollback started");
-        self.reloads.rolling_back = true;
         self.slots[crashed_slot].generation = generation;
         self.schedule_restart(crashed_slot, true);
         self.begin_rollout(generation);
@@ -987,7 +1032,8 @@ impl<E: Effects> Supervisor<E> {
                 "worker count changes"
             );
         }
-        self.reloads.previous_config = Some(std::mem::replace(&mut self.config, new));
+        let previous = std::mem::replace(&mut self.config, new);
+        self.reloads.keep_config(previous);
         Ok(())
     }
 
