@@ -141,10 +141,7 @@ fn run(command: Action) -> Result<Success, Fatal> {
 
 fn serve(args: ServeArgs) -> Result<Success, Fatal> {
     // The raw arguments after `serve`, merged over --config again on reload.
-    let cli_args: Vec<std::ffi::OsString> = std::env::args_os()
-        .skip_while(|a| a != "serve")
-        .skip(1)
-        .collect();
+    let cli_args = baton::settings::own_serve_args();
     if args.test_config {
         return test_config(args, cli_args);
     }

@@ -261,3 +261,14 @@ fn reload_schedule(every: Option<Duration>, target: &Target) -> Result<Option<Du
     };
     Ok(every.filter(|every| !every.is_zero()))
 }
+
+/// The arguments after `serve` this process was started with: merged over
+/// `--config` again on each reload, and what an upgrade's new program
+/// checks its configuration with.
+pub fn own_serve_args() -> Vec<std::ffi::OsString> {
+    std::env::args_os()
+        .skip_while(|a| a != "serve")
+        .skip(1)
+        .collect()
+}
+

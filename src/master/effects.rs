@@ -262,7 +262,7 @@ impl Effects for Processes {
         let checked = self.upgrade_checked.clone();
         tokio::spawn(async move {
             let outcome = match crate::config::own_program_path() {
-                Ok(program) => upgrade::check_program(program, serve_args()).await,
+                Ok(program) => upgrade::check_program(program, crate::settings::own_serve_args()).await,
                 Err(e) => Err(format!("cannot find baton's own program: {e}")),
             };
             let _ = checked.send(outcome);
@@ -374,11 +374,3 @@ impl Processes {
     }
 }
 
-/// The arguments after `serve` this master was started with: what the new
-/// program's check reads its configuration from.
-fn serve_args() -> Vec<std::ffi::OsString> {
-    std::env::args_os()
-        .skip_while(|a| a != "serve")
-        .skip(1)
-        .collect()
-}
