@@ -62,14 +62,7 @@ pub fn init(format: LogFormat, rust_log: Option<&str>, report: bool) {
                 .with_writer(std::io::stderr)
                 .with_ansi(std::io::stderr().is_terminal()),
         ),
-        LogFormat::Json => Box::new(
-            tracing_subscriber::fmt::layer()
-                .json()
-                .flatten_event(true)
-                .with_current_span(true)
-                .with_span_list(false)
-                .with_writer(std::io::stderr),
-        ),
+        LogFormat::Json => Box::new(json_lines(std::io::stderr)),
     };
     tracing_subscriber::registry()
         .with(lines)
@@ -78,6 +71,21 @@ pub fn init(format: LogFormat, rust_log: Option<&str>, report: bool) {
     if let Some(problem) = problem.filter(|_| report) {
         tracing::warn!("{problem}");
     }
+}
+
+/// Log lines as JSON objects, one a line, to `writer`: the event's fields
+/// at the top level, the current span's under `span`.
+pub fn json_lines<S, W>(writer: W) -> impl Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt::layer()
+        .json()
+        .flatten_event(true)
+        .with_current_span(true)
+        .with_span_list(false)
+        .with_writer(writer)
 }
 
 fn default_filter() -> Targets {

@@ -271,4 +271,3 @@ pub fn own_serve_args() -> Vec<std::ffi::OsString> {
         .skip(1)
         .collect()
 }
-

@@ -262,7 +262,9 @@ impl Effects for Processes {
         let checked = self.upgrade_checked.clone();
         tokio::spawn(async move {
             let outcome = match crate::config::own_program_path() {
-                Ok(program) => upgrade::check_program(program, crate::settings::own_serve_args()).await,
+                Ok(program) => {
+                    upgrade::check_program(program, crate::settings::own_serve_args()).await
+                }
                 Err(e) => Err(format!("cannot find baton's own program: {e}")),
             };
             let _ = checked.send(outcome);
@@ -373,4 +375,3 @@ impl Processes {
         })
     }
 }
-

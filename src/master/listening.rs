@@ -24,10 +24,10 @@ use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
 
 use tokio::time::{Instant, Interval, MissedTickBehavior};
-use tracing::{error, warn};
+use tracing::warn;
 
 use crate::control::status::Counters;
-use crate::event::Event;
+use crate::event::Lifecycle;
 use crate::fd::HangupWatch;
 use crate::listeners::{ListenerFault, ListenerSet, Repair};
 
@@ -116,34 +116,31 @@ impl Listening {
             match (repair.fault, repair.result) {
                 (ListenerFault::ShutDown, Ok(())) => {
                     counters.listener_restores += 1;
-                    error!(
-                        event = %Event::ListenerRestored,
-                        listener,
-                        suspects = %pids,
-                        "a worker shut the listening socket down (connections were refused, and those queued reset); listening again"
-                    );
+                    Lifecycle::ListenerRestored {
+                        listener: listener.to_owned(),
+                        suspects: pids,
+                    }
+                    .log();
                 }
                 (ListenerFault::Backlog { found, wanted }, Ok(())) => {
                     counters.backlog_restores += 1;
-                    warn!(
-                        event = %Event::BacklogRestored,
-                        listener,
+                    Lifecycle::BacklogRestored {
+                        listener: listener.to_owned(),
                         found,
-                        backlog = wanted,
-                        suspects = %pids,
-                        "a worker changed the listen backlog; set back"
-                    );
+                        backlog: wanted,
+                        suspects: pids,
+                    }
+                    .log();
                 }
                 (fault, Err(cause)) => {
                     if !self.broken.contains(listener) {
-                        error!(
-                            event = %Event::ListenerDown,
-                            listener,
-                            fault = ?fault,
-                            suspects = %pids,
-                            %cause,
-                            "a listener is not as it should be, and cannot be put right"
-                        );
+                        Lifecycle::ListenerDown {
+                            listener: listener.to_owned(),
+                            fault: format!("{fault:?}"),
+                            suspects: pids,
+                            cause: cause.to_string(),
+                        }
+                        .log();
                     }
                     still_broken.insert(repair.listener);
                 }

@@ -44,7 +44,7 @@ use crate::balance::ShareTable;
 use crate::config::MasterConfig;
 use crate::control;
 use crate::error::MasterError;
-use crate::event::Event;
+use crate::event::Lifecycle;
 use crate::keeper::Keeper;
 use crate::listeners::{BindOptions, ListenerSet};
 use crate::signals::{Intent, SignalIntents};
@@ -74,25 +74,23 @@ pub async fn run(
     if let Some(incoming) = handover::incoming() {
         return take_over(config, incoming, loader).await;
     }
-    info!(
-        event = %Event::MasterStarted,
-        pid = std::process::id(),
-        version = env!("CARGO_PKG_VERSION"),
-        "baton started"
-    );
+    Lifecycle::MasterStarted {
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION"),
+    }
+    .log();
     let options = BindOptions {
         backlog: config.backlog,
         unix_mode: config.unix_mode,
     };
     let listeners = ListenerSet::open(inherited, &config.listen, options)?;
     for listener in listeners.iter() {
-        info!(
-            event = %Event::Listening,
-            name = %listener.name,
-            addr = %listener.local_addr,
-            inherited = listener.inherited,
-            "listening"
-        );
+        Lifecycle::Listening {
+            name: listener.name.to_string(),
+            addr: listener.local_addr.to_string(),
+            inherited: listener.inherited,
+        }
+        .log();
     }
     // COMMAND workers' notify sockets (they cannot start without one) and
     // rolled-back program files (a rollback then restores the configuration
@@ -413,7 +411,7 @@ const EXIT_FLUSH: Duration = Duration::from_secs(1);
 fn open_tcp(
     option: &'static str,
     addr: std::net::SocketAddr,
-    what: &str,
+    what: &'static str,
 ) -> Result<tokio::net::TcpListener, MasterError> {
     let bound = std::net::TcpListener::bind(addr).and_then(|listener| {
         listener.set_nonblocking(true)?;
@@ -422,7 +420,7 @@ fn open_tcp(
     match bound {
         Ok(listener) => {
             let addr = listener.local_addr().unwrap_or(addr);
-            info!(event = %Event::OperatorsListening, %addr, option, what, "listening for operators");
+            Lifecycle::OperatorsListening { option, addr, what }.log();
             Ok(listener)
         }
         Err(e) => Err(MasterError::Admin {

@@ -49,6 +49,17 @@ pub(crate) struct Worker {
     pub over_memory: u32,
 }
 
+impl Worker {
+    /// How a lifecycle event names it.
+    pub fn named(&self) -> crate::event::WorkerRef {
+        crate::event::WorkerRef {
+            pid: self.pid,
+            slot: self.slot,
+            generation: self.generation,
+        }
+    }
+}
+
 /// Why a worker was started; logged, so that operators (and `baton check`)
 /// can tell a crash replacement from a reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -28,7 +28,7 @@ use crate::control;
 use crate::control::reply::{Problem, ReloadOutcome, Reply};
 use crate::control::status::Counters;
 use crate::error::MasterError;
-use crate::event::Event;
+use crate::event::{Exit, Lifecycle, WorkerRef};
 use crate::signals::Intent;
 
 /// A worker that lived at least this long before crashing is restarted at
@@ -326,7 +326,10 @@ impl<E: Effects> Supervisor<E> {
     fn enter_lame_duck(&mut self, reason: &str) {
         if !self.lame_duck && self.phase != Phase::Stopping {
             self.lame_duck = true;
-            info!(event = %Event::LameDuck, reason, "lame duck: health checks fail, the workers go on serving");
+            Lifecycle::LameDuck {
+                reason: reason.to_owned(),
+            }
+            .log();
         }
     }
 
@@ -486,7 +489,7 @@ impl<E: Effects> Supervisor<E> {
                     Reply::Error(Problem::ShuttingDown)
                 } else {
                     if std::mem::take(&mut self.lame_duck) {
-                        info!(event = %Event::Undrained, "lame duck over: health checks pass");
+                        Lifecycle::Undrained.log();
                     }
                     Reply::Serving
                 };
@@ -530,7 +533,16 @@ impl<E: Effects> Supervisor<E> {
         let id = self.next_id;
         self.next_id += 1;
         let pid = self.effects.spawn(id, slot, generation, &self.config)?;
-        info!(event = %Event::WorkerStarted, pid, slot, generation, cause = %cause, "worker started");
+        let worker = WorkerRef {
+            pid,
+            slot,
+            generation,
+        };
+        Lifecycle::WorkerStarted {
+            worker,
+            cause: cause.to_string(),
+        }
+        .log();
         self.workers.insert(
             id,
             Worker {
@@ -555,25 +567,21 @@ impl<E: Effects> Supervisor<E> {
             return;
         }
         worker.state = WorkerState::Ready;
-        info!(
-            event = %Event::WorkerReady,
-            pid = worker.pid,
-            slot = worker.slot,
-            generation = worker.generation,
-            cause = %worker.cause,
-            "worker ready"
-        );
+        Lifecycle::WorkerReady {
+            worker: worker.named(),
+            cause: worker.cause.to_string(),
+        }
+        .log();
         let (pid, slot) = (worker.pid, worker.slot);
         self.keep_listening(Look::WorkerReady(pid));
 
         if self.phase == Phase::Starting && self.all_slots_ready() {
             self.phase = Phase::Running;
-            info!(
-                event = %Event::AllWorkersReady,
-                workers = self.slots.len(),
-                generation = self.generation,
-                "all workers ready"
-            );
+            Lifecycle::AllWorkersReady {
+                workers: self.slots.len(),
+                generation: self.generation,
+            }
+            .log();
             self.effects.systemd(Systemd::Ready(self.status_line()));
             self.start_queued_reload();
             return;
@@ -602,7 +610,8 @@ impl<E: Effects> Supervisor<E> {
 
     fn on_failed(&mut self, id: WorkerId, reason: String) {
         if let Some(worker) = self.workers.get(&id) {
-            warn!(event = %Event::WorkerFailed, pid = worker.pid, slot = worker.slot, generation = worker.generation, %reason, "worker failed");
+            let (worker, reason) = (worker.named(), reason.clone());
+            Lifecycle::WorkerFailed { worker, reason }.log();
         }
         if self.pending_new_worker() == Some(id) {
             self.abandon_rollout(format!("the new worker failed: {reason}"));
@@ -617,42 +626,69 @@ impl<E: Effects> Supervisor<E> {
         let Some(worker) = self.workers.remove(&id) else {
             return;
         };
-        let (pid, slot, generation) = (worker.pid, worker.slot, worker.generation);
+        let (pid, slot) = (worker.pid, worker.slot);
+        let named = worker.named();
         self.effects.gone(id, pid);
         self.keep_listening(Look::WorkerExited(pid));
         let status = describe(status);
 
+        let exited = |when| {
+            let status = status.clone();
+            let worker = named;
+            Lifecycle::WorkerExited {
+                worker,
+                status,
+                when,
+            }
+            .log();
+        };
         if worker.state.is_draining() {
-            info!(event = %Event::WorkerDrained, pid, slot, generation, %status, "worker exited after draining");
+            let status = status.clone();
+            Lifecycle::WorkerDrained {
+                worker: named,
+                status,
+            }
+            .log();
             return;
         }
         if self.pending_new_worker() == Some(id) {
-            warn!(event = %Event::WorkerExited, pid, slot, generation, %status, "new worker exited before it was ready");
+            exited(Exit::Rollout);
             self.abandon_rollout(format!(
                 "the new worker exited before it was ready ({status})"
             ));
             return;
         }
         if self.phase == Phase::Stopping {
-            info!(event = %Event::WorkerExited, pid, slot, generation, %status, "worker exited");
+            exited(Exit::Stopping);
             return;
         }
         if self.phase == Phase::Starting && worker.state == WorkerState::Starting {
-            error!(event = %Event::WorkerExited, pid, slot, generation, %status, "worker exited before it was ready");
+            exited(Exit::FirstStart);
             self.fail_start(format!(
                 "worker {pid} exited before it was ready ({status})"
             ));
             return;
         }
         if self.slots.get(slot).and_then(|s| s.successor) == Some(id) {
-            warn!(event = %Event::WorkerExited, pid, slot, generation, %status, "the worker taking over the slot exited before it was ready; the old one goes on");
+            exited(Exit::Successor);
             self.slots[slot].successor = None;
             return;
         }
         if self.slots.get(slot).and_then(|s| s.current) != Some(id) {
             return;
         }
-        warn!(event = %Event::WorkerCrashed, pid, slot, generation, %status, "worker crashed; replacing it");
+        self.on_crash(worker, status);
+    }
+
+    /// The ready worker of its slot died on its own: it is replaced, or its
+    /// release rolled back if it was on trial.
+    fn on_crash(&mut self, worker: Worker, status: String) {
+        let (pid, slot, generation) = (worker.pid, worker.slot, worker.generation);
+        Lifecycle::WorkerCrashed {
+            worker: worker.named(),
+            status: status.clone(),
+        }
+        .log();
         self.counters.crashes += 1;
         self.slots[slot].current = None;
         if self.reloads.on_trial(generation) {
@@ -688,13 +724,12 @@ impl<E: Effects> Supervisor<E> {
             self.restart(slot);
             return;
         };
-        warn!(
-            event = %Event::Backoff,
+        Lifecycle::Backoff {
             slot,
-            delay_ms = delay.as_millis() as u64,
-            failures = state.quick_failures,
-            "worker keeps dying; backing off"
-        );
+            delay_ms: delay.as_millis() as u64,
+            failures: state.quick_failures,
+        }
+        .log();
         state.restart_at = Some(Instant::now() + delay);
     }
 
@@ -780,13 +815,17 @@ impl<E: Effects> Supervisor<E> {
                 self.pass_probation("probation cut short by a new reload");
                 self.reloads.begin(waiter);
                 if let Err(reason) = self.reread_config() {
-                    error!(event = %Event::ReloadRejected, %reason, "reload rejected; the workers go on untouched");
+                    let rejected = reason.clone();
+                    Lifecycle::ReloadRejected { reason: rejected }.log();
                     self.conclude(ReloadOutcome::Rejected { reason });
                     return;
                 }
                 self.generation += 1;
                 let _span = info_span!("reload", generation = self.generation).entered();
-                info!(event = %Event::ReloadStarted, generation = self.generation, "reload started");
+                Lifecycle::ReloadStarted {
+                    generation: self.generation,
+                }
+                .log();
                 // Workers start from the program path again, even after a
                 // rollback started them from a copy.
                 self.config.program = self.program_path.clone();
@@ -854,21 +893,29 @@ impl<E: Effects> Supervisor<E> {
     /// Every slot runs `generation`: the reload succeeded, or its release
     /// goes on probation; a rollback is complete.
     fn complete_rollout(&mut self, generation: u64, elapsed_ms: u64) {
-        info!(event = %Event::ReloadComplete, generation, elapsed_ms, "reload complete");
+        Lifecycle::ReloadComplete {
+            generation,
+            elapsed_ms,
+        }
+        .log();
         let (rollback, previous) = self.reloads.rolled_in();
         self.shrink_slots(self.config.workers);
         if rollback {
-            info!(event = %Event::RollbackComplete, generation, elapsed_ms, "rollback complete");
+            Lifecycle::RollbackComplete {
+                generation,
+                elapsed_ms,
+            }
+            .log();
             self.effects.systemd(Systemd::Status(self.status_line()));
         } else {
             match previous {
                 Some(previous) if !self.config.probation.is_zero() => {
-                    info!(
-                        event = %Event::ProbationStarted,
+                    let probation_ms = self.config.probation.as_millis() as u64;
+                    Lifecycle::ProbationStarted {
                         generation,
-                        probation_ms = self.config.probation.as_millis() as u64,
-                        "new generation on probation"
-                    );
+                        probation_ms,
+                    }
+                    .log();
                     self.reloads.probation = Some(Probation {
                         generation,
                         until: config::deadline(Instant::now(), self.config.probation),
@@ -892,14 +939,13 @@ impl<E: Effects> Supervisor<E> {
         let Some(rollout) = self.reloads.rollout.take() else {
             return;
         };
-        error!(
-            event = %Event::ReloadFailed,
-            generation = rollout.generation,
-            replaced = rollout.replaced(),
-            slots = self.slots.len(),
-            %reason,
-            "reload failed; the old workers keep serving"
-        );
+        Lifecycle::ReloadFailed {
+            generation: rollout.generation,
+            replaced: rollout.replaced(),
+            slots: self.slots.len(),
+            reason: reason.clone(),
+        }
+        .log();
         if let Some(pending) = rollout.pending() {
             self.effects.kill(pending);
         }
@@ -951,7 +997,12 @@ impl<E: Effects> Supervisor<E> {
         let Some(probation) = self.reloads.probation.take() else {
             return;
         };
-        info!(event = %Event::ProbationOver, generation = probation.generation, how, "probation over");
+        let generation = probation.generation;
+        Lifecycle::ProbationOver {
+            generation,
+            how: how.to_owned(),
+        }
+        .log();
         self.conclude(ReloadOutcome::Ok {
             generation: probation.generation,
             duration_ms: probation.rollout_ms,
@@ -974,7 +1025,12 @@ impl<E: Effects> Supervisor<E> {
         }
         let failed = self.generation;
         let target = previous.generation;
-        error!(event = %Event::ReleaseFailed, generation = failed, rollback_to = target, %reason, "release failed; rolling back");
+        Lifecycle::ReleaseFailed {
+            generation: failed,
+            rollback_to: target,
+            reason: reason.clone(),
+        }
+        .log();
         self.conclude(ReloadOutcome::RolledBack {
             generation: failed,
             rollback_to: target,
@@ -993,7 +1049,11 @@ impl<E: Effects> Supervisor<E> {
         self.generation += 1;
         let generation = self.generation;
         let _span = info_span!("reload", generation).entered();
-        info!(event = %Event::RollbackStarted, generation, rollback_to = target, "rollback started");
+        Lifecycle::RollbackStarted {
+            generation,
+            rollback_to: target,
+        }
+        .log();
         self.slots[crashed_slot].generation = generation;
         self.schedule_restart(crashed_slot, true);
         self.begin_rollout(generation);
@@ -1079,16 +1139,13 @@ impl<E: Effects> Supervisor<E> {
             {
                 continue;
             }
-            let (pid, generation) = (worker.pid, worker.generation);
-            warn!(
-                event = %Event::MemoryRoll,
-                pid,
-                slot,
-                generation,
-                rss_bytes = rss,
-                limit_bytes = limit,
-                "worker over its memory limit; rolling it"
-            );
+            let generation = worker.generation;
+            Lifecycle::MemoryRoll {
+                worker: worker.named(),
+                rss_bytes: rss,
+                limit_bytes: limit,
+            }
+            .log();
             self.counters.memory_rolls += 1;
             match self.spawn(slot, generation, Cause::Memory) {
                 Ok(successor) => self.slots[slot].successor = Some(successor),
@@ -1122,13 +1179,10 @@ impl<E: Effects> Supervisor<E> {
             return;
         }
         worker.state = WorkerState::Draining;
-        info!(
-            event = %Event::WorkerDraining,
-            pid = worker.pid,
-            slot = worker.slot,
-            generation = worker.generation,
-            "draining worker"
-        );
+        Lifecycle::WorkerDraining {
+            worker: worker.named(),
+        }
+        .log();
         let config = &self.config;
         self.effects
             .drain(id, config.drain_timeout, config.drain_grace());
@@ -1153,13 +1207,10 @@ impl<E: Effects> Supervisor<E> {
         for (&id, worker) in self.workers.iter_mut() {
             if worker.state == WorkerState::Draining && oldest.contains(&worker.generation) {
                 worker.state = WorkerState::Hurried;
-                info!(
-                    event = %Event::WorkerHurried,
-                    pid = worker.pid,
-                    slot = worker.slot,
-                    generation = worker.generation,
-                    "hurrying a draining worker"
-                );
+                Lifecycle::WorkerHurried {
+                    worker: worker.named(),
+                }
+                .log();
                 self.effects.hurry(id);
             }
         }
@@ -1193,16 +1244,20 @@ impl<E: Effects> Supervisor<E> {
         }
         let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
         if now {
-            info!(
-                event = %Event::ShuttingDown,
-                workers = ids.len(),
-                "stopping at once: killing every worker"
-            );
+            Lifecycle::ShuttingDown {
+                workers: ids.len(),
+                at_once: true,
+            }
+            .log();
             for id in ids {
                 self.effects.kill(id);
             }
         } else {
-            info!(event = %Event::ShuttingDown, workers = ids.len(), "shutting down: draining every worker");
+            Lifecycle::ShuttingDown {
+                workers: ids.len(),
+                at_once: false,
+            }
+            .log();
             for id in ids {
                 self.drain(id);
             }
@@ -1210,7 +1265,10 @@ impl<E: Effects> Supervisor<E> {
     }
 
     fn fail_start(&mut self, reason: String) {
-        error!(event = %Event::StartFailed, %reason, "start failed; stopping");
+        Lifecycle::StartFailed {
+            reason: reason.clone(),
+        }
+        .log();
         if self.failure.is_none() {
             self.failure = Some(MasterError::FirstStart { reason });
         }

@@ -4,11 +4,11 @@
 //! serves next.
 
 use tokio::sync::oneshot;
-use tracing::{error, info, warn};
+use tracing::info;
 
 use super::Supervisor;
 use crate::control::reply::{Problem, Reply, UpgradeOutcome, Workers};
-use crate::event::Event;
+use crate::event::{Lifecycle, UpgradeStage};
 use crate::master::effects::{Effects, Systemd};
 use crate::master::handover::{Numbered, SupervisorState};
 use crate::master::state::{wall_clock, Phase};
@@ -29,7 +29,11 @@ impl<E: Effects> Supervisor<E> {
             Phase::Running => None,
         };
         if let Some(reason) = refusal {
-            warn!(event = %Event::UpgradeFailed, reason, "upgrade refused");
+            Lifecycle::UpgradeFailed {
+                reason: reason.to_owned(),
+                stage: UpgradeStage::Refused,
+            }
+            .log();
             self.counters.upgrades_refused += 1;
             if let Some(waiter) = waiter {
                 let _ = waiter.reply.send(Reply::Upgrade(UpgradeOutcome::Refused {
@@ -44,7 +48,10 @@ impl<E: Effects> Supervisor<E> {
             upgrade.waiters.extend(waiter);
             return;
         }
-        info!(event = %Event::UpgradeStarted, program = %self.program_path.display(), "upgrade: checking the new program");
+        Lifecycle::UpgradeStarted {
+            program: self.program_path.display().to_string(),
+        }
+        .log();
         self.upgrade = Some(Upgrade {
             waiters: waiter.into_iter().collect(),
             roll: request.roll,
@@ -85,7 +92,11 @@ impl<E: Effects> Supervisor<E> {
         let version = match checked {
             Ok(version) => version,
             Err(reason) => {
-                error!(event = %Event::UpgradeFailed, %reason, "upgrade refused: the new program failed its check");
+                Lifecycle::UpgradeFailed {
+                    reason: reason.clone(),
+                    stage: UpgradeStage::Check,
+                }
+                .log();
                 self.counters.upgrades_refused += 1;
                 let refused = UpgradeOutcome::CheckFailed {
                     reason,
@@ -113,7 +124,11 @@ impl<E: Effects> Supervisor<E> {
         };
         // Returns only if the exec failed.
         let reason = self.effects.hand_over(departure);
-        error!(event = %Event::UpgradeFailed, %reason, "upgrade failed; this program goes on");
+        Lifecycle::UpgradeFailed {
+            reason: reason.clone(),
+            stage: UpgradeStage::Exec,
+        }
+        .log();
         self.counters.upgrades_failed += 1;
         self.effects.systemd(Systemd::Ready(self.status_line()));
         for reply in replies {
@@ -200,7 +215,11 @@ impl<E: Effects> Supervisor<E> {
     ) {
         let version = env!("CARGO_PKG_VERSION");
         if let Some(reason) = failed {
-            error!(event = %Event::UpgradeFailed, %reason, "upgrade failed; the previous program took its state back");
+            Lifecycle::UpgradeFailed {
+                reason: reason.to_owned(),
+                stage: UpgradeStage::TakeOver,
+            }
+            .log();
             self.counters.upgrades_failed += 1;
             self.effects.systemd(Systemd::Ready(self.status_line()));
             for waiter in waiters {
@@ -212,14 +231,13 @@ impl<E: Effects> Supervisor<E> {
             return;
         }
         self.counters.upgrades_ok += 1;
-        info!(
-            event = %Event::Upgraded,
-            version,
-            pid = std::process::id(),
+        Lifecycle::Upgraded {
+            version: version.to_owned(),
+            pid: std::process::id(),
             took_ms,
-            workers = self.workers.len(),
-            "upgraded: this program took over"
-        );
+            workers: self.workers.len(),
+        }
+        .log();
         let took_over = move |workers| {
             Reply::Upgrade(UpgradeOutcome::TookOver {
                 version: version.to_owned(),
