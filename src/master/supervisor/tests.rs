@@ -539,8 +539,9 @@ async fn a_first_worker_that_dies_before_ready_fails_the_start() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_shutdown_delay_is_a_lame_duck_first_and_a_second_sigterm_drains_at_once() {
+/// A master of one ready worker with a 10 s `--shutdown-delay`, after a
+/// SIGTERM; and that worker.
+fn sigterm_with_a_shutdown_delay() -> (Supervisor<Fake>, WorkerId) {
     let mut config = config(1, Duration::ZERO);
     config.shutdown_delay = Duration::from_secs(10);
     let mut supervisor = Supervisor::new(config, Fake::default());
@@ -548,8 +549,13 @@ async fn a_shutdown_delay_is_a_lame_duck_first_and_a_second_sigterm_drains_at_on
     let first = newest(&supervisor);
     ready(&mut supervisor, first);
     assert_eq!(supervisor.host_state(), "serving");
-
     supervisor.on_signal(Intent::Shutdown, "SIGTERM");
+    (supervisor, first)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_delay_is_a_lame_duck_first_and_a_second_sigterm_drains_at_once() {
+    let (mut supervisor, _) = sigterm_with_a_shutdown_delay();
     assert_eq!(supervisor.host_state(), "lame_duck");
     assert!(supervisor.shutdown_at.is_some());
     assert!(supervisor.effects.drained.is_empty(), "still serving");
@@ -572,14 +578,7 @@ async fn a_shutdown_delay_is_a_lame_duck_first_and_a_second_sigterm_drains_at_on
 
 #[tokio::test(start_paused = true)]
 async fn a_shutdown_delay_ends_in_a_drain_when_it_is_over() {
-    let mut config = config(1, Duration::ZERO);
-    config.shutdown_delay = Duration::from_secs(10);
-    let mut supervisor = Supervisor::new(config, Fake::default());
-    supervisor.start();
-    let first = newest(&supervisor);
-    ready(&mut supervisor, first);
-
-    supervisor.on_signal(Intent::Shutdown, "SIGTERM");
+    let (mut supervisor, first) = sigterm_with_a_shutdown_delay();
     pass(
         &mut supervisor,
         Duration::from_secs(10) - Duration::from_millis(1),
