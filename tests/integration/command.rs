@@ -61,11 +61,20 @@ fn the_tutorials_crashing_workers_refuse_nothing() {
     assert_eq!(report.count(FailureKind::Refused), 0, "{report}");
     assert_eq!(report.count(FailureKind::Timeout), 0, "{report}");
     assert_eq!(report.count(FailureKind::BadStatus), 0, "{report}");
-    // Every crash was replaced: the crashes logged so far each have a ready replacement.
+    // Every crash was replaced: the crashes logged so far each have a
+    // replacement started. (Not each a ready one: on a loaded host a
+    // replacement may itself crash, 2 s after its start, before it is
+    // ready.)
     baton.wait_logged(
-        "a replacement worker ready",
+        "a replacement worker started",
         crashes,
         Duration::from_secs(5),
+        |l| l.is(Event::WorkerStarted, "cause", "replacement"),
+    );
+    baton.wait_logged(
+        "a replacement worker ready",
+        1,
+        Duration::from_secs(10),
         |l| l.is(Event::WorkerReady, "cause", "replacement"),
     );
 }
