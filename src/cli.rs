@@ -12,8 +12,8 @@ pub use crate::http_options::HttpArgs;
 use crate::logging::LogFormat;
 
 use crate::values::{
-    parse_backlog, parse_memory_limit, parse_mode, parse_signal, parse_workers, text,
-    DurationRange, ListenSpec, ReadyMode,
+    parse_backlog, parse_health_count, parse_health_path, parse_memory_limit, parse_mode,
+    parse_signal, parse_workers, text, DurationRange, ListenSpec, ReadyMode, StatusRange,
 };
 
 #[derive(Debug, Parser)]
@@ -288,6 +288,35 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DUR", default_value = "5s",
           value_parser = DurationRange::WAIT.parser())]
     pub probation: Duration,
+
+    /// During a reload, probe each new worker with GET PATH (say /healthz)
+    /// before the old worker of its slot drains: a new worker that does not
+    /// answer --health-status fails the reload, and the old workers go on.
+    /// The probe goes through the shared listener and is served by the new
+    /// worker itself, with no port of its own
+    #[serde_as(as = "Option<text::HealthPath>")]
+    #[arg(long, value_name = "PATH", value_parser = parse_health_path)]
+    pub health: Option<String>,
+
+    /// The statuses a --health probe passes with: a class (2xx), a status
+    /// (204) or a range (200-399)
+    #[serde_as(as = "text::Statuses")]
+    #[arg(long, value_name = "STATUS", default_value = "2xx",
+          value_parser = clap::builder::ValueParser::new(str::parse::<StatusRange>))]
+    pub health_status: StatusRange,
+
+    /// How long each --health probe may take, reaching the new worker
+    /// included
+    #[serde_as(as = "text::Timeout")]
+    #[arg(long, value_name = "DUR", default_value = "5s",
+          value_parser = DurationRange::TIMEOUT.parser())]
+    pub health_timeout: Duration,
+
+    /// How many --health probes a new worker must pass, each on a
+    /// connection of its own
+    #[serde_as(as = "text::HealthCount")]
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = parse_health_count)]
+    pub health_count: u32,
 
     /// Roll a worker whose memory (the resident size of its process group)
     /// stays above SIZE for 3 s: a new worker takes its slot first, then it

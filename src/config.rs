@@ -98,6 +98,9 @@ pub struct MasterConfig {
     /// `--probation`: how long a new generation must run without a crash
     /// after its reload before the reload counts as done; zero for none.
     pub probation: Duration,
+    /// `--health`: how each new worker of a reload is probed before the
+    /// old worker of its slot drains.
+    pub health: Option<HealthCheck>,
     /// `--admin`: where `/metrics` and the health checks are served.
     pub admin: Option<SocketAddr>,
     /// `--agent`: where HAProxy's agent check is answered.
@@ -116,6 +119,19 @@ pub struct MasterConfig {
     pub worker_args: Vec<OsString>,
     /// Set when workers run a COMMAND rather than the built-in server.
     pub foreign: Option<ForeignWorker>,
+}
+
+/// `--health PATH` and its options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// The path (and query) asked for.
+    pub path: String,
+    /// `--health-status`: what passes.
+    pub status: crate::values::StatusRange,
+    /// `--health-timeout`: for each probe, reaching the worker included.
+    pub timeout: Duration,
+    /// `--health-count`: probes a worker must pass, one connection each.
+    pub count: u32,
 }
 
 /// A `--config` file and the command-line arguments merged over it.

@@ -184,7 +184,7 @@ mod tests {
     }
 
     /// One value per serve option, none of them its default.
-    const SAMPLES: [(&str, &str); 28] = [
+    const SAMPLES: [(&str, &str); 32] = [
         ("listen", "a=127.0.0.1:9000"),
         ("unix_mode", "0640"),
         ("user", "nobody"),
@@ -195,6 +195,10 @@ mod tests {
         ("ready_timeout", "1500ms"),
         ("drain_timeout", "2m"),
         ("probation", "0s"),
+        ("health", "/healthz?deep=1"),
+        ("health_status", "200-399"),
+        ("health_timeout", "2s"),
+        ("health_count", "5"),
         ("max_memory", "1GiB"),
         ("admin", "127.0.0.1:9100"),
         ("agent", "127.0.0.1:9101"),

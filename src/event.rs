@@ -82,6 +82,24 @@ pub enum Lifecycle {
         status: String,
         when: Exit,
     },
+    /// A new worker passed its `--health` probes.
+    WorkerHealthy {
+        worker: WorkerRef,
+        probes: u32,
+        connections: u32,
+        /// From its first sign of listening to the verdict.
+        window_ms: u64,
+    },
+    /// A new worker failed a `--health` probe: it is stopped and the
+    /// reload fails. `status` is what it answered, if it answered.
+    WorkerUnhealthy {
+        worker: WorkerRef,
+        status: Option<u16>,
+        reason: String,
+        /// From its first sign of listening to the verdict, if it listened.
+        window_ms: Option<u64>,
+        connections: u32,
+    },
     /// A worker told to drain has exited.
     WorkerDrained {
         worker: WorkerRef,
@@ -316,6 +334,8 @@ impl Lifecycle {
             | Lifecycle::WorkerDrained { worker, .. }
             | Lifecycle::WorkerDraining { worker }
             | Lifecycle::WorkerHurried { worker }
+            | Lifecycle::WorkerHealthy { worker, .. }
+            | Lifecycle::WorkerUnhealthy { worker, .. }
             | Lifecycle::MemoryRoll { worker, .. } => Some(*worker),
             _ => None,
         }
@@ -343,6 +363,40 @@ impl Lifecycle {
             Lifecycle::WorkerCrashed { .. }
             | Lifecycle::WorkerDrained { .. }
             | Lifecycle::WorkerExited { .. } => self.log_exit(event, pid, slot, generation),
+            Lifecycle::WorkerHealthy {
+                probes,
+                connections,
+                window_ms,
+                ..
+            } => {
+                info!(
+                    event,
+                    pid,
+                    slot,
+                    generation,
+                    probes,
+                    connections,
+                    window_ms,
+                    "worker passed its health probes"
+                )
+            }
+            Lifecycle::WorkerUnhealthy {
+                status,
+                reason,
+                window_ms,
+                connections,
+                ..
+            } => error!(
+                event,
+                pid,
+                slot,
+                generation,
+                status,
+                reason,
+                window_ms,
+                connections,
+                "worker failed its health probe; stopping it"
+            ),
             Lifecycle::WorkerDraining { .. } => {
                 info!(event, pid, slot, generation, "draining worker")
             }

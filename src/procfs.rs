@@ -2,6 +2,7 @@
 //! measures the master's memory, and the tests inspect what baton started.
 
 use std::fs;
+use std::net::SocketAddr;
 
 use nix::libc;
 
@@ -416,6 +417,57 @@ fn accepted_inodes(listeners: &[ListenerId]) -> Vec<u64> {
     inodes
 }
 
+/// The inode of the socket the server side accepted for the TCP
+/// connection from `client` to `server`, once some process accepted it
+/// (a connection still waiting in the accept queue has no inode yet).
+pub fn accepted_inode(server: SocketAddr, client: SocketAddr) -> Option<u64> {
+    let table = if server.is_ipv4() {
+        "/proc/net/tcp"
+    } else {
+        "/proc/net/tcp6"
+    };
+    let text = fs::read_to_string(table).ok()?;
+    text.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
+        let local = socket_addr(fields.get(1)?)?;
+        let remote = socket_addr(fields.get(2)?)?;
+        let inode = fields.get(9)?.parse::<u64>().ok()?;
+        (same(local, server) && same(remote, client) && inode != 0).then_some(inode)
+    })
+}
+
+/// Whether the process tree under `root` holds the socket `inode`.
+pub fn tree_holds(root: u32, inode: u64) -> bool {
+    descendants_and_self(root)
+        .into_iter()
+        .any(|pid| socket_fds(pid).iter().any(|&(_, held)| held == inode))
+}
+
+/// An address as /proc/net/tcp{,6} writes it: the address's bytes in
+/// network order, each 32-bit word printed as this host reads it, then the
+/// port, both in hex.
+fn socket_addr(text: &str) -> Option<SocketAddr> {
+    let (ip, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let mut bytes = Vec::with_capacity(16);
+    for word in ip.as_bytes().chunks(8) {
+        let word = u32::from_str_radix(std::str::from_utf8(word).ok()?, 16).ok()?;
+        bytes.extend_from_slice(&word.to_ne_bytes());
+    }
+    let ip = match bytes.len() {
+        4 => std::net::IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?),
+        16 => std::net::IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// The same address, an IPv4-mapped IPv6 one and its IPv4 form alike.
+fn same(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && a.ip().to_canonical() == b.ip().to_canonical()
+}
+
 /// The descriptors registered in any of `pid`'s epoll sets.
 fn epoll_interests(pid: u32) -> Vec<i32> {
     let mut targets = Vec::new();
@@ -448,6 +500,24 @@ fn epoll_interests(pid: u32) -> Vec<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_who_accepted_a_connection_by_its_addresses() {
+        for loopback in ["127.0.0.1:0", "[::1]:0"] {
+            let Ok(listener) = std::net::TcpListener::bind(loopback) else {
+                continue; // No IPv6 here.
+            };
+            let server = listener.local_addr().unwrap();
+            let client = std::net::TcpStream::connect(server).unwrap();
+            let from = client.local_addr().unwrap();
+            assert_eq!(accepted_inode(server, from), None, "not accepted yet");
+            let (accepted, _) = listener.accept().unwrap();
+            let inode = accepted_inode(server, from).expect("accepted");
+            assert!(tree_holds(std::process::id(), inode));
+            drop(accepted);
+            assert!(!tree_holds(std::process::id(), inode));
+        }
+    }
 
     #[test]
     fn sees_itself_and_its_children() {

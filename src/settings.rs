@@ -131,6 +131,12 @@ pub fn master_config(args: ServeArgs) -> Result<MasterConfig, String> {
         drain_timeout: args.drain_timeout,
         http: args.command.is_empty().then_some(args.http),
         probation: args.probation,
+        health: args.health.map(|path| crate::config::HealthCheck {
+            path,
+            status: args.health_status,
+            timeout: args.health_timeout,
+            count: args.health_count,
+        }),
         max_memory: args.max_memory,
         admin: args.admin,
         agent: args.agent,

@@ -302,6 +302,79 @@ pub fn parse_threads(s: &str) -> Result<u16, String> {
     parse_count(s, 1, 256)
 }
 
+/// `--health`: the path (and query) a health probe asks for.
+pub fn parse_health_path(s: &str) -> Result<String, String> {
+    if !s.starts_with('/') || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "{s:?} is not a request path; write it like /healthz or /status?full=1"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+/// `--health-count`: 1 to 100 probes.
+pub fn parse_health_count(s: &str) -> Result<u32, String> {
+    parse_count(s, 1, 100)
+}
+
+/// `--health-status`: the HTTP statuses a health probe passes with: a
+/// class (`2xx`), one status (`204`) or a range (`200-399`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusRange {
+    pub low: u16,
+    pub high: u16,
+}
+
+impl StatusRange {
+    /// Any 2xx status: what `--health-status` is unless given.
+    pub const SUCCESS: StatusRange = StatusRange {
+        low: 200,
+        high: 299,
+    };
+
+    pub fn contains(self, status: u16) -> bool {
+        (self.low..=self.high).contains(&status)
+    }
+}
+
+impl FromStr for StatusRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let status = |t: &str| {
+            t.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|n| (100..=599).contains(n))
+        };
+        let range = if let Some(class) = s.strip_suffix("xx").and_then(|c| c.parse::<u16>().ok()) {
+            (1..=5).contains(&class).then(|| StatusRange {
+                low: class * 100,
+                high: class * 100 + 99,
+            })
+        } else if let Some((low, high)) = s.split_once('-') {
+            status(low)
+                .zip(status(high))
+                .filter(|(low, high)| low <= high)
+                .map(|(low, high)| StatusRange { low, high })
+        } else {
+            status(s).map(|n| StatusRange { low: n, high: n })
+        };
+        range.ok_or_else(|| {
+            format!("{s:?} is not an HTTP status; write a class like 2xx, a status like 204 or a range like 200-399")
+        })
+    }
+}
+
+impl fmt::Display for StatusRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.low, self.high) {
+            (low, high) if low % 100 == 0 && high == low + 99 => write!(f, "{}xx", low / 100),
+            (low, high) if low == high => write!(f, "{low}"),
+            (low, high) => write!(f, "{low}-{high}"),
+        }
+    }
+}
+
 /// `--work`: any count.
 pub fn parse_work(s: &str) -> Result<u64, String> {
     parse_count(s, 0, u64::MAX)
@@ -420,6 +493,18 @@ pub mod text {
     adapter!(
         /// `--threads`: [`parse_threads`].
         Threads: u16, parse_threads, u16::to_string
+    );
+    adapter!(
+        /// `--health`: [`parse_health_path`].
+        HealthPath: String, parse_health_path, String::clone
+    );
+    adapter!(
+        /// `--health-count`: [`parse_health_count`].
+        HealthCount: u32, parse_health_count, u32::to_string
+    );
+    adapter!(
+        /// `--health-status`: a [`StatusRange`].
+        Statuses: StatusRange, |s| s.parse(), StatusRange::to_string
     );
     adapter!(
         /// `--work`: [`parse_work`].

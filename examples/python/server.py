@@ -8,6 +8,9 @@ LISTEN_PID), tells baton it is ready with READY=1 on $NOTIFY_SOCKET (so
 `--ready notify` works too), and drains on SIGTERM: it stops accepting,
 answers later requests with `Connection: close`, closes idle keep-alive
 connections after a grace period, and exits when none is left.
+
+With STATUS_FILE set, every answer carries the status that file holds when
+the worker starts: a release that is up but broken, to try `--health` with.
 """
 
 import http.server
@@ -19,6 +22,10 @@ import threading
 import time
 
 GRACE_S = float(os.environ.get("DRAIN_GRACE_S", "3"))
+STATUS = 200
+if os.environ.get("STATUS_FILE"):
+    with open(os.environ["STATUS_FILE"]) as f:
+        STATUS = int(f.read().strip() or "200")
 
 if os.environ.get("LISTEN_PID") != str(os.getpid()) or int(os.environ.get("LISTEN_FDS", "0")) < 1:
     sys.exit("no listening socket was passed: run me as `baton serve -- python3 server.py`")
@@ -59,7 +66,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def answer(self, text):
         body = text.encode()
-        self.send_response(200)
+        self.send_response(STATUS)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
         if draining.is_set():

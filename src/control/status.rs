@@ -95,6 +95,9 @@ pub struct Counters {
     pub reloads_failed: u64,
     pub reloads_rejected: u64,
     pub reloads_rolled_back: u64,
+    /// Reloads whose new worker failed its `--health` probe.
+    #[serde(default)]
+    pub reloads_unhealthy: u64,
     /// Workers that died on their own while serving.
     pub crashes: u64,
     /// Workers started to replace a crashed one.
@@ -242,6 +245,19 @@ pub enum ReloadOutcome {
     },
     /// A new worker did not become ready; the old workers go on.
     Failed { generation: u64, reason: String },
+    /// A new worker failed its `--health` probe; the old workers go on.
+    Unhealthy {
+        generation: u64,
+        /// The worker probed.
+        pid: u32,
+        /// The status it answered, if it answered.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<u16>,
+        /// The start of the body it answered.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        body: String,
+        reason: String,
+    },
     /// A worker of the new release crashed; the previous release rolls in.
     RolledBack {
         generation: u64,
@@ -267,6 +283,12 @@ impl ReloadOutcome {
             ReloadOutcome::Failed { generation, reason } => {
                 format!("of generation {generation} FAILED: {reason}")
             }
+            ReloadOutcome::Unhealthy {
+                generation,
+                pid,
+                reason,
+                ..
+            } => format!("of generation {generation} FAILED its health probe: worker {pid}: {reason}"),
             ReloadOutcome::RolledBack {
                 generation,
                 rollback_to,
@@ -302,6 +324,22 @@ impl fmt::Display for ReloadOutcome {
                 f,
                 "reload of generation {generation} failed: {reason}; the old workers keep serving"
             ),
+            ReloadOutcome::Unhealthy {
+                generation,
+                pid,
+                body,
+                reason,
+                ..
+            } => {
+                write!(
+                    f,
+                    "reload of generation {generation} failed its health probe: worker {pid}: {reason}"
+                )?;
+                if !body.is_empty() {
+                    write!(f, " ({body:?})")?;
+                }
+                write!(f, "; the old workers keep serving")
+            }
             ReloadOutcome::RolledBack {
                 generation,
                 rollback_to,

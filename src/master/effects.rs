@@ -16,11 +16,12 @@ use tokio::sync::mpsc;
 use std::os::fd::{AsFd, OwnedFd};
 
 use super::handover::{self, HandedSocketFile, HandedWorker, Keep, State};
+use super::health;
 use super::release::ProgramFile;
 use super::upgrade::{self, Departure};
 use super::worker::{self, WorkerEvent, WorkerHandle, WorkerId};
 use crate::balance::ShareTable;
-use crate::config::{ConfigSource, MasterConfig};
+use crate::config::{ConfigSource, HealthCheck, MasterConfig};
 use crate::fd::{self, Exec};
 use crate::keeper::Keeper;
 use crate::listeners::ListenerSet;
@@ -86,6 +87,10 @@ pub(super) trait Effects {
         program: &Self::Program,
         generation: u64,
     ) -> Result<PathBuf, String>;
+    /// Probes worker `id` (process `pid`) as `check` says, once it
+    /// listens (within `start_allowance`); the outcome comes back as its
+    /// [`WorkerEvent::Probed`].
+    fn probe(&mut self, id: WorkerId, pid: u32, check: &HealthCheck, start_allowance: Duration);
     /// Checks the program an upgrade would run (`baton upgrade-check`);
     /// the outcome comes back as an input of the master's loop.
     fn check_upgrade(&mut self);
@@ -256,6 +261,28 @@ impl Effects for Processes {
         program
             .write_out(dir.path(), generation)
             .map_err(|e| e.to_string())
+    }
+
+    fn probe(&mut self, id: WorkerId, pid: u32, check: &HealthCheck, start_allowance: Duration) {
+        let events = self.events.clone();
+        let target = self.listeners.ids().into_iter().find_map(|listener| {
+            let addr = health::probe_address(listener.tcp?);
+            Some(health::Target {
+                pid,
+                addr,
+                listener,
+            })
+        });
+        let check = check.clone();
+        tokio::spawn(async move {
+            let outcome = match target {
+                Some(target) => health::probe(&check, target, start_allowance).await,
+                None => Err(health::Unhealthy::said(
+                    "--health probes go through a TCP listener, and there is none",
+                )),
+            };
+            let _ = events.send(WorkerEvent::Probed { id, outcome });
+        });
     }
 
     fn check_upgrade(&mut self) {

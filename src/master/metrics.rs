@@ -48,6 +48,7 @@ fn register_counters(registry: &mut Registry, counters: &Counters) {
                 ("failed", counters.reloads_failed),
                 ("rejected", counters.reloads_rejected),
                 ("rolled_back", counters.reloads_rolled_back),
+                ("unhealthy", counters.reloads_unhealthy),
             ],
         ),
     );

@@ -23,6 +23,7 @@ mod admin;
 mod agent;
 mod effects;
 pub mod handover;
+mod health;
 mod listening;
 mod metrics;
 mod release;

@@ -47,6 +47,9 @@ pub(crate) struct Worker {
     /// Consecutive memory checks that found it above `--max-memory`.
     #[serde(skip)]
     pub over_memory: u32,
+    /// It passed its `--health` probes (a new worker of a reload).
+    #[serde(skip)]
+    pub passed_probe: bool,
 }
 
 impl Worker {
@@ -87,6 +90,8 @@ impl std::fmt::Display for Cause {
 #[serde(rename_all = "snake_case")]
 pub(crate) enum WorkerState {
     Starting,
+    /// Ready, and being probed (`--health`) before it takes its slot.
+    Probing,
     Ready,
     Draining,
     /// Draining, and told to end its grace early: a reload storm left more
@@ -95,8 +100,9 @@ pub(crate) enum WorkerState {
 }
 
 impl WorkerState {
-    pub const ALL: [WorkerState; 4] = [
+    pub const ALL: [WorkerState; 5] = [
         WorkerState::Starting,
+        WorkerState::Probing,
         WorkerState::Ready,
         WorkerState::Draining,
         WorkerState::Hurried,
@@ -106,6 +112,7 @@ impl WorkerState {
     pub fn name(self) -> &'static str {
         match self {
             WorkerState::Starting => "starting",
+            WorkerState::Probing => "probing",
             WorkerState::Ready => "ready",
             WorkerState::Draining => "draining",
             WorkerState::Hurried => "hurried",

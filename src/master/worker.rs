@@ -49,6 +49,11 @@ pub enum WorkerEvent {
     Exited { id: WorkerId, status: ExitStatus },
     /// The worker's counters.
     Stats { id: WorkerId, stats: WorkerStats },
+    /// How the worker's health probes went (`--health`).
+    Probed {
+        id: WorkerId,
+        outcome: Result<super::health::Healthy, super::health::Unhealthy>,
+    },
 }
 
 /// What the supervisor asks of a worker.

@@ -11,6 +11,7 @@ mod deploy;
 mod docs;
 mod fleet;
 mod hardening;
+mod health;
 mod http;
 mod lame_duck;
 mod lifecycle;

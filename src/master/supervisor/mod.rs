@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tracing::{error, info, info_span, warn};
 
 use super::effects::{Effects, Systemd};
+use super::health::{Healthy, Unhealthy};
 use super::listening::{Listening, Look, Suspects};
 use super::release::Release;
 use super::rollout::Rollout;
@@ -124,6 +125,10 @@ impl<P> Reloads<P> {
     /// Waiters for the next reload to start, or the one queued.
     fn wait_for_next(&mut self, waiters: Vec<oneshot::Sender<Reply>>) {
         self.queued_waiters.extend(waiters);
+    }
+
+    fn is_rolling_back(&self) -> bool {
+        self.rolling_back
     }
 
     /// Whether a reload was queued; it is not any more.
@@ -432,6 +437,7 @@ impl<E: Effects> Supervisor<E> {
                     worker.stats = Some(stats);
                 }
             }
+            WorkerEvent::Probed { id, outcome } => self.on_probed(id, outcome),
         }
     }
 
@@ -554,18 +560,93 @@ impl<E: Effects> Supervisor<E> {
                 started: Instant::now(),
                 stats: None,
                 over_memory: 0,
+                passed_probe: false,
             },
         );
         Ok(id)
     }
 
     fn on_ready(&mut self, id: WorkerId) {
+        let on_probe = self.on_probe(id);
         let Some(worker) = self.workers.get_mut(&id) else {
             return;
         };
         if worker.state != WorkerState::Starting {
             return;
         }
+        // A new worker on probe takes its slot once it also passed.
+        if on_probe && !worker.passed_probe {
+            worker.state = WorkerState::Probing;
+            return;
+        }
+        self.take_place(id);
+    }
+
+    /// Whether worker `id` is probed (`--health`) before it takes its
+    /// slot: a new worker of a reload, not of a rollback to a release that
+    /// served.
+    fn on_probe(&self, id: WorkerId) -> bool {
+        self.config.health.is_some()
+            && self.pending_new_worker() == Some(id)
+            && !self.reloads.is_rolling_back()
+    }
+
+    /// Starts the probes of worker `id`, just started, if it is on probe:
+    /// they begin as soon as it listens.
+    fn start_probes(&mut self, id: WorkerId) {
+        let (Some(check), Some(worker)) = (&self.config.health, self.workers.get(&id)) else {
+            return;
+        };
+        if self.on_probe(id) {
+            let allowance = self.config.ready_timeout;
+            self.effects.probe(id, worker.pid, check, allowance);
+        }
+    }
+
+    /// How the probes of worker `id` went: it takes its place, or the
+    /// reload that started it fails.
+    fn on_probed(&mut self, id: WorkerId, outcome: Result<Healthy, Unhealthy>) {
+        let Some(worker) = self.workers.get_mut(&id) else {
+            return;
+        };
+        if !matches!(worker.state, WorkerState::Starting | WorkerState::Probing) {
+            return;
+        }
+        let named = worker.named();
+        match outcome {
+            Ok(healthy) => {
+                Lifecycle::WorkerHealthy {
+                    worker: named,
+                    probes: healthy.probes,
+                    connections: healthy.connections,
+                    window_ms: healthy.window_ms,
+                }
+                .log();
+                worker.passed_probe = true;
+                if worker.state == WorkerState::Probing {
+                    self.take_place(id);
+                }
+            }
+            Err(unhealthy) => {
+                Lifecycle::WorkerUnhealthy {
+                    worker: named,
+                    status: unhealthy.status,
+                    reason: unhealthy.reason.clone(),
+                    window_ms: unhealthy.window_ms,
+                    connections: unhealthy.connections,
+                }
+                .log();
+                self.give_up_rollout(unhealthy.reason.clone(), Some((named.pid, unhealthy)));
+            }
+        }
+    }
+
+    /// Worker `id` is ready (and healthy, if probed): it serves, in its
+    /// slot or in the slot a rollout or a successor hands it.
+    fn take_place(&mut self, id: WorkerId) {
+        let Some(worker) = self.workers.get_mut(&id) else {
+            return;
+        };
         worker.state = WorkerState::Ready;
         Lifecycle::WorkerReady {
             worker: worker.named(),
@@ -885,6 +966,7 @@ impl<E: Effects> Supervisor<E> {
                 if let Some(rollout) = self.reloads.rollout.as_mut() {
                     rollout.started(id);
                 }
+                self.start_probes(id);
             }
             Err(reason) => self.abandon_rollout(format!("cannot start a new worker: {reason}")),
         }
@@ -936,6 +1018,12 @@ impl<E: Effects> Supervisor<E> {
     /// Gives up on the reload in progress: slots not yet replaced keep their
     /// old workers, which never stopped serving.
     fn abandon_rollout(&mut self, reason: String) {
+        self.give_up_rollout(reason, None);
+    }
+
+    /// [`Supervisor::abandon_rollout`], with the probe its new worker
+    /// failed, if that is why.
+    fn give_up_rollout(&mut self, reason: String, probed: Option<(u32, Unhealthy)>) {
         let Some(rollout) = self.reloads.rollout.take() else {
             return;
         };
@@ -946,12 +1034,22 @@ impl<E: Effects> Supervisor<E> {
             reason: reason.clone(),
         }
         .log();
-        if let Some(pending) = rollout.pending() {
-            self.effects.kill(pending);
+        let generation = rollout.generation;
+        match (rollout.pending(), &probed) {
+            // It serves clients from the shared queue already: it drains.
+            (Some(pending), Some(_)) => self.drain(pending),
+            (Some(pending), None) => self.effects.kill(pending),
+            (None, _) => {}
         }
-        self.conclude(ReloadOutcome::Failed {
-            generation: rollout.generation,
-            reason,
+        self.conclude(match probed {
+            Some((pid, unhealthy)) => ReloadOutcome::Unhealthy {
+                generation,
+                pid,
+                status: unhealthy.status,
+                body: unhealthy.body,
+                reason,
+            },
+            None => ReloadOutcome::Failed { generation, reason },
         });
         // The old configuration stays in force, worker count included.
         if let Some(previous) = self.reloads.abandon() {
@@ -972,6 +1070,7 @@ impl<E: Effects> Supervisor<E> {
             ReloadOutcome::Failed { .. } => &mut counters.reloads_failed,
             ReloadOutcome::Rejected { .. } => &mut counters.reloads_rejected,
             ReloadOutcome::RolledBack { .. } => &mut counters.reloads_rolled_back,
+            ReloadOutcome::Unhealthy { .. } => &mut counters.reloads_unhealthy,
         } += 1;
         self.reloads.last = Some(outcome);
         let status = self.status_line();

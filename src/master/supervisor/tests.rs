@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use super::*;
 use crate::control::reply::UpgradeOutcome;
+use crate::master::health::{Healthy, Unhealthy};
 use crate::master::state::{BACKOFF_CAP, BACKOFF_FIRST};
 
 /// Records what the supervisor asks for.
@@ -35,6 +36,8 @@ struct Fake {
     restored: Vec<(PathBuf, u64)>,
     /// Writing a kept program back fails while set.
     refuse_restore: bool,
+    /// Workers whose health probes were asked for.
+    probed: Vec<WorkerId>,
 }
 
 impl Effects for Fake {
@@ -86,6 +89,15 @@ impl Effects for Fake {
         self.restored.push((program.clone(), generation));
         Ok(PathBuf::from(format!("/run/baton/program-{generation}")))
     }
+    fn probe(
+        &mut self,
+        id: WorkerId,
+        _pid: u32,
+        _check: &crate::config::HealthCheck,
+        _start_allowance: Duration,
+    ) {
+        self.probed.push(id);
+    }
     fn check_upgrade(&mut self) {
         self.upgrade_checks += 1;
     }
@@ -111,6 +123,7 @@ fn config(workers: usize, probation: Duration) -> MasterConfig {
         drain_timeout: Duration::from_secs(30),
         http: None,
         probation,
+        health: None,
         max_memory: None,
         admin: None,
         agent: None,
@@ -816,4 +829,124 @@ async fn a_listener_put_right_is_counted_and_one_that_cannot_be_is_down_until_it
     // A later look that finds it well: serving again.
     supervisor.keep_listening(Look::Periodic);
     assert_eq!(supervisor.host_state(), "serving");
+}
+
+/// A master of two ready workers whose reloads probe new workers.
+fn running_with_health() -> Supervisor<Fake> {
+    let mut config = config(2, Duration::ZERO);
+    config.health = Some(crate::config::HealthCheck {
+        path: "/healthz".into(),
+        status: crate::values::StatusRange::SUCCESS,
+        timeout: Duration::from_secs(5),
+        count: 3,
+    });
+    let mut supervisor = Supervisor::new(config, Fake::default());
+    supervisor.start();
+    for id in started(&supervisor) {
+        ready(&mut supervisor, id);
+    }
+    assert!(
+        supervisor.effects.probed.is_empty(),
+        "the first workers are not probed"
+    );
+    supervisor
+}
+
+fn probed(supervisor: &mut Supervisor<Fake>, id: WorkerId, outcome: Result<Healthy, Unhealthy>) {
+    supervisor.on_event(WorkerEvent::Probed { id, outcome });
+}
+
+fn healthy() -> Result<Healthy, Unhealthy> {
+    Ok(Healthy {
+        probes: 3,
+        connections: 4,
+        window_ms: 12,
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_worker_takes_its_slot_only_once_its_probes_pass() {
+    let mut supervisor = running_with_health();
+    let old0 = current(&supervisor, 0).unwrap();
+    let mut waiter = reload_waiting(&mut supervisor);
+    let new0 = newest(&supervisor);
+    assert_eq!(
+        supervisor.effects.probed,
+        vec![new0],
+        "probed from its start, as soon as it listens"
+    );
+    ready(&mut supervisor, new0);
+    assert_eq!(supervisor.workers[&new0].state, WorkerState::Probing);
+    assert!(
+        supervisor.effects.drained.is_empty(),
+        "the old worker serves on"
+    );
+    assert_eq!(current(&supervisor, 0), Some(old0));
+
+    probed(&mut supervisor, new0, healthy());
+    assert_eq!(current(&supervisor, 0), Some(new0));
+    assert_eq!(supervisor.effects.drained, vec![old0]);
+    // Passed before it said it was ready: it takes its slot when it does.
+    let new1 = newest(&supervisor);
+    probed(&mut supervisor, new1, healthy());
+    assert_eq!(supervisor.workers[&new1].state, WorkerState::Starting);
+    ready(&mut supervisor, new1);
+    assert_eq!(current(&supervisor, 1), Some(new1));
+    assert_eq!(is_in(answer(&mut waiter)), Some(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_worker_that_fails_its_probe_fails_the_reload_and_the_old_workers_go_on() {
+    let mut supervisor = running_with_health();
+    let old = [
+        current(&supervisor, 0).unwrap(),
+        current(&supervisor, 1).unwrap(),
+    ];
+    let mut waiter = reload_waiting(&mut supervisor);
+    // Failed before it said it was ready: the verdict does not wait.
+    let new0 = newest(&supervisor);
+    let pid = supervisor.workers[&new0].pid;
+    probed(
+        &mut supervisor,
+        new0,
+        Err(Unhealthy {
+            status: Some(500),
+            body: "database is down".into(),
+            reason: "GET /healthz answered 500, not 2xx".into(),
+            window_ms: Some(3),
+            connections: 2,
+        }),
+    );
+    let said = answer(&mut waiter).expect("answered at the failed probe");
+    assert!(
+        matches!(&said, Reply::Reload(ReloadOutcome::Unhealthy { generation: 2, pid: p, status: Some(500), body, .. })
+            if *p == pid && body == "database is down"),
+        "{said:?}"
+    );
+    assert!(!said.is_ok(), "reload --wait exits 1");
+    assert_eq!(
+        supervisor.effects.drained,
+        vec![new0],
+        "it may serve clients already: it drains"
+    );
+    assert_eq!(
+        [current(&supervisor, 0), current(&supervisor, 1)],
+        old.map(Some)
+    );
+    assert_eq!(supervisor.counters.reloads_unhealthy, 1);
+
+    // The next release, healthy, goes in.
+    exited(&mut supervisor, new0);
+    let mut waiter = reload_waiting(&mut supervisor);
+    let next = newest(&supervisor);
+    ready(&mut supervisor, next);
+    probed(&mut supervisor, next, healthy());
+    let next = newest(&supervisor);
+    ready(&mut supervisor, next);
+    probed(&mut supervisor, next, healthy());
+    assert_eq!(
+        is_in(answer(&mut waiter)),
+        Some(3),
+        "the next reload goes in"
+    );
 }

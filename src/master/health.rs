@@ -1,0 +1,385 @@
+//! Health probes of one worker through the shared listener (`--health`).
+//!
+//! Every worker accepts from the same listening socket, so a connection to
+//! it may land in any of them. The master opens connections to the
+//! listener and, for each, finds which process accepted it: the accepted
+//! socket's inode, looked up in the kernel's TCP table by the connection's
+//! two addresses, is held by exactly one process. A connection another
+//! worker accepted is closed before a byte is sent (that worker reads the
+//! end of an empty connection); one the probed worker's process tree
+//! accepted carries the probe: `GET PATH` with `Connection: close`, whose
+//! status must be in `--health-status`. Nothing is proxied and no client
+//! connection is touched.
+//!
+//! A new worker is probed from the moment it starts: the master waits
+//! for the first sign that it listens (its process tree waits on the
+//! listener), then probes at once, so that the clients a broken release
+//! answers before its verdict are as few as the design allows (they reach
+//! it from the shared queue as soon as it accepts). A probe that cannot
+//! reach the worker within `--health-timeout` fails as a probe that got a
+//! bad answer does, and says so.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{sleep, timeout_at, Instant};
+
+use crate::config::HealthCheck;
+use crate::procfs;
+
+/// How often the TCP table is looked at while a probe connection waits in
+/// the accept queue, and a new worker's tree while it is not listening.
+const ACCEPT_POLL: Duration = Duration::from_millis(2);
+const LISTEN_POLL: Duration = Duration::from_millis(5);
+
+/// The most of an answer read: its status line, headers and the start of
+/// its body.
+const ANSWER_LIMIT: usize = 16 * 1024;
+
+/// How much of a failing answer's body is reported.
+const BODY_SHOWN: usize = 120;
+
+/// A worker that passed every probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Healthy {
+    pub probes: u32,
+    /// Connections opened to reach the worker (those other workers
+    /// accepted included).
+    pub connections: u32,
+    /// From the first sign that it listened to the verdict: how long
+    /// clients could reach it before it was judged.
+    pub window_ms: u64,
+}
+
+/// The worker to probe and the listener to probe it through.
+#[derive(Debug, Clone, Copy)]
+pub struct Target {
+    /// The worker's process (its tree is searched).
+    pub pid: u32,
+    /// Where to connect.
+    pub addr: SocketAddr,
+    /// The listener, as its process tree shows it.
+    pub listener: procfs::ListenerId,
+}
+
+/// Why a worker failed its probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unhealthy {
+    /// The status it answered, if it answered.
+    pub status: Option<u16>,
+    /// The start of the body it answered.
+    pub body: String,
+    /// What went wrong, in words.
+    pub reason: String,
+    /// From its first sign of listening to the verdict, if it listened.
+    pub window_ms: Option<u64>,
+    /// Connections opened to reach it.
+    pub connections: u32,
+}
+
+impl Unhealthy {
+    pub fn said(reason: impl Into<String>) -> Unhealthy {
+        Unhealthy {
+            status: None,
+            body: String::new(),
+            reason: reason.into(),
+            window_ms: None,
+            connections: 0,
+        }
+    }
+}
+
+/// Where to reach a worker: the listener its probes go through.
+pub fn probe_address(listener: SocketAddr) -> SocketAddr {
+    let ip = match listener.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, listener.port())
+}
+
+/// Probes `target`, `check.count` times, once it listens; it has
+/// `start_allowance` to start listening.
+pub async fn probe(
+    check: &HealthCheck,
+    target: Target,
+    start_allowance: Duration,
+) -> Result<Healthy, Unhealthy> {
+    listening(target, Instant::now() + start_allowance).await?;
+    let listening_since = Instant::now();
+    let mut connections = 0;
+    for _ in 0..check.count {
+        let deadline = Instant::now() + check.timeout;
+        let probed = match reach(target.addr, target.pid, deadline, &mut connections).await {
+            Ok(stream) => ask(stream, check, target.addr, deadline).await,
+            Err(unreachable) => Err(unreachable),
+        };
+        probed.map_err(|unhealthy| Unhealthy {
+            window_ms: Some(listening_since.elapsed().as_millis() as u64),
+            connections,
+            ..unhealthy
+        })?;
+    }
+    Ok(Healthy {
+        probes: check.count,
+        connections,
+        window_ms: listening_since.elapsed().as_millis() as u64,
+    })
+}
+
+/// Returns once `target`'s process tree waits on its listener.
+async fn listening(target: Target, deadline: Instant) -> Result<(), Unhealthy> {
+    loop {
+        let listener = target.listener;
+        let waits = tokio::task::spawn_blocking(move || {
+            procfs::tree_serves(target.pid, &[listener], false)
+        })
+        .await
+        .unwrap_or(false);
+        if waits {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(Unhealthy::said(format!(
+                "worker {} never listened, so it could not be probed",
+                target.pid
+            )));
+        }
+        sleep(LISTEN_POLL).await;
+    }
+}
+
+/// A connection to the listener that worker `pid`'s tree accepted.
+async fn reach(
+    addr: SocketAddr,
+    pid: u32,
+    deadline: Instant,
+    connections: &mut u32,
+) -> Result<TcpStream, Unhealthy> {
+    let mut elsewhere = 0;
+    let unreachable = |elsewhere: u32, why: &str| {
+        Unhealthy::said(format!(
+            "no probe connection reached worker {pid} in time ({elsewhere} went to other workers{why})"
+        ))
+    };
+    loop {
+        let stream = match timeout_at(deadline, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(Unhealthy::said(format!("cannot connect to {addr}: {e}"))),
+            Err(_) => return Err(unreachable(elsewhere, "")),
+        };
+        *connections += 1;
+        let client = stream
+            .local_addr()
+            .map_err(|e| Unhealthy::said(format!("cannot read the probe's address: {e}")))?;
+        match accepted_by(addr, client, pid, deadline).await {
+            Some(true) => return Ok(stream),
+            // Closed unused: the worker that took it reads an empty
+            // connection's end.
+            Some(false) => elsewhere += 1,
+            None => return Err(unreachable(elsewhere, "; the last one was never accepted")),
+        }
+    }
+}
+
+/// Once a process accepted the connection from `client`: whether it is in
+/// worker `pid`'s tree. `None` if nobody accepted it by `deadline`.
+async fn accepted_by(
+    server: SocketAddr,
+    client: SocketAddr,
+    pid: u32,
+    deadline: Instant,
+) -> Option<bool> {
+    loop {
+        let found = tokio::task::spawn_blocking(move || {
+            procfs::accepted_inode(server, client).map(|inode| procfs::tree_holds(pid, inode))
+        })
+        .await
+        .ok()
+        .flatten();
+        if found.is_some() {
+            return found;
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        sleep(ACCEPT_POLL).await;
+    }
+}
+
+/// Sends the probe's request on `stream` and judges the answer.
+async fn ask(
+    mut stream: TcpStream,
+    check: &HealthCheck,
+    addr: SocketAddr,
+    deadline: Instant,
+) -> Result<(), Unhealthy> {
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: baton-health\r\nConnection: close\r\n\r\n",
+        check.path
+    );
+    let exchange = async {
+        stream.write_all(request.as_bytes()).await?;
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while answer.len() < ANSWER_LIMIT {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&chunk[..n]);
+            if head_and_body_start(&answer).is_some_and(|(_, body)| body.len() >= BODY_SHOWN) {
+                break;
+            }
+        }
+        Ok::<_, std::io::Error>(answer)
+    };
+    let answer = match timeout_at(deadline, exchange).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(e)) => {
+            return Err(Unhealthy::said(format!(
+                "the probe's connection failed: {e}"
+            )))
+        }
+        Err(_) => {
+            return Err(Unhealthy::said(format!(
+                "no answer to GET {} within {}",
+                check.path,
+                humantime::format_duration(check.timeout)
+            )))
+        }
+    };
+    judge(&answer, check)
+}
+
+/// Whether `answer` passes `check`.
+fn judge(answer: &[u8], check: &HealthCheck) -> Result<(), Unhealthy> {
+    let Some((head, body)) = head_and_body_start(answer) else {
+        return Err(Unhealthy::said(format!(
+            "GET {} got no HTTP answer ({} bytes)",
+            check.path,
+            answer.len()
+        )));
+    };
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse::<u16>().ok());
+    let body = String::from_utf8_lossy(&body[..body.len().min(BODY_SHOWN)]).into_owned();
+    match status {
+        Some(status) if check.status.contains(status) => Ok(()),
+        Some(status) => Err(Unhealthy {
+            status: Some(status),
+            reason: format!("GET {} answered {status}, not {}", check.path, check.status),
+            body,
+            ..Unhealthy::said("")
+        }),
+        None => Err(Unhealthy::said(format!(
+            "GET {} got no HTTP status line: {head:?}",
+            check.path
+        ))),
+    }
+}
+
+/// An answer's status line and the start of its body, once its head is
+/// complete.
+fn head_and_body_start(answer: &[u8]) -> Option<(String, &[u8])> {
+    let end = answer.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&answer[..end]);
+    let status_line = head.lines().next().unwrap_or_default().to_owned();
+    Some((status_line, &answer[end + 4..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::values::StatusRange;
+
+    fn check(status: &str) -> HealthCheck {
+        HealthCheck {
+            path: "/healthz".into(),
+            status: status.parse::<StatusRange>().unwrap(),
+            timeout: Duration::from_secs(2),
+            count: 2,
+        }
+    }
+
+    #[test]
+    fn answers_are_judged_by_their_status() {
+        let ok = b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(judge(ok, &check("2xx")), Ok(()));
+        let broken = b"HTTP/1.1 500 Internal Server Error\r\n\r\ndatabase is down";
+        let unhealthy = judge(broken, &check("2xx")).unwrap_err();
+        assert_eq!(unhealthy.status, Some(500));
+        assert_eq!(unhealthy.body, "database is down");
+        assert!(
+            unhealthy.reason.contains("answered 500, not 2xx"),
+            "{}",
+            unhealthy.reason
+        );
+        assert_eq!(judge(broken, &check("200-599")), Ok(()));
+        assert_eq!(
+            judge(b"SSH-2.0-OpenSSH\r\n", &check("2xx"))
+                .unwrap_err()
+                .status,
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn a_probe_reaches_the_process_that_accepts_and_only_that_one() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let inode = {
+            use std::os::fd::AsFd;
+            nix::sys::stat::fstat(listener.as_fd()).unwrap().st_ino
+        };
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut request = [0u8; 1024];
+                let _ = stream.read(&mut request).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+            }
+        });
+        let me = Target {
+            pid: std::process::id(),
+            addr,
+            listener: procfs::ListenerId {
+                inode,
+                tcp: Some(addr),
+            },
+        };
+        let allowance = Duration::from_secs(5);
+        let healthy = probe(&check("2xx"), me, allowance).await.unwrap();
+        assert_eq!((healthy.probes, healthy.connections), (2, 2));
+
+        // This process accepts, so no connection reaches another one.
+        let mut other = std::process::Command::new("sleep")
+            .arg("10")
+            .spawn()
+            .unwrap();
+        let mut quick = check("2xx");
+        quick.timeout = Duration::from_millis(300);
+        // The other process does not listen: it is given no connection.
+        let other_target = Target {
+            pid: other.id(),
+            ..me
+        };
+        let never = probe(&quick, other_target, Duration::from_millis(100))
+            .await
+            .unwrap_err();
+        assert!(never.reason.contains("never listened"), "{}", never.reason);
+        let elsewhere = reach(addr, other.id(), Instant::now() + quick.timeout, &mut 0)
+            .await
+            .unwrap_err();
+        let _ = other.kill();
+        let _ = other.wait();
+        let expected = format!("no probe connection reached worker {}", other.id());
+        assert!(elsewhere.reason.contains(&expected), "{}", elsewhere.reason);
+    }
+}
