@@ -231,7 +231,9 @@ async fn ask(
                 break;
             }
             answer.extend_from_slice(&chunk[..n]);
-            if head_and_body_start(&answer).is_some_and(|(_, body)| body.len() >= BODY_SHOWN) {
+            if head_and_body_start(&answer).is_some_and(|(head, body)| {
+                body.len() >= BODY_SHOWN.min(content_length(&head).unwrap_or(BODY_SHOWN))
+            }) {
                 break;
             }
         }
@@ -264,6 +266,7 @@ fn judge(answer: &[u8], check: &HealthCheck) -> Result<(), Unhealthy> {
             answer.len()
         )));
     };
+    let head = head.lines().next().unwrap_or_default();
     let status = head
         .split(' ')
         .nth(1)
@@ -284,13 +287,22 @@ fn judge(answer: &[u8], check: &HealthCheck) -> Result<(), Unhealthy> {
     }
 }
 
-/// An answer's status line and the start of its body, once its head is
+/// An answer's head and the start of its body, once its head is
 /// complete.
 fn head_and_body_start(answer: &[u8]) -> Option<(String, &[u8])> {
     let end = answer.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = String::from_utf8_lossy(&answer[..end]);
-    let status_line = head.lines().next().unwrap_or_default().to_owned();
-    Some((status_line, &answer[end + 4..]))
+    let head = String::from_utf8_lossy(&answer[..end]).into_owned();
+    Some((head, &answer[end + 4..]))
+}
+
+/// The `Content-Length` an answer's head gives, if any.
+fn content_length(head: &str) -> Option<usize> {
+    head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse().ok())?
+    })
 }
 
 #[cfg(test)]
