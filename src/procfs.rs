@@ -384,37 +384,15 @@ fn accepted_inodes(listeners: &[ListenerId]) -> Vec<u64> {
     if addrs.is_empty() {
         return Vec::new();
     }
-    let mut inodes = Vec::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = fs::read_to_string(table) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
-            let (Some(local), Some(state), Some(inode)) =
-                (fields.get(1), fields.get(3), fields.get(9))
-            else {
-                continue;
-            };
-            let Some(port) = local
-                .rsplit_once(':')
-                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
-            else {
-                continue;
-            };
-            // 01: ESTABLISHED. The port is enough to tell: the listener's
-            // port is not used for anything else on this host.
-            if *state == "01" && addrs.iter().any(|a| a.port() == port) {
-                if let Ok(inode) = inode.parse::<u64>() {
-                    if inode != 0 {
-                        inodes.push(inode);
-                    }
-                }
-            }
-        }
-    }
-    inodes
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .into_iter()
+        .flat_map(tcp_sockets)
+        // ESTABLISHED. The port is enough to tell: the listener's port is
+        // not used for anything else on this host.
+        .filter(|s| s.established && s.inode != 0)
+        .filter(|s| addrs.iter().any(|a| a.port() == s.local.port()))
+        .map(|s| s.inode)
+        .collect()
 }
 
 /// The inode of the socket the server side accepted for the TCP
@@ -426,15 +404,40 @@ pub fn accepted_inode(server: SocketAddr, client: SocketAddr) -> Option<u64> {
     } else {
         "/proc/net/tcp6"
     };
-    let text = fs::read_to_string(table).ok()?;
-    text.lines().skip(1).find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
-        let local = socket_addr(fields.get(1)?)?;
-        let remote = socket_addr(fields.get(2)?)?;
-        let inode = fields.get(9)?.parse::<u64>().ok()?;
-        (same(local, server) && same(remote, client) && inode != 0).then_some(inode)
-    })
+    tcp_sockets(table)
+        .into_iter()
+        .find(|s| same(s.local, server) && same(s.remote, client) && s.inode != 0)
+        .map(|s| s.inode)
+}
+
+/// One line of /proc/net/tcp{,6}.
+struct TcpSocket {
+    local: SocketAddr,
+    remote: SocketAddr,
+    /// State 01.
+    established: bool,
+    /// 0 for a connection no process has accepted yet.
+    inode: u64,
+}
+
+/// The sockets `table` lists (none if it cannot be read).
+fn tcp_sockets(table: &str) -> Vec<TcpSocket> {
+    let Ok(text) = fs::read_to_string(table) else {
+        return Vec::new();
+    };
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
+            Some(TcpSocket {
+                local: socket_addr(fields.get(1)?)?,
+                remote: socket_addr(fields.get(2)?)?,
+                established: *fields.get(3)? == "01",
+                inode: fields.get(9)?.parse().ok()?,
+            })
+        })
+        .collect()
 }
 
 /// Whether the process tree under `root` holds the socket `inode`.
