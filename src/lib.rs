@@ -75,6 +75,7 @@ pub mod protocol;
 pub mod rlimit;
 pub mod settings;
 pub mod signals;
+pub mod sock_diag;
 pub mod systemd;
 pub mod values;
 pub mod worker;
