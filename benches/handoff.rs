@@ -41,6 +41,7 @@ fn handoff(c: &mut Criterion) {
                     listeners: names.clone(),
                     balance: false,
                     http: None,
+                    hold: false,
                 };
                 let fds: Vec<_> = sockets.iter().map(|s| s.as_fd()).collect();
                 protocol::send_now(&master_end, &hello, &fds).unwrap();

@@ -93,6 +93,8 @@ pub enum AcceptMode {
 pub enum WorkerFault {
     /// On drain, close everything and exit at once, like a naive server.
     ExitOnDrain,
+    /// Answer every request 500, like a release that is up but broken.
+    ServerError,
 }
 
 /// The parser for the options alone: `baton worker`'s, and the defaults.

@@ -47,7 +47,18 @@ pub enum ToWorker {
         /// of another kind that brings its own.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         http: Option<HttpArgs>,
+        /// Accept nothing until [`ToWorker::Accept`]: the master probes the
+        /// worker first (`--health`), through [`ToWorker::Probe`]
+        /// connections, so that no client reaches a release that has not
+        /// passed.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        hold: bool,
     },
+    /// Serve the one descriptor attached, a connected stream socket, as a
+    /// connection just accepted: a health probe.
+    Probe,
+    /// Start accepting: the probes passed.
+    Accept,
     /// Stop accepting and finish what is in flight within `timeout_ms`, after
     /// which the master kills the worker; keep idle keep-alive connections
     /// for `grace_ms` (else for the grace the worker was started with).
@@ -182,6 +193,8 @@ pub struct Hello {
     pub balance: Option<OwnedFd>,
     /// A built-in worker's options.
     pub http: Option<HttpArgs>,
+    /// Accept nothing until told (see [`ToWorker::Hello`]).
+    pub hold: bool,
 }
 
 impl Hello {
@@ -195,6 +208,7 @@ impl Hello {
             listeners: names,
             balance,
             http,
+            hold,
         } = message
         else {
             return Err(ProtocolError::Unexpected("expected hello first"));
@@ -214,6 +228,7 @@ impl Hello {
             listeners: names.into_iter().zip(fds).collect(),
             balance,
             http,
+            hold,
         })
     }
 }
@@ -301,6 +316,7 @@ mod tests {
             listeners: vec!["http".into()],
             balance: true,
             http: None,
+            hold: false,
         };
         let bytes = encode(&hello);
         assert!(String::from_utf8_lossy(&bytes).contains("\"v\":1"));
@@ -363,6 +379,7 @@ mod tests {
             listeners: vec!["a".into()],
             balance: false,
             http: None,
+            hold: false,
         };
         master.send(&hello, &[x.as_fd()]).await.unwrap();
         let (got, fds) = worker.recv::<ToWorker>().await.unwrap().unwrap();

@@ -52,13 +52,16 @@ pub(super) enum Systemd {
 /// What the supervisor asks of the world.
 pub(super) trait Effects {
     /// Starts worker `id` for `slot` of `generation` as `config` says:
-    /// its pid, or why it could not start.
+    /// its pid, or why it could not start. A worker that will be
+    /// `probed` is told, if it can be, to accept nothing before its
+    /// probes pass (see [`Effects::probe`]).
     fn spawn(
         &mut self,
         id: WorkerId,
         slot: usize,
         generation: u64,
         config: &MasterConfig,
+        probed: bool,
     ) -> Result<u32, String>;
     /// Tells a worker to drain within `timeout`, keeping idle keep-alive
     /// connections for `grace` (built-in workers).
@@ -176,6 +179,7 @@ impl Effects for Processes {
         slot: usize,
         generation: u64,
         config: &MasterConfig,
+        probed: bool,
     ) -> Result<u32, String> {
         let runtime_dir = self.runtime_dir.as_ref().map(super::RuntimeDir::path);
         let launch = worker::Launch {
@@ -185,6 +189,9 @@ impl Effects for Processes {
             program: &config.program,
             args: &config.worker_args,
             http: config.http.as_ref(),
+            // A built-in worker is probed over its handoff socket before
+            // it accepts.
+            hold: probed && config.http.is_some(),
             identity: config.worker_identity,
             balance: self.balance.as_ref().map(ShareTable::fd),
             notify_dir: runtime_dir,
@@ -264,6 +271,9 @@ impl Effects for Processes {
     }
 
     fn probe(&mut self, id: WorkerId, pid: u32, check: &HealthCheck, start_allowance: Duration) {
+        if let Some(handle) = self.handles.get(&id).filter(|handle| handle.held) {
+            return handle.probe(check.clone());
+        }
         let events = self.events.clone();
         let target = self.listeners.ids().into_iter().find_map(|listener| {
             let addr = health::probe_address(listener.tcp?);

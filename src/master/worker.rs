@@ -11,11 +11,12 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use tokio::io::Interest;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep, sleep_until, Instant};
 use tracing::{debug, info, warn, Instrument};
 
-use crate::config::{deadline, ForeignWorker, ReadyMode};
+use super::health::{self, Healthy, Unhealthy};
+use crate::config::{deadline, ForeignWorker, HealthCheck, ReadyMode};
 use crate::error::{HandoffError, SpawnError};
 use crate::fd;
 use crate::keeper::Keeper;
@@ -65,6 +66,8 @@ enum Order {
     },
     /// End the grace of the drain in progress at once.
     Hurry,
+    /// Probe the held worker once it is ready.
+    Probe(HealthCheck),
     Kill,
 }
 
@@ -77,6 +80,9 @@ pub struct WorkerHandle {
     /// Copies of the descriptors its watcher uses, for `baton upgrade` to
     /// hand over to the next image of the master.
     pub fds: WorkerFds,
+    /// A built-in worker that accepts nothing until its probes pass: it is
+    /// probed over its handoff socket (see [`WorkerHandle::probe`]).
+    pub held: bool,
 }
 
 /// The master's descriptors for one worker: its handoff socket, and a
@@ -102,6 +108,14 @@ impl WorkerHandle {
         let _ = self.orders.send(Order::Hurry);
     }
 
+    /// Probes a worker that holds its accepts, once it is ready: `check`'s
+    /// requests go to it over connections handed over its handoff socket;
+    /// if they pass, it is told to accept. The outcome comes back as
+    /// [`WorkerEvent::Probed`].
+    pub fn probe(&self, check: HealthCheck) {
+        let _ = self.orders.send(Order::Probe(check));
+    }
+
     /// Kills the worker at once.
     pub fn kill(&self) {
         let _ = self.orders.send(Order::Kill);
@@ -117,6 +131,8 @@ pub struct Launch<'a> {
     pub args: &'a [OsString],
     /// A built-in worker's options, for its hello.
     pub http: Option<&'a crate::http_options::HttpArgs>,
+    /// The worker accepts nothing until its probes pass.
+    pub hold: bool,
     /// The uid and gid the worker runs as, if not the master's.
     pub identity: Option<(u32, u32)>,
     /// The accept-balance table, sent after the listeners.
@@ -215,6 +231,7 @@ pub fn spawn(
         listeners: listeners.names(),
         balance: launch.balance.is_some(),
         http: launch.http.cloned(),
+        hold: launch.hold,
     };
     let mut fds = listeners.fds();
     fds.extend(launch.balance);
@@ -251,7 +268,9 @@ pub fn spawn(
         // The worker leads its own process group (`process_group(0)`).
         keeper.watch(pid);
     }
-    watch(watched, &launch.watch, events).map_err(SpawnError::Socketpair)
+    let mut handle = watch(watched, &launch.watch, events).map_err(SpawnError::Socketpair)?;
+    handle.held = launch.hold;
+    Ok(handle)
 }
 
 /// The worker's command line and environment, and a COMMAND worker's
@@ -448,6 +467,7 @@ fn watch(
         orders_open: true,
         probes: 0,
         liveness,
+        health: HealthStage::None,
     };
     tokio::spawn(watcher.run().instrument(span));
     Ok(WorkerHandle {
@@ -455,6 +475,7 @@ fn watch(
         pid,
         orders: orders_tx,
         fds,
+        held: false,
     })
 }
 
@@ -556,6 +577,17 @@ struct Watcher {
     probes: u32,
     /// How long a ready worker may stay silent, if it is watched.
     liveness: Option<Duration>,
+    /// The probes of a worker that holds its accepts.
+    health: HealthStage,
+}
+
+/// Where the probes of a held worker are.
+enum HealthStage {
+    None,
+    /// To run once the worker is ready.
+    Due(HealthCheck),
+    /// Running; their outcome comes on this channel.
+    Running(oneshot::Receiver<Result<Healthy, Unhealthy>>),
 }
 
 impl Watcher {
@@ -569,8 +601,12 @@ impl Watcher {
                 status = self.process.wait() => return self.exited(status).await,
                 message = self.channel.recv_plain::<ToMaster>(), if self.channel_open => {
                     self.on_message(message);
+                    self.probe_if_ready().await;
                 }
                 order = self.orders.recv(), if self.orders_open => self.on_order(order).await,
+                outcome = probed(&mut self.health), if matches!(self.health, HealthStage::Running(_)) => {
+                    self.on_probed(outcome).await;
+                }
                 _ = at(timers.ready), if timers.ready.is_some() => self.not_ready_in_time(),
                 _ = at(timers.silent), if timers.silent.is_some() => self.stuck(),
                 _ = at(timers.drain), if timers.drain.is_some() => {
@@ -708,11 +744,73 @@ impl Watcher {
                     self.send_drain(left, Some(Duration::ZERO)).await;
                 }
             }
+            Some(Order::Probe(check)) => {
+                self.health = HealthStage::Due(check);
+                self.probe_if_ready().await;
+            }
             Some(Order::Kill) | None => {
                 self.orders_open = order.is_some();
                 self.kill();
             }
         }
+    }
+
+    /// Starts the probes that are due, once the worker is ready: each is a
+    /// stream socketpair whose one end the worker serves as a connection.
+    async fn probe_if_ready(&mut self) {
+        if !matches!(self.stage, Stage::Ready { .. }) || !matches!(self.health, HealthStage::Due(_))
+        {
+            return;
+        }
+        let HealthStage::Due(check) = std::mem::replace(&mut self.health, HealthStage::None) else {
+            return;
+        };
+        let mut connections = Vec::new();
+        for _ in 0..check.count {
+            match self.hand_probe_connection().await {
+                Ok(mine) => connections.push(mine),
+                Err(e) => {
+                    let reason = format!("cannot hand the worker a probe connection: {e}");
+                    let _ = self.events.send(WorkerEvent::Probed {
+                        id: self.id,
+                        outcome: Err(Unhealthy::said(reason)),
+                    });
+                    return;
+                }
+            }
+        }
+        let (answer, outcome) = oneshot::channel();
+        tokio::spawn(async move {
+            let _ = answer.send(health::probe_held(&check, connections).await);
+        });
+        self.health = HealthStage::Running(outcome);
+    }
+
+    /// Hands the worker one end of a new connection to serve as a probe;
+    /// returns the other.
+    async fn hand_probe_connection(&self) -> Result<std::os::unix::net::UnixStream, String> {
+        let (mine, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
+        self.channel
+            .send(&ToWorker::Probe, &[theirs.as_fd()])
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(mine)
+    }
+
+    /// The held worker's probes are done: it is told to accept if they
+    /// passed, and the supervisor hears how they went.
+    async fn on_probed(&mut self, outcome: Result<Healthy, Unhealthy>) {
+        self.health = HealthStage::None;
+        if outcome.is_ok() {
+            if let Err(e) = self.channel.send(&ToWorker::Accept, &[]).await {
+                self.fail(format!("cannot tell the worker to accept: {e}"));
+                return;
+            }
+        }
+        let _ = self.events.send(WorkerEvent::Probed {
+            id: self.id,
+            outcome,
+        });
     }
 
     fn not_ready_in_time(&mut self) {
@@ -863,6 +961,16 @@ impl Watcher {
             self.killed = true;
             self.process.kill();
         }
+    }
+}
+
+/// The outcome of a held worker's running probes.
+async fn probed(health: &mut HealthStage) -> Result<Healthy, Unhealthy> {
+    match health {
+        HealthStage::Running(outcome) => outcome
+            .await
+            .unwrap_or_else(|_| Err(Unhealthy::said("the probe stopped without a verdict"))),
+        _ => std::future::pending().await,
     }
 }
 

@@ -34,7 +34,7 @@ pub struct NamedListener {
 }
 
 /// What the master asks of a running worker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Instruction {
     /// Stop accepting, finish what is in flight within `timeout`. A second
     /// drain while draining hurries it: idle connections close now, and
@@ -45,6 +45,11 @@ pub enum Instruction {
         /// says.
         grace: Option<Duration>,
     },
+    /// Serve this connection as if it had just been accepted: a health
+    /// probe of a worker that holds its accepts.
+    Probe(OwnedFd),
+    /// Start accepting: the probes passed.
+    Accept,
     /// The master is gone (its end of the handoff socket closed).
     MasterGone,
 }
@@ -53,6 +58,9 @@ pub enum Instruction {
 #[derive(Debug)]
 pub struct Handoff {
     channel: Channel,
+    /// Accept nothing until the master says [`Instruction::Accept`]; serve
+    /// its [`Instruction::Probe`] connections meanwhile.
+    pub hold: bool,
     pub worker_id: u64,
     /// The slot it serves (the master's name for it in its log).
     pub slot: usize,
@@ -114,6 +122,7 @@ impl Welcome {
             .collect::<Result<_, _>>()?;
         let handoff = Handoff {
             channel,
+            hold: hello.hold,
             worker_id: hello.worker_id,
             slot: hello.slot,
             generation: hello.generation,
@@ -142,16 +151,28 @@ impl Handoff {
 
     /// Waits for the master's next instruction.
     pub async fn next_instruction(&self) -> Result<Instruction, HandoffError> {
-        match self.channel.recv_plain::<ToWorker>().await? {
-            None => Ok(Instruction::MasterGone),
-            Some(ToWorker::Drain {
+        let Some((message, mut fds)) = self.channel.recv::<ToWorker>().await? else {
+            return Ok(Instruction::MasterGone);
+        };
+        let expected = usize::from(message == ToWorker::Probe);
+        if fds.len() != expected {
+            return Err(ProtocolError::DescriptorCount {
+                got: fds.len(),
+                expected,
+            }
+            .into());
+        }
+        match message {
+            ToWorker::Drain {
                 timeout_ms,
                 grace_ms,
-            }) => Ok(Instruction::Drain {
+            } => Ok(Instruction::Drain {
                 timeout: Duration::from_millis(timeout_ms),
                 grace: grace_ms.map(Duration::from_millis),
             }),
-            Some(ToWorker::Hello { .. }) => Err(ProtocolError::Unexpected("a second hello").into()),
+            ToWorker::Probe => Ok(Instruction::Probe(fds.remove(0))),
+            ToWorker::Accept => Ok(Instruction::Accept),
+            ToWorker::Hello { .. } => Err(ProtocolError::Unexpected("a second hello").into()),
         }
     }
 }
@@ -235,6 +256,7 @@ mod tests {
             listeners: vec!["http".into()],
             balance,
             http: None,
+            hold: false,
         };
         protocol::send_now(&master_end, &hello, fds).unwrap();
         Handoff::receive_on(worker_end)

@@ -27,6 +27,8 @@ pub struct HttpState {
     pub accepted: AtomicU64,
     /// Connections open now.
     pub open: AtomicU64,
+    /// Every answer is 500 (a fault injected on purpose).
+    failing: bool,
 }
 
 impl HttpState {
@@ -38,7 +40,14 @@ impl HttpState {
             requests: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
             open: AtomicU64::new(0),
+            failing: false,
         }
+    }
+
+    /// Answers every request 500 from now on, like a release that is up but
+    /// broken.
+    pub fn fail_every_request(&mut self) {
+        self.failing = true;
     }
 }
 
@@ -59,6 +68,12 @@ async fn route(req: Request<Incoming>, state: &HttpState) -> Response<Full<Bytes
             .headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
         return response;
+    }
+    if state.failing {
+        return text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "fault injected: every answer is 500\n".to_owned(),
+        );
     }
     match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n".to_owned()),

@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use tracing::{info, warn, Instrument};
 
 use crate::error::WorkerError;
+use crate::error::{HandoffError, ProtocolError};
 use crate::http_options::{AcceptMode, HttpArgs, WorkerFault};
 use accept::Acceptor;
 pub use handoff::{Handoff, Instruction, NamedListener, ReceivedListener, Welcome};
@@ -112,21 +113,45 @@ async fn serve_listeners(
     // Before ready: a drain signal that comes right after must find its
     // handler, not the default action that kills.
     let mut sigterm = signal_hook_tokio::Signals::new([SIGTERM]).map_err(WorkerError::Signals)?;
-    let state = Arc::new(HttpState::new(args.work, args.body_timeout));
-    let server = Server::start(acceptors, state.clone(), ServerOptions::from(&args));
+    let mut state = HttpState::new(args.work, args.body_timeout);
+    if args.fault == Some(WorkerFault::ServerError) {
+        warn!("fault injected: every answer is 500");
+        state.fail_every_request();
+    }
+    let state = Arc::new(state);
+    let options = ServerOptions::from(&args);
+    let (mut server, held) = if handoff.hold {
+        (Server::start(Vec::new(), state.clone(), options), acceptors)
+    } else {
+        (Server::start(acceptors, state.clone(), options), Vec::new())
+    };
     handoff.ready().await?;
     let handoff = Arc::new(handoff);
     tokio::spawn(report_stats(handoff.clone(), state));
 
-    let (timeout, grace) = tokio::select! {
-        instruction = handoff.next_instruction() => match instruction? {
-            Instruction::Drain { timeout, grace } => (timeout, grace.unwrap_or(args.drain_grace)),
-            Instruction::MasterGone => return Err(WorkerError::MasterLeft),
+    let drain = if handoff.hold {
+        serve_probes(&handoff, &mut server, held).await?
+    } else {
+        None
+    };
+    let (timeout, grace) = match drain {
+        Some(Instruction::Drain { timeout, grace }) => (timeout, grace.unwrap_or(args.drain_grace)),
+        _ => tokio::select! {
+            instruction = handoff.next_instruction() => match instruction? {
+                Instruction::Drain { timeout, grace } => (timeout, grace.unwrap_or(args.drain_grace)),
+                Instruction::MasterGone => return Err(WorkerError::MasterLeft),
+                Instruction::Probe(_) | Instruction::Accept => {
+                    return Err(HandoffError::from(ProtocolError::Unexpected(
+                        "a probe or accept to a worker that accepts",
+                    ))
+                    .into())
+                }
+            },
+            _ = sigterm.next() => {
+                warn!("SIGTERM received without the master; draining");
+                (SIGTERM_DRAIN_TIMEOUT, args.drain_grace)
+            }
         },
-        _ = sigterm.next() => {
-            warn!("SIGTERM received without the master; draining");
-            (SIGTERM_DRAIN_TIMEOUT, args.drain_grace)
-        }
     };
     if args.fault == Some(WorkerFault::ExitOnDrain) {
         warn!("fault injected: exiting at once instead of draining");
@@ -143,6 +168,36 @@ async fn serve_listeners(
     Ok(())
 }
 
+/// A worker that holds its accepts (`--health`): serves the master's probe
+/// connections until it is told to accept, which it then does. Returns the
+/// drain if the master sends one instead (the probes failed).
+async fn serve_probes(
+    handoff: &Handoff,
+    server: &mut Server,
+    held: Vec<Acceptor>,
+) -> Result<Option<Instruction>, WorkerError> {
+    loop {
+        match handoff.next_instruction().await? {
+            Instruction::Probe(connection) => {
+                let connection = std::os::unix::net::UnixStream::from(connection);
+                connection
+                    .set_nonblocking(true)
+                    .map_err(HandoffError::from)?;
+                let connection =
+                    tokio::net::UnixStream::from_std(connection).map_err(HandoffError::from)?;
+                server.serve_connection(connection);
+            }
+            Instruction::Accept => {
+                info!("health probes passed; accepting");
+                server.accept(held);
+                return Ok(None);
+            }
+            drain @ Instruction::Drain { .. } => return Ok(Some(drain)),
+            Instruction::MasterGone => return Err(WorkerError::MasterLeft),
+        }
+    }
+}
+
 /// Resolves when the master sends a second drain (a reload storm hurries
 /// old generations), with the time it leaves for requests in flight. Never
 /// resolves if the master says nothing more.
@@ -150,6 +205,8 @@ async fn hurried(handoff: &Handoff) -> Duration {
     match handoff.next_instruction().await {
         Ok(Instruction::Drain { timeout, .. }) => timeout,
         // Gone or broken: the drain goes on to its deadline.
-        Ok(Instruction::MasterGone) | Err(_) => std::future::pending().await,
+        Ok(Instruction::MasterGone | Instruction::Probe(_) | Instruction::Accept) | Err(_) => {
+            std::future::pending().await
+        }
     }
 }

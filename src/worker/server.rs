@@ -116,17 +116,25 @@ impl Server {
             drain_rx,
             _alive: alive,
         });
-        let accept_loops = acceptors
-            .into_iter()
-            .map(|acceptor| tokio::spawn(accept_loop(acceptor, shared.clone())))
-            .collect();
-        Server {
+        let mut server = Server {
             state,
             drain_tx,
-            accept_loops,
+            accept_loops: Vec::new(),
             shared,
             closed,
-        }
+        };
+        server.accept(acceptors);
+        server
+    }
+
+    /// Starts accepting on more listeners (on those of a worker that held
+    /// its accepts until its health probes passed).
+    pub fn accept(&mut self, acceptors: Vec<Acceptor>) {
+        self.accept_loops.extend(
+            acceptors
+                .into_iter()
+                .map(|acceptor| tokio::spawn(accept_loop(acceptor, self.shared.clone()))),
+        );
     }
 
     /// Serves a connection that did not come from this server's listeners,

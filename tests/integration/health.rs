@@ -19,9 +19,8 @@ fn python_release(status_file: &Path, health: bool) -> Baton {
     let server = example("python/server.py");
     let mut args = vec!["--workers", "2", "--probation", "0s"];
     if health {
-        // Reaching the new worker reads the host's TCP table, which the
-        // load fills with closed connections: slow on a busy host.
-        args.extend(["--health", "/healthz", "--health-timeout", "30s"]);
+        // A probe's answer comes from a Python worker on a busy host.
+        args.extend(["--health", "/healthz", "--health-timeout", "10s"]);
     }
     args.extend(["--", "python3", &server]);
     Baton::serve_command(cmd, &args)
@@ -71,7 +70,11 @@ fn a_release_that_answers_500_is_refused_and_the_old_one_serves_alone() {
         assert!(answer.contains(expected), "{expected:?} in {answer}");
     }
     let report = load.finish();
-    eprintln!("through a refused release: {report}");
+    let window: u64 = probed.parsed("window_ms").unwrap();
+    let connections: u32 = probed.parsed("connections").unwrap();
+    eprintln!(
+        "through a refused release ({window} ms from listening to verdict, {connections} probe connections): {report}"
+    );
     assert!(other_than_bad_status(&report).is_empty(), "{report}");
     let after: Vec<_> = report
         .failures
@@ -103,4 +106,41 @@ fn without_health_the_same_release_rolls_out() {
     let (code, answer) = baton.reload_wait();
     assert_eq!(code, 0, "{answer}");
     assert_eq!(status_now(&baton), "HTTP/1.1 500 Internal Server Error");
+}
+
+/// The built-in worker's options as a config file, `extra` added.
+fn built_in_config(extra: &str) -> String {
+    format!(
+        "workers = 2\nprobation = \"0s\"\nhealth = \"/healthz\"\nhealth_timeout = \"10s\"\n{extra}"
+    )
+}
+
+#[test]
+fn a_built_in_release_that_answers_500_is_refused_before_any_client_reaches_it() {
+    let _heavy = heavy();
+    let dir = temp_dir("health-built-in");
+    let file = dir.path().join("baton.toml");
+    std::fs::write(&file, built_in_config("")).unwrap();
+    let baton = Baton::serve(&["--config", file.to_str().unwrap()]);
+    let load = BackgroundLoad::start(LoadPlan::new(
+        baton.addr,
+        mixed_clients(8, 8, 0),
+        Duration::from_secs(4),
+    ));
+    std::thread::sleep(Duration::from_secs(1));
+
+    std::fs::write(&file, built_in_config("fault = \"server-error\"\n")).unwrap();
+    let (code, answer) = baton.reload_wait();
+    assert_eq!(code, 1, "{answer}");
+    assert!(answer.contains("answered 500"), "{answer}");
+    let report = load.finish();
+    eprintln!("through a refused built-in release: {report}");
+    assert!(report.failures.is_empty(), "{report}");
+    let probed = baton.wait_event(baton::event::Event::WorkerUnhealthy, Duration::from_secs(5));
+    assert_eq!(probed.parsed::<u64>("window_ms"), Some(0), "{probed:?}");
+    assert_eq!(
+        baton.status()["master"]["last_reload"]["outcome"],
+        "unhealthy"
+    );
+    assert_eq!(status_now(&baton), "HTTP/1.1 200 OK");
 }

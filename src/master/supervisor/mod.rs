@@ -538,7 +538,13 @@ impl<E: Effects> Supervisor<E> {
     fn spawn(&mut self, slot: usize, generation: u64, cause: Cause) -> Result<WorkerId, String> {
         let id = self.next_id;
         self.next_id += 1;
-        let pid = self.effects.spawn(id, slot, generation, &self.config)?;
+        // A new worker of a reload is probed (see `on_probe`).
+        let probed = self.config.health.is_some()
+            && cause == Cause::Reload
+            && !self.reloads.is_rolling_back();
+        let pid = self
+            .effects
+            .spawn(id, slot, generation, &self.config, probed)?;
         let worker = WorkerRef {
             pid,
             slot,

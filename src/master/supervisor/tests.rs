@@ -47,6 +47,7 @@ impl Effects for Fake {
         slot: usize,
         generation: u64,
         config: &MasterConfig,
+        _probed: bool,
     ) -> Result<u32, String> {
         if self.refuse_spawns {
             return Err("cannot start".to_owned());
