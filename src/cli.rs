@@ -318,6 +318,20 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = parse_health_count)]
     pub health_count: u32,
 
+    /// Also probe every ready worker with --health every DUR (HAProxy's
+    /// health checks, per process): a worker that fails --health-fall
+    /// probes in a row, or that no probe can reach (stuck in a loop), is
+    /// replaced, and a release on probation that fails them is rolled back
+    #[serde_as(as = "Option<text::Timeout>")]
+    #[arg(long, value_name = "DUR", value_parser = DurationRange::TIMEOUT.parser())]
+    pub health_interval: Option<Duration>,
+
+    /// How many periodic --health probes in a row a worker may fail before
+    /// it is replaced
+    #[serde_as(as = "text::HealthCount")]
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = parse_health_count)]
+    pub health_fall: u32,
+
     /// Roll a worker whose memory (the resident size of its process group)
     /// stays above SIZE for 3 s: a new worker takes its slot first, then it
     /// drains. SIZE like 512MiB or 2GiB (MB and GB are powers of 1000)

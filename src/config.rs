@@ -132,6 +132,11 @@ pub struct HealthCheck {
     pub timeout: Duration,
     /// `--health-count`: probes a worker must pass, one connection each.
     pub count: u32,
+    /// `--health-interval`: every ready worker is probed this often.
+    pub interval: Option<Duration>,
+    /// `--health-fall`: periodic probes failed in a row that get a worker
+    /// replaced.
+    pub fall: u32,
 }
 
 /// A `--config` file and the command-line arguments merged over it.

@@ -184,7 +184,7 @@ mod tests {
     }
 
     /// One value per serve option, none of them its default.
-    const SAMPLES: [(&str, &str); 32] = [
+    const SAMPLES: [(&str, &str); 34] = [
         ("listen", "a=127.0.0.1:9000"),
         ("unix_mode", "0640"),
         ("user", "nobody"),
@@ -199,6 +199,8 @@ mod tests {
         ("health_status", "200-399"),
         ("health_timeout", "2s"),
         ("health_count", "5"),
+        ("health_interval", "2s"),
+        ("health_fall", "4"),
         ("max_memory", "1GiB"),
         ("admin", "127.0.0.1:9100"),
         ("agent", "127.0.0.1:9101"),

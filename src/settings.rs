@@ -136,6 +136,8 @@ pub fn master_config(args: ServeArgs) -> Result<MasterConfig, String> {
             status: args.health_status,
             timeout: args.health_timeout,
             count: args.health_count,
+            interval: args.health_interval,
+            fall: args.health_fall,
         }),
         max_memory: args.max_memory,
         admin: args.admin,

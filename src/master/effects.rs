@@ -149,6 +149,7 @@ impl Processes {
             drain_timeout: config.drain_timeout,
             keeper: self.keeper.as_ref(),
             output: &self.output,
+            health: config.health.as_ref().filter(|h| h.interval.is_some()),
         }
     }
 }
@@ -275,21 +276,12 @@ impl Effects for Processes {
             return handle.probe(check.clone());
         }
         let events = self.events.clone();
-        let target = self.listeners.ids().into_iter().find_map(|listener| {
-            let addr = health::probe_address(listener.tcp?);
-            Some(health::Target {
-                pid,
-                addr,
-                listener,
-            })
-        });
+        let target = health::target(pid, &self.listeners.ids());
         let check = check.clone();
         tokio::spawn(async move {
             let outcome = match target {
-                Some(target) => health::probe(&check, target, start_allowance).await,
-                None => Err(health::Unhealthy::said(
-                    "--health probes go through a TCP listener, and there is none",
-                )),
+                Ok(target) => health::probe(&check, target, Some(start_allowance)).await,
+                Err(unhealthy) => Err(unhealthy),
             };
             let _ = events.send(WorkerEvent::Probed { id, outcome });
         });

@@ -37,6 +37,9 @@ use crate::sock_diag::SockDiag;
 const ACCEPT_POLL: Duration = Duration::from_millis(1);
 const LISTEN_POLL: Duration = Duration::from_millis(2);
 
+/// The pause after a probe connection that another worker accepted.
+const ELSEWHERE_PAUSE: Duration = Duration::from_millis(2);
+
 /// The most of an answer read: its status line, headers and the start of
 /// its body.
 const ANSWER_LIMIT: usize = 16 * 1024;
@@ -104,14 +107,33 @@ pub fn probe_address(listener: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, listener.port())
 }
 
-/// Probes `target`, `check.count` times, once it listens; it has
-/// `start_allowance` to start listening.
+/// Where to probe worker `pid` through: the first TCP listener.
+pub fn target(pid: u32, listeners: &[procfs::ListenerId]) -> Result<Target, Unhealthy> {
+    listeners
+        .iter()
+        .find_map(|&listener| {
+            Some(Target {
+                pid,
+                addr: probe_address(listener.tcp?),
+                listener,
+            })
+        })
+        .ok_or_else(|| {
+            Unhealthy::said("--health probes go through a TCP listener, and there is none")
+        })
+}
+
+/// Probes `target`, `check.count` times. A worker that is starting has
+/// `start_allowance` to start listening, and is probed at the first sign
+/// of it; a worker known to be ready (`None`) is probed at once.
 pub async fn probe(
     check: &HealthCheck,
     target: Target,
-    start_allowance: Duration,
+    start_allowance: Option<Duration>,
 ) -> Result<Healthy, Unhealthy> {
-    listening(target, Instant::now() + start_allowance).await?;
+    if let Some(allowance) = start_allowance {
+        listening(target, Instant::now() + allowance).await?;
+    }
     let listening_since = Instant::now();
     let mut connections = 0;
     for _ in 0..check.count {
@@ -216,8 +238,12 @@ async fn reach(
         match accepted_by(addr, client, pid, deadline).await {
             Some(true) => return Ok(stream),
             // Closed unused: the worker that took it reads an empty
-            // connection's end.
-            Some(false) => elsewhere += 1,
+            // connection's end. Paced, so that a worker that accepts
+            // nothing (stuck) costs the others few such connections.
+            Some(false) => {
+                elsewhere += 1;
+                sleep(ELSEWHERE_PAUSE).await;
+            }
             None => return Err(unreachable(elsewhere, "; the last one was never accepted")),
         }
     }
@@ -393,6 +419,8 @@ mod tests {
             status: status.parse::<StatusRange>().unwrap(),
             timeout: Duration::from_secs(2),
             count: 2,
+            interval: None,
+            fall: 3,
         }
     }
 
@@ -443,7 +471,7 @@ mod tests {
                 tcp: Some(addr),
             },
         };
-        let allowance = Duration::from_secs(5);
+        let allowance = Some(Duration::from_secs(5));
         let healthy = probe(&check("2xx"), me, allowance).await.unwrap();
         assert_eq!((healthy.probes, healthy.connections), (2, 2));
 
@@ -459,7 +487,7 @@ mod tests {
             pid: other.id(),
             ..me
         };
-        let never = probe(&quick, other_target, Duration::from_millis(100))
+        let never = probe(&quick, other_target, Some(Duration::from_millis(100)))
             .await
             .unwrap_err();
         assert!(never.reason.contains("never listened"), "{}", never.reason);

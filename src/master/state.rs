@@ -50,6 +50,10 @@ pub(crate) struct Worker {
     /// It passed its `--health` probes (a new worker of a reload).
     #[serde(skip)]
     pub passed_probe: bool,
+    /// Why its watcher failed it (stuck, failed its periodic probes), for
+    /// what is said when it then dies.
+    #[serde(skip)]
+    pub failure: Option<String>,
 }
 
 impl Worker {

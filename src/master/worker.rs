@@ -378,6 +378,9 @@ pub struct WatchContext<'a> {
     /// the master waits for them before it exits, so that a worker's last
     /// words (why it failed to start) are printed.
     pub output: &'a mpsc::Sender<()>,
+    /// `--health` with `--health-interval`: every ready worker is probed
+    /// this often.
+    pub health: Option<&'a HealthCheck>,
 }
 
 /// One worker process and the master's descriptors for it.
@@ -468,6 +471,13 @@ fn watch(
         probes: 0,
         liveness,
         health: HealthStage::None,
+        watch_health: context.health.map(|check| HealthWatch {
+            check: check.clone(),
+            listeners: context.listeners.ids(),
+            failed: 0,
+            next: None,
+            running: None,
+        }),
     };
     tokio::spawn(watcher.run().instrument(span));
     Ok(WorkerHandle {
@@ -546,6 +556,8 @@ struct Timers {
     silent: Option<Instant>,
     /// A draining worker is killed then.
     drain: Option<Instant>,
+    /// The next periodic health probe of a ready worker starts then.
+    health: Option<Instant>,
 }
 
 /// Watches one worker until it exits.
@@ -579,6 +591,19 @@ struct Watcher {
     liveness: Option<Duration>,
     /// The probes of a worker that holds its accepts.
     health: HealthStage,
+    /// The periodic probes of a ready worker (`--health-interval`).
+    watch_health: Option<HealthWatch>,
+}
+
+/// A ready worker's periodic health probes.
+struct HealthWatch {
+    check: HealthCheck,
+    listeners: Vec<procfs::ListenerId>,
+    /// Probes failed in a row.
+    failed: u32,
+    /// When the next probe starts (from the time the worker is ready).
+    next: Option<Instant>,
+    running: Option<oneshot::Receiver<Result<Healthy, Unhealthy>>>,
 }
 
 /// Where the probes of a held worker are.
@@ -607,6 +632,10 @@ impl Watcher {
                 outcome = probed(&mut self.health), if matches!(self.health, HealthStage::Running(_)) => {
                     self.on_probed(outcome).await;
                 }
+                _ = at(timers.health), if timers.health.is_some() => self.start_health_probe(),
+                outcome = watched(&mut self.watch_health), if self.health_probe_running() => {
+                    self.on_health_probe(outcome);
+                }
                 _ = at(timers.ready), if timers.ready.is_some() => self.not_ready_in_time(),
                 _ = at(timers.silent), if timers.silent.is_some() => self.stuck(),
                 _ = at(timers.drain), if timers.drain.is_some() => {
@@ -624,6 +653,7 @@ impl Watcher {
             probe: false,
             silent: None,
             drain: None,
+            health: None,
         };
         if self.killed {
             return timers;
@@ -641,6 +671,11 @@ impl Watcher {
             }
             Stage::Ready { alive_at } => {
                 timers.silent = self.liveness.map(|limit| deadline(alive_at, limit));
+                timers.health = self
+                    .watch_health
+                    .as_ref()
+                    .filter(|watch| watch.running.is_none())
+                    .and_then(|watch| watch.next);
             }
             Stage::Draining { deadline } => timers.drain = Some(deadline),
         }
@@ -683,6 +718,9 @@ impl Watcher {
         self.stage = Stage::Ready {
             alive_at: Instant::now(),
         };
+        if let Some(watch) = &mut self.watch_health {
+            watch.next = watch.check.interval.map(|every| Instant::now() + every);
+        }
         let _ = self.events.send(WorkerEvent::Ready { id: self.id });
     }
 
@@ -784,6 +822,76 @@ impl Watcher {
             let _ = answer.send(health::probe_held(&check, connections).await);
         });
         self.health = HealthStage::Running(outcome);
+    }
+
+    fn health_probe_running(&self) -> bool {
+        self.watch_health
+            .as_ref()
+            .is_some_and(|watch| watch.running.is_some())
+    }
+
+    /// Starts a periodic probe of the ready worker: one request, through
+    /// the shared listener, at once (a worker that accepts nothing, stuck
+    /// in a loop, is not reached within --health-timeout, and fails).
+    fn start_health_probe(&mut self) {
+        let pid = self.pid;
+        let Some(watch) = &mut self.watch_health else {
+            return;
+        };
+        // Each probe is over before the next is due, so that a stuck
+        // worker is found within --health-interval × --health-fall.
+        let interval = watch.check.interval.unwrap_or(watch.check.timeout);
+        let check = HealthCheck {
+            count: 1,
+            timeout: watch.check.timeout.min(interval),
+            ..watch.check.clone()
+        };
+        watch.next = Some(Instant::now() + interval);
+        let target = health::target(pid, &watch.listeners);
+        let (answer, outcome) = oneshot::channel();
+        tokio::spawn(async move {
+            let outcome = match target {
+                Ok(target) => health::probe(&check, target, None).await,
+                Err(unhealthy) => Err(unhealthy),
+            };
+            let _ = answer.send(outcome);
+        });
+        watch.running = Some(outcome);
+    }
+
+    /// A periodic probe is done: --health-fall failures in a row get the
+    /// worker replaced (a release on probation is rolled back, as for a
+    /// crash).
+    fn on_health_probe(&mut self, outcome: Result<Healthy, Unhealthy>) {
+        let Some(watch) = &mut self.watch_health else {
+            return;
+        };
+        watch.running = None;
+        match outcome {
+            Ok(_) => watch.failed = 0,
+            Err(unhealthy) => {
+                watch.failed += 1;
+                let (failed, fall) = (watch.failed, watch.check.fall);
+                warn!(
+                    status = unhealthy.status,
+                    reason = %unhealthy.reason,
+                    body = %unhealthy.body,
+                    failed,
+                    fall,
+                    "periodic health probe failed"
+                );
+                if failed >= fall {
+                    let answered = match unhealthy.status {
+                        Some(status) => format!(" (it answered {status}: {:?})", unhealthy.body),
+                        None => String::new(),
+                    };
+                    self.fail(format!(
+                        "failed {failed} health probes in a row, the last: {}{answered}; replacing it",
+                        unhealthy.reason
+                    ));
+                }
+            }
+        }
     }
 
     /// Hands the worker one end of a new connection to serve as a probe;
@@ -971,6 +1079,16 @@ async fn probed(health: &mut HealthStage) -> Result<Healthy, Unhealthy> {
             .await
             .unwrap_or_else(|_| Err(Unhealthy::said("the probe stopped without a verdict"))),
         _ => std::future::pending().await,
+    }
+}
+
+/// The outcome of a ready worker's running periodic probe.
+async fn watched(watch: &mut Option<HealthWatch>) -> Result<Healthy, Unhealthy> {
+    match watch.as_mut().and_then(|watch| watch.running.as_mut()) {
+        Some(outcome) => outcome
+            .await
+            .unwrap_or_else(|_| Err(Unhealthy::said("the probe stopped without a verdict"))),
+        None => std::future::pending().await,
     }
 }
 

@@ -144,3 +144,135 @@ fn a_built_in_release_that_answers_500_is_refused_before_any_client_reaches_it()
     );
     assert_eq!(status_now(&baton), "HTTP/1.1 200 OK");
 }
+
+/// The Python example server, changed from outside: with a number of
+/// seconds in `$FAIL_AFTER_FILE` when it starts, it answers 500 to
+/// everything from that long after; on SIGUSR1 its accepting thread spins
+/// in a CPU loop forever (it accepts nothing more).
+fn wrapped_example() -> String {
+    format!(
+        r#"import http.server, os, runpy, signal, time
+def spin(*_):
+    while True:
+        pass
+signal.signal(signal.SIGUSR1, spin)
+text = open(os.environ["FAIL_AFTER_FILE"]).read().strip()
+if text:
+    fail_at = time.monotonic() + float(text)
+    send = http.server.BaseHTTPRequestHandler.send_response
+    def failing(self, code, message=None):
+        send(self, 500 if time.monotonic() > fail_at else code, None)
+    http.server.BaseHTTPRequestHandler.send_response = failing
+runpy.run_path({server:?})
+"#,
+        server = example("python/server.py")
+    )
+}
+
+/// A master of two wrapped example workers, `fail_after` holding when a new
+/// worker starts failing, with `args` before the COMMAND.
+fn wrapped_release(fail_after: &Path, args: &[&str]) -> Baton {
+    let mut cmd = std::process::Command::new(baton_bin());
+    cmd.env("FAIL_AFTER_FILE", fail_after);
+    let program = wrapped_example();
+    let mut all = vec!["--workers", "2"];
+    all.extend(args);
+    all.extend(["--", "python3", "-c", &program]);
+    Baton::serve_command(cmd, &all)
+}
+
+#[test]
+fn a_release_that_turns_unhealthy_on_probation_is_rolled_back() {
+    let dir = temp_dir("health-probation");
+    let fail_after = dir.path().join("fail-after");
+    std::fs::write(&fail_after, "").unwrap();
+    let baton = wrapped_release(
+        &fail_after,
+        &[
+            "--probation",
+            "30s",
+            "--health",
+            "/healthz",
+            "--health-interval",
+            "300ms",
+            "--health-fall",
+            "2",
+            "--health-count",
+            "1",
+        ],
+    );
+    std::fs::write(&fail_after, "2").unwrap();
+    // `reload --wait` waits through the probation.
+    let (code, answer) = baton.reload_wait();
+    assert_eq!(code, 1, "{answer}");
+    baton.wait_event(baton::event::Event::WorkerHealthy, Duration::from_secs(1));
+    for expected in [
+        "rolling back",
+        "failed 2 health probes in a row",
+        "answered 500",
+    ] {
+        assert!(answer.contains(expected), "{expected:?} in {answer}");
+    }
+    baton.wait_event(
+        baton::event::Event::RollbackComplete,
+        Duration::from_secs(30),
+    );
+    assert_eq!(status_now(&baton), "HTTP/1.1 200 OK");
+}
+
+#[test]
+fn a_worker_spinning_in_a_cpu_loop_is_replaced_while_the_other_serves() {
+    let _heavy = heavy();
+    let dir = temp_dir("health-spin");
+    let fail_after = dir.path().join("fail-after");
+    std::fs::write(&fail_after, "").unwrap();
+    let (interval, fall) = (Duration::from_millis(500), 3);
+    let baton = wrapped_release(
+        &fail_after,
+        &[
+            "--health",
+            "/healthz",
+            "--health-interval",
+            "500ms",
+            "--health-fall",
+            "3",
+        ],
+    );
+    let load = BackgroundLoad::start(LoadPlan::new(
+        baton.addr,
+        mixed_clients(0, 8, 0),
+        Duration::from_secs(6),
+    ));
+    std::thread::sleep(Duration::from_secs(1));
+    let victim = baton.workers()[0];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim as i32),
+        nix::sys::signal::Signal::SIGUSR1,
+    )
+    .unwrap();
+    let spun = Instant::now();
+    let failed = baton.wait_event(baton::event::Event::WorkerFailed, Duration::from_secs(20));
+    let found_in = spun.elapsed();
+    let report = load.finish();
+    eprintln!("spinning worker found in {found_in:?}; load: {report}");
+    assert_eq!(failed.parsed::<u32>("pid"), Some(victim), "{failed:?}");
+    assert!(
+        found_in < slower(interval * fall + Duration::from_secs(1)),
+        "{found_in:?}"
+    );
+    // What the stuck worker held when it was killed fails (each client has
+    // one request at a time); nothing else does.
+    assert!(
+        report
+            .failures
+            .iter()
+            .all(|f| matches!(f.kind, FailureKind::Eof | FailureKind::Reset)),
+        "{report}"
+    );
+    assert!(report.failures.len() <= 8, "{report}");
+    assert!(report.by_pid.len() >= 2, "{report}");
+    baton.wait_logged("its replacement ready", 1, Duration::from_secs(20), |l| {
+        l.is(baton::event::Event::WorkerReady, "cause", "replacement")
+    });
+    assert!(is_dead(victim));
+}

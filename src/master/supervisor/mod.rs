@@ -567,6 +567,7 @@ impl<E: Effects> Supervisor<E> {
                 stats: None,
                 over_memory: 0,
                 passed_probe: false,
+                failure: None,
             },
         );
         Ok(id)
@@ -696,7 +697,8 @@ impl<E: Effects> Supervisor<E> {
     }
 
     fn on_failed(&mut self, id: WorkerId, reason: String) {
-        if let Some(worker) = self.workers.get(&id) {
+        if let Some(worker) = self.workers.get_mut(&id) {
+            worker.failure = Some(reason.clone());
             let (worker, reason) = (worker.named(), reason.clone());
             Lifecycle::WorkerFailed { worker, reason }.log();
         }
@@ -782,9 +784,13 @@ impl<E: Effects> Supervisor<E> {
             let lived = humantime::format_duration(Duration::from_millis(
                 worker.started.elapsed().as_millis() as u64,
             ));
+            let what = match &worker.failure {
+                Some(failure) => format!("was killed ({failure})"),
+                None => format!("crashed ({status})"),
+            };
             self.roll_back(
                 slot,
-                format!("worker {pid} of generation {generation} crashed ({status}) {lived} after it started"),
+                format!("worker {pid} of generation {generation} {what} {lived} after it started"),
             );
             return;
         }

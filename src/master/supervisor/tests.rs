@@ -840,6 +840,8 @@ fn running_with_health() -> Supervisor<Fake> {
         status: crate::values::StatusRange::SUCCESS,
         timeout: Duration::from_secs(5),
         count: 3,
+        interval: None,
+        fall: 3,
     });
     let mut supervisor = Supervisor::new(config, Fake::default());
     supervisor.start();
