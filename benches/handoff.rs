@@ -42,6 +42,7 @@ fn handoff(c: &mut Criterion) {
                     balance: false,
                     http: None,
                     hold: false,
+                    ready_fd: None,
                 };
                 let fds: Vec<_> = sockets.iter().map(|s| s.as_fd()).collect();
                 protocol::send_now(&master_end, &hello, &fds).unwrap();

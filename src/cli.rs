@@ -370,7 +370,8 @@ pub struct ServeArgs {
     /// tree waits for connections on every listener, or has accepted one
     /// (works for any program); `notify`: it sends READY=1 to
     /// $NOTIFY_SOCKET; `auto`: whichever comes first; `delay:DUR`: it stayed
-    /// up that long
+    /// up that long; `fd:N`: it writes a newline to descriptor N (s6's
+    /// notification-fd), and fails its start if it closes N without one
     #[serde_as(as = "text::Ready")]
     #[arg(long, value_name = "MODE", default_value = "auto")]
     pub ready: ReadyMode,

@@ -144,6 +144,8 @@ pub enum WorkerError {
     Signals(io::Error),
     #[error("cannot put the listeners at descriptors 3 and up: {0}")]
     PlaceListeners(io::Error),
+    #[error("--ready fd:{fd} is where a listener goes (the {listeners} listeners take 3 to {}); choose fd:{} or above", 2 + listeners, 3 + listeners)]
+    ReadyFdTaken { fd: i32, listeners: usize },
     #[error("cannot run {command}: {source}")]
     Exec { command: String, source: io::Error },
 }

@@ -245,24 +245,24 @@ pub unsafe fn adopt_inherited(raw: RawFd) -> io::Result<OwnedFd> {
 /// Where a COMMAND finds its first listener, the systemd way (SD_LISTEN_FDS_START).
 pub const FIRST_LISTEN_FD: i32 = 3;
 
-/// Moves `fds` to descriptors 3, 4, … without close-on-exec, for a program
-/// that takes its listeners the systemd way. Everything else stays
+/// Moves each descriptor to the number paired with it, without
+/// close-on-exec: the listeners to 3, 4, … for a program that takes them the
+/// systemd way, and a `--ready fd:N` pipe to N. Everything else stays
 /// close-on-exec, so these are all the program inherits besides stdio.
-pub fn place_for_exec(fds: Vec<OwnedFd>) -> io::Result<()> {
+pub fn place_for_exec(fds: Vec<(OwnedFd, RawFd)>) -> io::Result<()> {
     // First out of the way (a received descriptor may sit where another must
     // go), then into place; dup2 clears close-on-exec on the copy.
     let mut parked = Vec::with_capacity(fds.len());
-    for fd in &fds {
-        parked.push(fd.try_clone_to_owned_above(PARK_FLOOR)?);
+    for (fd, target) in &fds {
+        parked.push((fd.try_clone_to_owned_above(PARK_FLOOR)?, *target));
     }
     drop(fds);
-    for (i, fd) in parked.iter().enumerate() {
-        let target = FIRST_LISTEN_FD + i as RawFd;
+    for (fd, target) in &parked {
         // SAFETY: dup2 onto a number nothing in this process owns any more
         // (the handoff socket was dropped, received descriptors were parked
         // above PARK_FLOOR and their originals closed); the new descriptor
         // is meant to outlive this process image.
-        if unsafe { libc::dup2(fd.as_raw_fd(), target) } < 0 {
+        if unsafe { libc::dup2(fd.as_raw_fd(), *target) } < 0 {
             return Err(io::Error::last_os_error());
         }
     }

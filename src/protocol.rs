@@ -53,6 +53,10 @@ pub enum ToWorker {
         /// passed.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         hold: bool,
+        /// `--ready fd:N`: a COMMAND gets the write end of a pipe, attached
+        /// last, at descriptor N, and is ready when it writes a newline.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ready_fd: Option<i32>,
     },
     /// Serve the one descriptor attached, a connected stream socket, as a
     /// connection just accepted: a health probe.
@@ -195,6 +199,8 @@ pub struct Hello {
     pub http: Option<HttpArgs>,
     /// Accept nothing until told (see [`ToWorker::Hello`]).
     pub hold: bool,
+    /// `--ready fd:N`: the pipe's write end, and N.
+    pub ready: Option<(OwnedFd, i32)>,
 }
 
 impl Hello {
@@ -209,17 +215,22 @@ impl Hello {
             balance,
             http,
             hold,
+            ready_fd,
         } = message
         else {
             return Err(ProtocolError::Unexpected("expected hello first"));
         };
-        let expected = names.len() + usize::from(balance);
+        let expected = names.len() + usize::from(balance) + usize::from(ready_fd.is_some());
         if fds.len() != expected {
             return Err(ProtocolError::DescriptorCount {
                 got: fds.len(),
                 expected,
             });
         }
+        let ready = match ready_fd {
+            Some(at) => fds.pop().map(|fd| (fd, at)),
+            None => None,
+        };
         let balance = if balance { fds.pop() } else { None };
         Ok(Hello {
             worker_id,
@@ -229,6 +240,7 @@ impl Hello {
             balance,
             http,
             hold,
+            ready,
         })
     }
 }
@@ -317,6 +329,7 @@ mod tests {
             balance: true,
             http: None,
             hold: false,
+            ready_fd: None,
         };
         let bytes = encode(&hello);
         assert!(String::from_utf8_lossy(&bytes).contains("\"v\":1"));
@@ -380,6 +393,7 @@ mod tests {
             balance: false,
             http: None,
             hold: false,
+            ready_fd: None,
         };
         master.send(&hello, &[x.as_fd()]).await.unwrap();
         let (got, fds) = worker.recv::<ToWorker>().await.unwrap().unwrap();

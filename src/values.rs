@@ -194,7 +194,14 @@ pub enum ReadyMode {
     Listening,
     /// It has stayed alive this long.
     Delay(Duration),
+    /// It wrote a newline to this descriptor (s6's notification-fd): the
+    /// write end of a pipe the master reads.
+    Fd(i32),
 }
+
+/// The descriptors `--ready fd:N` may name: above stdio and below where
+/// the exec stage parks descriptors while it moves them.
+pub const READY_FDS: std::ops::RangeInclusive<i32> = 3..=99;
 
 impl FromStr for ReadyMode {
     type Err = String;
@@ -204,12 +211,24 @@ impl FromStr for ReadyMode {
             "auto" => Ok(ReadyMode::Auto),
             "notify" => Ok(ReadyMode::Notify),
             "listening" => Ok(ReadyMode::Listening),
-            _ => match s.strip_prefix("delay:") {
-                Some(duration) => DurationRange::WAIT.parse(duration).map(ReadyMode::Delay),
-                None => Err(format!(
-                    "{s:?} is not a readiness mode; use auto, notify, listening or delay:DUR (like delay:500ms)"
-                )),
-            },
+            _ => {
+                if let Some(duration) = s.strip_prefix("delay:") {
+                    return DurationRange::WAIT.parse(duration).map(ReadyMode::Delay);
+                }
+                if let Some(fd) = s.strip_prefix("fd:") {
+                    return match fd.parse::<i32>() {
+                        Ok(fd) if READY_FDS.contains(&fd) => Ok(ReadyMode::Fd(fd)),
+                        _ => Err(format!(
+                            "{s:?} names no descriptor a program can be given; use fd:N with N from {} to {}",
+                            READY_FDS.start(),
+                            READY_FDS.end()
+                        )),
+                    };
+                }
+                Err(format!(
+                    "{s:?} is not a readiness mode; use auto, notify, listening, delay:DUR (like delay:500ms) or fd:N"
+                ))
+            }
         }
     }
 }
@@ -273,6 +292,10 @@ mod tests {
         assert!(range.parse("-5s").unwrap_err().contains("not a duration"));
         assert!("delay:0s".parse::<ReadyMode>().is_ok());
         assert!("delay:2days".parse::<ReadyMode>().is_err());
+        assert_eq!("fd:5".parse::<ReadyMode>(), Ok(ReadyMode::Fd(5)));
+        for wrong in ["fd:2", "fd:100", "fd:x", "fd:"] {
+            assert!(wrong.parse::<ReadyMode>().is_err(), "{wrong}");
+        }
     }
 }
 
@@ -392,6 +415,7 @@ impl fmt::Display for ReadyMode {
             ReadyMode::Notify => f.write_str("notify"),
             ReadyMode::Listening => f.write_str("listening"),
             ReadyMode::Delay(d) => write!(f, "delay:{}", show_duration(d)),
+            ReadyMode::Fd(fd) => write!(f, "fd:{fd}"),
         }
     }
 }

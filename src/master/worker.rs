@@ -224,6 +224,14 @@ pub fn spawn(
     let master_end = UnixDatagram::from(master_end);
     // The hello waits in the socket until the worker reads it: no round trip.
     let listeners = launch.watch.listeners;
+    let ready_fd = match launch.watch.foreign.map(|f| f.ready) {
+        Some(ReadyMode::Fd(at)) => Some(at),
+        _ => None,
+    };
+    let ready_pipe = ready_fd
+        .map(|_| nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC))
+        .transpose()
+        .map_err(|e| SpawnError::Socketpair(e.into()))?;
     let hello = ToWorker::Hello {
         worker_id: launch.id,
         slot: launch.slot,
@@ -232,10 +240,16 @@ pub fn spawn(
         balance: launch.balance.is_some(),
         http: launch.http.cloned(),
         hold: launch.hold,
+        ready_fd,
     };
     let mut fds = listeners.fds();
     fds.extend(launch.balance);
+    fds.extend(ready_pipe.as_ref().map(|(_, write)| write.as_fd()));
     protocol::send_now(&master_end, &hello, &fds).map_err(SpawnError::Hello)?;
+    drop(fds);
+    // Only the worker holds the write end now: its end of file means the
+    // worker closed it (or exited).
+    let ready_pipe = ready_pipe.map(|(read, _)| read);
 
     let (mut cmd, notify) = command(&launch)?;
     fd::prepare_child(&mut cmd, worker_end.as_fd(), launch.identity);
@@ -263,6 +277,7 @@ pub fn spawn(
         stdout: child.stdout.take().map(OwnedFd::from),
         stderr: child.stderr.take().map(OwnedFd::from),
         stage: Stage::Starting,
+        ready_pipe,
     };
     if let Some(keeper) = launch.watch.keeper {
         // The worker leads its own process group (`process_group(0)`).
@@ -358,6 +373,9 @@ pub fn adopt(
         stdout: adopted.fds.stdout,
         stderr: adopted.fds.stderr,
         stage,
+        // Not handed over: a `--ready fd:N` worker still starting across an
+        // upgrade is judged by its ready deadline.
+        ready_pipe: None,
     };
     watch(watched, context, events)
 }
@@ -385,6 +403,8 @@ pub struct WatchContext<'a> {
 
 /// One worker process and the master's descriptors for it.
 struct Watched {
+    /// `--ready fd:N`: the read end of the worker's readiness pipe.
+    ready_pipe: Option<OwnedFd>,
     id: WorkerId,
     slot: usize,
     generation: u64,
@@ -471,6 +491,10 @@ fn watch(
         probes: 0,
         liveness,
         health: HealthStage::None,
+        ready_pipe: watched
+            .ready_pipe
+            .map(tokio::net::unix::pipe::Receiver::from_owned_fd)
+            .transpose()?,
         watch_health: context.health.map(|check| HealthWatch {
             check: check.clone(),
             listeners: context.listeners.ids(),
@@ -593,6 +617,8 @@ struct Watcher {
     health: HealthStage,
     /// The periodic probes of a ready worker (`--health-interval`).
     watch_health: Option<HealthWatch>,
+    /// `--ready fd:N`: read until the worker writes a newline.
+    ready_pipe: Option<tokio::net::unix::pipe::Receiver>,
 }
 
 /// A ready worker's periodic health probes.
@@ -633,6 +659,9 @@ impl Watcher {
                     self.on_probed(outcome).await;
                 }
                 _ = at(timers.health), if timers.health.is_some() => self.start_health_probe(),
+                said = newline(&mut self.ready_pipe), if self.ready_pipe.is_some() => {
+                    self.on_ready_pipe(said);
+                }
                 outcome = watched(&mut self.watch_health), if self.health_probe_running() => {
                     self.on_health_probe(outcome);
                 }
@@ -666,7 +695,7 @@ impl Watcher {
                     Some(ReadyMode::Delay(delay)) => {
                         timers.delay = Some(deadline(self.started, delay));
                     }
-                    Some(ReadyMode::Notify) | None => {}
+                    Some(ReadyMode::Notify | ReadyMode::Fd(_)) | None => {}
                 }
             }
             Stage::Ready { alive_at } => {
@@ -822,6 +851,25 @@ impl Watcher {
             let _ = answer.send(health::probe_held(&check, connections).await);
         });
         self.health = HealthStage::Running(outcome);
+    }
+
+    /// The readiness pipe (`--ready fd:N`) gave a newline, or ended.
+    fn on_ready_pipe(&mut self, newline: std::io::Result<bool>) {
+        self.ready_pipe = None;
+        match newline {
+            Ok(true) => self.became_ready(),
+            _ if !matches!(self.stage, Stage::Starting) => {}
+            Ok(false) => {
+                let at = match self.foreign.as_ref().map(|f| f.ready) {
+                    Some(ReadyMode::Fd(at)) => at,
+                    _ => -1,
+                };
+                self.fail(format!(
+                    "closed its readiness descriptor {at} without writing a newline (--ready fd:{at})"
+                ));
+            }
+            Err(e) => self.fail(format!("cannot read its readiness descriptor: {e}")),
+        }
     }
 
     fn health_probe_running(&self) -> bool {
@@ -1079,6 +1127,22 @@ async fn probed(health: &mut HealthStage) -> Result<Healthy, Unhealthy> {
             .await
             .unwrap_or_else(|_| Err(Unhealthy::said("the probe stopped without a verdict"))),
         _ => std::future::pending().await,
+    }
+}
+
+/// Reads `pipe` until a newline (`true`) or its end (`false`).
+async fn newline(pipe: &mut Option<tokio::net::unix::pipe::Receiver>) -> std::io::Result<bool> {
+    use tokio::io::AsyncReadExt;
+    let Some(pipe) = pipe else {
+        return std::future::pending().await;
+    };
+    let mut chunk = [0u8; 512];
+    loop {
+        match pipe.read(&mut chunk).await? {
+            0 => return Ok(false),
+            n if chunk[..n].contains(&b'\n') => return Ok(true),
+            _ => {}
+        }
     }
 }
 

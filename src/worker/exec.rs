@@ -34,7 +34,10 @@ fn prepare(command: &[OsString]) -> Result<std::process::Command, WorkerError> {
     let (message, fds) =
         protocol::recv_now::<ToWorker>(handoff.as_fd())?.ok_or(WorkerError::MasterGone)?;
     let Hello {
-        listeners, balance, ..
+        listeners,
+        balance,
+        ready,
+        ..
     } = Hello::from_received(message, fds).map_err(HandoffError::from)?;
     // A COMMAND does not speak baton's protocol: the accept-balance table is
     // of no use to it (see docs/workers.md on the accept balance for COMMAND workers). It is
@@ -46,7 +49,18 @@ fn prepare(command: &[OsString]) -> Result<std::process::Command, WorkerError> {
     }
     drop(handoff);
     let count = fds.len();
-    fd::place_for_exec(fds).map_err(WorkerError::PlaceListeners)?;
+    let mut placed: Vec<(OwnedFd, i32)> = fds.into_iter().zip(fd::FIRST_LISTEN_FD..).collect();
+    if let Some((pipe, at)) = ready {
+        let listeners = fd::FIRST_LISTEN_FD..fd::FIRST_LISTEN_FD + count as i32;
+        if listeners.contains(&at) {
+            return Err(WorkerError::ReadyFdTaken {
+                fd: at,
+                listeners: count,
+            });
+        }
+        placed.push((pipe, at));
+    }
+    fd::place_for_exec(placed).map_err(WorkerError::PlaceListeners)?;
     if let Err(reason) = super::guard::install(fd::FIRST_LISTEN_FD, count) {
         tracing::warn!(%reason, "cannot keep the program from shutting its listeners down; the master will put them back if it does");
     }

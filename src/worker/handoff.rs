@@ -257,6 +257,7 @@ mod tests {
             balance,
             http: None,
             hold: false,
+            ready_fd: None,
         };
         protocol::send_now(&master_end, &hello, fds).unwrap();
         Handoff::receive_on(worker_end)

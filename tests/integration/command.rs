@@ -3,7 +3,7 @@
 //! COMMAND inherits, and one that ignores its drain signal.
 
 use std::thread::sleep;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
@@ -505,4 +505,45 @@ fn node_http_with_the_drain_module_loses_nothing_through_reloads() {
     eprintln!("node http with baton-drain.js, 4 reloads: {report}");
     assert_no_failures(&report);
     assert!(report.ok > 1000, "{report}");
+}
+
+/// `--ready fd:N`, s6's notification-fd: a program listening at once but
+/// writing its newline on descriptor 5 only after 800 ms is ready only then;
+/// one that closes 5 without writing fails its start with that reason.
+#[test]
+fn a_command_is_ready_when_it_writes_a_newline_on_its_readiness_descriptor() {
+    let started = Instant::now();
+    let baton = Baton::serve(&[
+        "--workers",
+        "1",
+        "--ready",
+        "fd:5",
+        "--",
+        "python3",
+        "-c",
+        &format!(
+            "{SERVE_UNTIL_TERM}import os, socket, threading, time\ns = socket.socket(fileno=3)\nt = threading.Thread(target=serve, args=(s,))\nt.start()\ntime.sleep(0.8)\nos.write(5, b'ready\\n')\nos.close(5)\nt.join()\n"
+        ),
+    ]);
+    let ready_after = started.elapsed();
+    assert!(ready_after >= Duration::from_millis(800), "{ready_after:?}");
+
+    assert_first_start_fails(
+        &[
+            "--workers",
+            "1",
+            "--ready",
+            "fd:5",
+            "--",
+            "python3",
+            "-c",
+            "import os, time\nos.close(5)\ntime.sleep(30)\n",
+        ],
+        &["closed its readiness descriptor 5 without writing a newline"],
+    );
+    assert_first_start_fails(
+        &["--ready", "fd:3", "--", "sleep", "30"],
+        &["--ready fd:3 is where a listener goes"],
+    );
+    drop(baton);
 }
