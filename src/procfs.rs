@@ -182,6 +182,28 @@ pub fn tree_serves(root: u32, listeners: &[ListenerId], connections: bool) -> bo
         .any(|p| p.held.iter().any(|inode| accepted.contains(inode)))
 }
 
+/// What a process tree does with sockets: whether it waits on every one of
+/// some listeners, and the sockets it holds.
+pub struct TreeSockets {
+    pub waits: bool,
+    pub held: Vec<u64>,
+}
+
+/// `root`'s tree's sockets, and whether it waits on every one of
+/// `listeners`.
+pub fn tree_sockets(root: u32, listeners: &[ListenerId]) -> TreeSockets {
+    let tree: Vec<Sockets> = descendants_and_self(root)
+        .into_iter()
+        .map(Sockets::of)
+        .collect();
+    TreeSockets {
+        waits: listeners
+            .iter()
+            .all(|l| tree.iter().any(|p| p.waited.contains(&l.inode))),
+        held: tree.into_iter().flat_map(|p| p.held).collect(),
+    }
+}
+
 /// What the listening probe sees in `root`'s tree, for the message of a
 /// worker that is not ready in time: how many processes, how many hold
 /// every listener, how many wait on every listener.
@@ -381,7 +403,7 @@ fn read_memory(pid: u32, address: u64, len: usize) -> Option<Vec<u8>> {
 /// accept queue has inode 0). Asked of sock_diag (6 ms on a host that a
 /// load left with 45,000 sockets) or, where it is missing, read from the
 /// TCP tables (45 to 65 ms on the same host).
-fn accepted_inodes(listeners: &[ListenerId]) -> Vec<u64> {
+pub fn accepted_inodes(listeners: &[ListenerId]) -> Vec<u64> {
     let addrs: Vec<std::net::SocketAddr> = listeners.iter().filter_map(|l| l.tcp).collect();
     if addrs.is_empty() {
         return Vec::new();

@@ -190,17 +190,42 @@ pub async fn probe_held(
     })
 }
 
-/// Returns once `target`'s process tree waits on its listener.
+/// Returns at the first sign that `target` accepts: its process tree
+/// waits on the listener (in an epoll set, or blocked in accept, poll or
+/// select on it), or holds a connection accepted from it. A busy server
+/// that polls the listener only between requests (gunicorn's sync workers,
+/// Python's socketserver) is seldom caught waiting, but the connections it
+/// accepts show at once: each socket new in its tree is looked up among the
+/// listener's accepted connections.
 async fn listening(target: Target, deadline: Instant) -> Result<(), Unhealthy> {
+    let look = move || {
+        tokio::task::spawn_blocking(move || procfs::tree_sockets(target.pid, &[target.listener]))
+    };
+    let mut known: Vec<u64> = Vec::new();
     loop {
-        let listener = target.listener;
-        let waits = tokio::task::spawn_blocking(move || {
-            procfs::tree_serves(target.pid, &[listener], false)
-        })
-        .await
-        .unwrap_or(false);
-        if waits {
+        let Ok(now) = look().await else {
+            return Err(Unhealthy::said(
+                "the worker's process tree could not be read",
+            ));
+        };
+        if now.waits {
             return Ok(());
+        }
+        let new: Vec<u64> = now
+            .held
+            .into_iter()
+            .filter(|inode| !known.contains(inode))
+            .collect();
+        if !new.is_empty() {
+            let listener = target.listener;
+            let accepted =
+                tokio::task::spawn_blocking(move || procfs::accepted_inodes(&[listener]))
+                    .await
+                    .unwrap_or_default();
+            if new.iter().any(|inode| accepted.contains(inode)) {
+                return Ok(());
+            }
+            known.extend(new);
         }
         if Instant::now() >= deadline {
             return Err(Unhealthy::said(format!(

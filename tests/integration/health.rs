@@ -276,3 +276,68 @@ fn a_worker_spinning_in_a_cpu_loop_is_replaced_while_the_other_serves() {
     });
     assert!(is_dead(victim));
 }
+
+/// A WSGI application answering every request with the status in the file
+/// `status` beside it as its process started.
+const STATUS_APP: &str = r#"import os
+STATUS = open(os.path.join(os.path.dirname(__file__), "status")).read().strip()
+def app(environ, start_response):
+    body = ("status %s from pid %d" % (STATUS, os.getpid())).encode()
+    start_response(STATUS + " Status", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"#;
+
+#[test]
+fn a_gunicorn_release_that_answers_500_is_refused() {
+    use crate::real_servers::{installed, serve_with, servers_dir};
+    let _heavy = heavy();
+    let gunicorn = installed(servers_dir().join("venv/bin/gunicorn"));
+    let dir = temp_dir("health-gunicorn");
+    std::fs::write(dir.path().join("status_app.py"), STATUS_APP).unwrap();
+    let status_file = dir.path().join("status");
+    std::fs::write(&status_file, "200").unwrap();
+    // gunicorn takes baton's listener from LISTEN_FDS and forks two
+    // processes of its own that accept on it: the probe finds them in the
+    // worker's tree.
+    let app_dir = dir.path().to_str().unwrap();
+    let baton = serve_with(
+        &["--health", "/healthz", "--health-timeout", "10s"],
+        &[
+            &gunicorn,
+            "--chdir",
+            app_dir,
+            "--workers",
+            "2",
+            "status_app:app",
+        ],
+    );
+    let load = BackgroundLoad::start(LoadPlan::new(
+        baton.addr,
+        mixed_clients(4, 4, 0),
+        Duration::from_secs(5),
+    ));
+    std::thread::sleep(Duration::from_secs(1));
+    std::fs::write(&status_file, "500").unwrap();
+    let reloaded_at = Instant::now();
+    let (code, answer) = baton.reload_wait();
+    let refused_at = Instant::now();
+    assert_eq!(code, 1, "{answer}");
+    assert!(answer.contains("answered 500"), "{answer}");
+    let report = load.finish();
+    let first = report.failures.iter().map(|f| f.started).min();
+    let last = report.failures.iter().map(|f| f.started).max();
+    eprintln!(
+        "gunicorn, through a refused release: {report}; reload answered after {:?}, 500s from {:?} to {:?}",
+        refused_at - reloaded_at,
+        first.map(|t| t.saturating_duration_since(reloaded_at)),
+        last.map(|t| t.saturating_duration_since(reloaded_at)),
+    );
+    assert!(other_than_bad_status(&report).is_empty(), "{report}");
+    assert!(
+        report.failures.iter().all(|f| f.started < refused_at),
+        "500s after the reload was refused: {report}"
+    );
+    let probed = baton.wait_event(baton::event::Event::WorkerUnhealthy, Duration::from_secs(5));
+    eprintln!("gunicorn's probe: {probed:?}");
+    assert!(status_now(&baton).starts_with("HTTP/1.1 200"));
+}

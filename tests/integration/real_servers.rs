@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use crate::support::temp_dir;
 use crate::support::*;
 
-fn servers_dir() -> PathBuf {
+pub fn servers_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/servers")
 }
 
@@ -58,6 +58,11 @@ fn assert_reloads_lose_nothing(baton: &Baton, name: &str) {
 
 /// `baton serve --workers 2 --probation 0s -- COMMAND`.
 fn serve(command: &[&str]) -> Baton {
+    serve_with(&[], command)
+}
+
+/// `baton serve --workers 2 --probation 0s OPTIONS -- COMMAND`.
+pub fn serve_with(options: &[&str], command: &[&str]) -> Baton {
     // A start can take seconds when the machine is busy (CI shares it).
     let mut args = vec![
         "--workers",
@@ -66,14 +71,15 @@ fn serve(command: &[&str]) -> Baton {
         "0s",
         "--ready-timeout",
         "30s",
-        "--",
     ];
+    args.extend_from_slice(options);
+    args.push("--");
     args.extend_from_slice(command);
     Baton::serve(&args)
 }
 
 /// A tool the tests need that `tests/servers/install` provides.
-fn installed(path: PathBuf) -> String {
+pub fn installed(path: PathBuf) -> String {
     assert!(
         path.exists(),
         "{} is missing: run tests/servers/install first",

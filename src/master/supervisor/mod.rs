@@ -93,6 +93,10 @@ pub(super) struct Reloads<P> {
     release: Option<Release<P>>,
     /// ...and, while a reload rolls, what the generation it replaces was.
     previous_release: Option<Release<P>>,
+    /// A reload refused by its health probe, answered once the worker it
+    /// refused has drained: a COMMAND worker serves from the shared queue
+    /// until it exits, and "failed" must mean the old release serves alone.
+    pub refused: Option<(WorkerId, ReloadOutcome)>,
 }
 
 impl<P> Default for Reloads<P> {
@@ -100,6 +104,7 @@ impl<P> Default for Reloads<P> {
         Reloads {
             rollout: None,
             rolling_back: false,
+            refused: None,
             queued: false,
             waiters: Vec::new(),
             queued_waiters: Vec::new(),
@@ -738,6 +743,16 @@ impl<E: Effects> Supervisor<E> {
                 status,
             }
             .log();
+            if self
+                .reloads
+                .refused
+                .as_ref()
+                .is_some_and(|(refused, _)| *refused == id)
+            {
+                if let Some((_, outcome)) = self.reloads.refused.take() {
+                    self.conclude(outcome);
+                }
+            }
             return;
         }
         if self.pending_new_worker() == Some(id) {
@@ -1047,22 +1062,27 @@ impl<E: Effects> Supervisor<E> {
         }
         .log();
         let generation = rollout.generation;
-        match (rollout.pending(), &probed) {
-            // It serves clients from the shared queue already: it drains.
-            (Some(pending), Some(_)) => self.drain(pending),
-            (Some(pending), None) => self.effects.kill(pending),
-            (None, _) => {}
+        match (rollout.pending(), probed) {
+            // It may serve clients from the shared queue already: it
+            // drains, and the reload is answered once it is gone.
+            (Some(pending), Some((pid, unhealthy))) => {
+                let outcome = ReloadOutcome::Unhealthy {
+                    generation,
+                    pid,
+                    status: unhealthy.status,
+                    body: unhealthy.body,
+                    reason,
+                };
+                self.reloads.refused = Some((pending, outcome));
+                self.drain(pending);
+            }
+            (pending, _) => {
+                if let Some(pending) = pending {
+                    self.effects.kill(pending);
+                }
+                self.conclude(ReloadOutcome::Failed { generation, reason });
+            }
         }
-        self.conclude(match probed {
-            Some((pid, unhealthy)) => ReloadOutcome::Unhealthy {
-                generation,
-                pid,
-                status: unhealthy.status,
-                body: unhealthy.body,
-                reason,
-            },
-            None => ReloadOutcome::Failed { generation, reason },
-        });
         // The old configuration stays in force, worker count included.
         if let Some(previous) = self.reloads.abandon() {
             self.config = previous;

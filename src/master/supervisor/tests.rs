@@ -920,7 +920,18 @@ async fn a_new_worker_that_fails_its_probe_fails_the_reload_and_the_old_workers_
             connections: 2,
         }),
     );
-    let said = answer(&mut waiter).expect("answered at the failed probe");
+    assert_eq!(
+        supervisor.effects.drained,
+        vec![new0],
+        "it may serve clients already: it drains"
+    );
+    assert_eq!(
+        answer(&mut waiter),
+        None,
+        "answered once the refused worker is gone, not before"
+    );
+    exited(&mut supervisor, new0);
+    let said = answer(&mut waiter).expect("answered when the refused worker exited");
     assert!(
         matches!(&said, Reply::Reload(ReloadOutcome::Unhealthy { generation: 2, pid: p, status: Some(500), body, .. })
             if *p == pid && body == "database is down"),
@@ -928,18 +939,12 @@ async fn a_new_worker_that_fails_its_probe_fails_the_reload_and_the_old_workers_
     );
     assert!(!said.is_ok(), "reload --wait exits 1");
     assert_eq!(
-        supervisor.effects.drained,
-        vec![new0],
-        "it may serve clients already: it drains"
-    );
-    assert_eq!(
         [current(&supervisor, 0), current(&supervisor, 1)],
         old.map(Some)
     );
     assert_eq!(supervisor.counters.reloads_unhealthy, 1);
 
     // The next release, healthy, goes in.
-    exited(&mut supervisor, new0);
     let mut waiter = reload_waiting(&mut supervisor);
     let next = newest(&supervisor);
     ready(&mut supervisor, next);
