@@ -656,6 +656,20 @@ pub struct Logged {
 }
 
 impl Logged {
+    /// When it was logged.
+    pub fn timestamp(&self) -> Option<std::time::SystemTime> {
+        humantime::parse_rfc3339(self.fields.get("timestamp")?.as_str()?).ok()
+    }
+
+    /// Microseconds from `earlier`'s logging to this one's.
+    pub fn micros_since(&self, earlier: &Logged) -> Option<u64> {
+        let gap = self
+            .timestamp()?
+            .duration_since(earlier.timestamp()?)
+            .ok()?;
+        Some(gap.as_micros() as u64)
+    }
+
     /// Reads one JSON log line; `None` for a line that is not one (a
     /// COMMAND worker's own output, say).
     pub fn parse(line: &str) -> Option<Logged> {

@@ -341,3 +341,63 @@ fn a_gunicorn_release_that_answers_500_is_refused() {
     eprintln!("gunicorn's probe: {probed:?}");
     assert!(status_now(&baton).starts_with("HTTP/1.1 200"));
 }
+
+/// Ten reloads of four built-in workers under load, with `options`: the
+/// load's report, each reload's rollout time (ms), and each new worker's
+/// time from its start to its place (µs).
+fn ten_reloads(options: &[&str]) -> (LoadReport, Vec<u64>, Vec<u64>, Baton) {
+    use baton::event::Event;
+    let mut args = vec!["--workers", "4", "--probation", "0s"];
+    args.extend(options);
+    let baton = Baton::serve(&args);
+    let load = BackgroundLoad::start(LoadPlan::new(
+        baton.addr,
+        mixed_clients(8, 8, 0),
+        Duration::from_secs(8),
+    ));
+    let report = load.finish_after_reloads(&baton, 10, Duration::from_millis(100));
+    let rollouts = baton
+        .logged(|l| l.event == Some(Event::ReloadComplete))
+        .iter()
+        .filter_map(|l| l.parsed::<u64>("elapsed_ms"))
+        .collect();
+    let started = baton.logged(|l| l.is(Event::WorkerStarted, "cause", "reload"));
+    let in_place = baton
+        .logged(|l| l.is(Event::WorkerReady, "cause", "reload"))
+        .iter()
+        .filter_map(|ready| {
+            let pid = ready.parsed::<u32>("pid");
+            let start = started.iter().find(|s| s.parsed::<u32>("pid") == pid)?;
+            ready.micros_since(start)
+        })
+        .collect();
+    (report, rollouts, in_place, baton)
+}
+
+/// The median and the largest of `values`.
+fn median_and_max(mut values: Vec<u64>) -> (u64, u64) {
+    values.sort_unstable();
+    (
+        values[values.len() / 2],
+        values.last().copied().unwrap_or(0),
+    )
+}
+
+#[test]
+fn ten_reloads_of_a_healthy_release_with_health_lose_nothing() {
+    let _heavy = heavy();
+    let (plain, plain_rollouts, plain_slots, _) = ten_reloads(&[]);
+    let (probed, probed_rollouts, probed_slots, baton) = ten_reloads(&["--health", "/healthz"]);
+    assert_no_failures(&plain);
+    assert_no_failures(&probed);
+    assert_eq!(probed_rollouts.len(), 10);
+    assert_eq!(baton.count_event(baton::event::Event::WorkerHealthy), 40);
+    let [plain_slot, probed_slot, plain_rollout, probed_rollout] =
+        [plain_slots, probed_slots, plain_rollouts, probed_rollouts].map(median_and_max);
+    eprintln!(
+        "4 workers, 10 reloads: a new worker takes its place {:?} µs (median, max) after it \
+         started without --health, {:?} µs with; a rollout takes {:?} ms without, {:?} ms with; \
+         load without: {plain}; with: {probed}",
+        plain_slot, probed_slot, plain_rollout, probed_rollout
+    );
+}

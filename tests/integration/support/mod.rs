@@ -271,7 +271,7 @@ impl Baton {
     }
 
     /// Lines logged so far that `matches`, read.
-    pub fn count_logged(&self, matches: impl Fn(&Logged) -> bool) -> usize {
+    pub fn logged(&self, matches: impl Fn(&Logged) -> bool) -> Vec<Logged> {
         self.logs
             .lines
             .lock()
@@ -279,7 +279,12 @@ impl Baton {
             .iter()
             .filter_map(|line| Logged::parse(line))
             .filter(|logged| matches(logged))
-            .count()
+            .collect()
+    }
+
+    /// How many lines logged so far `matches`.
+    pub fn count_logged(&self, matches: impl Fn(&Logged) -> bool) -> usize {
+        self.logged(matches).len()
     }
 
     /// Lines logged so far that carry `event`.
