@@ -89,6 +89,8 @@ pub enum Lifecycle {
         connections: u32,
         /// From its first sign of listening to the verdict.
         window_ms: u64,
+        /// Client connections it held at the verdict.
+        clients_held: u32,
     },
     /// A new worker failed a `--health` probe: it is stopped and the
     /// reload fails. `status` is what it answered, if it answered.
@@ -99,6 +101,8 @@ pub enum Lifecycle {
         /// From its first sign of listening to the verdict, if it listened.
         window_ms: Option<u64>,
         connections: u32,
+        /// Client connections it held at the verdict.
+        clients_held: u32,
     },
     /// A worker told to drain has exited.
     WorkerDrained {
@@ -367,6 +371,7 @@ impl Lifecycle {
                 probes,
                 connections,
                 window_ms,
+                clients_held,
                 ..
             } => {
                 info!(
@@ -377,6 +382,7 @@ impl Lifecycle {
                     probes,
                     connections,
                     window_ms,
+                    clients_held,
                     "worker passed its health probes"
                 )
             }
@@ -385,6 +391,7 @@ impl Lifecycle {
                 reason,
                 window_ms,
                 connections,
+                clients_held,
                 ..
             } => error!(
                 event,
@@ -395,6 +402,7 @@ impl Lifecycle {
                 reason,
                 window_ms,
                 connections,
+                clients_held,
                 "worker failed its health probe; stopping it"
             ),
             Lifecycle::WorkerDraining { .. } => {

@@ -57,6 +57,9 @@ pub struct Healthy {
     /// From the first sign that it listened to the verdict: how long
     /// clients could reach it before it was judged.
     pub window_ms: u64,
+    /// Client connections it held at the verdict (accepted from the shared
+    /// listener before it was judged; those already closed are not seen).
+    pub clients_held: u32,
 }
 
 /// The worker to probe and the listener to probe it through.
@@ -83,6 +86,8 @@ pub struct Unhealthy {
     pub window_ms: Option<u64>,
     /// Connections opened to reach it.
     pub connections: u32,
+    /// Client connections it held at the verdict (see [`Healthy`]).
+    pub clients_held: u32,
 }
 
 impl Unhealthy {
@@ -93,6 +98,7 @@ impl Unhealthy {
             reason: reason.into(),
             window_ms: None,
             connections: 0,
+            clients_held: 0,
         }
     }
 }
@@ -142,17 +148,35 @@ pub async fn probe(
             Ok(stream) => ask(stream, check, target.addr, deadline).await,
             Err(unreachable) => Err(unreachable),
         };
-        probed.map_err(|unhealthy| Unhealthy {
-            window_ms: Some(listening_since.elapsed().as_millis() as u64),
-            connections,
-            ..unhealthy
-        })?;
+        if let Err(unhealthy) = probed {
+            return Err(Unhealthy {
+                window_ms: Some(listening_since.elapsed().as_millis() as u64),
+                connections,
+                clients_held: clients_held(target).await,
+                ..unhealthy
+            });
+        }
     }
     Ok(Healthy {
         probes: check.count,
         connections,
         window_ms: listening_since.elapsed().as_millis() as u64,
+        clients_held: clients_held(target).await,
     })
+}
+
+/// How many connections accepted from the listener `target`'s tree holds:
+/// the clients it serves now.
+async fn clients_held(target: Target) -> u32 {
+    tokio::task::spawn_blocking(move || {
+        let held = procfs::tree_sockets(target.pid, &[target.listener]).held;
+        procfs::accepted_inodes(&[target.listener])
+            .iter()
+            .filter(|inode| held.contains(inode))
+            .count() as u32
+    })
+    .await
+    .unwrap_or(0)
 }
 
 /// Probes a worker that holds its accepts over `connections`, which it
@@ -187,6 +211,7 @@ pub async fn probe_held(
         probes: count,
         connections: count,
         window_ms: 0,
+        clients_held: 0,
     })
 }
 

@@ -72,8 +72,9 @@ fn a_release_that_answers_500_is_refused_and_the_old_one_serves_alone() {
     let report = load.finish();
     let window: u64 = probed.parsed("window_ms").unwrap();
     let connections: u32 = probed.parsed("connections").unwrap();
+    let clients: u32 = probed.parsed("clients_held").unwrap();
     eprintln!(
-        "through a refused release ({window} ms from listening to verdict, {connections} probe connections): {report}"
+        "through a refused release ({window} ms from listening to verdict, {connections} probe connections, {clients} client connections held at the verdict): {report}"
     );
     assert!(other_than_bad_status(&report).is_empty(), "{report}");
     let after: Vec<_> = report
@@ -194,7 +195,7 @@ fn a_release_that_turns_unhealthy_on_probation_is_rolled_back() {
             "--health",
             "/healthz",
             "--health-interval",
-            "300ms",
+            "1s",
             "--health-fall",
             "2",
             "--health-count",
@@ -270,7 +271,10 @@ fn a_worker_spinning_in_a_cpu_loop_is_replaced_while_the_other_serves() {
         "{report}"
     );
     assert!(report.failures.len() <= 8, "{report}");
-    assert!(report.by_pid.len() >= 2, "{report}");
+    assert!(
+        report.by_pid.keys().any(|&pid| pid != victim),
+        "the other worker served: {report}"
+    );
     baton.wait_logged("its replacement ready", 1, Duration::from_secs(20), |l| {
         l.is(baton::event::Event::WorkerReady, "cause", "replacement")
     });

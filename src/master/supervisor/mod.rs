@@ -632,6 +632,7 @@ impl<E: Effects> Supervisor<E> {
                     probes: healthy.probes,
                     connections: healthy.connections,
                     window_ms: healthy.window_ms,
+                    clients_held: healthy.clients_held,
                 }
                 .log();
                 worker.passed_probe = true;
@@ -645,6 +646,7 @@ impl<E: Effects> Supervisor<E> {
                     status: unhealthy.status,
                     reason: unhealthy.reason.clone(),
                     window_ms: unhealthy.window_ms,
+                    clients_held: unhealthy.clients_held,
                     connections: unhealthy.connections,
                 }
                 .log();

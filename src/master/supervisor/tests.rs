@@ -864,6 +864,7 @@ fn healthy() -> Result<Healthy, Unhealthy> {
         probes: 3,
         connections: 4,
         window_ms: 12,
+        clients_held: 0,
     })
 }
 
@@ -918,6 +919,7 @@ async fn a_new_worker_that_fails_its_probe_fails_the_reload_and_the_old_workers_
             reason: "GET /healthz answered 500, not 2xx".into(),
             window_ms: Some(3),
             connections: 2,
+            clients_held: 1,
         }),
     );
     assert_eq!(
