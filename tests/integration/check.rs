@@ -219,9 +219,10 @@ fn bad_check_options_are_usage_errors() {
 
 /// A server that answers only requests for the virtual host `localhost`,
 /// like a name-based virtual host: 421 for any other Host header.
+/// It binds a free port itself (a port chosen beforehand may be taken by
+/// another test's process in the meantime) and prints it.
 const VIRTUAL_HOST_SERVER: &str = r#"
 import http.server, sys
-port = int(sys.argv[1])
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
@@ -233,21 +234,28 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
     def log_message(self, *args):
         pass
-http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+port = server.server_address[1]
+print(port, flush=True)
+server.serve_forever()
 "#;
 
 #[test]
 fn check_url_sends_the_urls_host() {
-    let port = free_port();
-    let _server = KillOnDrop(
+    let mut server = KillOnDrop(
         Command::new("python3")
-            .args(["-c", VIRTUAL_HOST_SERVER, &port.to_string()])
+            .args(["-c", VIRTUAL_HOST_SERVER])
+            .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("start python3"),
     );
-    assert!(wait_until(Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    }));
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.0.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let port: u16 = line.trim().parse().expect("the server prints its port");
     let url = format!("http://localhost:{port}/");
     let (code, stdout, stderr) = run_check(&[
         "--url",
