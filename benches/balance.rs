@@ -113,6 +113,7 @@ fn check(runtime: &tokio::runtime::Runtime, load: &Load, mode: Mode) -> Sample {
         kill_every: None,
         request_timeout: Duration::from_secs(10),
         json: None,
+        junit: None,
         plot: None,
         progress: false,
     };

@@ -38,6 +38,7 @@ fn options(
         kill_every,
         request_timeout: Duration::from_secs(10),
         json: None,
+        junit: None,
         plot: None,
         progress: false,
     }

@@ -447,6 +447,11 @@ pub struct CheckArgs {
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
 
+    /// Also write the result as JUnit XML to FILE (a test case for the
+    /// requests and one for the reloads), for CI systems to show
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+
     /// Draw the timeline (requests/s and p99 latency, reloads and kills
     /// marked) as an SVG to FILE
     #[arg(long, value_name = "FILE")]

@@ -202,6 +202,7 @@ pub fn check_options(args: CheckArgs) -> Result<CheckOptions, String> {
         kill_every: args.kill_every.filter(|every| !every.is_zero()),
         request_timeout: args.request_timeout,
         json: args.json,
+        junit: args.junit,
         plot: args.plot,
         progress: true,
     })

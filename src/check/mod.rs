@@ -9,9 +9,11 @@
 //! - [`server`]: the `baton serve` child a self-hosted check drives.
 //! - `faults`: the reloads and kills on their schedules.
 //! - [`report`]: the findings, for people and for machines.
+//! - [`junit`]: the findings as JUnit XML, for CI systems.
 //! - [`plot`]: the timeline picture.
 
 mod faults;
+pub mod junit;
 pub mod plot;
 pub mod report;
 pub mod server;
@@ -68,6 +70,7 @@ pub struct CheckOptions {
     pub request_timeout: Duration,
     pub json: Option<PathBuf>,
     pub plot: Option<PathBuf>,
+    pub junit: Option<PathBuf>,
     /// Print a live progress line (on a terminal).
     pub progress: bool,
 }
@@ -171,18 +174,25 @@ impl Aim {
     }
 }
 
-/// Writes the report to `--json` and the timeline to `--plot`, if asked.
+/// Writes the report to `--json` and `--junit` and the timeline to
+/// `--plot`, if asked.
 fn write_outputs(
     options: &CheckOptions,
     load_report: &LoadReport,
     report: &CheckReport,
 ) -> Result<(), CheckError> {
-    if let Some(path) = &options.json {
-        let json = serde_json::to_string_pretty(report).expect("the report serializes");
-        std::fs::write(path, json + "\n").map_err(|e| CheckError::Output {
+    let write = |path: &PathBuf, text: String| {
+        std::fs::write(path, text).map_err(|e| CheckError::Output {
             path: path.clone(),
             reason: e.to_string(),
-        })?;
+        })
+    };
+    if let Some(path) = &options.json {
+        let json = serde_json::to_string_pretty(report).expect("the report serializes");
+        write(path, json + "\n")?;
+    }
+    if let Some(path) = &options.junit {
+        write(path, junit::junit_xml(report))?;
     }
     if let Some(path) = &options.plot {
         plot::write_svg(path, load_report, report).map_err(|reason| CheckError::Output {

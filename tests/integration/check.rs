@@ -35,6 +35,7 @@ fn baton_passes_its_own_check_with_json_and_plot() {
     let dir = temp_dir("check-self");
     let json = dir.path().join("report.json");
     let svg = dir.path().join("timeline.svg");
+    let junit = dir.path().join("junit.xml");
     let (code, stdout, stderr) = run_check(&[
         "--duration",
         "10s",
@@ -46,6 +47,8 @@ fn baton_passes_its_own_check_with_json_and_plot() {
         json.to_str().unwrap(),
         "--plot",
         svg.to_str().unwrap(),
+        "--junit",
+        junit.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("PASS"), "{stdout}");
@@ -92,6 +95,51 @@ fn baton_passes_its_own_check_with_json_and_plot() {
         picture.lines().any(|line| line.trim() == "reload"),
         "the legend names the reload bands"
     );
+
+    let cases = junit_cases(&junit);
+    assert_eq!(
+        cases,
+        [("http1-get".to_owned(), None), ("reloads".to_owned(), None)]
+    );
+}
+
+/// The test cases of a `--junit` file, read with an XML parser of its own:
+/// each case's name and its failure message, if it failed.
+fn junit_cases(path: &std::path::Path) -> Vec<(String, Option<String>)> {
+    let text = std::fs::read_to_string(path).expect("the check wrote its JUnit XML");
+    let document = roxmltree::Document::parse(&text).expect("the JUnit XML parses");
+    let root = document.root_element();
+    assert_eq!(root.tag_name().name(), "testsuites", "{text}");
+    let suite = root
+        .children()
+        .find(|n| n.has_tag_name("testsuite"))
+        .expect("a test suite");
+    let cases: Vec<(String, Option<String>)> = suite
+        .children()
+        .filter(|n| n.has_tag_name("testcase"))
+        .map(|case| {
+            let failure = case
+                .children()
+                .find(|n| n.has_tag_name("failure"))
+                .map(|f| f.attribute("message").unwrap_or_default().to_owned());
+            (
+                case.attribute("name").unwrap_or_default().to_owned(),
+                failure,
+            )
+        })
+        .collect();
+    let failed = cases.iter().filter(|(_, f)| f.is_some()).count();
+    assert_eq!(
+        suite.attribute("tests"),
+        Some(&*cases.len().to_string()),
+        "{text}"
+    );
+    assert_eq!(
+        suite.attribute("failures"),
+        Some(&*failed.to_string()),
+        "{text}"
+    );
+    cases
 }
 
 /// A Python server that is simply stopped and started again on reload, as
@@ -162,6 +210,7 @@ fn a_naive_restart_is_caught_with_its_refused_connections() {
     let _heavy = heavy();
     let server = NaiveServer::start();
     let json = server.dir.path().join("report.json");
+    let junit = server.dir.path().join("junit.xml");
     let url = format!("http://127.0.0.1:{}/", server.port);
     let (code, stdout, stderr) = run_check(&[
         "--url",
@@ -176,6 +225,8 @@ fn a_naive_restart_is_caught_with_its_refused_connections() {
         "16",
         "--json",
         json.to_str().unwrap(),
+        "--junit",
+        junit.to_str().unwrap(),
     ]);
     assert_eq!(
         code, 1,
@@ -189,6 +240,13 @@ fn a_naive_restart_is_caught_with_its_refused_connections() {
     );
     assert_eq!(report["passed"].as_bool(), Some(false));
     assert!(report["reloads"].as_array().unwrap().len() >= 2, "{report}");
+    let cases = junit_cases(&junit);
+    let requests = cases.iter().find(|(name, _)| name == "http1-get");
+    let message = requests.and_then(|(_, failure)| failure.clone());
+    assert!(
+        message.as_deref().is_some_and(|m| m.contains("refused")),
+        "{cases:?}"
+    );
 }
 
 #[test]
