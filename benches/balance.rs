@@ -110,6 +110,7 @@ fn check(runtime: &tokio::runtime::Runtime, load: &Load, mode: Mode) -> Sample {
         connections: load.connections,
         keepalive_ratio: load.keepalive_ratio,
         reload_every: None,
+        reloads: None,
         kill_every: None,
         request_timeout: Duration::from_secs(10),
         json: None,

@@ -35,6 +35,7 @@ fn options(
         connections: 64,
         keepalive_ratio: 0.5,
         reload_every,
+        reloads: None,
         kill_every,
         request_timeout: Duration::from_secs(10),
         json: None,

@@ -46,7 +46,7 @@ pub enum Action {
     ///
     /// SIGHUP reloads (rolling restart, one worker at a time); SIGTERM or SIGINT
     /// drain every worker and exit; SIGQUIT stops at once.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Reload a running baton (like `kill -HUP`) and, with --wait, report
     /// whether the new generation came in
     Reload(ReloadArgs),
@@ -72,7 +72,7 @@ pub enum Action {
     ///
     /// By default it starts `baton serve` with the given serve options on a
     /// free loopback port; with --url it checks any running server.
-    Check(CheckArgs),
+    Check(Box<CheckArgs>),
     /// Print a completion script for SHELL (bash, zsh, fish, elvish,
     /// powershell)
     Completions {
@@ -445,6 +445,12 @@ pub struct CheckArgs {
 
     /// Write the report as JSON to FILE
     #[arg(long, value_name = "FILE")]
+    /// Run until N reloads have had their outcome, not for --duration:
+    /// one line per reload as it ends, and a last line `N reloads, R
+    /// requests, F failed` for a pipeline to read
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub reloads: Option<u32>,
+
     pub json: Option<PathBuf>,
 
     /// Also write the result as JUnit XML to FILE (a test case for the
@@ -485,7 +491,7 @@ impl Default for ServeArgs {
             Ok(Cli {
                 command: Action::Serve(args),
                 ..
-            }) => args,
+            }) => *args,
             _ => unreachable!("`baton serve` alone parses"),
         }
     }

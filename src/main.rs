@@ -100,8 +100,8 @@ fn main() -> ExitCode {
 
 fn run(command: Action) -> Result<Success, Fatal> {
     match command {
-        Action::Serve(args) => serve(args),
-        Action::Check(args) => check(args),
+        Action::Serve(args) => serve(*args),
+        Action::Check(args) => check(*args),
         Action::Reload(args) => control(&args.control, Control::Reload { wait: args.wait }),
         Action::Status(args) => status(&args.control, args.json),
         Action::Stop(args) => stop(&args),
@@ -172,7 +172,7 @@ fn upgrade_check(args: baton::cli::UpgradeCheckArgs) -> Result<Success, Fatal> {
         .into_iter()
         .chain(args.serve_args.iter().cloned());
     let serve = match Cli::try_parse_from(argv).map(|cli| cli.command) {
-        Ok(Action::Serve(serve)) => serve,
+        Ok(Action::Serve(serve)) => *serve,
         Ok(_) => unreachable!("parsed as serve"),
         Err(e) => {
             return Err(Fatal::Usage(format!(
@@ -260,8 +260,18 @@ fn check(args: CheckArgs) -> Result<Success, Fatal> {
         .enable_all()
         .build()
         .map_err(Fatal::Runtime)?;
+    let reloads_wanted = options.reloads.is_some();
     let report = runtime.block_on(baton::check::run(options))?;
     println!("{report}");
+    if reloads_wanted {
+        // The last line, for a pipeline to read.
+        println!(
+            "{} reloads, {} requests, {} failed",
+            report.reloads.len(),
+            report.requests,
+            report.failures.total()
+        );
+    }
     Ok(if report.passed {
         Success::Done
     } else {

@@ -193,9 +193,22 @@ pub fn check_options(args: CheckArgs) -> Result<CheckOptions, String> {
         None => self_hosted(args.serve)?,
     };
     let reload_every = reload_schedule(args.reload_every, &target)?;
+    if args.reloads.is_some() && reload_every.is_none() {
+        return Err(
+            "--reloads needs reloads: with --url give --reload-command, and --reload-every not 0s"
+                .into(),
+        );
+    }
     Ok(CheckOptions {
         target,
-        duration: args.duration,
+        // With --reloads the check ends at its last reload's outcome; the
+        // duration is only a bound.
+        duration: if args.reloads.is_some() {
+            crate::values::DAY
+        } else {
+            args.duration
+        },
+        reloads: args.reloads.map(|n| n as usize),
         connections: args.connections as usize,
         keepalive_ratio: args.keepalive_ratio,
         reload_every,

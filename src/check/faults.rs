@@ -91,6 +91,15 @@ impl<'a> Faults<'a> {
                 status = wait_command(&mut self.pending) => self.on_command_exit(status),
                 _ = ticker.tick(), if show_progress => self.print_progress(progress),
             }
+            if self
+                .options
+                .reloads
+                .is_some_and(|wanted| self.reloads.len() >= wanted)
+            {
+                // Each client stops after the request in hand.
+                progress.stop();
+                self.next_reload = None;
+            }
         }
         if show_progress {
             eprintln!();
@@ -149,13 +158,29 @@ impl<'a> Faults<'a> {
             return;
         };
         let now = Instant::now();
-        self.reloads.push(ReloadRecord {
-            at_s: 0.0,
+        let record = ReloadRecord {
+            at_s: seconds_since(self.start, reload.at),
             duration_ms: millis(now - reload.at),
             ok,
             detail,
             window: (reload.at, now),
-        });
+        };
+        if let Some(wanted) = self.options.reloads {
+            // Printed as it ends, for a long run to show its progress.
+            println!(
+                "reload {}/{wanted} at {:.1} s: {} in {:.0} ms{}",
+                self.reloads.len() + 1,
+                record.at_s,
+                if record.ok { "ok" } else { "failed" },
+                record.duration_ms,
+                record
+                    .detail
+                    .as_deref()
+                    .map(|d| format!(" ({d})"))
+                    .unwrap_or_default()
+            );
+        }
+        self.reloads.push(record);
     }
 
     fn kill(&mut self, server: Option<&ManagedServer>) {

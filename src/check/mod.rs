@@ -66,6 +66,8 @@ pub struct CheckOptions {
     /// Share of connections kept alive; the rest open one per request.
     pub keepalive_ratio: f64,
     pub reload_every: Option<Duration>,
+    /// `--reloads N`: the check ends once N reloads have had their outcome.
+    pub reloads: Option<usize>,
     pub kill_every: Option<Duration>,
     pub request_timeout: Duration,
     pub json: Option<PathBuf>,

@@ -360,3 +360,36 @@ fn check_url_without_a_reload_command_checks_load_alone_and_on_time() {
     assert!(!stdout.contains("reload-command-output"), "{stdout}");
     assert!(stderr.contains("reload-command-output"), "{stderr}");
 }
+
+/// `--reloads N` runs until N reloads have had their outcome, printing a
+/// line as each ends and a last line a pipeline can read; without a way to
+/// reload it is a usage error.
+#[test]
+fn check_reloads_runs_until_n_reloads_and_ends_with_a_line_for_pipelines() {
+    let (code, stdout, stderr) = run_check(&[
+        "--reloads",
+        "3",
+        "--reload-every",
+        "200ms",
+        "--workers",
+        "2",
+        "--connections",
+        "8",
+    ]);
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    for n in 1..=3 {
+        assert!(stdout.contains(&format!("reload {n}/3 at ")), "{stdout}");
+    }
+    let last = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap();
+    let words: Vec<&str> = last.split_whitespace().collect();
+    assert_eq!(
+        (words[0], words[1], words[3], words[4], words[5]),
+        ("3", "reloads,", "requests,", "0", "failed"),
+        "{last}"
+    );
+    assert!(words[2].parse::<u64>().unwrap() > 0, "{last}");
+
+    let (code, _, stderr) = run_check(&["--url", "http://127.0.0.1:9/", "--reloads", "2"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--reloads needs reloads"), "{stderr}");
+}
