@@ -114,6 +114,7 @@ fn check(runtime: &tokio::runtime::Runtime, load: &Load, mode: Mode) -> Sample {
         kill_every: None,
         request_timeout: Duration::from_secs(10),
         json: None,
+        scenarios: vec![baton::check::scenario::Scenario::Get],
         junit: None,
         plot: None,
         progress: false,

@@ -443,18 +443,24 @@ pub struct CheckArgs {
           value_parser = DurationRange::TIMEOUT.parser())]
     pub request_timeout: Duration,
 
-    /// Write the report as JSON to FILE
-    #[arg(long, value_name = "FILE")]
+    /// What to drive, each counted and reported apart: `get` (GETs on
+    /// keep-alive and on new connections), `post` (POSTs of 16 KiB bodies,
+    /// never retried), or `all`; repeat for several
+    #[arg(long = "scenario", value_name = "NAME", value_enum)]
+    pub scenarios: Vec<crate::check::scenario::ScenarioChoice>,
+
     /// Run until N reloads have had their outcome, not for --duration:
     /// one line per reload as it ends, and a last line `N reloads, R
     /// requests, F failed` for a pipeline to read
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub reloads: Option<u32>,
 
+    /// Write the report as JSON to FILE
+    #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
 
-    /// Also write the result as JUnit XML to FILE (a test case for the
-    /// requests and one for the reloads), for CI systems to show
+    /// Also write the result as JUnit XML to FILE (a test case for each
+    /// scenario and one for the reloads), for CI systems to show
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
 

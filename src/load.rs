@@ -43,6 +43,24 @@ pub enum ClientMode {
     Upload { body_bytes: usize },
 }
 
+impl ClientMode {
+    /// What reports call it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ClientMode::NewConnection => "new-connection",
+            ClientMode::KeepAlive { .. } => "keep-alive",
+            ClientMode::Upload { .. } => "upload",
+        }
+    }
+}
+
+/// The requests of one kind of client.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ModeCounts {
+    pub attempted: u64,
+    pub ok: u64,
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct LoadPlan {
@@ -164,6 +182,8 @@ impl fmt::Display for FailureKind {
 #[derive(Debug, Clone)]
 pub struct FailedRequest {
     pub kind: FailureKind,
+    /// The client that sent it.
+    pub mode: ClientMode,
     pub started: Instant,
     pub ended: Instant,
     /// The worker that served the connection before, when it was reused.
@@ -203,6 +223,8 @@ pub struct LoadReport {
     pub elapsed: Duration,
     /// Concurrent clients that ran.
     pub clients: usize,
+    /// Requests by the kind of client that sent them ([`ClientMode::name`]).
+    pub by_mode: BTreeMap<&'static str, ModeCounts>,
 }
 
 impl Default for LoadReport {
@@ -218,6 +240,7 @@ impl Default for LoadReport {
             started: Instant::now(),
             elapsed: Duration::ZERO,
             clients: 0,
+            by_mode: BTreeMap::new(),
         }
     }
 }
@@ -243,6 +266,11 @@ impl LoadReport {
             .expect("histograms of one configuration merge");
         self.samples.extend(other.samples);
         self.samples_dropped += other.samples_dropped;
+        for (mode, counts) in other.by_mode {
+            let ours = self.by_mode.entry(mode).or_default();
+            ours.attempted += counts.attempted;
+            ours.ok += counts.ok;
+        }
     }
 
     /// Latency histograms (µs) of the requests that overlapped one of
@@ -440,6 +468,7 @@ async fn run_client(
                 connection = None;
                 report.failures.push(FailedRequest {
                     kind,
+                    mode,
                     started,
                     ended: Instant::now(),
                     worker_pid,
@@ -448,6 +477,13 @@ async fn run_client(
             }
         }
     }
+    report.by_mode.insert(
+        mode.name(),
+        ModeCounts {
+            attempted: report.attempted,
+            ok: report.ok,
+        },
+    );
     report
 }
 

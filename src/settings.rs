@@ -201,6 +201,7 @@ pub fn check_options(args: CheckArgs) -> Result<CheckOptions, String> {
     }
     Ok(CheckOptions {
         target,
+        scenarios: crate::check::scenario::Scenario::chosen(&args.scenarios),
         // With --reloads the check ends at its last reload's outcome; the
         // duration is only a bound.
         duration: if args.reloads.is_some() {

@@ -1,13 +1,14 @@
 //! The check's result as JUnit XML (`--junit FILE`), which CI systems show
-//! as test results: one test case for what the check drove (HTTP/1 GETs,
-//! on keep-alive and on new connections) and one for the reloads it
-//! triggered, each failed with its counts and first samples when it failed.
+//! as test results: one test case for each scenario the check drove (see
+//! [`super::scenario`]) and one for the reloads it triggered, each failed
+//! with its counts and first samples when it failed.
 
 use std::time::Duration;
 
 use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
 
-use super::report::CheckReport;
+use super::report::{CheckReport, ScenarioRecord};
+use super::scenario::Scenario;
 
 /// The XML for `report`.
 pub fn junit_xml(report: &CheckReport) -> String {
@@ -18,7 +19,8 @@ pub fn junit_xml(report: &CheckReport) -> String {
         ("requests".to_owned(), report.requests.to_string()),
         ("reloads".to_owned(), report.reloads.len().to_string()),
     ]);
-    suite.add_test_cases([requests_case(report), reloads_case(report)]);
+    suite.add_test_cases(report.scenarios.iter().map(|s| scenario_case(report, s)));
+    suite.add_test_case(reloads_case(report));
     let mut junit = Report::new("baton check");
     junit.add_test_suite(suite);
     junit
@@ -26,22 +28,23 @@ pub fn junit_xml(report: &CheckReport) -> String {
         .expect("a report of plain strings serializes")
 }
 
-/// The load's requests: failed if any request failed.
-fn requests_case(report: &CheckReport) -> TestCase {
-    let status = if report.failures.total() == 0 {
+/// One scenario's requests: failed if any of them failed.
+fn scenario_case(report: &CheckReport, scenario: &ScenarioRecord) -> TestCase {
+    let status = if scenario.failures.total() == 0 {
         TestCaseStatus::success()
     } else {
         let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
         status
             .set_message(format!(
                 "{} of {} requests failed",
-                report.failures, report.requests
+                scenario.failures, scenario.requests
             ))
             .set_type("failed requests")
             .set_description(
                 report
                     .failure_samples
                     .iter()
+                    .filter(|s| scenario_drives(&scenario.name, &s.client))
                     .map(|s| {
                         format!(
                             "at {:.2} s {} after {:.1} ms: {}",
@@ -53,14 +56,22 @@ fn requests_case(report: &CheckReport) -> TestCase {
             );
         status
     };
-    let mut case = TestCase::new("http1-get", status);
+    let mut case = TestCase::new(scenario.name.clone(), status);
     case.set_classname("baton check")
         .set_time(Duration::from_secs_f64(report.duration_s))
         .set_system_out(format!(
-            "{} requests, {} ok, latency {}",
-            report.requests, report.ok, report.latency_ms
+            "{} requests, {} ok",
+            scenario.requests, scenario.ok
         ));
     case
+}
+
+/// Whether the scenario named `scenario` sends what a client named
+/// `client` sends.
+fn scenario_drives(scenario: &str, client: &str) -> bool {
+    [Scenario::Get, Scenario::Post]
+        .into_iter()
+        .any(|s| s.name() == scenario && s.drives_named(client))
 }
 
 /// The reloads the check triggered: failed if any did not succeed.

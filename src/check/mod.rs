@@ -10,12 +10,14 @@
 //! - `faults`: the reloads and kills on their schedules.
 //! - [`report`]: the findings, for people and for machines.
 //! - [`junit`]: the findings as JUnit XML, for CI systems.
+//! - [`scenario`]: the kinds of traffic the check drives.
 //! - [`plot`]: the timeline picture.
 
 mod faults;
 pub mod junit;
 pub mod plot;
 pub mod report;
+pub mod scenario;
 pub mod server;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -61,6 +63,8 @@ pub enum Target {
 #[derive(Debug, Clone)]
 pub struct CheckOptions {
     pub target: Target,
+    /// What it drives (`--scenario`), each reported apart.
+    pub scenarios: Vec<scenario::Scenario>,
     pub duration: Duration,
     pub connections: usize,
     /// Share of connections kept alive; the rest open one per request.
@@ -75,12 +79,6 @@ pub struct CheckOptions {
     pub junit: Option<PathBuf>,
     /// Print a live progress line (on a terminal).
     pub progress: bool,
-}
-
-impl CheckOptions {
-    fn keepalive_connections(&self) -> usize {
-        (self.connections as f64 * self.keepalive_ratio).round() as usize
-    }
 }
 
 /// Parses `--url`: `http://HOST:PORT/PATH`.
@@ -114,9 +112,14 @@ pub async fn run(options: CheckOptions) -> Result<CheckReport, CheckError> {
         }
         Target::External { url, addr, .. } => (None, Aim::url(url, *addr)),
     };
-    let keepalive = options.keepalive_connections();
-    let mut clients = vec![ClientMode::BUSY; keepalive];
-    clients.resize(options.connections, ClientMode::NewConnection);
+    let clients = scenario::clients(
+        &options.scenarios,
+        options.connections,
+        options.keepalive_ratio,
+    );
+    let count = |kind: fn(&ClientMode) -> bool| clients.iter().filter(|m| kind(m)).count();
+    let keepalive = count(|mode| matches!(mode, ClientMode::KeepAlive { .. }));
+    let posting = count(|mode| matches!(mode, ClientMode::Upload { .. }));
     let mut plan = LoadPlan::new(aim.addr, clients, options.duration);
     plan.host = aim.host;
     plan.path = aim.path;
@@ -135,7 +138,9 @@ pub async fn run(options: CheckOptions) -> Result<CheckReport, CheckError> {
     let (reloads, kills) = faults.timed_from(load_report.started);
     let context = Context {
         target: aim.name,
+        scenarios: options.scenarios.clone(),
         keepalive_connections: keepalive,
+        post_connections: posting,
         reloads,
         kills,
         master_rss_bytes,

@@ -152,6 +152,8 @@ pub struct CheckReport {
     pub duration_s: f64,
     pub connections: usize,
     pub keepalive_connections: usize,
+    /// Connections of the `post` scenario.
+    pub post_connections: usize,
     /// Requests attempted.
     pub requests: u64,
     pub ok: u64,
@@ -172,8 +174,19 @@ pub struct CheckReport {
     pub master_rss_bytes: Option<u64>,
     /// The first failures that fail the check, to show what went wrong.
     pub failure_samples: Vec<FailureSample>,
+    /// Each scenario's requests and the failures that fail the check.
+    pub scenarios: Vec<ScenarioRecord>,
     pub passed: bool,
     pub verdict: String,
+}
+
+/// One scenario's part of the check.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioRecord {
+    pub name: String,
+    pub requests: u64,
+    pub ok: u64,
+    pub failures: FailureCounts,
 }
 
 /// One failed request, as shown in the report.
@@ -181,6 +194,8 @@ pub struct CheckReport {
 pub struct FailureSample {
     pub at_s: f64,
     pub kind: String,
+    /// The kind of client that sent it ([`crate::load::ClientMode::name`]).
+    pub client: String,
     pub after_ms: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub worker_pid: Option<u32>,
@@ -192,8 +207,10 @@ const FAILURE_SAMPLES: usize = 10;
 
 /// What the check knew besides the load.
 pub struct Context {
+    pub scenarios: Vec<super::scenario::Scenario>,
     pub target: String,
     pub keepalive_connections: usize,
+    pub post_connections: usize,
     pub reloads: Vec<ReloadRecord>,
     pub kills: Vec<KillRecord>,
     pub master_rss_bytes: Option<u64>,
@@ -203,7 +220,9 @@ impl CheckReport {
     pub fn build(load: &LoadReport, context: Context) -> Self {
         let Context {
             target,
+            scenarios,
             keepalive_connections,
+            post_connections,
             reloads,
             mut kills,
             master_rss_bytes,
@@ -211,6 +230,24 @@ impl CheckReport {
         let mut failures = FailureCounts::default();
         let mut killed_in_flight = FailureCounts::default();
         let mut failure_samples = Vec::new();
+        let mut records: Vec<ScenarioRecord> = scenarios
+            .iter()
+            .map(|scenario| {
+                let (requests, ok) = load
+                    .by_mode
+                    .iter()
+                    .filter(|(mode, _)| scenario.drives_named(mode))
+                    .fold((0, 0), |(requests, ok), (_, counts)| {
+                        (requests + counts.attempted, ok + counts.ok)
+                    });
+                ScenarioRecord {
+                    name: scenario.name().to_owned(),
+                    requests,
+                    ok,
+                    failures: FailureCounts::default(),
+                }
+            })
+            .collect();
         for failure in &load.failures {
             match kills.iter_mut().find(|kill| kill.explains(failure)) {
                 Some(kill) => {
@@ -219,10 +256,14 @@ impl CheckReport {
                 }
                 None => {
                     failures.add(failure.kind);
+                    if let Some(i) = scenarios.iter().position(|s| s.drives(&failure.mode)) {
+                        records[i].failures.add(failure.kind);
+                    }
                     if failure_samples.len() < FAILURE_SAMPLES {
                         failure_samples.push(FailureSample {
                             at_s: seconds_since(load.started, failure.started),
                             kind: failure.kind.to_string(),
+                            client: failure.mode.name().to_owned(),
                             after_ms: millis(failure.ended - failure.started),
                             worker_pid: failure.worker_pid,
                             detail: failure.detail.clone(),
@@ -262,6 +303,7 @@ impl CheckReport {
             duration_s: load.elapsed.as_secs_f64(),
             connections: load.clients,
             keepalive_connections,
+            post_connections,
             requests: load.attempted,
             ok: load.ok,
             rate: load.requests_per_second(),
@@ -276,6 +318,7 @@ impl CheckReport {
             worker_spread,
             master_rss_bytes,
             failure_samples,
+            scenarios: records,
             passed,
             verdict,
         }
@@ -347,14 +390,18 @@ impl CheckReport {
 impl fmt::Display for CheckReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "baton check of {}", self.target)?;
-        writeln!(
+        write!(
             f,
-            "  load        {:.1} s, {} connections ({} keep-alive, {} new per request)",
+            "  load        {:.1} s, {} connections ({} keep-alive, {} new per request",
             self.duration_s,
             self.connections,
             self.keepalive_connections,
-            self.connections - self.keepalive_connections
+            self.connections - self.keepalive_connections - self.post_connections
         )?;
+        if self.post_connections > 0 {
+            write!(f, ", {} posting", self.post_connections)?;
+        }
+        writeln!(f, ")")?;
         writeln!(
             f,
             "  requests    {} ({:.0}/s), {} ok",
@@ -362,6 +409,15 @@ impl fmt::Display for CheckReport {
         )?;
         writeln!(f, "  failures    {}", self.failures)?;
         self.write_failure_samples(f)?;
+        if self.scenarios.len() > 1 {
+            for scenario in &self.scenarios {
+                writeln!(
+                    f,
+                    "    {:<10}{} requests, {} ok, failed {}",
+                    scenario.name, scenario.requests, scenario.ok, scenario.failures
+                )?;
+            }
+        }
         if !self.kills.is_empty() {
             writeln!(
                 f,

@@ -49,6 +49,8 @@ fn baton_passes_its_own_check_with_json_and_plot() {
         svg.to_str().unwrap(),
         "--junit",
         junit.to_str().unwrap(),
+        "--scenario",
+        "all",
     ]);
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("PASS"), "{stdout}");
@@ -99,7 +101,11 @@ fn baton_passes_its_own_check_with_json_and_plot() {
     let cases = junit_cases(&junit);
     assert_eq!(
         cases,
-        [("http1-get".to_owned(), None), ("reloads".to_owned(), None)]
+        [
+            ("get".to_owned(), None),
+            ("post".to_owned(), None),
+            ("reloads".to_owned(), None)
+        ]
     );
 }
 
@@ -227,6 +233,8 @@ fn a_naive_restart_is_caught_with_its_refused_connections() {
         json.to_str().unwrap(),
         "--junit",
         junit.to_str().unwrap(),
+        "--scenario",
+        "all",
     ]);
     assert_eq!(
         code, 1,
@@ -240,13 +248,20 @@ fn a_naive_restart_is_caught_with_its_refused_connections() {
     );
     assert_eq!(report["passed"].as_bool(), Some(false));
     assert!(report["reloads"].as_array().unwrap().len() >= 2, "{report}");
+    // Both scenarios lose requests, POSTs (never retried) included.
     let cases = junit_cases(&junit);
-    let requests = cases.iter().find(|(name, _)| name == "http1-get");
-    let message = requests.and_then(|(_, failure)| failure.clone());
-    assert!(
-        message.as_deref().is_some_and(|m| m.contains("refused")),
-        "{cases:?}"
-    );
+    for scenario in ["get", "post"] {
+        let failed = cases.iter().find(|(name, _)| name == scenario);
+        let message = failed.and_then(|(_, failure)| failure.clone());
+        assert!(
+            message
+                .as_deref()
+                .is_some_and(|m| m.contains("requests failed")),
+            "{scenario}: {cases:?}"
+        );
+    }
+    let scenarios = report["scenarios"].as_array().unwrap();
+    assert_eq!(scenarios.len(), 2, "{report}");
 }
 
 #[test]

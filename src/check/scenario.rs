@@ -1,0 +1,133 @@
+//! What the check drives at the server (`--scenario`), each scenario a kind
+//! of traffic that fails its own way through a reload, counted and
+//! reported apart.
+//!
+//! - `get`: GETs, some clients on keep-alive connections (reused until the
+//!   server closes them) and the rest on a new connection per request.
+//! - `post`: POSTs of 16 KiB bodies on reused connections, never retried:
+//!   a client may not resend a non-idempotent request (RFC 9110 §9.2.2),
+//!   so one lost on a connection closed as it was reused is a failure.
+
+use clap::ValueEnum;
+
+use crate::load::ClientMode;
+
+/// The body of each `post` request.
+const POST_BODY_BYTES: usize = 16 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scenario {
+    Get,
+    Post,
+}
+
+/// What `--scenario` takes: a scenario, or `all` of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ScenarioChoice {
+    Get,
+    Post,
+    All,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Get => "get",
+            Scenario::Post => "post",
+        }
+    }
+
+    /// Whether a client of `mode` is part of this scenario.
+    pub fn drives(self, mode: &ClientMode) -> bool {
+        self.drives_named(mode.name())
+    }
+
+    /// Whether clients of the mode named `mode` ([`ClientMode::name`]) are
+    /// part of this scenario.
+    pub fn drives_named(self, mode: &str) -> bool {
+        match self {
+            Scenario::Get => mode == "new-connection" || mode == "keep-alive",
+            Scenario::Post => mode == "upload",
+        }
+    }
+
+    /// `--scenario`'s choices, `all` expanded, in order, each once (`get`
+    /// when none is given).
+    pub fn chosen(choices: &[ScenarioChoice]) -> Vec<Scenario> {
+        let mut scenarios: Vec<Scenario> = choices
+            .iter()
+            .flat_map(|choice| match choice {
+                ScenarioChoice::Get => vec![Scenario::Get],
+                ScenarioChoice::Post => vec![Scenario::Post],
+                ScenarioChoice::All => vec![Scenario::Get, Scenario::Post],
+            })
+            .collect();
+        scenarios.sort();
+        scenarios.dedup();
+        if scenarios.is_empty() {
+            scenarios.push(Scenario::Get);
+        }
+        scenarios
+    }
+
+    /// This scenario's share of the clients: `connections` of them, the
+    /// `keepalive_ratio` of a `get`'s on keep-alive connections.
+    pub fn clients(self, connections: usize, keepalive_ratio: f64) -> Vec<ClientMode> {
+        match self {
+            Scenario::Get => {
+                let keepalive = (connections as f64 * keepalive_ratio).round() as usize;
+                let mut clients = vec![ClientMode::BUSY; keepalive];
+                clients.resize(connections, ClientMode::NewConnection);
+                clients
+            }
+            Scenario::Post => vec![
+                ClientMode::Upload {
+                    body_bytes: POST_BODY_BYTES
+                };
+                connections
+            ],
+        }
+    }
+}
+
+/// The clients of `scenarios`, `connections` shared among them as evenly
+/// as they divide (each gets one at least).
+pub fn clients(
+    scenarios: &[Scenario],
+    connections: usize,
+    keepalive_ratio: f64,
+) -> Vec<ClientMode> {
+    let count = scenarios.len().max(1);
+    scenarios
+        .iter()
+        .enumerate()
+        .flat_map(|(i, scenario)| {
+            let share = (connections / count + usize::from(i < connections % count)).max(1);
+            scenario.clients(share, keepalive_ratio)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_are_shared_among_the_scenarios() {
+        let both = clients(&[Scenario::Get, Scenario::Post], 9, 0.5);
+        assert_eq!(both.len(), 9);
+        let posts = both.iter().filter(|m| Scenario::Post.drives(m)).count();
+        assert_eq!(posts, 4);
+        let keepalive = both
+            .iter()
+            .filter(|m| matches!(m, ClientMode::KeepAlive { .. }))
+            .count();
+        assert_eq!(keepalive, 3, "half of get's 5, rounded");
+        assert_eq!(clients(&[Scenario::Get], 64, 0.5).len(), 64);
+        assert_eq!(
+            Scenario::chosen(&[ScenarioChoice::Post, ScenarioChoice::All]),
+            [Scenario::Get, Scenario::Post]
+        );
+        assert_eq!(Scenario::chosen(&[]), [Scenario::Get]);
+    }
+}
