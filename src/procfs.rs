@@ -164,22 +164,8 @@ pub struct ListenerId {
 /// it is never caught waiting; looked up only with `connections`, as it
 /// reads the host's TCP tables).
 pub fn tree_serves(root: u32, listeners: &[ListenerId], connections: bool) -> bool {
-    let tree: Vec<Sockets> = descendants_and_self(root)
-        .into_iter()
-        .map(Sockets::of)
-        .collect();
-    if listeners
-        .iter()
-        .all(|l| tree.iter().any(|p| p.waited.contains(&l.inode)))
-    {
-        return true;
-    }
-    if !connections {
-        return false;
-    }
-    let accepted = accepted_inodes(listeners);
-    tree.iter()
-        .any(|p| p.held.iter().any(|inode| accepted.contains(inode)))
+    let tree = tree_sockets(root, listeners);
+    tree.waits || (connections && tree.holding(&accepted_inodes(listeners)) > 0)
 }
 
 /// What a process tree does with sockets: whether it waits on every one of
@@ -187,6 +173,13 @@ pub fn tree_serves(root: u32, listeners: &[ListenerId], connections: bool) -> bo
 pub struct TreeSockets {
     pub waits: bool,
     pub held: Vec<u64>,
+}
+
+impl TreeSockets {
+    /// How many of `inodes` the tree holds.
+    pub fn holding(&self, inodes: &[u64]) -> usize {
+        inodes.iter().filter(|inode| self.held.contains(inode)).count()
+    }
 }
 
 /// `root`'s tree's sockets, and whether it waits on every one of

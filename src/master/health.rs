@@ -169,11 +169,8 @@ pub async fn probe(
 /// the clients it serves now.
 async fn clients_held(target: Target) -> u32 {
     tokio::task::spawn_blocking(move || {
-        let held = procfs::tree_sockets(target.pid, &[target.listener]).held;
-        procfs::accepted_inodes(&[target.listener])
-            .iter()
-            .filter(|inode| held.contains(inode))
-            .count() as u32
+        let tree = procfs::tree_sockets(target.pid, &[target.listener]);
+        tree.holding(&procfs::accepted_inodes(&[target.listener])) as u32
     })
     .await
     .unwrap_or(0)
