@@ -194,13 +194,16 @@ mod tests {
             let client = std::net::TcpStream::connect(server).unwrap();
             let from = client.local_addr().unwrap();
             assert_eq!(diag.accepted_inode(server, from).unwrap(), None, "queued");
-            assert_eq!(crate::procfs::accepted_inode(server, from), None);
+            assert_eq!(crate::procfs::table_accepted_inode(server, from), None);
             let (accepted, _) = listener.accept().unwrap();
             let inode = diag
                 .accepted_inode(server, from)
                 .unwrap()
                 .expect("accepted");
-            assert_eq!(Some(inode), crate::procfs::accepted_inode(server, from));
+            assert_eq!(
+                Some(inode),
+                crate::procfs::table_accepted_inode(server, from)
+            );
             assert!(crate::procfs::tree_holds(std::process::id(), inode));
             drop(accepted);
             assert!(!crate::procfs::tree_holds(std::process::id(), inode));

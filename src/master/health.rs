@@ -29,7 +29,6 @@ use tokio::time::{sleep, timeout_at, Instant};
 
 use crate::config::HealthCheck;
 use crate::procfs;
-use crate::sock_diag::SockDiag;
 
 /// How often the kernel is asked whether a probe connection left the
 /// accept queue, and a new worker's tree looked at while it is not
@@ -304,17 +303,12 @@ async fn accepted_by(
     pid: u32,
     deadline: Instant,
 ) -> Option<bool> {
-    let mut lookup = Lookup::open();
     loop {
-        let (found, used) = tokio::task::spawn_blocking(move || {
-            let found = lookup
-                .accepted_inode(server, client)
-                .map(|inode| procfs::tree_holds(pid, inode));
-            (found, lookup)
+        let found = tokio::task::spawn_blocking(move || {
+            procfs::accepted_inode(server, client).map(|inode| procfs::tree_holds(pid, inode))
         })
         .await
         .ok()?;
-        lookup = used;
         if found.is_some() {
             return found;
         }
@@ -322,41 +316,6 @@ async fn accepted_by(
             return None;
         }
         sleep(ACCEPT_POLL).await;
-    }
-}
-
-/// How the accepted socket of a probe's connection is found: by asking the
-/// kernel about that one connection (sock_diag: 3 µs), or, where sock_diag
-/// is not available, by reading the host's whole TCP table (2.5 ms on an
-/// idle host, 40 to 65 ms with the tens of thousands of closed connections
-/// a load leaves behind).
-enum Lookup {
-    SockDiag(SockDiag),
-    TcpTable,
-}
-
-impl Lookup {
-    fn open() -> Lookup {
-        match SockDiag::open() {
-            Ok(diag) => Lookup::SockDiag(diag),
-            Err(error) => {
-                tracing::debug!(%error, "sock_diag is not available: the health probe reads /proc/net/tcp");
-                Lookup::TcpTable
-            }
-        }
-    }
-
-    fn accepted_inode(&mut self, server: SocketAddr, client: SocketAddr) -> Option<u64> {
-        if let Lookup::SockDiag(diag) = self {
-            match diag.accepted_inode(server, client) {
-                Ok(inode) => return inode,
-                Err(error) => {
-                    tracing::debug!(%error, "sock_diag failed: the health probe reads /proc/net/tcp");
-                    *self = Lookup::TcpTable;
-                }
-            }
-        }
-        procfs::accepted_inode(server, client)
     }
 }
 
