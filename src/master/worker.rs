@@ -641,6 +641,15 @@ enum HealthStage {
     Running(oneshot::Receiver<Result<Healthy, Unhealthy>>),
 }
 
+impl HealthStage {
+    fn running(&mut self) -> Option<&mut oneshot::Receiver<Result<Healthy, Unhealthy>>> {
+        match self {
+            HealthStage::Running(outcome) => Some(outcome),
+            _ => None,
+        }
+    }
+}
+
 impl Watcher {
     async fn run(mut self) {
         loop {
@@ -655,14 +664,15 @@ impl Watcher {
                     self.probe_if_ready().await;
                 }
                 order = self.orders.recv(), if self.orders_open => self.on_order(order).await,
-                outcome = probed(&mut self.health), if matches!(self.health, HealthStage::Running(_)) => {
+                outcome = verdict(self.health.running()), if matches!(self.health, HealthStage::Running(_)) => {
                     self.on_probed(outcome).await;
                 }
                 _ = at(timers.health), if timers.health.is_some() => self.start_health_probe(),
                 said = newline(&mut self.ready_pipe), if self.ready_pipe.is_some() => {
                     self.on_ready_pipe(said);
                 }
-                outcome = watched(&mut self.watch_health), if self.health_probe_running() => {
+                outcome = verdict(self.watch_health.as_mut().and_then(|w| w.running.as_mut())),
+                    if self.health_probe_running() => {
                     self.on_health_probe(outcome);
                 }
                 _ = at(timers.ready), if timers.ready.is_some() => self.not_ready_in_time(),
@@ -1120,13 +1130,16 @@ impl Watcher {
     }
 }
 
-/// The outcome of a held worker's running probes.
-async fn probed(health: &mut HealthStage) -> Result<Healthy, Unhealthy> {
-    match health {
-        HealthStage::Running(outcome) => outcome
+/// The outcome of running probes (a held worker's, or a ready worker's
+/// periodic one); never, if none runs.
+async fn verdict(
+    outcome: Option<&mut oneshot::Receiver<Result<Healthy, Unhealthy>>>,
+) -> Result<Healthy, Unhealthy> {
+    match outcome {
+        Some(outcome) => outcome
             .await
             .unwrap_or_else(|_| Err(Unhealthy::said("the probe stopped without a verdict"))),
-        _ => std::future::pending().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -1143,16 +1156,6 @@ async fn newline(pipe: &mut Option<tokio::net::unix::pipe::Receiver>) -> std::io
             n if chunk[..n].contains(&b'\n') => return Ok(true),
             _ => {}
         }
-    }
-}
-
-/// The outcome of a ready worker's running periodic probe.
-async fn watched(watch: &mut Option<HealthWatch>) -> Result<Healthy, Unhealthy> {
-    match watch.as_mut().and_then(|watch| watch.running.as_mut()) {
-        Some(outcome) => outcome
-            .await
-            .unwrap_or_else(|_| Err(Unhealthy::said("the probe stopped without a verdict"))),
-        None => std::future::pending().await,
     }
 }
 
