@@ -227,10 +227,7 @@ impl Hello {
                 expected,
             });
         }
-        let ready = match ready_fd {
-            Some(at) => fds.pop().map(|fd| (fd, at)),
-            None => None,
-        };
+        let ready = ready_fd.and_then(|at| fds.pop().map(|fd| (fd, at)));
         let balance = if balance { fds.pop() } else { None };
         Ok(Hello {
             worker_id,

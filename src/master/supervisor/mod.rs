@@ -544,9 +544,7 @@ impl<E: Effects> Supervisor<E> {
         let id = self.next_id;
         self.next_id += 1;
         // A new worker of a reload is probed (see `on_probe`).
-        let probed = self.config.health.is_some()
-            && cause == Cause::Reload
-            && !self.reloads.is_rolling_back();
+        let probed = self.probes_new_workers() && cause == Cause::Reload;
         let pid = self
             .effects
             .spawn(id, slot, generation, &self.config, probed)?;
@@ -598,9 +596,13 @@ impl<E: Effects> Supervisor<E> {
     /// slot: a new worker of a reload, not of a rollback to a release that
     /// served.
     fn on_probe(&self, id: WorkerId) -> bool {
-        self.config.health.is_some()
-            && self.pending_new_worker() == Some(id)
-            && !self.reloads.is_rolling_back()
+        self.probes_new_workers() && self.pending_new_worker() == Some(id)
+    }
+
+    /// Whether the new workers of the rollout in progress, or about to
+    /// start, are probed: with `--health`, unless it rolls back.
+    fn probes_new_workers(&self) -> bool {
+        self.config.health.is_some() && !self.reloads.is_rolling_back()
     }
 
     /// Starts the probes of worker `id`, just started, if it is on probe:
@@ -745,15 +747,9 @@ impl<E: Effects> Supervisor<E> {
                 status,
             }
             .log();
-            if self
-                .reloads
-                .refused
-                .as_ref()
-                .is_some_and(|(refused, _)| *refused == id)
+            if let Some((_, outcome)) = self.reloads.refused.take_if(|(refused, _)| *refused == id)
             {
-                if let Some((_, outcome)) = self.reloads.refused.take() {
-                    self.conclude(outcome);
-                }
+                self.conclude(outcome);
             }
             return;
         }
