@@ -8,7 +8,6 @@ use std::time::Duration;
 use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
 
 use super::report::{CheckReport, ScenarioRecord};
-use super::scenario::Scenario;
 
 /// The XML for `report`.
 pub fn junit_xml(report: &CheckReport) -> String {
@@ -30,32 +29,26 @@ pub fn junit_xml(report: &CheckReport) -> String {
 
 /// One scenario's requests: failed if any of them failed.
 fn scenario_case(report: &CheckReport, scenario: &ScenarioRecord) -> TestCase {
-    let status = if scenario.failures.total() == 0 {
-        TestCaseStatus::success()
-    } else {
-        let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
-        status
-            .set_message(format!(
-                "{} of {} requests failed",
-                scenario.failures, scenario.requests
-            ))
-            .set_type("failed requests")
-            .set_description(
-                report
-                    .failure_samples
-                    .iter()
-                    .filter(|s| scenario_drives(&scenario.name, &s.client))
-                    .map(|s| {
-                        format!(
-                            "at {:.2} s {} after {:.1} ms: {}",
-                            s.at_s, s.kind, s.after_ms, s.detail
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-            );
-        status
-    };
+    let samples: Vec<String> = report
+        .failure_samples
+        .iter()
+        .filter(|s| s.scenario == scenario.name)
+        .map(|s| {
+            format!(
+                "at {:.2} s {} after {:.1} ms: {}",
+                s.at_s, s.kind, s.after_ms, s.detail
+            )
+        })
+        .collect();
+    let status = status(
+        scenario.failures.total() > 0,
+        format!(
+            "{} of {} requests failed",
+            scenario.failures, scenario.requests
+        ),
+        "failed requests",
+        &samples,
+    );
     let mut case = TestCase::new(scenario.name.clone(), status);
     case.set_classname("baton check")
         .set_time(Duration::from_secs_f64(report.duration_s))
@@ -64,14 +57,6 @@ fn scenario_case(report: &CheckReport, scenario: &ScenarioRecord) -> TestCase {
             scenario.requests, scenario.ok
         ));
     case
-}
-
-/// Whether the scenario named `scenario` sends what a client named
-/// `client` sends.
-fn scenario_drives(scenario: &str, client: &str) -> bool {
-    [Scenario::Get, Scenario::Post]
-        .into_iter()
-        .any(|s| s.name() == scenario && s.drives_named(client))
 }
 
 /// The reloads the check triggered: failed if any did not succeed.
@@ -88,21 +73,31 @@ fn reloads_case(report: &CheckReport) -> TestCase {
             )
         })
         .collect();
-    let status = if failed.is_empty() {
-        TestCaseStatus::success()
-    } else {
-        let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
-        status
-            .set_message(format!(
-                "{} of {} reloads failed",
-                failed.len(),
-                report.reloads.len()
-            ))
-            .set_type("failed reloads")
-            .set_description(failed.join("\n"));
-        status
-    };
+    let status = status(
+        !failed.is_empty(),
+        format!(
+            "{} of {} reloads failed",
+            failed.len(),
+            report.reloads.len()
+        ),
+        "failed reloads",
+        &failed,
+    );
     let mut case = TestCase::new("reloads", status);
     case.set_classname("baton check");
     case
+}
+
+/// Success, or a failure with `message`, its `kind` and one line of
+/// description for each of `details`.
+fn status(failed: bool, message: String, kind: &str, details: &[String]) -> TestCaseStatus {
+    if !failed {
+        return TestCaseStatus::success();
+    }
+    let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
+    status
+        .set_message(message)
+        .set_type(kind)
+        .set_description(details.join("\n"));
+    status
 }

@@ -194,8 +194,8 @@ pub struct ScenarioRecord {
 pub struct FailureSample {
     pub at_s: f64,
     pub kind: String,
-    /// The kind of client that sent it ([`crate::load::ClientMode::name`]).
-    pub client: String,
+    /// The scenario that sent it.
+    pub scenario: String,
     pub after_ms: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub worker_pid: Option<u32>,
@@ -263,7 +263,11 @@ impl CheckReport {
                         failure_samples.push(FailureSample {
                             at_s: seconds_since(load.started, failure.started),
                             kind: failure.kind.to_string(),
-                            client: failure.mode.name().to_owned(),
+                            scenario: scenarios
+                                .iter()
+                                .find(|s| s.drives(&failure.mode))
+                                .map_or("", |s| s.name())
+                                .to_owned(),
                             after_ms: millis(failure.ended - failure.started),
                             worker_pid: failure.worker_pid,
                             detail: failure.detail.clone(),
