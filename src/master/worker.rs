@@ -149,6 +149,10 @@ pub struct Launch<'a> {
 /// behind stops.
 const GROUP_POLL: Duration = Duration::from_millis(20);
 
+/// How long a worker whose readiness pipe ended may take to exit before
+/// the closed pipe is what fails its start.
+const READY_PIPE_CLOSE_GRACE: Duration = Duration::from_millis(500);
+
 /// How often a `--ready listening` worker is looked at: often while most
 /// programs get ready, then less, so that a slow start on a busy host does
 /// not also cost the master a probe every few milliseconds.
@@ -491,6 +495,7 @@ fn watch(
         probes: 0,
         liveness,
         health: HealthStage::None,
+        ready_pipe_closed: None,
         ready_pipe: watched
             .ready_pipe
             .map(tokio::net::unix::pipe::Receiver::from_owned_fd)
@@ -582,6 +587,8 @@ struct Timers {
     drain: Option<Instant>,
     /// The next periodic health probe of a ready worker starts then.
     health: Option<Instant>,
+    /// A worker that closed its readiness pipe fails then.
+    pipe_closed: Option<Instant>,
 }
 
 /// Watches one worker until it exits.
@@ -619,6 +626,10 @@ struct Watcher {
     watch_health: Option<HealthWatch>,
     /// `--ready fd:N`: read until the worker writes a newline.
     ready_pipe: Option<tokio::net::unix::pipe::Receiver>,
+    /// `--ready fd:N`: the pipe ended without a newline; the start fails
+    /// then, unless the worker exits first (a process that exits closes
+    /// the pipe too, and its exit says more).
+    ready_pipe_closed: Option<Instant>,
 }
 
 /// A ready worker's periodic health probes.
@@ -671,6 +682,16 @@ impl Watcher {
                 said = newline(&mut self.ready_pipe), if self.ready_pipe.is_some() => {
                     self.on_ready_pipe(said);
                 }
+                _ = at(timers.pipe_closed), if timers.pipe_closed.is_some() => {
+                    self.ready_pipe_closed = None;
+                    let at = match self.foreign.as_ref().map(|f| f.ready) {
+                        Some(ReadyMode::Fd(at)) => at,
+                        _ => -1,
+                    };
+                    self.fail(format!(
+                        "closed its readiness descriptor {at} without writing a newline (--ready fd:{at})"
+                    ));
+                }
                 outcome = verdict(self.watch_health.as_mut().and_then(|w| w.running.as_mut())),
                     if self.health_probe_running() => {
                     self.on_health_probe(outcome);
@@ -693,6 +714,7 @@ impl Watcher {
             silent: None,
             drain: None,
             health: None,
+            pipe_closed: None,
         };
         if self.killed {
             return timers;
@@ -700,6 +722,7 @@ impl Watcher {
         match self.stage {
             Stage::Starting => {
                 timers.ready = Some(self.ready_deadline);
+                timers.pipe_closed = self.ready_pipe_closed;
                 match self.foreign.as_ref().map(|f| f.ready) {
                     Some(ReadyMode::Listening | ReadyMode::Auto) => timers.probe = true,
                     Some(ReadyMode::Delay(delay)) => {
@@ -870,13 +893,7 @@ impl Watcher {
             Ok(true) => self.became_ready(),
             _ if !matches!(self.stage, Stage::Starting) => {}
             Ok(false) => {
-                let at = match self.foreign.as_ref().map(|f| f.ready) {
-                    Some(ReadyMode::Fd(at)) => at,
-                    _ => -1,
-                };
-                self.fail(format!(
-                    "closed its readiness descriptor {at} without writing a newline (--ready fd:{at})"
-                ));
+                self.ready_pipe_closed = Some(Instant::now() + READY_PIPE_CLOSE_GRACE);
             }
             Err(e) => self.fail(format!("cannot read its readiness descriptor: {e}")),
         }
