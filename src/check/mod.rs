@@ -10,10 +10,12 @@
 //! - `faults`: the reloads and kills on their schedules.
 //! - [`report`]: the findings, for people and for machines.
 //! - [`junit`]: the findings as JUnit XML, for CI systems.
+//! - [`goaway`]: the GOAWAY frames an HTTP/2 server sends, as they pass.
 //! - [`scenario`]: the kinds of traffic the check drives.
 //! - [`plot`]: the timeline picture.
 
 mod faults;
+pub mod goaway;
 pub mod junit;
 pub mod plot;
 pub mod report;

@@ -25,8 +25,9 @@
 //! (or [`LINGER_FOR`] passes), so that a late byte from the client cannot
 //! turn the close into a reset that destroys the last response.
 //!
-//! HTTP/2 has its own way: GOAWAY (hyper's graceful shutdown), which tells
-//! the client which streams were served.
+//! HTTP/2 has its own way: GOAWAY, which tells the client which streams
+//! were served (see [`super::http2`]); the connection's task asks for it and
+//! bounds how long the client may take to let the connection end.
 //!
 //! While the worker drains ([`DrainPhase`]), idle connections stay open so
 //! that their clients' next requests are answered (with `Connection: close`);
@@ -90,7 +91,9 @@ pub struct Tracker {
     close_asked_ms: AtomicU64,
     in_flight: AtomicU32,
     answered: AtomicU64,
-    /// The client spoke HTTP/2 (its first bytes were the HTTP/2 preface).
+    /// When the last bytes came from the client.
+    last_read_ms: AtomicU64,
+    /// The client speaks HTTP/2 (its first bytes were the HTTP/2 preface).
     http2: AtomicBool,
     /// The task that last read, to wake it when a close is asked.
     reader: AtomicWaker,
@@ -105,6 +108,7 @@ impl Tracker {
             close_asked_ms: AtomicU64::new(NEVER),
             in_flight: AtomicU32::new(0),
             answered: AtomicU64::new(0),
+            last_read_ms: AtomicU64::new(0),
             http2: AtomicBool::new(false),
             reader: AtomicWaker::new(),
         }
@@ -132,13 +136,29 @@ impl Tracker {
             && !self.http2.load(Ordering::Relaxed)
     }
 
+    /// The client sent the HTTP/2 preface: its connection idles between
+    /// streams, not between request heads, and ends with GOAWAY.
+    pub fn speaks_http2(&self) {
+        self.http2.store(true, Ordering::Relaxed);
+    }
+
+    /// When bytes last came from the client.
+    pub fn last_read(&self) -> Instant {
+        self.at(self.last_read_ms.load(Ordering::Relaxed))
+    }
+
+    /// An HTTP/2 connection asked to close was sent its GOAWAY: the time it
+    /// has to close counts from now, not from the ask (it may have waited
+    /// for its streams).
+    pub fn goaway_sent(&self) {
+        self.close_asked_ms.store(self.now_ms(), Ordering::Release);
+    }
+
     /// Bytes came from the client.
-    fn read(&self, first_bytes: Option<&[u8]>) {
-        if first_bytes.is_some_and(|bytes| bytes.starts_with(b"PRI * HTTP/2.0")) {
-            self.http2.store(true, Ordering::Relaxed);
-        }
+    fn read(&self) {
+        let now = self.now_ms();
+        self.last_read_ms.store(now, Ordering::Relaxed);
         if self.in_flight.load(Ordering::Acquire) == 0 {
-            let now = self.now_ms();
             let _ = self.head_started_ms.compare_exchange(
                 NEVER,
                 now,
@@ -226,7 +246,6 @@ pub struct Tracked<S: AsyncRead + Unpin + Send + 'static> {
     /// `None` only once drop has handed the stream to the linger task.
     stream: Option<S>,
     tracker: Arc<Tracker>,
-    read_any: bool,
     /// Set when hyper shut down the writing side: a clean close, after which
     /// the socket lingers.
     shut_down: bool,
@@ -238,7 +257,6 @@ impl<S: AsyncRead + Unpin + Send + 'static> Tracked<S> {
         let tracked = Tracked {
             stream: Some(stream),
             tracker: tracker.clone(),
-            read_any: false,
             shut_down: false,
         };
         (tracked, tracker)
@@ -263,9 +281,7 @@ impl<S: AsyncRead + Unpin + Send + 'static> AsyncRead for Tracked<S> {
         match self.stream().poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before {
-                    let first = (!self.read_any).then(|| &buf.filled()[before..]);
-                    self.tracker.read(first);
-                    self.read_any = true;
+                    self.tracker.read();
                 }
                 Poll::Ready(Ok(()))
             }
@@ -350,11 +366,10 @@ pub enum Ended {
 }
 
 /// Drives `connection` to its end, closing it when a phase runs out of time
-/// or the drain says so. `shutdown` starts hyper's graceful shutdown of the
-/// connection (GOAWAY for HTTP/2).
+/// or the drain says so (an HTTP/2 connection is asked to close at once when
+/// the drain starts: it sends GOAWAY itself).
 pub async fn run<C, E>(
     connection: C,
-    shutdown: impl Fn(Pin<&mut C>),
     tracker: Arc<Tracker>,
     limits: Limits,
     mut drain: watch::Receiver<DrainPhase>,
@@ -365,15 +380,11 @@ where
 {
     tokio::pin!(connection);
     let mut drain_open = true;
-    let mut goaway_sent = false;
     loop {
         let phase = *drain.borrow_and_update();
         let http2 = tracker.http2.load(Ordering::Relaxed);
-        let wants_goaway = phase >= DrainPhase::Draining || tracker.closing();
-        if http2 && wants_goaway && !goaway_sent {
+        if http2 && phase >= DrainPhase::Draining && !tracker.closing() {
             tracker.ask_close();
-            shutdown(connection.as_mut());
-            goaway_sent = true;
         }
         // The deadline is derived from what the tracker recorded; the
         // connection may have moved on when it passes, so it is looked at

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::body::Body;
 use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, Response, StatusCode, Version};
 
@@ -51,16 +51,25 @@ impl HttpState {
     }
 }
 
-pub async fn handle(
-    req: Request<Incoming>,
+/// Answers one request, from either protocol.
+pub async fn handle<B>(
+    req: Request<B>,
     state: &HttpState,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<Full<Bytes>>, Infallible>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     let response = route(req, state).await;
     state.requests.fetch_add(1, Ordering::Relaxed);
     Ok(response)
 }
 
-async fn route(req: Request<Incoming>, state: &HttpState) -> Response<Full<Bytes>> {
+async fn route<B>(req: Request<B>, state: &HttpState) -> Response<Full<Bytes>>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     let pid = state.pid;
     if let Some(problem) = host_problem(&req) {
         let mut response = text(StatusCode::BAD_REQUEST, format!("{problem}\n"));
@@ -127,12 +136,16 @@ fn host_problem<B>(req: &Request<B>) -> Option<&'static str> {
 enum BodyError {
     /// No chunk came within the body timeout.
     Stalled,
-    Broken(hyper::Error),
+    Broken(String),
 }
 
 /// Reads a body to its end without keeping it, returning its length; each
 /// chunk must come within `pause` of the one before.
-async fn body_len(mut body: Incoming, pause: Duration) -> Result<u64, BodyError> {
+async fn body_len<B>(mut body: B, pause: Duration) -> Result<u64, BodyError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     let mut len = 0u64;
     loop {
         let frame = tokio::time::timeout(pause, body.frame())
@@ -141,7 +154,8 @@ async fn body_len(mut body: Incoming, pause: Duration) -> Result<u64, BodyError>
         let Some(frame) = frame else {
             return Ok(len);
         };
-        if let Some(data) = frame.map_err(BodyError::Broken)?.data_ref() {
+        let frame = frame.map_err(|e| BodyError::Broken(e.to_string()))?;
+        if let Some(data) = frame.data_ref() {
             len += data.len() as u64;
         }
     }

@@ -15,7 +15,9 @@ pub mod exec;
 pub mod guard;
 pub mod handoff;
 pub mod http;
+pub mod http2;
 pub mod server;
+pub mod sniff;
 
 use std::sync::Arc;
 use std::time::Duration;

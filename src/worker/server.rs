@@ -9,7 +9,8 @@
 //! 1. Stop accepting (drop this worker's copy of each listener: the master
 //!    and the other workers keep the socket and its queue; leave the
 //!    accept-balance table, so nobody defers to this worker) and answer every
-//!    HTTP/1 request with `Connection: close`; HTTP/2 connections get GOAWAY.
+//!    HTTP/1 request with `Connection: close`; HTTP/2 connections get GOAWAY
+//!    (see [`super::http2`] for which).
 //!    Idle keep-alive connections stay open, so that each client's next
 //!    request is answered and its connection closes after it. This lasts
 //!    until no connection is open, the grace ends, or the master hurries the
@@ -22,11 +23,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::body::Body;
 use hyper::header::{HeaderValue, CONNECTION};
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::Version;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -34,8 +36,10 @@ use tokio::time::{sleep, sleep_until, Instant};
 use tracing::{debug, info, warn};
 
 use super::accept::{Accepted, Acceptor, Stream};
-use super::connection::{self, DrainPhase, Ended, Limits, Tracked};
+use super::connection::{self, DrainPhase, Ended, Limits, Tracked, Tracker};
 use super::http::{handle, HttpState};
+use super::http2;
+use super::sniff::{sniff, Protocol};
 use crate::balance::OpenConnection;
 use crate::config::deadline;
 
@@ -81,9 +85,11 @@ pub struct Server {
 
 /// What every accept loop shares.
 struct Shared {
-    builder: auto::Builder<TokioExecutor>,
+    http1: http1::Builder,
     state: Arc<HttpState>,
     limits: Limits,
+    /// HTTP/2's keep-alive PING interval and timeout.
+    http2_ping: Duration,
     drain_rx: watch::Receiver<DrainPhase>,
     /// Never sent on: each accept loop and connection task holds `Shared`,
     /// so the drain knows every connection closed when the last of them
@@ -96,23 +102,16 @@ impl Server {
     /// so the caller may report ready.
     pub fn start(acceptors: Vec<Acceptor>, state: Arc<HttpState>, options: ServerOptions) -> Self {
         let (drain_tx, drain_rx) = watch::channel(DrainPhase::Serving);
-        let mut builder = auto::Builder::new(TokioExecutor::new());
+        let mut http1 = http1::Builder::new();
         // Header and idle time limits are the connection task's, which
         // tells them apart (hyper's header timer also runs while idle).
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(None);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .keep_alive_interval(options.http2_ping)
-            .keep_alive_timeout(options.http2_ping);
+        http1.timer(TokioTimer::new()).header_read_timeout(None);
         let (alive, closed) = mpsc::channel(1);
         let shared = Arc::new(Shared {
-            builder,
+            http1,
             state: state.clone(),
             limits: options.limits,
+            http2_ping: options.http2_ping,
             drain_rx,
             _alive: alive,
         });
@@ -260,42 +259,11 @@ where
     state.accepted.fetch_add(1, Ordering::Relaxed);
     state.open.fetch_add(1, Ordering::Relaxed);
     let (stream, tracker) = Tracked::new(stream);
-    let service = {
-        let shared = shared.clone();
-        let tracker = tracker.clone();
-        service_fn(move |req| {
-            let shared = shared.clone();
-            let tracker = tracker.clone();
-            async move {
-                let _in_flight = tracker.request();
-                let http1 = req.version() < Version::HTTP_2;
-                let mut response = handle(req, &shared.state).await?;
-                // Draining, or this connection is closing: the client must
-                // not send another request on it.
-                let draining = *shared.drain_rx.borrow() != DrainPhase::Serving;
-                if http1 && (draining || tracker.closing()) {
-                    response
-                        .headers_mut()
-                        .insert(CONNECTION, HeaderValue::from_static("close"));
-                }
-                Ok::<_, std::convert::Infallible>(response)
-            }
-        })
-    };
-    let connection = shared
-        .builder
-        .serve_connection(TokioIo::new(stream), service)
-        .into_owned();
+    let connection = speak(stream, tracker.clone(), shared.clone());
     let shared = shared.clone();
     tokio::spawn(async move {
-        let ended = connection::run(
-            connection,
-            |connection: std::pin::Pin<&mut _>| connection.graceful_shutdown(),
-            tracker,
-            shared.limits,
-            shared.drain_rx.clone(),
-        )
-        .await;
+        let ended =
+            connection::run(connection, tracker, shared.limits, shared.drain_rx.clone()).await;
         match ended {
             Ended::Closed => {}
             Ended::TimedOut => debug!("connection too slow; dropped"),
@@ -304,6 +272,66 @@ where
         shared.state.open.fetch_sub(1, Ordering::Relaxed);
         drop(open);
     });
+}
+
+/// Tells HTTP/1 from HTTP/2 and serves the connection in that protocol.
+async fn speak<S>(stream: S, tracker: Arc<Tracker>, shared: Arc<Shared>) -> Result<(), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (protocol, stream) = sniff(stream).await.map_err(|e| e.to_string())?;
+    match protocol {
+        Protocol::Http2 => {
+            tracker.speaks_http2();
+            let ping = shared.http2_ping;
+            let answer = {
+                let tracker = tracker.clone();
+                move |req| answer(req, shared.clone(), tracker.clone())
+            };
+            http2::serve(stream, tracker, ping, answer)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        Protocol::Http1 => {
+            let service = {
+                let shared = shared.clone();
+                let tracker = tracker.clone();
+                service_fn(move |req| {
+                    let answered = answer(req, shared.clone(), tracker.clone());
+                    async move { Ok::<_, std::convert::Infallible>(answered.await) }
+                })
+            };
+            shared
+                .http1
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// Answers one request, HTTP/1 or HTTP/2.
+async fn answer<B>(
+    req: Request<B>,
+    shared: Arc<Shared>,
+    tracker: Arc<Tracker>,
+) -> Response<http_body_util::Full<bytes::Bytes>>
+where
+    B: Body<Data = bytes::Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let _in_flight = tracker.request();
+    let http1 = req.version() < hyper::Version::HTTP_2;
+    let Ok(mut response) = handle(req, &shared.state).await;
+    // Draining, or this connection is closing: the client must not send
+    // another request on it. (HTTP/2 has GOAWAY for that.)
+    let draining = *shared.drain_rx.borrow() != DrainPhase::Serving;
+    if http1 && (draining || tracker.closing()) {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 #[cfg(test)]

@@ -11,12 +11,14 @@ use tokio::sync::oneshot;
 use tokio::time::{sleep, Instant};
 
 use super::*;
+use crate::check::goaway::{GoawayFrame, GoawayLog, Recorded, ANY_STREAM};
 
 const HEADER: Duration = Duration::from_secs(10);
 const KEEPALIVE: Duration = Duration::from_secs(60);
 const BODY: Duration = Duration::from_secs(30);
 const GRACE: Duration = Duration::from_secs(20);
 const DRAIN: Duration = Duration::from_secs(120);
+const PING: Duration = Duration::from_secs(20);
 
 fn server() -> Server {
     let options = ServerOptions {
@@ -24,7 +26,7 @@ fn server() -> Server {
             header: HEADER,
             keepalive: KEEPALIVE,
         },
-        http2_ping: Duration::from_secs(20),
+        http2_ping: PING,
     };
     Server::start(Vec::new(), Arc::new(HttpState::new(0, BODY)), options)
 }
@@ -208,4 +210,130 @@ async fn a_hurried_drain_closes_idle_connections_at_once() {
     hurry.send(()).unwrap();
     assert_eq!(closed_after(&mut client, hurried).await, Duration::ZERO);
     assert_eq!(drained.await.unwrap(), hurried);
+}
+
+/// An HTTP/2 client connection to `server`: its request sender, the GOAWAY
+/// frames it receives, and the task that drives it.
+async fn connect_h2(
+    server: &Server,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    GoawayLog,
+    JoinHandle<Result<(), h2::Error>>,
+) {
+    let (recorded, log) = Recorded::new(connect(server));
+    let (send, connection) = h2::client::handshake(recorded).await.expect("handshake");
+    (send, log, tokio::spawn(connection))
+}
+
+/// Sends a request on `send` (a body follows if `body_follows`), and
+/// returns its response and its body's stream.
+async fn open_stream(
+    send: &mut h2::client::SendRequest<bytes::Bytes>,
+    method: &str,
+    body_follows: bool,
+) -> (h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>) {
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri("http://test/")
+        .body(())
+        .unwrap();
+    let mut ready = send.clone().ready().await.expect("may open a stream");
+    ready
+        .send_request(request, !body_follows)
+        .expect("stream opened")
+}
+
+/// The status of a response, its body read to the end.
+async fn status_of(response: h2::client::ResponseFuture) -> u16 {
+    let response = response.await.expect("a response");
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.expect("the body");
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    status
+}
+
+fn goaway(last_stream: u32) -> GoawayFrame {
+    GoawayFrame {
+        last_stream,
+        error_code: 0,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_http2_connection_is_sent_one_goaway_naming_its_last_stream_and_closed() {
+    let server = server();
+    let (mut send, log, driven) = connect_h2(&server).await;
+    for _ in 0..3 {
+        let (response, _) = open_stream(&mut send, "GET", false).await;
+        assert_eq!(status_of(response).await, 200);
+    }
+    let start = Instant::now();
+    let (_hurry, drained) = drain(server);
+    driven.await.unwrap().expect("a clean end");
+    assert_eq!(
+        log.frames(),
+        vec![goaway(5)],
+        "streams 1, 3 and 5 were served"
+    );
+    assert_eq!(drained.await.unwrap(), start, "nothing keeps the drain");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_busy_http2_connection_is_sent_the_two_step_goaway_and_its_stream_finishes() {
+    let server = server();
+    let (mut send, log, driven) = connect_h2(&server).await;
+    let (response, mut upload) = open_stream(&mut send, "POST", true).await;
+    upload
+        .send_data(bytes::Bytes::from_static(b"half."), false)
+        .unwrap();
+    sleep(Duration::from_millis(10)).await;
+    let start = Instant::now();
+    let (_hurry, drained) = drain(server);
+
+    sleep(http2::IDLE_MOMENT_WAIT - Duration::from_millis(1)).await;
+    assert_eq!(log.frames(), vec![], "waiting for a moment with no stream");
+    sleep(Duration::from_millis(2)).await;
+    // The client answers the PING at once: the second GOAWAY follows.
+    assert_eq!(log.frames(), vec![goaway(ANY_STREAM), goaway(1)]);
+    upload
+        .send_data(bytes::Bytes::from_static(b"rest."), true)
+        .unwrap();
+    assert_eq!(status_of(response).await, 200, "the open stream finished");
+    driven.await.unwrap().expect("a clean end");
+    let drained_at = drained.await.unwrap();
+    assert!(drained_at - start < http2::IDLE_MOMENT_WAIT + Duration::from_millis(10));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_http2_client_that_never_answers_a_ping_is_dropped() {
+    let server = server();
+    let mut client = connect(&server);
+    client
+        .write_all(super::super::sniff::HTTP2_PREFACE)
+        .await
+        .unwrap();
+    client
+        .write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
+        .await
+        .unwrap();
+    let start = Instant::now();
+    // Reads the server's frames (a PING among them) and never answers.
+    let closed = closed_after_frames(&mut client, start).await;
+    assert_eq!(
+        closed,
+        PING * 2,
+        "a PING after {PING:?} of silence, unanswered as long"
+    );
+}
+
+/// How long after `since` the server closed an HTTP/2 connection, reading
+/// (and ignoring) the frames it sent before.
+async fn closed_after_frames(client: &mut DuplexStream, since: Instant) -> Duration {
+    let mut rest = Vec::new();
+    let _ = client.read_to_end(&mut rest).await;
+    since.elapsed()
 }
