@@ -95,6 +95,9 @@ pub enum WorkerFault {
     ExitOnDrain,
     /// Answer every request 500, like a release that is up but broken.
     ServerError,
+    /// Drain every HTTP/2 connection with the two-step GOAWAY
+    /// (GOAWAY(2^31−1), PING, GOAWAY(last stream)), as hyper does.
+    TwoStepGoaway,
 }
 
 /// The parser for the options alone: `baton worker`'s, and the defaults.

@@ -45,6 +45,16 @@ use crate::config::deadline;
 /// before it is sent the two-step GOAWAY instead of the single one.
 pub const IDLE_MOMENT_WAIT: Duration = Duration::from_secs(1);
 
+/// How a drain ends an HTTP/2 connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drain {
+    /// As the module docs say.
+    AtAnIdleMoment,
+    /// Always the two-step GOAWAY, at once (a fault, to prove the tests
+    /// notice what it costs).
+    TwoStep,
+}
+
 /// Which GOAWAY a drained connection was sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Goaway {
@@ -64,6 +74,7 @@ pub async fn serve<S, H, F, B>(
     io: S,
     tracker: Arc<Tracker>,
     ping: Duration,
+    drain: Drain,
     handler: H,
 ) -> Result<(), h2::Error>
 where
@@ -109,7 +120,10 @@ where
             let busy_until = busy_until
                 .get_or_insert_with(|| Box::pin(sleep(IDLE_MOMENT_WAIT)))
                 .as_mut();
-            if !connection.has_streams() {
+            if drain == Drain::TwoStep {
+                connection.graceful_shutdown();
+                goaway = Goaway::TwoStep;
+            } else if !connection.has_streams() {
                 connection.abrupt_shutdown(Reason::NO_ERROR);
                 goaway = Goaway::Single;
             } else if busy_until.poll(cx).is_ready() {

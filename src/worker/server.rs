@@ -42,6 +42,7 @@ use super::http2;
 use super::sniff::{sniff, Protocol};
 use crate::balance::OpenConnection;
 use crate::config::deadline;
+use crate::http_options::{HttpArgs, WorkerFault};
 
 /// How long a worker that ran out of descriptors stops accepting (nginx
 /// waits 500 ms too): its pending connections wait for other workers, and
@@ -55,16 +56,22 @@ pub struct ServerOptions {
     /// HTTP/2: ping after this long without a frame, close when the ping
     /// is not answered within as long.
     pub http2_ping: Duration,
+    /// How HTTP/2 connections are sent GOAWAY.
+    pub http2_drain: http2::Drain,
 }
 
-impl From<&crate::http_options::HttpArgs> for ServerOptions {
-    fn from(args: &crate::http_options::HttpArgs) -> Self {
+impl From<&HttpArgs> for ServerOptions {
+    fn from(args: &HttpArgs) -> Self {
         ServerOptions {
             limits: Limits {
                 header: args.header_timeout,
                 keepalive: args.keepalive_timeout,
             },
             http2_ping: args.http2_ping,
+            http2_drain: match args.fault {
+                Some(WorkerFault::TwoStepGoaway) => http2::Drain::TwoStep,
+                _ => http2::Drain::AtAnIdleMoment,
+            },
         }
     }
 }
@@ -90,6 +97,7 @@ struct Shared {
     limits: Limits,
     /// HTTP/2's keep-alive PING interval and timeout.
     http2_ping: Duration,
+    http2_drain: http2::Drain,
     drain_rx: watch::Receiver<DrainPhase>,
     /// Never sent on: each accept loop and connection task holds `Shared`,
     /// so the drain knows every connection closed when the last of them
@@ -112,6 +120,7 @@ impl Server {
             state: state.clone(),
             limits: options.limits,
             http2_ping: options.http2_ping,
+            http2_drain: options.http2_drain,
             drain_rx,
             _alive: alive,
         });
@@ -283,12 +292,12 @@ where
     match protocol {
         Protocol::Http2 => {
             tracker.speaks_http2();
-            let ping = shared.http2_ping;
+            let (ping, drain) = (shared.http2_ping, shared.http2_drain);
             let answer = {
                 let tracker = tracker.clone();
                 move |req| answer(req, shared.clone(), tracker.clone())
             };
-            http2::serve(stream, tracker, ping, answer)
+            http2::serve(stream, tracker, ping, drain, answer)
                 .await
                 .map_err(|e| e.to_string())
         }

@@ -18,6 +18,7 @@ mod lifecycle;
 mod listener;
 mod liveness;
 mod operators;
+mod real_clients;
 mod real_servers;
 mod reaper;
 mod systemd;

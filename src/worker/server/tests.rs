@@ -27,6 +27,7 @@ fn server() -> Server {
             keepalive: KEEPALIVE,
         },
         http2_ping: PING,
+        http2_drain: http2::Drain::AtAnIdleMoment,
     };
     Server::start(Vec::new(), Arc::new(HttpState::new(0, BODY)), options)
 }

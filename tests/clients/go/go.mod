@@ -1,0 +1,3 @@
+module baton.test/go-client
+
+go 1.19
