@@ -374,3 +374,50 @@ fn an_idle_h2c_connection_is_closed_with_goaway() {
         "closed after {closed_after:?}, with a 1 s idle limit"
     );
 }
+
+/// HTTP/2 clients that would keep a drain waiting if the server waited for
+/// them: one that never answers anything (a PING included) and one that
+/// stops halfway through the preface. Neither keeps the old worker past the
+/// drain grace plus 5 s.
+#[test]
+fn http2_clients_that_never_answer_or_stop_mid_preface_do_not_hold_a_drain() {
+    let grace = Duration::from_secs(2);
+    let baton = Baton::serve(&["--workers", "1", "--drain-grace", "2s"]);
+    let old = baton.workers();
+    let mut silent = TcpStream::connect(baton.addr).unwrap();
+    silent
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .unwrap();
+    silent.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).unwrap();
+    let mut half = TcpStream::connect(baton.addr).unwrap();
+    half.write_all(b"PRI * HTTP/2.0\r\n").unwrap();
+    // Both connections reach the worker before it is told to drain.
+    assert!(
+        wait_until(slower(Duration::from_secs(10)), || {
+            baton.status()["workers"][0]["open_connections"].as_u64() == Some(2)
+        }),
+        "the worker reports its two connections: {}",
+        baton.status()
+    );
+    let started = Instant::now();
+    baton.reload();
+    assert!(
+        wait_until(grace + Duration::from_secs(15), || old
+            .iter()
+            .all(|&pid| is_dead(pid))),
+        "the old worker outlived the drain"
+    );
+    let gone_after = started.elapsed();
+    assert!(
+        gone_after < grace + Duration::from_secs(5),
+        "the old worker left {gone_after:?} after the reload began, with a {grace:?} grace"
+    );
+    // Neither client is answered with anything but the end.
+    for mut client in [silent, half] {
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).expect("closed by the server");
+    }
+}
