@@ -98,6 +98,11 @@ pub enum WorkerFault {
     /// Drain every HTTP/2 connection with the two-step GOAWAY
     /// (GOAWAY(2^31−1), PING, GOAWAY(last stream)), as hyper does.
     TwoStepGoaway,
+    /// Drain every HTTP/2 connection with one GOAWAY at once, cutting the
+    /// streams in flight.
+    ImmediateGoaway,
+    /// Close connections without the lingering read.
+    NoLinger,
 }
 
 /// The parser for the options alone: `baton worker`'s, and the defaults.

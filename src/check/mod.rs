@@ -122,6 +122,7 @@ pub async fn run(options: CheckOptions) -> Result<CheckReport, CheckError> {
     let count = |kind: fn(&ClientMode) -> bool| clients.iter().filter(|m| kind(m)).count();
     let keepalive = count(|mode| matches!(mode, ClientMode::KeepAlive { .. }));
     let posting = count(|mode| matches!(mode, ClientMode::Upload { .. }));
+    let http2 = count(|mode| matches!(mode, ClientMode::H2c { .. }));
     let mut plan = LoadPlan::new(aim.addr, clients, options.duration);
     plan.host = aim.host;
     plan.path = aim.path;
@@ -143,6 +144,7 @@ pub async fn run(options: CheckOptions) -> Result<CheckReport, CheckError> {
         scenarios: options.scenarios.clone(),
         keepalive_connections: keepalive,
         post_connections: posting,
+        http2_connections: http2,
         reloads,
         kills,
         master_rss_bytes,

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use super::scenario::Scenario;
+use crate::load::h2c::GoawaySequences;
 use crate::load::{FailedRequest, FailureKind, LoadReport};
 
 /// Failed requests by kind.
@@ -154,6 +156,8 @@ pub struct CheckReport {
     pub keepalive_connections: usize,
     /// Connections of the `post` scenario.
     pub post_connections: usize,
+    /// Connections of the `h2c` scenario (each with many streams).
+    pub http2_connections: usize,
     /// Requests attempted.
     pub requests: u64,
     pub ok: u64,
@@ -176,6 +180,9 @@ pub struct CheckReport {
     pub failure_samples: Vec<FailureSample>,
     /// Each scenario's requests and the failures that fail the check.
     pub scenarios: Vec<ScenarioRecord>,
+    /// What the HTTP/2 clients saw of the drains, when `h2c` ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http2: Option<Http2Record>,
     pub passed: bool,
     pub verdict: String,
 }
@@ -187,6 +194,16 @@ pub struct ScenarioRecord {
     pub requests: u64,
     pub ok: u64,
     pub failures: FailureCounts,
+}
+
+/// What the `h2c` clients saw of the server's drains.
+#[derive(Debug, Clone, Serialize)]
+pub struct Http2Record {
+    /// Streams the server did not process (above a GOAWAY's last stream,
+    /// or refused), sent again on a new connection: not failures.
+    pub refused_retried: u64,
+    /// How the server ended each HTTP/2 connection it closed.
+    pub goaways: GoawaySequences,
 }
 
 /// One failed request, as shown in the report.
@@ -211,6 +228,7 @@ pub struct Context {
     pub target: String,
     pub keepalive_connections: usize,
     pub post_connections: usize,
+    pub http2_connections: usize,
     pub reloads: Vec<ReloadRecord>,
     pub kills: Vec<KillRecord>,
     pub master_rss_bytes: Option<u64>,
@@ -223,6 +241,7 @@ impl CheckReport {
             scenarios,
             keepalive_connections,
             post_connections,
+            http2_connections,
             reloads,
             mut kills,
             master_rss_bytes,
@@ -302,12 +321,17 @@ impl CheckReport {
                 _ => None,
             }
         };
+        let http2 = scenarios.contains(&Scenario::H2c).then_some(Http2Record {
+            refused_retried: load.refused_retried,
+            goaways: load.goaways,
+        });
         CheckReport {
             target,
             duration_s: load.elapsed.as_secs_f64(),
             connections: load.clients,
             keepalive_connections,
             post_connections,
+            http2_connections,
             requests: load.attempted,
             ok: load.ok,
             rate: load.requests_per_second(),
@@ -323,6 +347,7 @@ impl CheckReport {
             master_rss_bytes,
             failure_samples,
             scenarios: records,
+            http2,
             passed,
             verdict,
         }
@@ -400,10 +425,16 @@ impl fmt::Display for CheckReport {
             self.duration_s,
             self.connections,
             self.keepalive_connections,
-            self.connections - self.keepalive_connections - self.post_connections
+            self.connections
+                - self.keepalive_connections
+                - self.post_connections
+                - self.http2_connections
         )?;
         if self.post_connections > 0 {
             write!(f, ", {} posting", self.post_connections)?;
+        }
+        if self.http2_connections > 0 {
+            write!(f, ", {} HTTP/2", self.http2_connections)?;
         }
         writeln!(f, ")")?;
         writeln!(
@@ -421,6 +452,16 @@ impl fmt::Display for CheckReport {
                     scenario.name, scenario.requests, scenario.ok, scenario.failures
                 )?;
             }
+        }
+        if let Some(http2) = &self.http2 {
+            let g = &http2.goaways;
+            writeln!(
+                f,
+                "  http/2      {} streams refused unprocessed and sent again; connections \
+                 closed by the server: {} with one GOAWAY, {} with the two-step GOAWAY, \
+                 {} otherwise, {} without GOAWAY",
+                http2.refused_retried, g.single, g.two_step, g.other, g.without_goaway
+            )?;
         }
         if !self.kills.is_empty() {
             writeln!(

@@ -7,6 +7,9 @@
 //! - `post`: POSTs of 16 KiB bodies on reused connections, never retried:
 //!   a client may not resend a non-idempotent request (RFC 9110 §9.2.2),
 //!   so one lost on a connection closed as it was reused is a failure.
+//! - `h2c`: HTTP/2 with prior knowledge, [`H2C_STREAMS`] concurrent GET
+//!   streams on each connection; a stream the server refused unprocessed is
+//!   sent again and counted apart (see [`crate::load::h2c`]).
 
 use clap::ValueEnum;
 
@@ -15,10 +18,14 @@ use crate::load::ClientMode;
 /// The body of each `post` request.
 const POST_BODY_BYTES: usize = 16 * 1024;
 
+/// Concurrent streams on each `h2c` connection.
+pub const H2C_STREAMS: u16 = 16;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Scenario {
     Get,
     Post,
+    H2c,
 }
 
 /// What `--scenario` takes: a scenario, or `all` of them.
@@ -26,6 +33,7 @@ pub enum Scenario {
 pub enum ScenarioChoice {
     Get,
     Post,
+    H2c,
     All,
 }
 
@@ -34,6 +42,7 @@ impl Scenario {
         match self {
             Scenario::Get => "get",
             Scenario::Post => "post",
+            Scenario::H2c => "h2c",
         }
     }
 
@@ -48,6 +57,7 @@ impl Scenario {
         match self {
             Scenario::Get => mode == "new-connection" || mode == "keep-alive",
             Scenario::Post => mode == "upload",
+            Scenario::H2c => mode == "h2c",
         }
     }
 
@@ -59,7 +69,8 @@ impl Scenario {
             .flat_map(|choice| match choice {
                 ScenarioChoice::Get => vec![Scenario::Get],
                 ScenarioChoice::Post => vec![Scenario::Post],
-                ScenarioChoice::All => vec![Scenario::Get, Scenario::Post],
+                ScenarioChoice::H2c => vec![Scenario::H2c],
+                ScenarioChoice::All => vec![Scenario::Get, Scenario::Post, Scenario::H2c],
             })
             .collect();
         scenarios.sort();
@@ -83,6 +94,12 @@ impl Scenario {
             Scenario::Post => vec![
                 ClientMode::Upload {
                     body_bytes: POST_BODY_BYTES
+                };
+                connections
+            ],
+            Scenario::H2c => vec![
+                ClientMode::H2c {
+                    streams: H2C_STREAMS
                 };
                 connections
             ],
@@ -126,7 +143,7 @@ mod tests {
         assert_eq!(clients(&[Scenario::Get], 64, 0.5).len(), 64);
         assert_eq!(
             Scenario::chosen(&[ScenarioChoice::Post, ScenarioChoice::All]),
-            [Scenario::Get, Scenario::Post]
+            [Scenario::Get, Scenario::Post, Scenario::H2c]
         );
         assert_eq!(Scenario::chosen(&[]), [Scenario::Get]);
     }

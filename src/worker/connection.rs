@@ -43,7 +43,7 @@ use std::time::Duration;
 
 use futures::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, timeout, Instant};
 
 use crate::config::deadline;
@@ -249,17 +249,35 @@ pub struct Tracked<S: AsyncRead + Unpin + Send + 'static> {
     /// Set when hyper shut down the writing side: a clean close, after which
     /// the socket lingers.
     shut_down: bool,
+    /// Held until the socket is closed, lingering included, so that the
+    /// drain waits for it: a worker that exited with a lingering socket
+    /// would reset it, and the client's kernel would discard the last
+    /// response (or an HTTP/2 GOAWAY) unread.
+    alive: Option<mpsc::Sender<()>>,
+    /// Whether a clean close lingers (always, but for a fault injected on
+    /// purpose).
+    lingers: bool,
 }
 
 impl<S: AsyncRead + Unpin + Send + 'static> Tracked<S> {
-    pub fn new(stream: S) -> (Self, Arc<Tracker>) {
+    /// Tracks `stream`, holding `alive` until it is closed.
+    pub fn new(stream: S, alive: Option<mpsc::Sender<()>>) -> (Self, Arc<Tracker>) {
         let tracker = Arc::new(Tracker::new());
         let tracked = Tracked {
             stream: Some(stream),
             tracker: tracker.clone(),
             shut_down: false,
+            alive,
+            lingers: true,
         };
         (tracked, tracker)
+    }
+
+    /// Closes at once, without the lingering read (a fault, to prove the
+    /// tests notice what the linger is for).
+    pub fn without_linger(mut self) -> Self {
+        self.lingers = false;
+        self
     }
 
     fn stream(&mut self) -> Pin<&mut S> {
@@ -330,13 +348,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for Tracked<
 
 impl<S: AsyncRead + Unpin + Send + 'static> Drop for Tracked<S> {
     fn drop(&mut self) {
-        if !self.shut_down {
+        if !self.shut_down || !self.lingers {
             return;
         }
         if let (Some(stream), Ok(runtime)) =
             (self.stream.take(), tokio::runtime::Handle::try_current())
         {
-            runtime.spawn(linger(stream));
+            let alive = self.alive.take();
+            runtime.spawn(async move {
+                linger(stream).await;
+                drop(alive);
+            });
         }
     }
 }
@@ -426,7 +448,7 @@ mod tests {
 
     fn tracked() -> (DuplexStream, Tracked<DuplexStream>, Arc<Tracker>) {
         let (client, ours) = tokio::io::duplex(1024);
-        let (tracked, tracker) = Tracked::new(ours);
+        let (tracked, tracker) = Tracked::new(ours, None);
         (client, tracked, tracker)
     }
 

@@ -53,6 +53,8 @@ pub enum Drain {
     /// Always the two-step GOAWAY, at once (a fault, to prove the tests
     /// notice what it costs).
     TwoStep,
+    /// One GOAWAY at once, cutting the streams in flight (a fault too).
+    Immediate,
 }
 
 /// Which GOAWAY a drained connection was sent.
@@ -123,7 +125,7 @@ where
             if drain == Drain::TwoStep {
                 connection.graceful_shutdown();
                 goaway = Goaway::TwoStep;
-            } else if !connection.has_streams() {
+            } else if drain == Drain::Immediate || !connection.has_streams() {
                 connection.abrupt_shutdown(Reason::NO_ERROR);
                 goaway = Goaway::Single;
             } else if busy_until.poll(cx).is_ready() {

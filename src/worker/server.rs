@@ -58,6 +58,8 @@ pub struct ServerOptions {
     pub http2_ping: Duration,
     /// How HTTP/2 connections are sent GOAWAY.
     pub http2_drain: http2::Drain,
+    /// Closes linger (but for a fault injected on purpose).
+    pub linger: bool,
 }
 
 impl From<&HttpArgs> for ServerOptions {
@@ -70,8 +72,10 @@ impl From<&HttpArgs> for ServerOptions {
             http2_ping: args.http2_ping,
             http2_drain: match args.fault {
                 Some(WorkerFault::TwoStepGoaway) => http2::Drain::TwoStep,
+                Some(WorkerFault::ImmediateGoaway) => http2::Drain::Immediate,
                 _ => http2::Drain::AtAnIdleMoment,
             },
+            linger: args.fault != Some(WorkerFault::NoLinger),
         }
     }
 }
@@ -98,11 +102,12 @@ struct Shared {
     /// HTTP/2's keep-alive PING interval and timeout.
     http2_ping: Duration,
     http2_drain: http2::Drain,
+    linger: bool,
     drain_rx: watch::Receiver<DrainPhase>,
     /// Never sent on: each accept loop and connection task holds `Shared`,
-    /// so the drain knows every connection closed when the last of them
-    /// drops this sender.
-    _alive: mpsc::Sender<()>,
+    /// and each lingering socket a clone of this sender, so the drain knows
+    /// every connection closed when the last of them drops it.
+    alive: mpsc::Sender<()>,
 }
 
 impl Server {
@@ -121,8 +126,9 @@ impl Server {
             limits: options.limits,
             http2_ping: options.http2_ping,
             http2_drain: options.http2_drain,
+            linger: options.linger,
             drain_rx,
-            _alive: alive,
+            alive,
         });
         let mut server = Server {
             state,
@@ -267,7 +273,10 @@ where
     let state = &shared.state;
     state.accepted.fetch_add(1, Ordering::Relaxed);
     state.open.fetch_add(1, Ordering::Relaxed);
-    let (stream, tracker) = Tracked::new(stream);
+    let (mut stream, tracker) = Tracked::new(stream, Some(shared.alive.clone()));
+    if !shared.linger {
+        stream = stream.without_linger();
+    }
     let connection = speak(stream, tracker.clone(), shared.clone());
     let shared = shared.clone();
     tokio::spawn(async move {

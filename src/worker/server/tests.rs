@@ -28,6 +28,7 @@ fn server() -> Server {
         },
         http2_ping: PING,
         http2_drain: http2::Drain::AtAnIdleMoment,
+        linger: true,
     };
     Server::start(Vec::new(), Arc::new(HttpState::new(0, BODY)), options)
 }
@@ -82,7 +83,10 @@ async fn closed_after(client: &mut DuplexStream, since: Instant) -> Duration {
     let mut rest = Vec::new();
     let _ = client.read_to_end(&mut rest).await;
     assert!(rest.is_empty(), "nothing more was sent: {rest:?}");
-    since.elapsed()
+    let closed = since.elapsed();
+    // As a client does: its end closes too, which ends the server's linger.
+    let _ = client.shutdown().await;
+    closed
 }
 
 /// Starts `server`'s drain; the returned sender hurries it. The task ends
@@ -198,6 +202,25 @@ async fn a_request_already_sent_when_the_drain_closes_idle_connections_is_answer
     assert!(head.contains("connection: close"), "{head}");
     closed_after(&mut client, Instant::now()).await;
     drained.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_drain_ends_when_its_closed_connections_have_lingered() {
+    let server = server();
+    let mut client = connect(&server);
+    get(&mut client).await;
+    let (hurry, drained) = drain(server);
+    let hurried = Instant::now();
+    hurry.send(()).unwrap();
+    // The client reads the end and keeps its own end open: the worker must
+    // not exit (which would reset the socket) before the linger is over.
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).await.unwrap();
+    assert_eq!(
+        drained.await.unwrap(),
+        hurried + connection::LINGER_FOR,
+        "the linger is part of the drain"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -5,8 +5,11 @@
 //! Clients are of three kinds: one that opens a new connection per request,
 //! one that keeps its connection alive (optionally idling between requests,
 //! as browsers and pools do) and honours `Connection: close`, and one that
-//! uploads a body on a keep-alive connection. HTTP is spoken by hyper's client
-//! connection API.
+//! uploads a body on a keep-alive connection, all HTTP/1 through hyper's
+//! client connection API; and [`h2c`]'s, many HTTP/2 streams on one
+//! connection, through h2.
+
+pub mod h2c;
 
 use std::collections::BTreeMap;
 use std::error::Error as _;
@@ -41,6 +44,9 @@ pub enum ClientMode {
     },
     /// POSTs of `body_bytes` on a reused connection.
     Upload { body_bytes: usize },
+    /// HTTP/2 with prior knowledge: `streams` concurrent streams on one
+    /// connection (see [`h2c`]).
+    H2c { streams: u16 },
 }
 
 impl ClientMode {
@@ -50,6 +56,7 @@ impl ClientMode {
             ClientMode::NewConnection => "new-connection",
             ClientMode::KeepAlive { .. } => "keep-alive",
             ClientMode::Upload { .. } => "upload",
+            ClientMode::H2c { .. } => "h2c",
         }
     }
 }
@@ -225,6 +232,10 @@ pub struct LoadReport {
     pub clients: usize,
     /// Requests by the kind of client that sent them ([`ClientMode::name`]).
     pub by_mode: BTreeMap<&'static str, ModeCounts>,
+    /// HTTP/2 streams the server did not process, sent again (not failures).
+    pub refused_retried: u64,
+    /// How the server ended the HTTP/2 connections it closed.
+    pub goaways: h2c::GoawaySequences,
 }
 
 impl Default for LoadReport {
@@ -241,6 +252,8 @@ impl Default for LoadReport {
             elapsed: Duration::ZERO,
             clients: 0,
             by_mode: BTreeMap::new(),
+            refused_retried: 0,
+            goaways: h2c::GoawaySequences::default(),
         }
     }
 }
@@ -252,6 +265,40 @@ impl LoadReport {
 
     pub fn requests_per_second(&self) -> f64 {
         self.attempted as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON)
+    }
+
+    /// Counts one request's outcome.
+    fn record(&mut self, attempt: Attempt, outcome: Outcome, progress: &Progress) {
+        self.attempted += 1;
+        match outcome {
+            Ok(pid) => {
+                self.ok += 1;
+                let latency_us = attempt.started.elapsed().as_micros() as u64;
+                let _ = self.latency_us.record(latency_us);
+                if self.samples.len() < attempt.sample_cap {
+                    self.samples.push(Sample {
+                        start_us: attempt.started.duration_since(attempt.epoch).as_micros() as u32,
+                        latency_us: latency_us.min(u64::from(u32::MAX)) as u32,
+                    });
+                } else {
+                    self.samples_dropped += 1;
+                }
+                if let Some(pid) = pid {
+                    *self.by_pid.entry(pid).or_default() += 1;
+                }
+            }
+            Err((kind, detail)) => {
+                progress.failed.fetch_add(1, Ordering::Relaxed);
+                self.failures.push(FailedRequest {
+                    kind,
+                    mode: attempt.mode,
+                    started: attempt.started,
+                    ended: Instant::now(),
+                    worker_pid: attempt.worker_pid,
+                    detail,
+                });
+            }
+        }
     }
 
     fn merge(&mut self, other: LoadReport) {
@@ -271,6 +318,8 @@ impl LoadReport {
             ours.attempted += counts.attempted;
             ours.ok += counts.ok;
         }
+        self.refused_retried += other.refused_retried;
+        self.goaways.merge(other.goaways);
     }
 
     /// Latency histograms (µs) of the requests that overlapped one of
@@ -375,14 +424,21 @@ pub async fn run(plan: LoadPlan) -> LoadReport {
     let clients: Vec<_> = plan
         .clients
         .iter()
-        .map(|&mode| {
-            tokio::spawn(run_client(
+        .map(|&mode| match mode {
+            ClientMode::H2c { streams } => tokio::spawn(h2c::run_client(
+                plan.clone(),
+                streams,
+                started,
+                deadline,
+                sample_cap,
+            )),
+            _ => tokio::spawn(run_client(
                 plan.clone(),
                 mode,
                 started,
                 deadline,
                 sample_cap,
-            ))
+            )),
         })
         .collect();
     let mut report = LoadReport {
@@ -436,46 +492,21 @@ async fn run_client(
         }
         let worker_pid = connection.as_ref().and_then(|c| c.worker_pid);
         let started = Instant::now();
-        report.attempted += 1;
         plan.progress.attempted.fetch_add(1, Ordering::Relaxed);
         let outcome = timeout(plan.request_timeout, request(&plan, mode, &mut connection))
             .await
-            .unwrap_or_else(|_| {
-                Err((
-                    FailureKind::Timeout,
-                    "no complete response in time".to_owned(),
-                ))
-            });
-        match outcome {
-            Ok(pid) => {
-                report.ok += 1;
-                let latency_us = started.elapsed().as_micros() as u64;
-                let _ = report.latency_us.record(latency_us);
-                if report.samples.len() < sample_cap {
-                    report.samples.push(Sample {
-                        start_us: started.duration_since(epoch).as_micros() as u32,
-                        latency_us: latency_us.min(u64::from(u32::MAX)) as u32,
-                    });
-                } else {
-                    report.samples_dropped += 1;
-                }
-                if let Some(pid) = pid {
-                    *report.by_pid.entry(pid).or_default() += 1;
-                }
-            }
-            Err((kind, detail)) => {
-                plan.progress.failed.fetch_add(1, Ordering::Relaxed);
-                connection = None;
-                report.failures.push(FailedRequest {
-                    kind,
-                    mode,
-                    started,
-                    ended: Instant::now(),
-                    worker_pid,
-                    detail,
-                });
-            }
+            .unwrap_or_else(|_| Err(timed_out()));
+        if outcome.is_err() {
+            connection = None;
         }
+        let attempt = Attempt {
+            mode,
+            epoch,
+            started,
+            worker_pid,
+            sample_cap,
+        };
+        report.record(attempt, outcome, &plan.progress);
     }
     report.by_mode.insert(
         mode.name(),
@@ -487,7 +518,29 @@ async fn run_client(
     report
 }
 
+/// A request's outcome: the pid that answered, if the body names one, or
+/// why it failed.
 type Outcome = Result<Option<u32>, (FailureKind, String)>;
+
+/// What a request's outcome is counted with.
+#[derive(Debug, Clone, Copy)]
+struct Attempt {
+    mode: ClientMode,
+    /// When the load started.
+    epoch: Instant,
+    started: Instant,
+    /// The worker that last answered on the connection, if it was reused.
+    worker_pid: Option<u32>,
+    /// The most latency samples this client keeps.
+    sample_cap: usize,
+}
+
+fn timed_out() -> (FailureKind, String) {
+    (
+        FailureKind::Timeout,
+        "no complete response in time".to_owned(),
+    )
+}
 
 /// One request, on the client's connection or a new one. Returns the pid that
 /// answered, if the body names one.
