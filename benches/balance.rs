@@ -115,6 +115,7 @@ fn check(runtime: &tokio::runtime::Runtime, load: &Load, mode: Mode) -> Sample {
         request_timeout: Duration::from_secs(10),
         json: None,
         scenarios: vec![baton::check::scenario::Scenario::Get],
+        server_timing: Default::default(),
         junit: None,
         plot: None,
         progress: false,

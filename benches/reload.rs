@@ -39,6 +39,7 @@ fn options(
         kill_every,
         request_timeout: Duration::from_secs(10),
         json: None,
+        server_timing: Default::default(),
         scenarios: vec![baton::check::scenario::Scenario::Get],
         junit: None,
         plot: None,

@@ -445,8 +445,10 @@ pub struct CheckArgs {
 
     /// What to drive, each counted and reported apart: `get` (GETs on
     /// keep-alive and on new connections), `post` (POSTs of 16 KiB bodies,
-    /// never retried), `h2c` (HTTP/2 with prior knowledge, 16 streams per
-    /// connection; streams refused unprocessed are sent again, counted
+    /// never retried), `idle-reuse` (keep-alive connections reused just
+    /// after a reload, across the drain grace, and at the server's
+    /// keep-alive timeout), `h2c` (HTTP/2 with prior knowledge, 16 streams
+    /// per connection; streams refused unprocessed are sent again, counted
     /// apart), or `all`; repeat for several
     #[arg(long = "scenario", value_name = "NAME", value_enum)]
     pub scenarios: Vec<crate::check::scenario::ScenarioChoice>,

@@ -11,6 +11,7 @@ use std::ffi::OsString;
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
+use crate::check::scenario::ServerTiming;
 use crate::check::{parse_url, CheckOptions, Target};
 use crate::cli::{CheckArgs, OutputMode, ServeArgs};
 use crate::config::{
@@ -178,6 +179,15 @@ const DEFAULT_RELOAD_EVERY: Duration = Duration::from_secs(3);
 
 /// Validates `baton check`'s arguments into the check's options.
 pub fn check_options(args: CheckArgs) -> Result<CheckOptions, String> {
+    // Baton's own server's timing; another server's drain grace is assumed
+    // to be baton's default, and its keep-alive timeout unknown.
+    let server_timing = ServerTiming {
+        drain_grace: args.serve.http.drain_grace,
+        keepalive_timeout: args
+            .url
+            .is_none()
+            .then_some(args.serve.http.keepalive_timeout),
+    };
     let target = match args.url {
         Some(url) => {
             if args.kill_every.is_some() {
@@ -202,6 +212,7 @@ pub fn check_options(args: CheckArgs) -> Result<CheckOptions, String> {
     Ok(CheckOptions {
         target,
         scenarios: crate::check::scenario::Scenario::chosen(&args.scenarios),
+        server_timing,
         // With --reloads the check ends at its last reload's outcome; the
         // duration is only a bound.
         duration: if args.reloads.is_some() {

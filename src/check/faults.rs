@@ -71,6 +71,7 @@ impl<'a> Faults<'a> {
             let reload_due = self.reload_due();
             let kill_due = self.kill_due().filter(|_| server.is_some());
             let reload_deadline = self.pending.as_ref().map(|p| p.at + RELOAD_OUTCOME_TIMEOUT);
+            let reloading = self.pending.is_some();
             tokio::select! {
                 report = &mut load_task, if load_report.is_none() => {
                     load_report = Some(report.expect("the load task does not panic"));
@@ -90,6 +91,9 @@ impl<'a> Faults<'a> {
                 }
                 status = wait_command(&mut self.pending) => self.on_command_exit(status),
                 _ = ticker.tick(), if show_progress => self.print_progress(progress),
+            }
+            if !reloading && self.pending.is_some() {
+                progress.reload_started.notify_waiters();
             }
             if self
                 .options

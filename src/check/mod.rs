@@ -67,6 +67,8 @@ pub struct CheckOptions {
     pub target: Target,
     /// What it drives (`--scenario`), each reported apart.
     pub scenarios: Vec<scenario::Scenario>,
+    /// What it knows of the server's timing.
+    pub server_timing: scenario::ServerTiming,
     pub duration: Duration,
     pub connections: usize,
     /// Share of connections kept alive; the rest open one per request.
@@ -118,11 +120,13 @@ pub async fn run(options: CheckOptions) -> Result<CheckReport, CheckError> {
         &options.scenarios,
         options.connections,
         options.keepalive_ratio,
+        &options.server_timing,
     );
     let count = |kind: fn(&ClientMode) -> bool| clients.iter().filter(|m| kind(m)).count();
     let keepalive = count(|mode| matches!(mode, ClientMode::KeepAlive { .. }));
     let posting = count(|mode| matches!(mode, ClientMode::Upload { .. }));
     let http2 = count(|mode| matches!(mode, ClientMode::H2c { .. }));
+    let reusing = count(|mode| matches!(mode, ClientMode::IdleReuse { .. }));
     let mut plan = LoadPlan::new(aim.addr, clients, options.duration);
     plan.host = aim.host;
     plan.path = aim.path;
@@ -142,7 +146,7 @@ pub async fn run(options: CheckOptions) -> Result<CheckReport, CheckError> {
     let context = Context {
         target: aim.name,
         scenarios: options.scenarios.clone(),
-        keepalive_connections: keepalive,
+        keepalive_connections: keepalive + reusing,
         post_connections: posting,
         http2_connections: http2,
         reloads,

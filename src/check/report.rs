@@ -180,6 +180,10 @@ pub struct CheckReport {
     pub failure_samples: Vec<FailureSample>,
     /// Each scenario's requests and the failures that fail the check.
     pub scenarios: Vec<ScenarioRecord>,
+    /// GETs sent again after their reused connection closed before
+    /// answering: what every HTTP client does (RFC 9112 §9.3.1), so not a
+    /// failure, but a count of the races a server's idle closes caused.
+    pub resent_after_close: u64,
     /// What the HTTP/2 clients saw of the drains, when `h2c` ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http2: Option<Http2Record>,
@@ -347,6 +351,7 @@ impl CheckReport {
             master_rss_bytes,
             failure_samples,
             scenarios: records,
+            resent_after_close: load.resent_after_close,
             http2,
             passed,
             verdict,
@@ -452,6 +457,14 @@ impl fmt::Display for CheckReport {
                     scenario.name, scenario.requests, scenario.ok, scenario.failures
                 )?;
             }
+        }
+        if self.resent_after_close > 0 {
+            writeln!(
+                f,
+                "  resent      {} GETs sent again after their reused connection closed \
+                 before answering (clients do, RFC 9112 §9.3.1; not failures)",
+                self.resent_after_close
+            )?;
         }
         if let Some(http2) = &self.http2 {
             let g = &http2.goaways;

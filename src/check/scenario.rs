@@ -7,9 +7,15 @@
 //! - `post`: POSTs of 16 KiB bodies on reused connections, never retried:
 //!   a client may not resend a non-idempotent request (RFC 9110 §9.2.2),
 //!   so one lost on a connection closed as it was reused is a failure.
+//! - `idle-reuse`: keep-alive connections reused at the moments a drain is
+//!   likeliest to race: just after a reload, anywhere across the drain's
+//!   grace, and at the server's keep-alive timeout (see
+//!   [`ClientMode::IdleReuse`]).
 //! - `h2c`: HTTP/2 with prior knowledge, [`H2C_STREAMS`] concurrent GET
 //!   streams on each connection; a stream the server refused unprocessed is
 //!   sent again and counted apart (see [`crate::load::h2c`]).
+
+use std::time::Duration;
 
 use clap::ValueEnum;
 
@@ -25,6 +31,7 @@ pub const H2C_STREAMS: u16 = 16;
 pub enum Scenario {
     Get,
     Post,
+    IdleReuse,
     H2c,
 }
 
@@ -33,6 +40,7 @@ pub enum Scenario {
 pub enum ScenarioChoice {
     Get,
     Post,
+    IdleReuse,
     H2c,
     All,
 }
@@ -42,6 +50,7 @@ impl Scenario {
         match self {
             Scenario::Get => "get",
             Scenario::Post => "post",
+            Scenario::IdleReuse => "idle-reuse",
             Scenario::H2c => "h2c",
         }
     }
@@ -57,6 +66,7 @@ impl Scenario {
         match self {
             Scenario::Get => mode == "new-connection" || mode == "keep-alive",
             Scenario::Post => mode == "upload",
+            Scenario::IdleReuse => mode == "idle-reuse",
             Scenario::H2c => mode == "h2c",
         }
     }
@@ -69,8 +79,14 @@ impl Scenario {
             .flat_map(|choice| match choice {
                 ScenarioChoice::Get => vec![Scenario::Get],
                 ScenarioChoice::Post => vec![Scenario::Post],
+                ScenarioChoice::IdleReuse => vec![Scenario::IdleReuse],
                 ScenarioChoice::H2c => vec![Scenario::H2c],
-                ScenarioChoice::All => vec![Scenario::Get, Scenario::Post, Scenario::H2c],
+                ScenarioChoice::All => vec![
+                    Scenario::Get,
+                    Scenario::Post,
+                    Scenario::IdleReuse,
+                    Scenario::H2c,
+                ],
             })
             .collect();
         scenarios.sort();
@@ -83,7 +99,12 @@ impl Scenario {
 
     /// This scenario's share of the clients: `connections` of them, the
     /// `keepalive_ratio` of a `get`'s on keep-alive connections.
-    pub fn clients(self, connections: usize, keepalive_ratio: f64) -> Vec<ClientMode> {
+    pub fn clients(
+        self,
+        connections: usize,
+        keepalive_ratio: f64,
+        server: &ServerTiming,
+    ) -> Vec<ClientMode> {
         match self {
             Scenario::Get => {
                 let keepalive = (connections as f64 * keepalive_ratio).round() as usize;
@@ -103,6 +124,33 @@ impl Scenario {
                 };
                 connections
             ],
+            Scenario::IdleReuse => vec![
+                ClientMode::IdleReuse {
+                    grace: server.drain_grace,
+                    keepalive: server.keepalive_timeout,
+                };
+                connections
+            ],
+        }
+    }
+}
+
+/// What the check knows of the server's timing, for `idle-reuse`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerTiming {
+    /// How long a draining worker keeps idle connections open (baton's
+    /// default when the server is not baton's own).
+    pub drain_grace: Duration,
+    /// How long the server keeps an idle keep-alive connection, if known.
+    pub keepalive_timeout: Option<Duration>,
+}
+
+/// Baton's default drain grace; the keep-alive timeout unknown.
+impl Default for ServerTiming {
+    fn default() -> Self {
+        ServerTiming {
+            drain_grace: crate::http_options::HttpArgs::default().drain_grace,
+            keepalive_timeout: None,
         }
     }
 }
@@ -113,6 +161,7 @@ pub fn clients(
     scenarios: &[Scenario],
     connections: usize,
     keepalive_ratio: f64,
+    server: &ServerTiming,
 ) -> Vec<ClientMode> {
     let count = scenarios.len().max(1);
     scenarios
@@ -120,7 +169,7 @@ pub fn clients(
         .enumerate()
         .flat_map(|(i, scenario)| {
             let share = (connections / count + usize::from(i < connections % count)).max(1);
-            scenario.clients(share, keepalive_ratio)
+            scenario.clients(share, keepalive_ratio, server)
         })
         .collect()
 }
@@ -131,7 +180,11 @@ mod tests {
 
     #[test]
     fn connections_are_shared_among_the_scenarios() {
-        let both = clients(&[Scenario::Get, Scenario::Post], 9, 0.5);
+        let server = ServerTiming {
+            drain_grace: Duration::from_secs(20),
+            keepalive_timeout: None,
+        };
+        let both = clients(&[Scenario::Get, Scenario::Post], 9, 0.5, &server);
         assert_eq!(both.len(), 9);
         let posts = both.iter().filter(|m| Scenario::Post.drives(m)).count();
         assert_eq!(posts, 4);
@@ -140,10 +193,15 @@ mod tests {
             .filter(|m| matches!(m, ClientMode::KeepAlive { .. }))
             .count();
         assert_eq!(keepalive, 3, "half of get's 5, rounded");
-        assert_eq!(clients(&[Scenario::Get], 64, 0.5).len(), 64);
+        assert_eq!(clients(&[Scenario::Get], 64, 0.5, &server).len(), 64);
         assert_eq!(
             Scenario::chosen(&[ScenarioChoice::Post, ScenarioChoice::All]),
-            [Scenario::Get, Scenario::Post, Scenario::H2c]
+            [
+                Scenario::Get,
+                Scenario::Post,
+                Scenario::IdleReuse,
+                Scenario::H2c
+            ]
         );
         assert_eq!(Scenario::chosen(&[]), [Scenario::Get]);
     }

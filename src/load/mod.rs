@@ -47,6 +47,18 @@ pub enum ClientMode {
     /// HTTP/2 with prior knowledge: `streams` concurrent streams on one
     /// connection (see [`h2c`]).
     H2c { streams: u16 },
+    /// One connection reused at the moments a drain is likeliest to race:
+    /// within 50 ms of a reload's start (as its workers are told to drain),
+    /// at a random point of the drain's `grace` from a reload's start, or,
+    /// when `keepalive` is known, 100 to 300 ms before the server's
+    /// keep-alive timeout: the last moments a server must still answer.
+    /// After the grace or at the timeout itself, the server's close races
+    /// the request on any server (clients retry idempotent requests there,
+    /// RFC 9112 §9.3.1). Each idle pause picks one of them at random.
+    IdleReuse {
+        grace: Duration,
+        keepalive: Option<Duration>,
+    },
 }
 
 impl ClientMode {
@@ -57,6 +69,7 @@ impl ClientMode {
             ClientMode::KeepAlive { .. } => "keep-alive",
             ClientMode::Upload { .. } => "upload",
             ClientMode::H2c { .. } => "h2c",
+            ClientMode::IdleReuse { .. } => "idle-reuse",
         }
     }
 }
@@ -126,6 +139,8 @@ pub struct Progress {
     /// Set to end the load before its duration: each client stops after
     /// its request in hand.
     pub stopped: std::sync::atomic::AtomicBool,
+    /// Told each time a reload starts.
+    pub reload_started: tokio::sync::Notify,
 }
 
 impl Progress {
@@ -234,6 +249,9 @@ pub struct LoadReport {
     pub by_mode: BTreeMap<&'static str, ModeCounts>,
     /// HTTP/2 streams the server did not process, sent again (not failures).
     pub refused_retried: u64,
+    /// GETs sent again after their reused HTTP/1 connection closed before
+    /// answering (not failures: RFC 9112 §9.3.1, and clients do).
+    pub resent_after_close: u64,
     /// How the server ended the HTTP/2 connections it closed.
     pub goaways: h2c::GoawaySequences,
 }
@@ -253,6 +271,7 @@ impl Default for LoadReport {
             clients: 0,
             by_mode: BTreeMap::new(),
             refused_retried: 0,
+            resent_after_close: 0,
             goaways: h2c::GoawaySequences::default(),
         }
     }
@@ -319,6 +338,7 @@ impl LoadReport {
             ours.ok += counts.ok;
         }
         self.refused_retried += other.refused_retried;
+        self.resent_after_close += other.resent_after_close;
         self.goaways.merge(other.goaways);
     }
 
@@ -475,27 +495,41 @@ async fn run_client(
             .requests_per_client
             .is_none_or(|limit| report.attempted < limit)
     {
-        if let ClientMode::KeepAlive { min_idle, max_idle } = mode {
-            if !max_idle.is_zero() {
+        let wake = match mode {
+            ClientMode::KeepAlive { min_idle, max_idle } if !max_idle.is_zero() => {
                 let think = if report.attempted == 0 {
                     max_idle.mul_f64(rng.f64())
                 } else {
                     min_idle + max_idle.saturating_sub(min_idle).mul_f64(rng.f64())
                 };
-                // A think that outlasts the run ends it.
-                let wake = Instant::now() + think;
-                sleep_until(wake.min(deadline).into()).await;
-                if wake >= deadline {
-                    break;
+                Some(Instant::now() + think)
+            }
+            ClientMode::IdleReuse { grace, keepalive } if report.attempted > 0 => {
+                let moment = idle_reuse_moment(&plan.progress, grace, keepalive, &mut rng);
+                tokio::select! {
+                    wake = moment => Some(wake),
+                    _ = sleep_until(deadline.into()) => break,
                 }
+            }
+            _ => None,
+        };
+        if let Some(wake) = wake {
+            // A think that outlasts the run ends it.
+            sleep_until(wake.min(deadline).into()).await;
+            if wake >= deadline {
+                break;
             }
         }
         let worker_pid = connection.as_ref().and_then(|c| c.worker_pid);
         let started = Instant::now();
         plan.progress.attempted.fetch_add(1, Ordering::Relaxed);
-        let outcome = timeout(plan.request_timeout, request(&plan, mode, &mut connection))
-            .await
-            .unwrap_or_else(|_| Err(timed_out()));
+        let resent = &mut report.resent_after_close;
+        let outcome = timeout(
+            plan.request_timeout,
+            request(&plan, mode, &mut connection, resent),
+        )
+        .await
+        .unwrap_or_else(|_| Err(timed_out()));
         if outcome.is_err() {
             connection = None;
         }
@@ -516,6 +550,39 @@ async fn run_client(
         },
     );
     report
+}
+
+/// When an `idle-reuse` client sends its next request (see
+/// [`ClientMode::IdleReuse`]), its last answer having just come.
+async fn idle_reuse_moment(
+    progress: &Progress,
+    grace: Duration,
+    keepalive: Option<Duration>,
+    rng: &mut fastrand::Rng,
+) -> Instant {
+    let answered = Instant::now();
+    if let (Some(timeout), 2) = (keepalive, rng.usize(0..3)) {
+        return answered + timeout.saturating_sub(Duration::from_millis(rng.u64(100..300)));
+    }
+    // The old workers are told to drain after the reload starts, so a
+    // moment within the grace from its start is within every drain's grace.
+    let within = if rng.bool() {
+        Duration::from_millis(50)
+    } else {
+        grace.saturating_sub(Duration::from_millis(200))
+    };
+    let stopped = async {
+        while !progress.stopped.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    // Without reloads, the grace is as long as a client waits.
+    tokio::select! {
+        _ = progress.reload_started.notified() => {}
+        _ = tokio::time::sleep(grace) => {}
+        _ = stopped => return Instant::now(),
+    }
+    Instant::now() + within.mul_f64(rng.f64())
 }
 
 /// A request's outcome: the pid that answered, if the body names one, or
@@ -544,7 +611,14 @@ fn timed_out() -> (FailureKind, String) {
 
 /// One request, on the client's connection or a new one. Returns the pid that
 /// answered, if the body names one.
-async fn request(plan: &LoadPlan, mode: ClientMode, slot: &mut Option<Connection>) -> Outcome {
+/// `resent` counts the GETs sent again after their reused connection closed
+/// before answering.
+async fn request(
+    plan: &LoadPlan,
+    mode: ClientMode,
+    slot: &mut Option<Connection>,
+    resent: &mut u64,
+) -> Outcome {
     // A connection the server closed while idle is not a failure: every
     // client (and pool) notices that before reusing it.
     if let Some(connection) = slot.as_mut() {
@@ -552,6 +626,7 @@ async fn request(plan: &LoadPlan, mode: ClientMode, slot: &mut Option<Connection
             *slot = None;
         }
     }
+    let reused = slot.is_some();
     let connection = match slot {
         Some(connection) => connection,
         None => slot.insert(connect(plan.target).await?),
@@ -560,25 +635,53 @@ async fn request(plan: &LoadPlan, mode: ClientMode, slot: &mut Option<Connection
         ClientMode::Upload { body_bytes } => (Method::POST, Bytes::from(vec![b'x'; body_bytes])),
         _ => (Method::GET, Bytes::new()),
     };
-    let mut req = Request::builder()
-        .method(method)
-        .uri(plan.path.as_str())
-        .body(Full::new(body))
-        .expect("a request of valid parts");
-    // The URL's authority (`check --url`'s virtual host), else the address.
-    let host = HeaderValue::from_str(&plan.host)
-        .or_else(|_| HeaderValue::from_str(&plan.target.to_string()))
-        .expect("an address is a valid header");
-    req.headers_mut().insert(HOST, host);
-    if mode == ClientMode::NewConnection {
-        req.headers_mut()
-            .insert(CONNECTION, HeaderValue::from_static("close"));
-    }
-    let response = connection
-        .sender
-        .send_request(req)
-        .await
-        .map_err(|e| (classify_hyper(&e), e.to_string()))?;
+    let idempotent = method == Method::GET;
+    let build = || {
+        let mut req = Request::builder()
+            .method(method.clone())
+            .uri(plan.path.as_str())
+            .body(Full::new(body.clone()))
+            .expect("a request of valid parts");
+        // The URL's authority (`check --url`'s virtual host), else the address.
+        let host = HeaderValue::from_str(&plan.host)
+            .or_else(|_| HeaderValue::from_str(&plan.target.to_string()))
+            .expect("an address is a valid header");
+        req.headers_mut().insert(HOST, host);
+        if mode == ClientMode::NewConnection {
+            req.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        req
+    };
+    let response = match connection.sender.try_send_request(build()).await {
+        Ok(response) => response,
+        Err(mut failed) => {
+            // Sent again on a new connection, as client pools do (RFC 9112
+            // §9.3.1): a request the connection closed before it was
+            // written (the client had not yet noticed the server's close),
+            // and a GET it closed before any answer (the server closed the
+            // idle connection as the request crossed). Anything else, a
+            // POST above all, fails.
+            let unsent = failed.take_message().is_some();
+            let error = failed.into_error();
+            let closed = matches!(
+                classify_hyper(&error),
+                FailureKind::Eof | FailureKind::Reset
+            );
+            if !(reused && (unsent || (idempotent && closed))) {
+                return Err((classify_hyper(&error), error.to_string()));
+            }
+            if !unsent {
+                *resent += 1;
+            }
+            let connection = slot.insert(connect(plan.target).await?);
+            connection
+                .sender
+                .send_request(build())
+                .await
+                .map_err(|e| (classify_hyper(&e), e.to_string()))?
+        }
+    };
     let status = response.status();
     let closes = mode == ClientMode::NewConnection
         || response
@@ -595,9 +698,10 @@ async fn request(plan: &LoadPlan, mode: ClientMode, slot: &mut Option<Connection
         return Err((FailureKind::BadStatus, format!("status {status}")));
     }
     let pid = worker_pid(&body);
-    connection.worker_pid = pid;
-    if closes {
-        *slot = None;
+    match slot {
+        Some(_) if closes => *slot = None,
+        Some(connection) => connection.worker_pid = pid,
+        None => {}
     }
     Ok(pid)
 }
