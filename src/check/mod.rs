@@ -124,7 +124,12 @@ pub async fn run(options: CheckOptions) -> Result<CheckReport, CheckError> {
     );
     let count = |kind: fn(&ClientMode) -> bool| clients.iter().filter(|m| kind(m)).count();
     let keepalive = count(|mode| matches!(mode, ClientMode::KeepAlive { .. }));
-    let posting = count(|mode| matches!(mode, ClientMode::Upload { .. }));
+    let posting = count(|mode| {
+        matches!(
+            mode,
+            ClientMode::Upload { .. } | ClientMode::SlowUpload { .. }
+        )
+    });
     let http2 = count(|mode| matches!(mode, ClientMode::H2c { .. }));
     let reusing = count(|mode| matches!(mode, ClientMode::IdleReuse { .. }));
     let mut plan = LoadPlan::new(aim.addr, clients, options.duration);

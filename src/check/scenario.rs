@@ -7,6 +7,8 @@
 //! - `post`: POSTs of 16 KiB bodies on reused connections, never retried:
 //!   a client may not resend a non-idempotent request (RFC 9110 §9.2.2),
 //!   so one lost on a connection closed as it was reused is a failure.
+//! - `upload`: POSTs of 4 MiB sent over 3 s each, so that each spans
+//!   reloads; the server must have read every byte.
 //! - `idle-reuse`: keep-alive connections reused at the moments a drain is
 //!   likeliest to race: just after a reload, anywhere across the drain's
 //!   grace, and at the server's keep-alive timeout (see
@@ -24,6 +26,10 @@ use crate::load::ClientMode;
 /// The body of each `post` request.
 const POST_BODY_BYTES: usize = 16 * 1024;
 
+/// Each `upload` request's body, and the time it takes to send it.
+const UPLOAD_BYTES: usize = 4 << 20;
+const UPLOAD_OVER: Duration = Duration::from_secs(3);
+
 /// Concurrent streams on each `h2c` connection.
 pub const H2C_STREAMS: u16 = 16;
 
@@ -31,6 +37,7 @@ pub const H2C_STREAMS: u16 = 16;
 pub enum Scenario {
     Get,
     Post,
+    Upload,
     IdleReuse,
     H2c,
 }
@@ -40,6 +47,7 @@ pub enum Scenario {
 pub enum ScenarioChoice {
     Get,
     Post,
+    Upload,
     IdleReuse,
     H2c,
     All,
@@ -50,6 +58,7 @@ impl Scenario {
         match self {
             Scenario::Get => "get",
             Scenario::Post => "post",
+            Scenario::Upload => "upload",
             Scenario::IdleReuse => "idle-reuse",
             Scenario::H2c => "h2c",
         }
@@ -66,6 +75,7 @@ impl Scenario {
         match self {
             Scenario::Get => mode == "new-connection" || mode == "keep-alive",
             Scenario::Post => mode == "upload",
+            Scenario::Upload => mode == "slow-upload",
             Scenario::IdleReuse => mode == "idle-reuse",
             Scenario::H2c => mode == "h2c",
         }
@@ -79,11 +89,13 @@ impl Scenario {
             .flat_map(|choice| match choice {
                 ScenarioChoice::Get => vec![Scenario::Get],
                 ScenarioChoice::Post => vec![Scenario::Post],
+                ScenarioChoice::Upload => vec![Scenario::Upload],
                 ScenarioChoice::IdleReuse => vec![Scenario::IdleReuse],
                 ScenarioChoice::H2c => vec![Scenario::H2c],
                 ScenarioChoice::All => vec![
                     Scenario::Get,
                     Scenario::Post,
+                    Scenario::Upload,
                     Scenario::IdleReuse,
                     Scenario::H2c,
                 ],
@@ -121,6 +133,13 @@ impl Scenario {
             Scenario::H2c => vec![
                 ClientMode::H2c {
                     streams: H2C_STREAMS
+                };
+                connections
+            ],
+            Scenario::Upload => vec![
+                ClientMode::SlowUpload {
+                    body_bytes: UPLOAD_BYTES,
+                    over: UPLOAD_OVER,
                 };
                 connections
             ],
@@ -199,6 +218,7 @@ mod tests {
             [
                 Scenario::Get,
                 Scenario::Post,
+                Scenario::Upload,
                 Scenario::IdleReuse,
                 Scenario::H2c
             ]

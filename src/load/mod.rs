@@ -44,6 +44,9 @@ pub enum ClientMode {
     },
     /// POSTs of `body_bytes` on a reused connection.
     Upload { body_bytes: usize },
+    /// POSTs of `body_bytes` sent in 64 KiB chunks paced evenly `over` a
+    /// while, so that each spans reloads.
+    SlowUpload { body_bytes: usize, over: Duration },
     /// HTTP/2 with prior knowledge: `streams` concurrent streams on one
     /// connection (see [`h2c`]).
     H2c { streams: u16 },
@@ -70,6 +73,7 @@ impl ClientMode {
             ClientMode::Upload { .. } => "upload",
             ClientMode::H2c { .. } => "h2c",
             ClientMode::IdleReuse { .. } => "idle-reuse",
+            ClientMode::SlowUpload { .. } => "slow-upload",
         }
     }
 }
@@ -473,9 +477,12 @@ pub async fn run(plan: LoadPlan) -> LoadReport {
     report
 }
 
+/// What the HTTP/1 clients send as a request body.
+type RequestBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
 /// A reusable connection and the worker that last answered on it.
 struct Connection {
-    sender: SendRequest<Full<Bytes>>,
+    sender: SendRequest<RequestBody>,
     worker_pid: Option<u32>,
 }
 
@@ -550,6 +557,22 @@ async fn run_client(
         },
     );
     report
+}
+
+/// `body` as chunks of 64 KiB, spread evenly over `over`.
+fn paced(body: Bytes, over: Duration) -> RequestBody {
+    const CHUNK: usize = 64 * 1024;
+    let chunks = body.len().div_ceil(CHUNK).max(1);
+    let pause = over / chunks as u32;
+    let stream = futures::stream::unfold(body, move |mut rest| async move {
+        if rest.is_empty() {
+            return None;
+        }
+        tokio::time::sleep(pause).await;
+        let chunk = rest.split_to(CHUNK.min(rest.len()));
+        Some((Ok(hyper::body::Frame::data(chunk)), rest))
+    });
+    http_body_util::StreamBody::new(stream).boxed()
 }
 
 /// When an `idle-reuse` client sends its next request (see
@@ -631,16 +654,21 @@ async fn request(
         Some(connection) => connection,
         None => slot.insert(connect(plan.target).await?),
     };
-    let (method, body) = match mode {
-        ClientMode::Upload { body_bytes } => (Method::POST, Bytes::from(vec![b'x'; body_bytes])),
-        _ => (Method::GET, Bytes::new()),
+    let (method, body_bytes) = match mode {
+        ClientMode::Upload { body_bytes } => (Method::POST, body_bytes),
+        ClientMode::SlowUpload { body_bytes, .. } => (Method::POST, body_bytes),
+        _ => (Method::GET, 0),
     };
+    let body = Bytes::from(vec![b'x'; body_bytes]);
     let idempotent = method == Method::GET;
     let build = || {
         let mut req = Request::builder()
             .method(method.clone())
             .uri(plan.path.as_str())
-            .body(Full::new(body.clone()))
+            .body(match mode {
+                ClientMode::SlowUpload { over, .. } => paced(body.clone(), over),
+                _ => Full::new(body.clone()).boxed(),
+            })
             .expect("a request of valid parts");
         // The URL's authority (`check --url`'s virtual host), else the address.
         let host = HeaderValue::from_str(&plan.host)
@@ -696,6 +724,14 @@ async fn request(
         .to_bytes();
     if status != StatusCode::OK {
         return Err((FailureKind::BadStatus, format!("status {status}")));
+    }
+    let whole = format!("received {body_bytes} bytes");
+    if method == Method::POST && !body.windows(whole.len()).any(|w| w == whole.as_bytes()) {
+        let answer = String::from_utf8_lossy(&body);
+        return Err((
+            FailureKind::Other,
+            format!("sent {body_bytes} bytes, the answer was {answer:?}"),
+        ));
     }
     let pid = worker_pid(&body);
     match slot {
