@@ -24,6 +24,11 @@ pub fn servers_dir() -> PathBuf {
 /// soon as the rollout is done: these tests are about the drain (probation
 /// has its own in deploy.rs).
 fn assert_reloads_lose_nothing(baton: &Baton, name: &str) {
+    assert_scenario_loses_nothing(baton, name, "get");
+}
+
+/// [`assert_reloads_lose_nothing`] with `check --scenario SCENARIO`.
+fn assert_scenario_loses_nothing(baton: &Baton, name: &str, scenario: &str) {
     let dir = temp_dir(&format!("real-{name}"));
     let json = dir.path().join("report.json");
     let control = baton
@@ -38,6 +43,7 @@ fn assert_reloads_lose_nothing(baton: &Baton, name: &str) {
     let output = Command::new(baton_bin())
         .args(["check", "--url", &format!("http://{}/", baton.addr)])
         .args(["--duration", "36s", "--reload-every", "3s"])
+        .args(["--scenario", scenario])
         .args(["--reload-command", &reload])
         .args(["--json", json.to_str().unwrap()])
         .stdin(Stdio::null())
@@ -93,6 +99,13 @@ fn node_http_with_the_drain_module_passes_the_check() {
     let _heavy = heavy();
     let baton = serve(&["node", &example("node/server.js")]);
     assert_reloads_lose_nothing(&baton, "node");
+}
+
+#[test]
+fn node_http2_closing_its_sessions_passes_the_h2c_check() {
+    let _heavy = heavy();
+    let baton = serve(&["node", &example("node/http2-server.js")]);
+    assert_scenario_loses_nothing(&baton, "node-http2", "h2c");
 }
 
 #[test]
