@@ -453,7 +453,7 @@ impl fmt::Display for CheckReport {
             for scenario in &self.scenarios {
                 writeln!(
                     f,
-                    "    {:<10}{} requests, {} ok, failed {}",
+                    "    {:<11}{} requests, {} ok, failed {}",
                     scenario.name, scenario.requests, scenario.ok, scenario.failures
                 )?;
             }

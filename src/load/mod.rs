@@ -296,6 +296,14 @@ impl LoadReport {
         match outcome {
             Ok(pid) => {
                 self.ok += 1;
+                if let Some(pid) = pid {
+                    *self.by_pid.entry(pid).or_default() += 1;
+                }
+                // A paced upload lasts as long as its pacing: its time says
+                // nothing of the server's latency.
+                if matches!(attempt.mode, ClientMode::SlowUpload { .. }) {
+                    return;
+                }
                 let latency_us = attempt.started.elapsed().as_micros() as u64;
                 let _ = self.latency_us.record(latency_us);
                 if self.samples.len() < attempt.sample_cap {
@@ -305,9 +313,6 @@ impl LoadReport {
                     });
                 } else {
                     self.samples_dropped += 1;
-                }
-                if let Some(pid) = pid {
-                    *self.by_pid.entry(pid).or_default() += 1;
                 }
             }
             Err((kind, detail)) => {
