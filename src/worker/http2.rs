@@ -32,7 +32,7 @@ use h2::server::SendResponse;
 use h2::{Ping, PingPong, Reason, RecvStream};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame};
-use hyper::header::{HeaderName, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
+use hyper::header::{HeaderName, CONNECTION, CONTENT_LENGTH, TE, TRANSFER_ENCODING, UPGRADE};
 use hyper::{HeaderMap, Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{sleep, Instant, Sleep};
@@ -103,10 +103,11 @@ where
         match connection.poll_accept(cx) {
             Poll::Ready(Some(Ok((request, respond)))) => {
                 let in_flight = tracker.request();
+                let head_only = request.method() == hyper::Method::HEAD;
                 let answer = handler(request.map(RequestBody::new));
                 tokio::spawn(async move {
                     let _in_flight = in_flight;
-                    if let Err(cause) = send(respond, answer.await).await {
+                    if let Err(cause) = send(respond, answer.await, head_only).await {
                         debug!(%cause, "HTTP/2 stream ended early");
                     }
                 });
@@ -249,15 +250,26 @@ impl Body for RequestBody {
 }
 
 /// Sends `response` on its stream, its body within the client's
-/// flow-control window.
-async fn send<B>(mut respond: SendResponse<Bytes>, response: Response<B>) -> Result<(), String>
+/// flow-control window (no body at all for a HEAD request's, `head_only`).
+/// A body of known length is announced with `content-length`, as hyper
+/// does.
+async fn send<B>(
+    mut respond: SendResponse<Bytes>,
+    response: Response<B>,
+    head_only: bool,
+) -> Result<(), String>
 where
     B: Body<Data = Bytes>,
     B::Error: Display,
 {
     let (mut head, body) = response.into_parts();
     strip_connection_headers(&mut head.headers);
-    let ended = body.is_end_stream();
+    if let Some(length) = body.size_hint().exact() {
+        head.headers
+            .entry(CONTENT_LENGTH)
+            .or_insert_with(|| length.into());
+    }
+    let ended = head_only || body.is_end_stream();
     let mut stream = respond
         .send_response(Response::from_parts(head, ()), ended)
         .map_err(|e| e.to_string())?;

@@ -346,7 +346,9 @@ async fn an_http2_client_that_never_answers_a_ping_is_dropped() {
         .unwrap();
     let start = Instant::now();
     // Reads the server's frames (a PING among them) and never answers.
-    let closed = closed_after_frames(&mut client, start).await;
+    let mut frames = Vec::new();
+    let _ = client.read_to_end(&mut frames).await;
+    let closed = start.elapsed();
     assert_eq!(
         closed,
         PING * 2,
@@ -354,10 +356,25 @@ async fn an_http2_client_that_never_answers_a_ping_is_dropped() {
     );
 }
 
-/// How long after `since` the server closed an HTTP/2 connection, reading
-/// (and ignoring) the frames it sent before.
-async fn closed_after_frames(client: &mut DuplexStream, since: Instant) -> Duration {
-    let mut rest = Vec::new();
-    let _ = client.read_to_end(&mut rest).await;
-    since.elapsed()
+#[tokio::test(start_paused = true)]
+async fn http2_answers_carry_their_length_and_a_head_request_gets_no_body() {
+    let server = server();
+    let (mut send, _log, _driven) = connect_h2(&server).await;
+    for (method, body_expected) in [("GET", true), ("HEAD", false)] {
+        let (response, _) = open_stream(&mut send, method, false).await;
+        let response = response.await.expect("a response");
+        let length: usize = response.headers()["content-length"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(length > 0, "{method}");
+        let mut body = response.into_body();
+        let mut read = 0;
+        while let Some(chunk) = body.data().await {
+            read += chunk.expect("the body").len();
+        }
+        let expected = if body_expected { length } else { 0 };
+        assert_eq!(read, expected, "{method}");
+    }
 }
