@@ -123,7 +123,8 @@ pub async fn run(options: CheckOptions) -> Result<CheckReport, CheckError> {
         &options.server_timing,
     );
     let count = |kind: fn(&ClientMode) -> bool| clients.iter().filter(|m| kind(m)).count();
-    let keepalive = count(|mode| matches!(mode, ClientMode::KeepAlive { .. }));
+    let keepalive =
+        count(|mode| matches!(mode, ClientMode::KeepAlive { .. } | ClientMode::Pipeline));
     let posting = count(|mode| {
         matches!(
             mode,

@@ -180,9 +180,11 @@ pub struct CheckReport {
     pub failure_samples: Vec<FailureSample>,
     /// Each scenario's requests and the failures that fail the check.
     pub scenarios: Vec<ScenarioRecord>,
-    /// GETs sent again after their reused connection closed before
-    /// answering: what every HTTP client does (RFC 9112 §9.3.1), so not a
-    /// failure, but a count of the races a server's idle closes caused.
+    /// GETs sent again after their connection closed before answering
+    /// them: a reused connection the server closed as the request crossed
+    /// (RFC 9112 §9.3.1), or pipelined requests after an answer that said
+    /// `Connection: close` (§9.3.2). Clients do this, so it is not a
+    /// failure; it counts the races a server's closes caused.
     pub resent_after_close: u64,
     /// What the HTTP/2 clients saw of the drains, when `h2c` ran.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -461,8 +463,8 @@ impl fmt::Display for CheckReport {
         if self.resent_after_close > 0 {
             writeln!(
                 f,
-                "  resent      {} GETs sent again after their reused connection closed \
-                 before answering (clients do, RFC 9112 §9.3.1; not failures)",
+                "  resent      {} GETs sent again after their connection closed before \
+                 answering them (clients do, RFC 9112 §9.3; not failures)",
                 self.resent_after_close
             )?;
         }

@@ -7,6 +7,9 @@
 //! - `post`: POSTs of 16 KiB bodies on reused connections, never retried:
 //!   a client may not resend a non-idempotent request (RFC 9110 §9.2.2),
 //!   so one lost on a connection closed as it was reused is a failure.
+//! - `pipeline`: HTTP/1 connections carrying 2 to 8 GETs at a time, all
+//!   written before the first answer is read (see
+//!   [`crate::load::pipeline`]).
 //! - `upload`: POSTs of 4 MiB sent over 3 s each, so that each spans
 //!   reloads; the server must have read every byte.
 //! - `idle-reuse`: keep-alive connections reused at the moments a drain is
@@ -37,6 +40,7 @@ pub const H2C_STREAMS: u16 = 16;
 pub enum Scenario {
     Get,
     Post,
+    Pipeline,
     Upload,
     IdleReuse,
     H2c,
@@ -47,6 +51,7 @@ pub enum Scenario {
 pub enum ScenarioChoice {
     Get,
     Post,
+    Pipeline,
     Upload,
     IdleReuse,
     H2c,
@@ -58,6 +63,7 @@ impl Scenario {
         match self {
             Scenario::Get => "get",
             Scenario::Post => "post",
+            Scenario::Pipeline => "pipeline",
             Scenario::Upload => "upload",
             Scenario::IdleReuse => "idle-reuse",
             Scenario::H2c => "h2c",
@@ -75,6 +81,7 @@ impl Scenario {
         match self {
             Scenario::Get => mode == "new-connection" || mode == "keep-alive",
             Scenario::Post => mode == "upload",
+            Scenario::Pipeline => mode == "pipeline",
             Scenario::Upload => mode == "slow-upload",
             Scenario::IdleReuse => mode == "idle-reuse",
             Scenario::H2c => mode == "h2c",
@@ -89,12 +96,14 @@ impl Scenario {
             .flat_map(|choice| match choice {
                 ScenarioChoice::Get => vec![Scenario::Get],
                 ScenarioChoice::Post => vec![Scenario::Post],
+                ScenarioChoice::Pipeline => vec![Scenario::Pipeline],
                 ScenarioChoice::Upload => vec![Scenario::Upload],
                 ScenarioChoice::IdleReuse => vec![Scenario::IdleReuse],
                 ScenarioChoice::H2c => vec![Scenario::H2c],
                 ScenarioChoice::All => vec![
                     Scenario::Get,
                     Scenario::Post,
+                    Scenario::Pipeline,
                     Scenario::Upload,
                     Scenario::IdleReuse,
                     Scenario::H2c,
@@ -136,6 +145,7 @@ impl Scenario {
                 };
                 connections
             ],
+            Scenario::Pipeline => vec![ClientMode::Pipeline; connections],
             Scenario::Upload => vec![
                 ClientMode::SlowUpload {
                     body_bytes: UPLOAD_BYTES,
@@ -218,6 +228,7 @@ mod tests {
             [
                 Scenario::Get,
                 Scenario::Post,
+                Scenario::Pipeline,
                 Scenario::Upload,
                 Scenario::IdleReuse,
                 Scenario::H2c

@@ -10,6 +10,7 @@
 //! connection, through h2.
 
 pub mod h2c;
+pub mod pipeline;
 
 use std::collections::BTreeMap;
 use std::error::Error as _;
@@ -44,6 +45,9 @@ pub enum ClientMode {
     },
     /// POSTs of `body_bytes` on a reused connection.
     Upload { body_bytes: usize },
+    /// 2 to 8 GETs at a time on a keep-alive connection, pipelined (see
+    /// [`pipeline`]).
+    Pipeline,
     /// POSTs of `body_bytes` sent in 64 KiB chunks paced evenly `over` a
     /// while, so that each spans reloads.
     SlowUpload { body_bytes: usize, over: Duration },
@@ -74,6 +78,7 @@ impl ClientMode {
             ClientMode::H2c { .. } => "h2c",
             ClientMode::IdleReuse { .. } => "idle-reuse",
             ClientMode::SlowUpload { .. } => "slow-upload",
+            ClientMode::Pipeline => "pipeline",
         }
     }
 }
@@ -457,6 +462,12 @@ pub async fn run(plan: LoadPlan) -> LoadReport {
             ClientMode::H2c { streams } => tokio::spawn(h2c::run_client(
                 plan.clone(),
                 streams,
+                started,
+                deadline,
+                sample_cap,
+            )),
+            ClientMode::Pipeline => tokio::spawn(pipeline::run_client(
+                plan.clone(),
                 started,
                 deadline,
                 sample_cap,
