@@ -29,7 +29,7 @@ use tokio::time::timeout;
 
 use super::{
     classify_io, timed_out, worker_pid, Attempt, ClientMode, FailureKind, LoadPlan, LoadReport,
-    ModeCounts, Outcome,
+    Outcome,
 };
 use crate::check::goaway::{GoawayLog, Recorded, ANY_STREAM};
 
@@ -112,14 +112,7 @@ pub async fn run_client(
     }
     report.refused_retried = pool.refused.load(Ordering::Relaxed);
     report.goaways = pool.goaways();
-    report.by_mode.insert(
-        mode.name(),
-        ModeCounts {
-            attempted: report.attempted,
-            ok: report.ok,
-        },
-    );
-    report
+    report.of_mode(mode)
 }
 
 /// Why a stream ended without a response.

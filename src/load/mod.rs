@@ -295,6 +295,17 @@ impl LoadReport {
         self.attempted as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON)
     }
 
+    /// This report, as one client of `mode` made it: its requests counted
+    /// under the mode's name too.
+    fn of_mode(mut self, mode: ClientMode) -> Self {
+        let counts = ModeCounts {
+            attempted: self.attempted,
+            ok: self.ok,
+        };
+        self.by_mode.insert(mode.name(), counts);
+        self
+    }
+
     /// Counts one request's outcome.
     fn record(&mut self, attempt: Attempt, outcome: Outcome, progress: &Progress) {
         self.attempted += 1;
@@ -565,14 +576,7 @@ async fn run_client(
         };
         report.record(attempt, outcome, &plan.progress);
     }
-    report.by_mode.insert(
-        mode.name(),
-        ModeCounts {
-            attempted: report.attempted,
-            ok: report.ok,
-        },
-    );
-    report
+    report.of_mode(mode)
 }
 
 /// `body` as chunks of 64 KiB, spread evenly over `over`.

@@ -20,7 +20,7 @@ use tokio::time::timeout;
 
 use super::{
     classify_io, timed_out, worker_pid, Attempt, ClientMode, FailureKind, LoadPlan, LoadReport,
-    ModeCounts, Outcome,
+    Outcome,
 };
 
 /// The most requests in flight on a connection.
@@ -76,14 +76,7 @@ pub async fn run_client(
             connection = None;
         }
     }
-    report.by_mode.insert(
-        mode.name(),
-        ModeCounts {
-            attempted: report.attempted,
-            ok: report.ok,
-        },
-    );
-    report
+    report.of_mode(mode)
 }
 
 /// What became of one pipelined batch.
