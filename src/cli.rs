@@ -446,7 +446,9 @@ pub struct CheckArgs {
     /// What to drive, each counted and reported apart: `get` (GETs on
     /// keep-alive and on new connections), `post` (POSTs of 16 KiB bodies,
     /// never retried), `pipeline` (2 to 8 GETs in flight per HTTP/1
-    /// connection), `upload` (POSTs of 4 MiB sent over 3 s each, spanning
+    /// connection), `stream` (server-sent event streams of a minute at
+    /// `/stream`, read to their end; a clean end is not a failure),
+    /// `upload` (POSTs of 4 MiB sent over 3 s each, spanning
     /// reloads), `idle-reuse` (keep-alive connections reused just
     /// after a reload, across the drain grace, and at the server's
     /// keep-alive timeout), `h2c` (HTTP/2 with prior knowledge, 16 streams

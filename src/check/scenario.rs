@@ -10,6 +10,9 @@
 //! - `pipeline`: HTTP/1 connections carrying 2 to 8 GETs at a time, all
 //!   written before the first answer is read (see
 //!   [`crate::load::pipeline`]).
+//! - `stream`: server-sent event streams of a minute (`/stream`, which
+//!   baton's worker serves), read to their end through reloads: a stream
+//!   the server ends cleanly is answered, one cut is a failure.
 //! - `upload`: POSTs of 4 MiB sent over 3 s each, so that each spans
 //!   reloads; the server must have read every byte.
 //! - `idle-reuse`: keep-alive connections reused at the moments a drain is
@@ -29,6 +32,9 @@ use crate::load::ClientMode;
 /// The body of each `post` request.
 const POST_BODY_BYTES: usize = 16 * 1024;
 
+/// How long each `stream` request asks its stream to last.
+const STREAM_SECONDS: u64 = 60;
+
 /// Each `upload` request's body, and the time it takes to send it.
 const UPLOAD_BYTES: usize = 4 << 20;
 const UPLOAD_OVER: Duration = Duration::from_secs(3);
@@ -41,6 +47,7 @@ pub enum Scenario {
     Get,
     Post,
     Pipeline,
+    Stream,
     Upload,
     IdleReuse,
     H2c,
@@ -52,6 +59,7 @@ pub enum ScenarioChoice {
     Get,
     Post,
     Pipeline,
+    Stream,
     Upload,
     IdleReuse,
     H2c,
@@ -64,6 +72,7 @@ impl Scenario {
             Scenario::Get => "get",
             Scenario::Post => "post",
             Scenario::Pipeline => "pipeline",
+            Scenario::Stream => "stream",
             Scenario::Upload => "upload",
             Scenario::IdleReuse => "idle-reuse",
             Scenario::H2c => "h2c",
@@ -82,6 +91,7 @@ impl Scenario {
             Scenario::Get => mode == "new-connection" || mode == "keep-alive",
             Scenario::Post => mode == "upload",
             Scenario::Pipeline => mode == "pipeline",
+            Scenario::Stream => mode == "stream",
             Scenario::Upload => mode == "slow-upload",
             Scenario::IdleReuse => mode == "idle-reuse",
             Scenario::H2c => mode == "h2c",
@@ -97,6 +107,7 @@ impl Scenario {
                 ScenarioChoice::Get => vec![Scenario::Get],
                 ScenarioChoice::Post => vec![Scenario::Post],
                 ScenarioChoice::Pipeline => vec![Scenario::Pipeline],
+                ScenarioChoice::Stream => vec![Scenario::Stream],
                 ScenarioChoice::Upload => vec![Scenario::Upload],
                 ScenarioChoice::IdleReuse => vec![Scenario::IdleReuse],
                 ScenarioChoice::H2c => vec![Scenario::H2c],
@@ -104,6 +115,7 @@ impl Scenario {
                     Scenario::Get,
                     Scenario::Post,
                     Scenario::Pipeline,
+                    Scenario::Stream,
                     Scenario::Upload,
                     Scenario::IdleReuse,
                     Scenario::H2c,
@@ -146,6 +158,12 @@ impl Scenario {
                 connections
             ],
             Scenario::Pipeline => vec![ClientMode::Pipeline; connections],
+            Scenario::Stream => vec![
+                ClientMode::Stream {
+                    seconds: STREAM_SECONDS
+                };
+                connections
+            ],
             Scenario::Upload => vec![
                 ClientMode::SlowUpload {
                     body_bytes: UPLOAD_BYTES,
@@ -229,6 +247,7 @@ mod tests {
                 Scenario::Get,
                 Scenario::Post,
                 Scenario::Pipeline,
+                Scenario::Stream,
                 Scenario::Upload,
                 Scenario::IdleReuse,
                 Scenario::H2c

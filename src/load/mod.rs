@@ -45,6 +45,10 @@ pub enum ClientMode {
     },
     /// POSTs of `body_bytes` on a reused connection.
     Upload { body_bytes: usize },
+    /// GETs of `/stream?seconds=N` (baton's server-sent event stream) on a
+    /// reused connection, each read to its end: a stream the server ends
+    /// cleanly (as a draining baton does) is answered, one cut is not.
+    Stream { seconds: u64 },
     /// 2 to 8 GETs at a time on a keep-alive connection, pipelined (see
     /// [`pipeline`]).
     Pipeline,
@@ -79,6 +83,7 @@ impl ClientMode {
             ClientMode::IdleReuse { .. } => "idle-reuse",
             ClientMode::SlowUpload { .. } => "slow-upload",
             ClientMode::Pipeline => "pipeline",
+            ClientMode::Stream { .. } => "stream",
         }
     }
 }
@@ -315,9 +320,12 @@ impl LoadReport {
                 if let Some(pid) = pid {
                     *self.by_pid.entry(pid).or_default() += 1;
                 }
-                // A paced upload lasts as long as its pacing: its time says
-                // nothing of the server's latency.
-                if matches!(attempt.mode, ClientMode::SlowUpload { .. }) {
+                // A paced upload or a stream lasts as long as it is meant
+                // to: its time says nothing of the server's latency.
+                if matches!(
+                    attempt.mode,
+                    ClientMode::SlowUpload { .. } | ClientMode::Stream { .. }
+                ) {
                     return;
                 }
                 let latency_us = attempt.started.elapsed().as_micros() as u64;
@@ -558,12 +566,22 @@ async fn run_client(
         let started = Instant::now();
         plan.progress.attempted.fetch_add(1, Ordering::Relaxed);
         let resent = &mut report.resent_after_close;
-        let outcome = timeout(
-            plan.request_timeout,
-            request(&plan, mode, &mut connection, resent),
-        )
-        .await
-        .unwrap_or_else(|_| Err(timed_out()));
+        let limit = match mode {
+            ClientMode::Stream { seconds } => plan.request_timeout + Duration::from_secs(seconds),
+            _ => plan.request_timeout,
+        };
+        let answered = timeout(limit, request(&plan, mode, &mut connection, resent));
+        let outcome = match mode {
+            // A stream still going when the run ends was answered so far.
+            ClientMode::Stream { .. } => tokio::select! {
+                outcome = answered => outcome.unwrap_or_else(|_| Err(timed_out())),
+                _ = run_over(&plan.progress, deadline) => {
+                    connection = None;
+                    Ok(None)
+                }
+            },
+            _ => answered.await.unwrap_or_else(|_| Err(timed_out())),
+        };
         if outcome.is_err() {
             connection = None;
         }
@@ -577,6 +595,19 @@ async fn run_client(
         report.record(attempt, outcome, &plan.progress);
     }
     report.of_mode(mode)
+}
+
+/// Resolves when the run is over: its deadline passed, or it was stopped.
+async fn run_over(progress: &Progress, deadline: Instant) {
+    let stopped = async {
+        while !progress.stopped.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::select! {
+        _ = sleep_until(deadline.into()) => {}
+        _ = stopped => {}
+    }
 }
 
 /// `body` as chunks of 64 KiB, spread evenly over `over`.
@@ -614,16 +645,11 @@ async fn idle_reuse_moment(
     } else {
         grace.saturating_sub(Duration::from_millis(200))
     };
-    let stopped = async {
-        while !progress.stopped.load(Ordering::Relaxed) {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
     // Without reloads, the grace is as long as a client waits.
     tokio::select! {
         _ = progress.reload_started.notified() => {}
         _ = tokio::time::sleep(grace) => {}
-        _ = stopped => return Instant::now(),
+        _ = run_over(progress, answered + crate::values::DAY) => return Instant::now(),
     }
     Instant::now() + within.mul_f64(rng.f64())
 }
@@ -682,9 +708,13 @@ async fn request(
     let body = Bytes::from(vec![b'x'; body_bytes]);
     let idempotent = method == Method::GET;
     let build = || {
+        let path = match mode {
+            ClientMode::Stream { seconds } => format!("/stream?seconds={seconds}"),
+            _ => plan.path.clone(),
+        };
         let mut req = Request::builder()
             .method(method.clone())
-            .uri(plan.path.as_str())
+            .uri(path)
             .body(match mode {
                 ClientMode::SlowUpload { over, .. } => paced(body.clone(), over),
                 _ => Full::new(body.clone()).boxed(),

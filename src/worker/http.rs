@@ -1,5 +1,6 @@
 //! The built-in worker's HTTP handler, the tutorial's server: `/` answers
-//! `Process handled by pid: <pid>`, `/healthz` answers 200, a request body is
+//! `Process handled by pid: <pid>`, `/healthz` answers 200 (and `/stream`,
+//! which must watch the drain, is [`super::stream`]'s), a request body is
 //! read to its end and its size reported, and `--work N` burns N iterations of
 //! CPU per request. A request body that pauses longer than the body timeout
 //! between two chunks is answered 408.

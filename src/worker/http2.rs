@@ -16,7 +16,10 @@
 //! So a draining connection waits for a moment with no stream open (up to
 //! [`IDLE_MOMENT_WAIT`]; a client thinking between requests gives one at
 //! once) and is sent the single GOAWAY; a connection that stays busy that
-//! long gets the two-step one. Either way the connection's task bounds what
+//! long gets the two-step one. A connection that has not carried a stream
+//! yet waits as long for its first: its client opened it to send one, and
+//! GOAWAY(0) would refuse it (httpx, whose h2 pool sends a refused stream
+//! again, does not when the last stream is 0, and fails the request). Either way the connection's task bounds what
 //! follows: a client that never answers the PING, or never reads the GOAWAY,
 //! is dropped (see [`super::connection`]).
 
@@ -99,9 +102,11 @@ where
         .map(|pong| Keepalive::new(pong, ping, tracker.clone()));
     let mut goaway = Goaway::NotYet;
     let mut busy_until: Option<Pin<Box<Sleep>>> = None;
+    let mut served_any = false;
     poll_fn(|cx| loop {
         match connection.poll_accept(cx) {
             Poll::Ready(Some(Ok((request, respond)))) => {
+                served_any = true;
                 let in_flight = tracker.request();
                 let head_only = request.method() == hyper::Method::HEAD;
                 let answer = handler(request.map(RequestBody::new));
@@ -120,16 +125,19 @@ where
         // Every frame that came has been read: no stream the client opened
         // so far is unknown to h2.
         if goaway == Goaway::NotYet && tracker.closing() {
-            let busy_until = busy_until
+            let waited = busy_until
                 .get_or_insert_with(|| Box::pin(sleep(IDLE_MOMENT_WAIT)))
-                .as_mut();
+                .as_mut()
+                .poll(cx)
+                .is_ready();
+            let idle = !connection.has_streams();
             if drain == Drain::TwoStep {
                 connection.graceful_shutdown();
                 goaway = Goaway::TwoStep;
-            } else if drain == Drain::Immediate || !connection.has_streams() {
+            } else if drain == Drain::Immediate || (idle && (served_any || waited)) {
                 connection.abrupt_shutdown(Reason::NO_ERROR);
                 goaway = Goaway::Single;
-            } else if busy_until.poll(cx).is_ready() {
+            } else if waited {
                 connection.graceful_shutdown();
                 goaway = Goaway::TwoStep;
             }

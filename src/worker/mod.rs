@@ -18,6 +18,7 @@ pub mod http;
 pub mod http2;
 pub mod server;
 pub mod sniff;
+pub mod stream;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -23,6 +23,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http_body_util::BodyExt;
 use hyper::body::Body;
 use hyper::header::{HeaderValue, CONNECTION};
 use hyper::server::conn::http1;
@@ -40,6 +41,7 @@ use super::connection::{self, DrainPhase, Ended, Limits, Tracked, Tracker};
 use super::http::{handle, HttpState};
 use super::http2;
 use super::sniff::{sniff, Protocol};
+use super::stream;
 use crate::balance::OpenConnection;
 use crate::config::deadline;
 use crate::http_options::{HttpArgs, WorkerFault};
@@ -328,19 +330,30 @@ where
     }
 }
 
+/// What the built-in server answers with.
+type AnswerBody = http_body_util::combinators::BoxBody<bytes::Bytes, std::convert::Infallible>;
+
 /// Answers one request, HTTP/1 or HTTP/2.
 async fn answer<B>(
     req: Request<B>,
     shared: Arc<Shared>,
     tracker: Arc<Tracker>,
-) -> Response<http_body_util::Full<bytes::Bytes>>
+) -> Response<AnswerBody>
 where
     B: Body<Data = bytes::Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    let _in_flight = tracker.request();
+    let in_flight = tracker.request();
     let http1 = req.version() < hyper::Version::HTTP_2;
-    let Ok(mut response) = handle(req, &shared.state).await;
+    let mut response = if req.method() == hyper::Method::GET && req.uri().path() == "/stream" {
+        let seconds = stream::seconds(req.uri().query());
+        shared.state.requests.fetch_add(1, Ordering::Relaxed);
+        stream::respond(seconds, shared.drain_rx.clone(), in_flight).map(BodyExt::boxed)
+    } else {
+        let Ok(response) = handle(req, &shared.state).await;
+        drop(in_flight);
+        response.map(BodyExt::boxed)
+    };
     // Draining, or this connection is closing: the client must not send
     // another request on it. (HTTP/2 has GOAWAY for that.)
     let draining = *shared.drain_rx.borrow() != DrainPhase::Serving;

@@ -105,6 +105,7 @@ fn baton_passes_its_own_check_with_json_and_plot() {
             ("get".to_owned(), None),
             ("post".to_owned(), None),
             ("pipeline".to_owned(), None),
+            ("stream".to_owned(), None),
             ("upload".to_owned(), None),
             ("idle-reuse".to_owned(), None),
             ("h2c".to_owned(), None),
@@ -114,7 +115,7 @@ fn baton_passes_its_own_check_with_json_and_plot() {
 }
 
 /// `baton check --scenario all` through ten reloads of the built-in worker:
-/// 192 connections shared by six scenarios, so 32 HTTP/2 connections of 16
+/// 224 connections shared by seven scenarios, so 32 HTTP/2 connections of 16
 /// streams each among them; nothing
 /// fails in any scenario, and every HTTP/2 connection the server closed
 /// was sent GOAWAY.
@@ -128,7 +129,7 @@ fn check_all_scenarios(dir: &TempDir, serve_options: &[&str]) -> (i32, serde_jso
         "--reload-every",
         "1s",
         "--connections",
-        "192",
+        "224",
         "--workers",
         "2",
         // Shorter than the time between reloads: a third generation
@@ -168,7 +169,15 @@ fn every_scenario_passes_through_ten_reloads_and_http2_connections_get_goaway() 
     assert_eq!(code, 0, "{report}");
     assert_eq!(report["reloads"].as_array().unwrap().len(), 10);
     assert_eq!(report["http2_connections"], 32, "{report}");
-    for name in ["get", "post", "pipeline", "upload", "idle-reuse", "h2c"] {
+    for name in [
+        "get",
+        "post",
+        "pipeline",
+        "stream",
+        "upload",
+        "idle-reuse",
+        "h2c",
+    ] {
         assert_eq!(scenario_failures(&report, name), 0, "{name}: {report}");
     }
     let goaways = &report["http2"]["goaways"];
@@ -312,12 +321,12 @@ fn a_naive_restart_is_caught_with_its_refused_connections() {
         "6s",
         "--reload-every",
         "2s",
-        // Twelve clients for each of the six scenarios: an idle-reuse
+        // Twelve clients for each of the seven scenarios: an idle-reuse
         // client reuses its connection just after a reload (and meets the
         // restart) at half of its pauses, so with four of them one run in
         // sixteen met none.
         "--connections",
-        "72",
+        "84",
         "--json",
         json.to_str().unwrap(),
         "--junit",
@@ -340,7 +349,15 @@ fn a_naive_restart_is_caught_with_its_refused_connections() {
     // Every scenario loses requests, POSTs (never retried) and connections
     // reused as the server restarts included.
     let cases = junit_cases(&junit);
-    for scenario in ["get", "post", "pipeline", "upload", "idle-reuse", "h2c"] {
+    for scenario in [
+        "get",
+        "post",
+        "pipeline",
+        "stream",
+        "upload",
+        "idle-reuse",
+        "h2c",
+    ] {
         let failed = cases.iter().find(|(name, _)| name == scenario);
         let message = failed.and_then(|(_, failure)| failure.clone());
         assert!(
@@ -351,7 +368,7 @@ fn a_naive_restart_is_caught_with_its_refused_connections() {
         );
     }
     let scenarios = report["scenarios"].as_array().unwrap();
-    assert_eq!(scenarios.len(), 6, "{report}");
+    assert_eq!(scenarios.len(), 7, "{report}");
 }
 
 #[test]

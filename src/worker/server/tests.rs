@@ -378,3 +378,17 @@ async fn http2_answers_carry_their_length_and_a_head_request_gets_no_body() {
         assert_eq!(read, expected, "{method}");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_drained_http2_connection_that_carried_no_stream_yet_serves_its_first() {
+    let server = server();
+    let (mut send, log, driven) = connect_h2(&server).await;
+    let (_hurry, drained) = drain(server);
+    sleep(Duration::from_millis(10)).await;
+    assert_eq!(log.frames(), vec![], "no GOAWAY(0) for a stream on its way");
+    let (response, _) = open_stream(&mut send, "GET", false).await;
+    assert_eq!(status_of(response).await, 200);
+    driven.await.unwrap().expect("a clean end");
+    assert_eq!(log.frames(), vec![goaway(1)]);
+    drained.await.unwrap();
+}
