@@ -149,6 +149,17 @@ fn check_all_scenarios(dir: &TempDir, serve_options: &[&str]) -> (i32, serde_jso
     (code, read_json(&json))
 }
 
+/// What `--scenario all` drives, in the report's order.
+const ALL_SCENARIOS: [&str; 7] = [
+    "get",
+    "post",
+    "pipeline",
+    "stream",
+    "upload",
+    "idle-reuse",
+    "h2c",
+];
+
 /// The failed requests of scenario `name`, of every kind.
 fn scenario_failures(report: &serde_json::Value, name: &str) -> u64 {
     let scenario = report["scenarios"]
@@ -169,15 +180,7 @@ fn every_scenario_passes_through_ten_reloads_and_http2_connections_get_goaway() 
     assert_eq!(code, 0, "{report}");
     assert_eq!(report["reloads"].as_array().unwrap().len(), 10);
     assert_eq!(report["http2_connections"], 32, "{report}");
-    for name in [
-        "get",
-        "post",
-        "pipeline",
-        "stream",
-        "upload",
-        "idle-reuse",
-        "h2c",
-    ] {
+    for name in ALL_SCENARIOS {
         assert_eq!(scenario_failures(&report, name), 0, "{name}: {report}");
     }
     let goaways = &report["http2"]["goaways"];
@@ -349,15 +352,7 @@ fn a_naive_restart_is_caught_with_its_refused_connections() {
     // Every scenario loses requests, POSTs (never retried) and connections
     // reused as the server restarts included.
     let cases = junit_cases(&junit);
-    for scenario in [
-        "get",
-        "post",
-        "pipeline",
-        "stream",
-        "upload",
-        "idle-reuse",
-        "h2c",
-    ] {
+    for scenario in ALL_SCENARIOS {
         let failed = cases.iter().find(|(name, _)| name == scenario);
         let message = failed.and_then(|(_, failure)| failure.clone());
         assert!(
