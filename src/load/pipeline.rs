@@ -5,10 +5,12 @@
 //!
 //! A server that ends a connection with `Connection: close` has not
 //! processed the requests after that answer: they are sent again on a new
-//! connection, counted in `resent_after_close`. A connection that ends
-//! without it while requests are unanswered fails them all, and so does an
-//! answer cut short: pipelining is where a close that does not linger turns
-//! into a reset that destroys answers already sent.
+//! connection, counted in `resent_after_close`, and so are the GETs of a
+//! batch a reused connection closed before answering any (the server's idle
+//! close crossed it, RFC 9112 §9.3.1). A connection that ends without
+//! `Connection: close` after answering part of a batch fails the rest, and
+//! so does an answer cut short: pipelining is where a close that does not
+//! linger turns into a reset that destroys answers already sent.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -46,13 +48,24 @@ pub async fn run_client(
             rng.usize(2..=MAX_DEPTH)
         };
         let started = Instant::now();
-        let batch = timeout(
+        let mut batch = timeout(
             plan.request_timeout,
             pipeline(&plan, &mut connection, depth),
         )
         .await
         .unwrap_or_else(|_| Batch::failed(timed_out()));
         owed = batch.unanswered_after_close;
+        let closed = matches!(
+            batch.failure,
+            Some((FailureKind::Eof | FailureKind::Reset, _))
+        );
+        if batch.reused && batch.answered == 0 && closed {
+            // The server closed the reused connection as the batch crossed
+            // (its idle close): none was answered, GETs all, so all are sent
+            // again on a new connection, as for one GET (RFC 9112 §9.3.1).
+            owed = depth;
+            batch.failure = None;
+        }
         report.resent_after_close += owed as u64;
         let attempt = Attempt {
             mode,
@@ -89,6 +102,8 @@ struct Batch {
     unanswered_after_close: usize,
     /// The connection is closed (announced or not).
     closed: bool,
+    /// The batch went on a connection that had carried one before.
+    reused: bool,
     /// Why the rest of the batch failed.
     failure: Option<(FailureKind, String)>,
 }
@@ -106,7 +121,8 @@ impl Batch {
 /// Writes `depth` GETs on the connection (a new one if there is none), then
 /// reads their answers.
 async fn pipeline(plan: &LoadPlan, slot: &mut Option<TcpStream>, depth: usize) -> Batch {
-    if slot.is_none() {
+    let reused = slot.is_some();
+    if !reused {
         match TcpStream::connect(plan.target).await {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
@@ -117,10 +133,15 @@ async fn pipeline(plan: &LoadPlan, slot: &mut Option<TcpStream>, depth: usize) -
     }
     let stream = slot.as_mut().expect("connected above");
     let request = format!("GET {} HTTP/1.1\r\nHost: {}\r\n\r\n", plan.path, plan.host);
+    let mut batch = Batch {
+        reused,
+        ..Batch::default()
+    };
     if let Err(e) = stream.write_all(request.repeat(depth).as_bytes()).await {
-        return Batch::failed((classify_io(&e), format!("write: {e}")));
+        batch.closed = true;
+        batch.failure = Some((classify_io(&e), format!("write: {e}")));
+        return batch;
     }
-    let mut batch = Batch::default();
     let mut buffer = Vec::new();
     while batch.answered < depth {
         match read_answer(stream, &mut buffer).await {
