@@ -138,47 +138,33 @@ impl Scenario {
         keepalive_ratio: f64,
         server: &ServerTiming,
     ) -> Vec<ClientMode> {
-        match self {
+        let every = match self {
             Scenario::Get => {
                 let keepalive = (connections as f64 * keepalive_ratio).round() as usize;
                 let mut clients = vec![ClientMode::BUSY; keepalive];
                 clients.resize(connections, ClientMode::NewConnection);
-                clients
+                return clients;
             }
-            Scenario::Post => vec![
-                ClientMode::Upload {
-                    body_bytes: POST_BODY_BYTES
-                };
-                connections
-            ],
-            Scenario::H2c => vec![
-                ClientMode::H2c {
-                    streams: H2C_STREAMS
-                };
-                connections
-            ],
-            Scenario::Pipeline => vec![ClientMode::Pipeline; connections],
-            Scenario::Stream => vec![
-                ClientMode::Stream {
-                    seconds: STREAM_SECONDS
-                };
-                connections
-            ],
-            Scenario::Upload => vec![
-                ClientMode::SlowUpload {
-                    body_bytes: UPLOAD_BYTES,
-                    over: UPLOAD_OVER,
-                };
-                connections
-            ],
-            Scenario::IdleReuse => vec![
-                ClientMode::IdleReuse {
-                    grace: server.drain_grace,
-                    keepalive: server.keepalive_timeout,
-                };
-                connections
-            ],
-        }
+            Scenario::Post => ClientMode::Upload {
+                body_bytes: POST_BODY_BYTES,
+            },
+            Scenario::H2c => ClientMode::H2c {
+                streams: H2C_STREAMS,
+            },
+            Scenario::Pipeline => ClientMode::Pipeline,
+            Scenario::Stream => ClientMode::Stream {
+                seconds: STREAM_SECONDS,
+            },
+            Scenario::Upload => ClientMode::SlowUpload {
+                body_bytes: UPLOAD_BYTES,
+                over: UPLOAD_OVER,
+            },
+            Scenario::IdleReuse => ClientMode::IdleReuse {
+                grace: server.drain_grace,
+                keepalive: server.keepalive_timeout,
+            },
+        };
+        vec![every; connections]
     }
 }
 
