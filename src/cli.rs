@@ -447,13 +447,16 @@ pub struct CheckArgs {
     /// keep-alive and on new connections), `post` (POSTs of 16 KiB bodies,
     /// never retried), `pipeline` (2 to 8 GETs in flight per HTTP/1
     /// connection), `stream` (server-sent event streams of a minute at
-    /// `/stream`, read to their end; a clean end is not a failure),
+    /// `/stream`, read to their end, a clean end not a failure; and chunked
+    /// downloads of 8 MiB over 5 s at `/download`, which must come whole),
     /// `upload` (POSTs of 4 MiB sent over 3 s each, spanning
     /// reloads), `idle-reuse` (keep-alive connections reused just
     /// after a reload, across the drain grace, and at the server's
     /// keep-alive timeout), `h2c` (HTTP/2 with prior knowledge, 16 streams
     /// per connection; streams refused unprocessed are sent again, counted
-    /// apart), or `all`; repeat for several
+    /// apart), `websocket` (WebSockets at `/ws` echoing messages; one
+    /// closed with a close frame is opened again, one cut fails), or `all`;
+    /// repeat for several
     #[arg(long = "scenario", value_name = "NAME", value_enum)]
     pub scenarios: Vec<crate::check::scenario::ScenarioChoice>,
 

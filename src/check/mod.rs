@@ -123,8 +123,16 @@ pub async fn run(options: CheckOptions) -> Result<CheckReport, CheckError> {
         &options.server_timing,
     );
     let count = |kind: fn(&ClientMode) -> bool| clients.iter().filter(|m| kind(m)).count();
-    let keepalive =
-        count(|mode| matches!(mode, ClientMode::KeepAlive { .. } | ClientMode::Pipeline));
+    let keepalive = count(|mode| {
+        matches!(
+            mode,
+            ClientMode::KeepAlive { .. }
+                | ClientMode::Pipeline
+                | ClientMode::Stream { .. }
+                | ClientMode::Download { .. }
+                | ClientMode::IdleReuse { .. }
+        )
+    });
     let posting = count(|mode| {
         matches!(
             mode,
@@ -132,7 +140,7 @@ pub async fn run(options: CheckOptions) -> Result<CheckReport, CheckError> {
         )
     });
     let http2 = count(|mode| matches!(mode, ClientMode::H2c { .. }));
-    let reusing = count(|mode| matches!(mode, ClientMode::IdleReuse { .. }));
+    let websocket = count(|mode| matches!(mode, ClientMode::Websocket));
     let mut plan = LoadPlan::new(aim.addr, clients, options.duration);
     plan.host = aim.host;
     plan.path = aim.path;
@@ -152,9 +160,10 @@ pub async fn run(options: CheckOptions) -> Result<CheckReport, CheckError> {
     let context = Context {
         target: aim.name,
         scenarios: options.scenarios.clone(),
-        keepalive_connections: keepalive + reusing,
+        keepalive_connections: keepalive,
         post_connections: posting,
         http2_connections: http2,
+        websocket_connections: websocket,
         reloads,
         kills,
         master_rss_bytes,

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::scenario::Scenario;
 use crate::load::h2c::GoawaySequences;
+use crate::load::websocket;
 use crate::load::{FailedRequest, FailureKind, LoadReport};
 
 /// Failed requests by kind.
@@ -158,7 +159,9 @@ pub struct CheckReport {
     pub post_connections: usize,
     /// Connections of the `h2c` scenario (each with many streams).
     pub http2_connections: usize,
-    /// Requests attempted.
+    /// Connections of the `websocket` scenario.
+    pub websocket_connections: usize,
+    /// Requests attempted (a WebSocket message and its echo count as one).
     pub requests: u64,
     pub ok: u64,
     pub rate: f64,
@@ -180,15 +183,19 @@ pub struct CheckReport {
     pub failure_samples: Vec<FailureSample>,
     /// Each scenario's requests and the failures that fail the check.
     pub scenarios: Vec<ScenarioRecord>,
-    /// GETs sent again after their connection closed before answering
-    /// them: a reused connection the server closed as the request crossed
-    /// (RFC 9112 §9.3.1), or pipelined requests after an answer that said
-    /// `Connection: close` (§9.3.2). Clients do this, so it is not a
+    /// Requests sent again after their connection closed before answering
+    /// them: GETs on a reused connection the server closed as the request
+    /// crossed (RFC 9112 §9.3.1), pipelined requests after an answer that
+    /// said `Connection: close` (§9.3.2), WebSocket messages sent as the
+    /// server's close frame crossed them. Clients do this, so it is not a
     /// failure; it counts the races a server's closes caused.
     pub resent_after_close: u64,
     /// What the HTTP/2 clients saw of the drains, when `h2c` ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http2: Option<Http2Record>,
+    /// How the server ended the WebSockets it closed, when `websocket` ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub websocket: Option<websocket::Closes>,
     pub passed: bool,
     pub verdict: String,
 }
@@ -235,6 +242,7 @@ pub struct Context {
     pub keepalive_connections: usize,
     pub post_connections: usize,
     pub http2_connections: usize,
+    pub websocket_connections: usize,
     pub reloads: Vec<ReloadRecord>,
     pub kills: Vec<KillRecord>,
     pub master_rss_bytes: Option<u64>,
@@ -248,6 +256,7 @@ impl CheckReport {
             keepalive_connections,
             post_connections,
             http2_connections,
+            websocket_connections,
             reloads,
             mut kills,
             master_rss_bytes,
@@ -331,6 +340,9 @@ impl CheckReport {
             refused_retried: load.refused_retried,
             goaways: load.goaways,
         });
+        let websocket = scenarios
+            .contains(&Scenario::Websocket)
+            .then_some(load.websocket_closes);
         CheckReport {
             target,
             duration_s: load.elapsed.as_secs_f64(),
@@ -338,6 +350,7 @@ impl CheckReport {
             keepalive_connections,
             post_connections,
             http2_connections,
+            websocket_connections,
             requests: load.attempted,
             ok: load.ok,
             rate: load.requests_per_second(),
@@ -355,6 +368,7 @@ impl CheckReport {
             scenarios: records,
             resent_after_close: load.resent_after_close,
             http2,
+            websocket,
             passed,
             verdict,
         }
@@ -436,12 +450,16 @@ impl fmt::Display for CheckReport {
                 - self.keepalive_connections
                 - self.post_connections
                 - self.http2_connections
+                - self.websocket_connections
         )?;
         if self.post_connections > 0 {
             write!(f, ", {} posting", self.post_connections)?;
         }
         if self.http2_connections > 0 {
             write!(f, ", {} HTTP/2", self.http2_connections)?;
+        }
+        if self.websocket_connections > 0 {
+            write!(f, ", {} WebSocket", self.websocket_connections)?;
         }
         writeln!(f, ")")?;
         writeln!(
@@ -463,8 +481,9 @@ impl fmt::Display for CheckReport {
         if self.resent_after_close > 0 {
             writeln!(
                 f,
-                "  resent      {} GETs sent again after their connection closed before \
-                 answering them (clients do, RFC 9112 §9.3; not failures)",
+                "  resent      {} sent again after their connection closed before \
+                 answering them: GETs (RFC 9112 §9.3) and WebSocket messages a close \
+                 frame crossed; clients do, so not failures",
                 self.resent_after_close
             )?;
         }
@@ -476,6 +495,14 @@ impl fmt::Display for CheckReport {
                  closed by the server: {} with one GOAWAY, {} with the two-step GOAWAY, \
                  {} otherwise, {} without GOAWAY",
                 http2.refused_retried, g.single, g.two_step, g.other, g.without_goaway
+            )?;
+        }
+        if let Some(closes) = &self.websocket {
+            writeln!(
+                f,
+                "  websocket   closed by the server: {} with a close frame (the client \
+                 opened another), {} cut without one",
+                closes.clean, closes.cut
             )?;
         }
         if !self.kills.is_empty() {

@@ -10,9 +10,11 @@
 //! - `pipeline`: HTTP/1 connections carrying 2 to 8 GETs at a time, all
 //!   written before the first answer is read (see
 //!   [`crate::load::pipeline`]).
-//! - `stream`: server-sent event streams of a minute (`/stream`, which
-//!   baton's worker serves), read to their end through reloads: a stream
-//!   the server ends cleanly is answered, one cut is a failure.
+//! - `stream`: long responses, read to their end through reloads (baton's
+//!   worker serves both): server-sent event streams of a minute
+//!   (`/stream`), where a stream the server ends cleanly is answered and
+//!   one cut is a failure; and chunked downloads of 8 MiB over 5 s
+//!   (`/download`), which must come whole.
 //! - `upload`: POSTs of 4 MiB sent over 3 s each, so that each spans
 //!   reloads; the server must have read every byte.
 //! - `idle-reuse`: keep-alive connections reused at the moments a drain is
@@ -22,6 +24,10 @@
 //! - `h2c`: HTTP/2 with prior knowledge, [`H2C_STREAMS`] concurrent GET
 //!   streams on each connection; a stream the server refused unprocessed is
 //!   sent again and counted apart (see [`crate::load::h2c`]).
+//! - `websocket`: WebSockets on `/ws` (which baton's worker serves)
+//!   echoing messages; one the server closes with a close frame is opened
+//!   again, one cut without it is a failure (see
+//!   [`crate::load::websocket`]).
 
 use std::time::Duration;
 
@@ -32,8 +38,12 @@ use crate::load::ClientMode;
 /// The body of each `post` request.
 const POST_BODY_BYTES: usize = 16 * 1024;
 
-/// How long each `stream` request asks its stream to last.
+/// How long each `stream` request asks its event stream to last.
 const STREAM_SECONDS: u64 = 60;
+
+/// Each `stream` download's size, and the time it takes to come.
+const DOWNLOAD_BYTES: u64 = 8 << 20;
+const DOWNLOAD_SECONDS: u64 = 5;
 
 /// Each `upload` request's body, and the time it takes to send it.
 const UPLOAD_BYTES: usize = 4 << 20;
@@ -51,6 +61,7 @@ pub enum Scenario {
     Upload,
     IdleReuse,
     H2c,
+    Websocket,
 }
 
 /// What `--scenario` takes: a scenario, or `all` of them.
@@ -63,6 +74,7 @@ pub enum ScenarioChoice {
     Upload,
     IdleReuse,
     H2c,
+    Websocket,
     All,
 }
 
@@ -76,6 +88,7 @@ impl Scenario {
             Scenario::Upload => "upload",
             Scenario::IdleReuse => "idle-reuse",
             Scenario::H2c => "h2c",
+            Scenario::Websocket => "websocket",
         }
     }
 
@@ -91,10 +104,11 @@ impl Scenario {
             Scenario::Get => mode == "new-connection" || mode == "keep-alive",
             Scenario::Post => mode == "upload",
             Scenario::Pipeline => mode == "pipeline",
-            Scenario::Stream => mode == "stream",
+            Scenario::Stream => mode == "stream" || mode == "download",
             Scenario::Upload => mode == "slow-upload",
             Scenario::IdleReuse => mode == "idle-reuse",
             Scenario::H2c => mode == "h2c",
+            Scenario::Websocket => mode == "websocket",
         }
     }
 
@@ -111,6 +125,7 @@ impl Scenario {
                 ScenarioChoice::Upload => vec![Scenario::Upload],
                 ScenarioChoice::IdleReuse => vec![Scenario::IdleReuse],
                 ScenarioChoice::H2c => vec![Scenario::H2c],
+                ScenarioChoice::Websocket => vec![Scenario::Websocket],
                 ScenarioChoice::All => vec![
                     Scenario::Get,
                     Scenario::Post,
@@ -119,6 +134,7 @@ impl Scenario {
                     Scenario::Upload,
                     Scenario::IdleReuse,
                     Scenario::H2c,
+                    Scenario::Websocket,
                 ],
             })
             .collect();
@@ -145,6 +161,20 @@ impl Scenario {
                 clients.resize(connections, ClientMode::NewConnection);
                 return clients;
             }
+            // Event streams and downloads, half each (an event stream
+            // first when the share is odd).
+            Scenario::Stream => {
+                let events = ClientMode::Stream {
+                    seconds: STREAM_SECONDS,
+                };
+                let download = ClientMode::Download {
+                    bytes: DOWNLOAD_BYTES,
+                    seconds: DOWNLOAD_SECONDS,
+                };
+                let mut clients = vec![events; connections.div_ceil(2)];
+                clients.resize(connections, download);
+                return clients;
+            }
             Scenario::Post => ClientMode::Upload {
                 body_bytes: POST_BODY_BYTES,
             },
@@ -152,9 +182,6 @@ impl Scenario {
                 streams: H2C_STREAMS,
             },
             Scenario::Pipeline => ClientMode::Pipeline,
-            Scenario::Stream => ClientMode::Stream {
-                seconds: STREAM_SECONDS,
-            },
             Scenario::Upload => ClientMode::SlowUpload {
                 body_bytes: UPLOAD_BYTES,
                 over: UPLOAD_OVER,
@@ -163,6 +190,7 @@ impl Scenario {
                 grace: server.drain_grace,
                 keepalive: server.keepalive_timeout,
             },
+            Scenario::Websocket => ClientMode::Websocket,
         };
         vec![every; connections]
     }
@@ -236,7 +264,8 @@ mod tests {
                 Scenario::Stream,
                 Scenario::Upload,
                 Scenario::IdleReuse,
-                Scenario::H2c
+                Scenario::H2c,
+                Scenario::Websocket
             ]
         );
         assert_eq!(Scenario::chosen(&[]), [Scenario::Get]);

@@ -11,6 +11,7 @@
 
 pub mod h2c;
 pub mod pipeline;
+pub mod websocket;
 
 use std::collections::BTreeMap;
 use std::error::Error as _;
@@ -49,6 +50,9 @@ pub enum ClientMode {
     /// reused connection, each read to its end: a stream the server ends
     /// cleanly (as a draining baton does) is answered, one cut is not.
     Stream { seconds: u64 },
+    /// GETs of `/download?bytes=N&seconds=S` (baton's chunked download) on
+    /// a reused connection: all `bytes` must come.
+    Download { bytes: u64, seconds: u64 },
     /// 2 to 8 GETs at a time on a keep-alive connection, pipelined (see
     /// [`pipeline`]).
     Pipeline,
@@ -70,6 +74,8 @@ pub enum ClientMode {
         grace: Duration,
         keepalive: Option<Duration>,
     },
+    /// A WebSocket echoing a message every 10 to 50 ms (see [`websocket`]).
+    Websocket,
 }
 
 impl ClientMode {
@@ -84,6 +90,8 @@ impl ClientMode {
             ClientMode::SlowUpload { .. } => "slow-upload",
             ClientMode::Pipeline => "pipeline",
             ClientMode::Stream { .. } => "stream",
+            ClientMode::Download { .. } => "download",
+            ClientMode::Websocket => "websocket",
         }
     }
 }
@@ -268,6 +276,8 @@ pub struct LoadReport {
     pub resent_after_close: u64,
     /// How the server ended the HTTP/2 connections it closed.
     pub goaways: h2c::GoawaySequences,
+    /// How the server ended the WebSockets it closed.
+    pub websocket_closes: websocket::Closes,
 }
 
 impl Default for LoadReport {
@@ -287,6 +297,7 @@ impl Default for LoadReport {
             refused_retried: 0,
             resent_after_close: 0,
             goaways: h2c::GoawaySequences::default(),
+            websocket_closes: websocket::Closes::default(),
         }
     }
 }
@@ -324,7 +335,9 @@ impl LoadReport {
                 // to: its time says nothing of the server's latency.
                 if matches!(
                     attempt.mode,
-                    ClientMode::SlowUpload { .. } | ClientMode::Stream { .. }
+                    ClientMode::SlowUpload { .. }
+                        | ClientMode::Stream { .. }
+                        | ClientMode::Download { .. }
                 ) {
                     return;
                 }
@@ -373,6 +386,7 @@ impl LoadReport {
         self.refused_retried += other.refused_retried;
         self.resent_after_close += other.resent_after_close;
         self.goaways.merge(other.goaways);
+        self.websocket_closes.merge(other.websocket_closes);
     }
 
     /// Latency histograms (µs) of the requests that overlapped one of
@@ -491,6 +505,12 @@ pub async fn run(plan: LoadPlan) -> LoadReport {
                 deadline,
                 sample_cap,
             )),
+            ClientMode::Websocket => tokio::spawn(websocket::run_client(
+                plan.clone(),
+                started,
+                deadline,
+                sample_cap,
+            )),
             _ => tokio::spawn(run_client(
                 plan.clone(),
                 mode,
@@ -567,7 +587,9 @@ async fn run_client(
         plan.progress.attempted.fetch_add(1, Ordering::Relaxed);
         let resent = &mut report.resent_after_close;
         let limit = match mode {
-            ClientMode::Stream { seconds } => plan.request_timeout + Duration::from_secs(seconds),
+            ClientMode::Stream { seconds } | ClientMode::Download { seconds, .. } => {
+                plan.request_timeout + Duration::from_secs(seconds)
+            }
             _ => plan.request_timeout,
         };
         let answered = timeout(limit, request(&plan, mode, &mut connection, resent));
@@ -710,6 +732,9 @@ async fn request(
     let build = || {
         let path = match mode {
             ClientMode::Stream { seconds } => format!("/stream?seconds={seconds}"),
+            ClientMode::Download { bytes, seconds } => {
+                format!("/download?bytes={bytes}&seconds={seconds}")
+            }
             _ => plan.path.clone(),
         };
         let mut req = Request::builder()
@@ -785,6 +810,14 @@ async fn request(
             FailureKind::Other,
             format!("sent {body_bytes} bytes, the answer was {answer:?}"),
         ));
+    }
+    if let ClientMode::Download { bytes, .. } = mode {
+        if body.len() as u64 != bytes {
+            return Err((
+                FailureKind::Eof,
+                format!("a download of {bytes} bytes ended after {}", body.len()),
+            ));
+        }
     }
     let pid = worker_pid(&body);
     match slot {

@@ -19,6 +19,7 @@ pub mod http2;
 pub mod server;
 pub mod sniff;
 pub mod stream;
+pub mod websocket;
 
 use std::sync::Arc;
 use std::time::Duration;

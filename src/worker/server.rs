@@ -42,6 +42,7 @@ use super::http::{handle, HttpState};
 use super::http2;
 use super::sniff::{sniff, Protocol};
 use super::stream;
+use super::websocket;
 use crate::balance::OpenConnection;
 use crate::config::deadline;
 use crate::http_options::{HttpArgs, WorkerFault};
@@ -306,26 +307,36 @@ where
             let (ping, drain) = (shared.http2_ping, shared.http2_drain);
             let answer = {
                 let tracker = tracker.clone();
-                move |req| answer(req, shared.clone(), tracker.clone())
+                move |req| answer(req, shared.clone(), tracker.clone(), None)
             };
             http2::serve(stream, tracker, ping, drain, answer)
                 .await
                 .map_err(|e| e.to_string())
         }
         Protocol::Http1 => {
+            let upgrades = UpgradeSlot::default();
             let service = {
-                let shared = shared.clone();
-                let tracker = tracker.clone();
+                let (shared, tracker) = (shared.clone(), tracker.clone());
+                let upgrades = upgrades.clone();
                 service_fn(move |req| {
-                    let answered = answer(req, shared.clone(), tracker.clone());
+                    let answered =
+                        answer(req, shared.clone(), tracker.clone(), Some(upgrades.clone()));
                     async move { Ok::<_, std::convert::Infallible>(answered.await) }
                 })
             };
             shared
                 .http1
                 .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            // Upgraded: the WebSocket lives on this connection's task, so
+            // that it counts as open, and its time limits still apply.
+            let accepted = upgrades.lock().expect("not poisoned").take();
+            if let Some(accepted) = accepted {
+                accepted.echo(shared.drain_rx.clone()).await;
+            }
+            Ok(())
         }
     }
 }
@@ -333,11 +344,16 @@ where
 /// What the built-in server answers with.
 type AnswerBody = http_body_util::combinators::BoxBody<bytes::Bytes, std::convert::Infallible>;
 
-/// Answers one request, HTTP/1 or HTTP/2.
+/// Where an HTTP/1 connection's answer leaves the WebSocket that takes the
+/// connection over once the answer is written.
+type UpgradeSlot = Arc<std::sync::Mutex<Option<websocket::Accepted>>>;
+
+/// Answers one request, HTTP/1 or HTTP/2 (`upgrades` is HTTP/1's).
 async fn answer<B>(
     req: Request<B>,
     shared: Arc<Shared>,
     tracker: Arc<Tracker>,
+    upgrades: Option<UpgradeSlot>,
 ) -> Response<AnswerBody>
 where
     B: Body<Data = bytes::Bytes> + Unpin,
@@ -349,6 +365,20 @@ where
         let seconds = stream::seconds(req.uri().query());
         shared.state.requests.fetch_add(1, Ordering::Relaxed);
         stream::respond(seconds, shared.drain_rx.clone(), in_flight).map(BodyExt::boxed)
+    } else if req.method() == hyper::Method::GET && req.uri().path() == "/download" {
+        shared.state.requests.fetch_add(1, Ordering::Relaxed);
+        stream::download(req.uri().query(), in_flight).map(BodyExt::boxed)
+    } else if websocket::is_asked(&req) {
+        shared.state.requests.fetch_add(1, Ordering::Relaxed);
+        let (response, accepted) = websocket::accept(req, in_flight);
+        match (accepted, upgrades) {
+            (Some(accepted), Some(slot)) => {
+                *slot.lock().expect("not poisoned") = Some(accepted);
+                // Its headers are the handshake's own.
+                return response.map(BodyExt::boxed);
+            }
+            _ => response.map(BodyExt::boxed),
+        }
     } else {
         let Ok(response) = handle(req, &shared.state).await;
         drop(in_flight);

@@ -109,13 +109,14 @@ fn baton_passes_its_own_check_with_json_and_plot() {
             ("upload".to_owned(), None),
             ("idle-reuse".to_owned(), None),
             ("h2c".to_owned(), None),
+            ("websocket".to_owned(), None),
             ("reloads".to_owned(), None)
         ]
     );
 }
 
 /// `baton check --scenario all` through ten reloads of the built-in worker:
-/// 224 connections shared by seven scenarios, so 32 HTTP/2 connections of 16
+/// 256 connections shared by eight scenarios, so 32 HTTP/2 connections of 16
 /// streams each among them; nothing
 /// fails in any scenario, and every HTTP/2 connection the server closed
 /// was sent GOAWAY.
@@ -129,7 +130,7 @@ fn check_all_scenarios(dir: &TempDir, serve_options: &[&str]) -> (i32, serde_jso
         "--reload-every",
         "1s",
         "--connections",
-        "224",
+        "256",
         "--workers",
         "2",
         // Shorter than the time between reloads: a third generation
@@ -150,7 +151,7 @@ fn check_all_scenarios(dir: &TempDir, serve_options: &[&str]) -> (i32, serde_jso
 }
 
 /// What `--scenario all` drives, in the report's order.
-const ALL_SCENARIOS: [&str; 7] = [
+const ALL_SCENARIOS: [&str; 8] = [
     "get",
     "post",
     "pipeline",
@@ -158,6 +159,7 @@ const ALL_SCENARIOS: [&str; 7] = [
     "upload",
     "idle-reuse",
     "h2c",
+    "websocket",
 ];
 
 /// The failed requests of scenario `name`, of every kind.
@@ -193,6 +195,12 @@ fn every_scenario_passes_through_ten_reloads_and_http2_connections_get_goaway() 
         "the drains closed HTTP/2 connections: {report}"
     );
     assert_eq!(goaways["without_goaway"], 0, "{report}");
+    let websockets = &report["websocket"];
+    assert_eq!(websockets["cut"], 0, "{report}");
+    assert!(
+        websockets["clean"].as_u64().unwrap() >= 32,
+        "each drain closed its WebSockets with a close frame: {report}"
+    );
 }
 
 /// The h2c scenario notices a drain that sends its GOAWAY at once, cutting
@@ -204,6 +212,36 @@ fn a_goaway_that_cuts_streams_fails_the_h2c_scenario() {
     let (code, report) = check_all_scenarios(&dir, &["--fault", "immediate-goaway"]);
     assert_eq!(code, 1, "{report}");
     assert!(scenario_failures(&report, "h2c") > 0, "{report}");
+}
+
+/// A drain that ends a worker without closing its WebSockets and without
+/// finishing its downloads (`--fault exit-on-drain`) fails both scenarios,
+/// and the report counts the WebSockets cut.
+#[test]
+fn websockets_and_downloads_cut_by_a_drain_fail_their_scenarios() {
+    let dir = temp_dir("check-exit-on-drain");
+    let json = dir.path().join("report.json");
+    let (code, stdout, stderr) = run_check(&[
+        "--scenario",
+        "stream",
+        "--scenario",
+        "websocket",
+        "--reloads",
+        "3",
+        "--reload-every",
+        "2s",
+        "--connections",
+        "16",
+        "--fault",
+        "exit-on-drain",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    let report = read_json(&json);
+    assert!(scenario_failures(&report, "stream") > 0, "{report}");
+    assert!(scenario_failures(&report, "websocket") > 0, "{report}");
+    assert!(report["websocket"]["cut"].as_u64().unwrap() > 0, "{report}");
 }
 
 /// The test cases of a `--junit` file, read with an XML parser of its own:
@@ -245,24 +283,10 @@ fn junit_cases(path: &std::path::Path) -> Vec<(String, Option<String>)> {
     cases
 }
 
-/// A Python server that is simply stopped and started again on reload, as
-/// a naive deploy does.
-const NAIVE_SERVER: &str = r#"
-import http.server, sys
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        body = b"naive"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-http.server.ThreadingHTTPServer.allow_reuse_address = True
-http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
-"#;
-
+/// baton's own server, killed (SIGKILL; its workers die with it) and
+/// started again on reload, as a naive deploy does: what was in flight is
+/// cut, and for a moment nothing listens. Every scenario has a server that
+/// serves it, so what fails is the restart alone.
 struct NaiveServer {
     dir: TempDir,
     port: u16,
@@ -272,7 +296,6 @@ impl NaiveServer {
     fn start() -> Self {
         let dir = temp_dir("naive");
         let port = free_port();
-        std::fs::write(dir.path().join("server.py"), NAIVE_SERVER).unwrap();
         let server = NaiveServer { dir, port };
         let status = Command::new("sh")
             .args(["-c", &server.start_command()])
@@ -288,15 +311,20 @@ impl NaiveServer {
     fn start_command(&self) -> String {
         let dir = self.dir.path().display();
         format!(
-            "python3 {dir}/server.py {port} >/dev/null 2>&1 & echo $! > {dir}/pid",
+            "{baton} serve --listen 127.0.0.1:{port} --control {dir}/control --workers 1 \
+             >{dir}/log 2>&1 & echo $! > {dir}/pid",
+            baton = baton_bin().display(),
             port = self.port
         )
     }
 
-    /// Stop, a pause in which nothing listens, start again.
+    /// Kill, a pause in which nothing listens, start again.
     fn restart_command(&self) -> String {
         let dir = self.dir.path().display();
-        format!("kill $(cat {dir}/pid); sleep 0.5; {}", self.start_command())
+        format!(
+            "kill -9 $(cat {dir}/pid); sleep 0.5; {}",
+            self.start_command()
+        )
     }
 }
 
@@ -324,12 +352,12 @@ fn a_naive_restart_is_caught_with_its_refused_connections() {
         "6s",
         "--reload-every",
         "2s",
-        // Twelve clients for each of the seven scenarios: an idle-reuse
+        // Twelve clients for each of the eight scenarios: an idle-reuse
         // client reuses its connection just after a reload (and meets the
         // restart) at half of its pauses, so with four of them one run in
         // sixteen met none.
         "--connections",
-        "84",
+        "96",
         "--json",
         json.to_str().unwrap(),
         "--junit",
@@ -363,7 +391,7 @@ fn a_naive_restart_is_caught_with_its_refused_connections() {
         );
     }
     let scenarios = report["scenarios"].as_array().unwrap();
-    assert_eq!(scenarios.len(), 7, "{report}");
+    assert_eq!(scenarios.len(), 8, "{report}");
 }
 
 #[test]
