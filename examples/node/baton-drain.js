@@ -21,6 +21,12 @@
 // `graceMs` defaults to DRAIN_GRACE_MS from the environment, else 5000 (5 s).
 // Keep it longer than your clients' think time, and below baton's
 // --drain-timeout (30 s by default), after which baton kills the worker.
+//
+// Connections that are not request/response end only when the application
+// ends them: `onDrain` is called when the drain starts, to end event streams
+// cleanly and close WebSockets with a close frame (1001, going away), so
+// that their clients reconnect to the new workers instead of being cut when
+// the worker exits. The worker exits once they have closed too.
 
 'use strict';
 const net = require('net');
@@ -28,7 +34,7 @@ const net = require('net');
 const envGraceMs = Number.parseInt(process.env.DRAIN_GRACE_MS, 10);
 const DEFAULT_GRACE_MS = envGraceMs >= 0 ? envGraceMs : 5000;
 
-module.exports = function drain(server, { graceMs = DEFAULT_GRACE_MS, signal = 'SIGTERM', onDrained } = {}) {
+module.exports = function drain(server, { graceMs = DEFAULT_GRACE_MS, signal = 'SIGTERM', onDrain, onDrained } = {}) {
   let draining = false;
   // Before the application's own handler, so the header is set before any
   // response is written.
@@ -42,6 +48,7 @@ module.exports = function drain(server, { graceMs = DEFAULT_GRACE_MS, signal = '
     if (draining) return;
     draining = true;
     net.Server.prototype.close.call(server, () => (onDrained ? onDrained() : process.exit(0)));
+    if (onDrain) onDrain();
     setTimeout(() => server.closeIdleConnections(), graceMs).unref();
   });
   return server;

@@ -24,11 +24,13 @@ pub fn servers_dir() -> PathBuf {
 /// soon as the rollout is done: these tests are about the drain (probation
 /// has its own in deploy.rs).
 fn assert_reloads_lose_nothing(baton: &Baton, name: &str) {
-    assert_scenario_loses_nothing(baton, name, "get");
+    assert_scenarios_lose_nothing(baton, name, &["get"]);
 }
 
-/// [`assert_reloads_lose_nothing`] with `check --scenario SCENARIO`.
-fn assert_scenario_loses_nothing(baton: &Baton, name: &str, scenario: &str) {
+/// [`assert_reloads_lose_nothing`] with `check --scenario S` for each S of
+/// `scenarios`. Where `websocket` runs, the drains must have closed
+/// WebSockets with a close frame, and cut none.
+fn assert_scenarios_lose_nothing(baton: &Baton, name: &str, scenarios: &[&str]) {
     let dir = temp_dir(&format!("real-{name}"));
     let json = dir.path().join("report.json");
     let control = baton
@@ -43,7 +45,7 @@ fn assert_scenario_loses_nothing(baton: &Baton, name: &str, scenario: &str) {
     let output = Command::new(baton_bin())
         .args(["check", "--url", &format!("http://{}/", baton.addr)])
         .args(["--duration", "36s", "--reload-every", "3s"])
-        .args(["--scenario", scenario])
+        .args(scenarios.iter().flat_map(|s| ["--scenario", s]))
         .args(["--reload-command", &reload])
         .args(["--json", json.to_str().unwrap()])
         .stdin(Stdio::null())
@@ -60,6 +62,13 @@ fn assert_scenario_loses_nothing(baton: &Baton, name: &str, scenario: &str) {
     assert_eq!(output.status.code(), Some(0), "{stdout}");
     assert_eq!(report["ok"], report["requests"], "{stdout}");
     assert!(report["ok"].as_u64().unwrap() > 1000, "{stdout}");
+    if scenarios.contains(&"websocket") {
+        assert_eq!(report["websocket"]["cut"], 0, "{stdout}");
+        assert!(
+            report["websocket"]["clean"].as_u64().unwrap() > 0,
+            "{stdout}"
+        );
+    }
 }
 
 /// `baton serve --workers 2 --probation 0s -- COMMAND`.
@@ -94,18 +103,37 @@ pub fn installed(path: PathBuf) -> String {
     path.to_str().unwrap().to_owned()
 }
 
+/// The Node example, its `ws` package from `tests/servers/install`.
+fn node_example() -> Vec<String> {
+    let modules = servers_dir().join("node/node_modules");
+    installed(modules.join("ws"));
+    [
+        "env",
+        &format!("NODE_PATH={}", modules.display()),
+        "node",
+        &example("node/server.js"),
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// GETs, POSTs, event streams, downloads and WebSockets through reloads of
+/// the Node example: its drain ends event streams and closes WebSockets with
+/// a close frame when it starts (`onDrain`), and lets downloads finish.
 #[test]
 fn node_http_with_the_drain_module_passes_the_check() {
     let _heavy = heavy();
-    let baton = serve(&["node", &example("node/server.js")]);
-    assert_reloads_lose_nothing(&baton, "node");
+    let command = node_example();
+    let baton = serve(&command.iter().map(String::as_str).collect::<Vec<_>>());
+    let scenarios = ["get", "post", "stream", "websocket"];
+    assert_scenarios_lose_nothing(&baton, "node", &scenarios);
 }
 
 #[test]
 fn node_http2_closing_its_sessions_passes_the_h2c_check() {
     let _heavy = heavy();
     let baton = serve(&["node", &example("node/http2-server.js")]);
-    assert_scenario_loses_nothing(&baton, "node-http2", "h2c");
+    assert_scenarios_lose_nothing(&baton, "node-http2", &["h2c"]);
 }
 
 #[test]
