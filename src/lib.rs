@@ -53,7 +53,7 @@
 
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
-pub mod balance;
+pub use baton_protocol::balance;
 pub mod check;
 pub mod cli;
 pub mod config;
@@ -71,7 +71,7 @@ pub mod logging;
 pub mod master;
 pub mod process;
 pub mod procfs;
-pub mod protocol;
+pub use baton_protocol as protocol;
 pub mod rlimit;
 pub mod settings;
 pub mod signals;

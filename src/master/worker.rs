@@ -242,7 +242,9 @@ pub fn spawn(
         generation: launch.generation,
         listeners: listeners.names(),
         balance: launch.balance.is_some(),
-        http: launch.http.cloned(),
+        http: launch
+            .http
+            .map(|args| serde_json::to_value(args).expect("the options always serialize")),
         hold: launch.hold,
         ready_fd,
     };

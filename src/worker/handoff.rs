@@ -8,6 +8,7 @@ use std::os::unix::net::UnixListener;
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::Deserialize;
 use socket2::Domain;
 use tracing::warn;
 
@@ -101,8 +102,11 @@ impl Welcome {
     }
 
     /// The built-in worker's options, if the master sent them.
-    pub fn http(&self) -> Option<&HttpArgs> {
-        self.hello.http.as_ref()
+    pub fn http(&self) -> Result<Option<HttpArgs>, ProtocolError> {
+        let Some(http) = &self.hello.http else {
+            return Ok(None);
+        };
+        Ok(Some(HttpArgs::deserialize(http)?))
     }
 
     /// Starts talking to the master, and takes the listeners. Must be

@@ -67,7 +67,10 @@ async fn report_stats(handoff: Arc<Handoff>, state: Arc<HttpState>) {
 /// master sent in its hello.
 pub fn run() -> Result<(), WorkerError> {
     let welcome = Welcome::receive()?;
-    let args = welcome.http().cloned().unwrap_or_default();
+    let args = welcome
+        .http()
+        .map_err(HandoffError::from)?
+        .unwrap_or_default();
     let runtime = if args.threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()

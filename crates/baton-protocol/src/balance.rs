@@ -161,7 +161,7 @@ impl ShareTable {
     }
 
     /// Takes over the table a previous image of this master created (see
-    /// [`crate::master`]'s upgrade): the workers' entries stay as they are.
+    /// the master's upgrade): the workers' entries stay as they are.
     pub fn adopt(fd: OwnedFd) -> io::Result<Self> {
         let mapping = Mapping::map(fd.as_fd())?;
         if mapping.table().header.magic.load(Ordering::Acquire) != MAGIC {
@@ -193,7 +193,6 @@ impl ShareTable {
     }
 
     /// (pid, accepting, open connections) of every worker in the table.
-    #[cfg(test)]
     pub fn snapshot(&self) -> Vec<(u32, bool, u64)> {
         self.mapping
             .entries()

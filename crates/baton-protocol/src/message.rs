@@ -17,7 +17,6 @@ use tokio::io::Interest;
 
 use crate::error::{HandoffError, ProtocolError};
 use crate::fd;
-use crate::http_options::HttpArgs;
 
 /// The protocol version this baton speaks.
 pub const VERSION: u32 = 1;
@@ -43,10 +42,11 @@ pub enum ToWorker {
         listeners: Vec<String>,
         #[serde(default)]
         balance: bool,
-        /// A built-in worker's options; `None` for a COMMAND, or a worker
-        /// of another kind that brings its own.
+        /// A built-in worker's options, as the binary serializes them;
+        /// `None` for a COMMAND, or a worker of another kind that brings its
+        /// own.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        http: Option<HttpArgs>,
+        http: Option<serde_json::Value>,
         /// Accept nothing until [`ToWorker::Accept`]: the master probes the
         /// worker first (`--health`), through [`ToWorker::Probe`]
         /// connections, so that no client reaches a release that has not
@@ -196,7 +196,7 @@ pub struct Hello {
     /// The accept-balance table, when the master sent one.
     pub balance: Option<OwnedFd>,
     /// A built-in worker's options.
-    pub http: Option<HttpArgs>,
+    pub http: Option<serde_json::Value>,
     /// Accept nothing until told (see [`ToWorker::Hello`]).
     pub hold: bool,
     /// `--ready fd:N`: the pipe's write end, and N.
