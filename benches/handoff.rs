@@ -8,8 +8,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
 use baton::fd;
 use baton::protocol::{self, ToWorker};
-use baton::worker::accept::Acceptor;
-use baton::worker::Handoff;
+use baton_worker::handoff::{Acceptor, Handoff};
 
 fn listeners(count: usize) -> Vec<std::net::TcpListener> {
     (0..count)

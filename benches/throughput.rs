@@ -12,7 +12,6 @@
 mod support;
 
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
 use support::*;
@@ -116,17 +115,10 @@ fn plain_server(threads: usize, work: u64) {
             work,
             ..Default::default()
         };
-        let state = Arc::new(baton::worker::http::HttpState::new(
-            args.work,
-            args.body_timeout,
-        ));
-        let acceptor = baton::worker::accept::Acceptor::new(
-            baton::worker::ReceivedListener::Tcp(listener),
-            None,
-        )
-        .unwrap();
-        let _server = baton::worker::server::Server::start(vec![acceptor], state, (&args).into());
-        std::future::pending::<()>().await;
+        let app = baton::worker::http::Demo::new(baton::worker::http::HttpState::new(args.work));
+        let _ = baton::worker::builder(&args)
+            .serve_listener(listener, app)
+            .await;
     });
 }
 

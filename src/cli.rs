@@ -88,6 +88,10 @@ pub enum Action {
     /// started by `baton serve -- COMMAND`.
     #[command(hide = true)]
     Exec(ExecArgs),
+    /// The stage that execs a `--native` COMMAND with its handoff socket
+    /// kept open at descriptor 3, started by `baton serve --native`.
+    #[command(hide = true)]
+    Native(ExecArgs),
     /// The process that stops workers' process groups when the master is
     /// gone, started by `baton serve`.
     #[command(hide = true)]
@@ -395,6 +399,15 @@ pub struct ServeArgs {
     #[serde_as(as = "text::Named")]
     #[arg(long, value_name = "MODE", default_value = "prefixed")]
     pub output: OutputMode,
+
+    /// With a COMMAND built on the baton-worker library: it speaks baton's
+    /// protocol on the handoff socket (BATON_HANDOFF_FD) like a built-in
+    /// worker: balanced accepts, readiness, the drain with --drain-grace,
+    /// per-second reports for status, /metrics and the liveness check,
+    /// health probes. Without it such a program serves LISTEN_FDS and
+    /// drains on the drain signal
+    #[arg(long, requires = "command")]
+    pub native: bool,
 
     /// The program each worker runs, with its arguments (after `--`). It
     /// receives the listeners the systemd way: descriptors from 3 up,

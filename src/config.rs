@@ -95,6 +95,9 @@ pub struct MasterConfig {
     /// The built-in worker's options, sent in each worker's hello; `None`
     /// for a COMMAND.
     pub http: Option<crate::http_options::HttpArgs>,
+    /// `--native`: workers run a COMMAND that speaks baton's protocol (the
+    /// baton-worker library); `--drain-grace`, sent with each drain.
+    pub native_drain_grace: Option<Duration>,
     /// `--probation`: how long a new generation must run without a crash
     /// after its reload before the reload counts as done; zero for none.
     pub probation: Duration,
@@ -147,11 +150,20 @@ pub struct ConfigSource {
 }
 
 impl MasterConfig {
-    /// `--drain-grace` of the built-in worker, sent with each drain so that
-    /// a reload changes it for workers already running; `None` for a
-    /// COMMAND.
+    /// `--drain-grace` of the built-in worker or a native COMMAND, sent
+    /// with each drain so that a reload changes it for workers already
+    /// running; `None` for a COMMAND.
     pub fn drain_grace(&self) -> Option<Duration> {
-        self.http.as_ref().map(|http| http.drain_grace)
+        self.http
+            .as_ref()
+            .map(|http| http.drain_grace)
+            .or(self.native_drain_grace)
+    }
+
+    /// Whether workers speak baton's protocol: the built-in worker, or a
+    /// `--native` COMMAND.
+    pub fn speaks_protocol(&self) -> bool {
+        self.foreign.is_none()
     }
 
     /// Why `new` cannot replace this configuration while baton runs, if it

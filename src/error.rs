@@ -102,24 +102,18 @@ impl MasterError {
 /// A worker could not start serving.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
-    #[error(
-        "no handoff socket on fd {fd}: `baton worker` is started by `baton serve`, not by hand"
-    )]
-    NoHandoff { fd: i32 },
+    #[error(transparent)]
+    Serve(#[from] baton_worker::Error),
     #[error(transparent)]
     Handoff(#[from] HandoffError),
-    #[error("listener {name:?} is unusable: {reason}")]
-    BadListener { name: String, reason: String },
+    #[error("no handoff socket on fd {fd}: `baton exec` is started by `baton serve`, not by hand")]
+    NoHandoff { fd: i32 },
     #[error("the master closed the handoff socket before sending the listeners")]
     MasterGone,
-    #[error("the master is gone (its end of the handoff socket closed); a worker without its master exits")]
-    MasterLeft,
-    #[error("cannot start the tokio runtime: {0}")]
-    Runtime(io::Error),
-    #[error("cannot install the drain signal's handler: {0}")]
-    Signals(io::Error),
     #[error("cannot put the listeners at descriptors 3 and up: {0}")]
     PlaceListeners(io::Error),
+    #[error("cannot keep the handoff socket open for the native program: {0}")]
+    KeepHandoff(io::Error),
     #[error("--ready fd:{fd} is where a listener goes (the {listeners} listeners take 3 to {}); choose fd:{} or above", 2 + listeners, 3 + listeners)]
     ReadyFdTaken { fd: i32, listeners: usize },
     #[error("cannot run {command}: {source}")]

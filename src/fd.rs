@@ -82,22 +82,6 @@ pub fn prepare_child(
     }
 }
 
-/// Adopts a descriptor this process inherited (from systemd's socket
-/// activation), making it close-on-exec.
-///
-/// # Safety
-/// `raw` must be a descriptor this process owns and that nothing else uses
-/// or closes.
-pub unsafe fn adopt_inherited(raw: RawFd) -> io::Result<OwnedFd> {
-    if !is_open(raw) {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: open, and ours per this function's contract.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    set_inherited(fd.as_fd(), false)?;
-    Ok(fd)
-}
-
 /// Where a COMMAND finds its first listener, the systemd way (SD_LISTEN_FDS_START).
 pub const FIRST_LISTEN_FD: i32 = 3;
 

@@ -1,5 +1,9 @@
 //! baton: a zero-downtime process manager for network servers.
 //!
+//! This library is the `baton` binary's inside, shared with its tests and
+//! benches; it is not an API (the package is not published). Applications
+//! use `baton-worker`; the master and its workers share `baton-protocol`.
+//!
 //! A master process binds the listening sockets once and keeps them open for
 //! its whole life. It starts worker processes and hands each of them the
 //! *same* listening sockets over a Unix socketpair with SCM_RIGHTS. Workers
@@ -39,8 +43,8 @@
 //!   reloads, shutdown.
 //! - [`balance`]: the shared table that spreads new connections evenly
 //!   across workers.
-//! - [`worker`]: the worker side: receive the listeners, serve HTTP with
-//!   hyper, drain without failing a request.
+//! - [`worker`]: the built-in worker: `baton_worker` serving the demo
+//!   routes, and the stages that exec a COMMAND.
 //! - [`load`]: an HTTP load generator that counts every failure by kind.
 //! - [`logging`]: log lines as text or JSON, and a `RUST_LOG` that cannot
 //!   silence errors.

@@ -359,21 +359,7 @@ fn agrees(given: &ListenAddr, actual: &ListenAddr) -> bool {
     }
 }
 
-/// Checks that `fd` is a listening stream socket, TCP or Unix, and returns
-/// its domain; the reason otherwise. Both the master (for sockets systemd
-/// passed) and each worker (for sockets the master sent) check this.
-pub fn check_listening_socket(fd: BorrowedFd<'_>) -> Result<Domain, String> {
-    let sock = SockRef::from(&fd);
-    let ty = sock.r#type().map_err(|e| format!("not a socket ({e})"))?;
-    let domain = sock.domain().map_err(|e| e.to_string())?;
-    if ty != Type::STREAM || ![Domain::IPV4, Domain::IPV6, Domain::UNIX].contains(&domain) {
-        return Err("not a TCP or Unix stream socket".into());
-    }
-    if !sock.is_listener().map_err(|e| e.to_string())? {
-        return Err("the socket is not listening".into());
-    }
-    Ok(domain)
-}
+pub use baton_protocol::fd::check_listening_socket;
 
 /// Adopts an inherited descriptor: a listening stream socket, TCP or Unix.
 fn adopt(name: String, fd: OwnedFd) -> Result<Listener, ListenError> {

@@ -76,7 +76,7 @@ fn main() -> ExitCode {
     std::env::set_var("BATON_LOG_FORMAT", cli.log_format.as_str());
     let worker = matches!(
         cli.command,
-        Action::Worker | Action::Exec(_) | Action::Keeper
+        Action::Worker | Action::Exec(_) | Action::Native(_) | Action::Keeper
     );
     let rust_log = std::env::var("RUST_LOG").ok();
     baton::logging::init(cli.log_format, rust_log.as_deref(), !worker);
@@ -117,6 +117,7 @@ fn run(command: Action) -> Result<Success, Fatal> {
         ),
         Action::UpgradeCheck(args) => upgrade_check(args),
         Action::Exec(args) => Err(baton::worker::exec::run(&args.command).into()),
+        Action::Native(args) => Err(baton::worker::exec::run_native(&args.command).into()),
         Action::Completions { shell } => {
             let mut cli = baton::cli::public_command();
             clap_complete::generate(shell, &mut cli, "baton", &mut std::io::stdout());

@@ -107,8 +107,12 @@ pub fn master_config(args: ServeArgs) -> Result<MasterConfig, String> {
     };
     let program = own_program_path()
         .map_err(|e| format!("cannot find baton's own program file to start workers from: {e}"))?;
-    let (worker_args, foreign) = if args.command.is_empty() {
-        (vec!["worker".into()], None)
+    let (program, worker_args, foreign) = if args.command.is_empty() {
+        (program, vec!["worker".into()], None)
+    } else if args.native {
+        let mut worker_args: Vec<OsString> = vec!["native".into(), "--".into()];
+        worker_args.extend(args.command.iter().cloned());
+        (program, worker_args, None)
     } else {
         let mut worker_args: Vec<OsString> = vec!["exec".into(), "--".into()];
         worker_args.extend(args.command.iter().cloned());
@@ -118,7 +122,7 @@ pub fn master_config(args: ServeArgs) -> Result<MasterConfig, String> {
             prefix_output: args.output == OutputMode::Prefixed,
             watchdog: args.watchdog,
         };
-        (worker_args, Some(foreign))
+        (program, worker_args, Some(foreign))
     };
     Ok(MasterConfig {
         listen: args.listen,
@@ -130,6 +134,7 @@ pub fn master_config(args: ServeArgs) -> Result<MasterConfig, String> {
         backlog: args.backlog,
         ready_timeout: args.ready_timeout,
         drain_timeout: args.drain_timeout,
+        native_drain_grace: args.native.then_some(args.http.drain_grace),
         http: args.command.is_empty().then_some(args.http),
         probation: args.probation,
         health: args.health.map(|path| crate::config::HealthCheck {

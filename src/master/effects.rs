@@ -192,7 +192,7 @@ impl Effects for Processes {
             http: config.http.as_ref(),
             // A built-in worker is probed over its handoff socket before
             // it accepts.
-            hold: probed && config.http.is_some(),
+            hold: probed && config.speaks_protocol(),
             identity: config.worker_identity,
             balance: self.balance.as_ref().map(ShareTable::fd),
             notify_dir: runtime_dir,

@@ -12,7 +12,7 @@ use std::os::unix::process::CommandExt;
 use crate::error::{HandoffError, WorkerError};
 use crate::fd;
 use crate::protocol::{self, Hello, ToWorker};
-use crate::worker::handoff::check_listener;
+use baton_worker::handoff::check_listener;
 
 /// Receives the listeners and becomes `command`. Returns only on failure.
 pub fn run(command: &[OsString]) -> WorkerError {
@@ -22,6 +22,28 @@ pub fn run(command: &[OsString]) -> WorkerError {
             source: cmd.exec(),
         },
         Err(e) => e,
+    }
+}
+
+/// Becomes a `--native` COMMAND: the handoff socket stays at
+/// [`fd::HANDOFF_FD`] across the exec, unread, for the program's
+/// baton-worker to take (`BATON_HANDOFF_FD`). Returns only on failure.
+pub fn run_native(command: &[OsString]) -> WorkerError {
+    // SAFETY: called once at start-up of a process `baton serve` started with
+    // its handoff socket at fd 3; take_handoff checks it before adopting.
+    let Some(handoff) = (unsafe { fd::take_handoff() }) else {
+        return WorkerError::NoHandoff { fd: fd::HANDOFF_FD };
+    };
+    if let Err(source) = fd::set_inherited(handoff.as_fd(), true) {
+        return WorkerError::KeepHandoff(source);
+    }
+    let mut cmd = std::process::Command::new(&command[0]);
+    cmd.args(&command[1..])
+        .env(baton_worker::HANDOFF_ENV, fd::HANDOFF_FD.to_string());
+    let source = cmd.exec();
+    WorkerError::Exec {
+        command: command[0].to_string_lossy().into_owned(),
+        source,
     }
 }
 

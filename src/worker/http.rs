@@ -6,41 +6,34 @@
 //! between two chunks is answered 408.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use baton_worker::{Body as RequestBody, Drain};
 use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Body;
 use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, Response, StatusCode, Version};
+
+use super::{stream, websocket};
 
 /// What the handler shares across connections.
 #[derive(Debug)]
 pub struct HttpState {
     pid: u32,
     work: u64,
-    /// The longest pause between two chunks of a request body.
-    body_timeout: Duration,
-    /// Requests answered.
-    pub requests: AtomicU64,
-    /// Connections accepted.
-    pub accepted: AtomicU64,
-    /// Connections open now.
-    pub open: AtomicU64,
     /// Every answer is 500 (a fault injected on purpose).
     failing: bool,
 }
 
 impl HttpState {
-    pub fn new(work: u64, body_timeout: Duration) -> Self {
+    pub fn new(work: u64) -> Self {
         HttpState {
             pid: std::process::id(),
             work,
-            body_timeout,
-            requests: AtomicU64::new(0),
-            accepted: AtomicU64::new(0),
-            open: AtomicU64::new(0),
             failing: false,
         }
     }
@@ -52,25 +45,62 @@ impl HttpState {
     }
 }
 
-/// Answers one request, from either protocol.
-pub async fn handle<B>(
-    req: Request<B>,
-    state: &HttpState,
-) -> Result<Response<Full<Bytes>>, Infallible>
-where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: std::fmt::Display,
-{
-    let response = route(req, state).await;
-    state.requests.fetch_add(1, Ordering::Relaxed);
-    Ok(response)
+/// What the built-in worker answers with.
+pub type AnswerBody = BoxBody<Bytes, Infallible>;
+
+/// The built-in worker's application, as `baton_worker` serves it.
+#[derive(Debug, Clone)]
+pub struct Demo {
+    state: Arc<HttpState>,
 }
 
-async fn route<B>(req: Request<B>, state: &HttpState) -> Response<Full<Bytes>>
-where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: std::fmt::Display,
-{
+impl Demo {
+    pub fn new(state: HttpState) -> Self {
+        Demo {
+            state: Arc::new(state),
+        }
+    }
+}
+
+impl tower_service::Service<Request<RequestBody>> for Demo {
+    type Response = Response<AnswerBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<AnswerBody>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<RequestBody>) -> Self::Future {
+        let state = self.state.clone();
+        Box::pin(async move { Ok(answer(req, &state).await) })
+    }
+}
+
+/// Answers one request, HTTP/1 or HTTP/2.
+async fn answer(req: Request<RequestBody>, state: &HttpState) -> Response<AnswerBody> {
+    let drain = req
+        .extensions()
+        .get::<Drain>()
+        .cloned()
+        .expect("baton_worker gives every request its Drain");
+    if req.method() == Method::GET && req.uri().path() == "/stream" {
+        let seconds = stream::seconds(req.uri().query());
+        stream::respond(seconds, drain).map(BodyExt::boxed)
+    } else if req.method() == Method::GET && req.uri().path() == "/download" {
+        stream::download(req.uri().query()).map(BodyExt::boxed)
+    } else if websocket::is_asked(&req) {
+        let (response, accepted) = websocket::accept(req);
+        if let Some(accepted) = accepted {
+            tokio::spawn(accepted.echo(drain));
+        }
+        response.map(BodyExt::boxed)
+    } else {
+        route(req, state).await.map(BodyExt::boxed)
+    }
+}
+
+async fn route(req: Request<RequestBody>, state: &HttpState) -> Response<Full<Bytes>> {
     let pid = state.pid;
     if let Some(problem) = host_problem(&req) {
         let mut response = text(StatusCode::BAD_REQUEST, format!("{problem}\n"));
@@ -91,31 +121,29 @@ where
             burn_cpu(state.work);
             text(StatusCode::OK, format!("Process handled by pid: {pid}"))
         }
-        (&Method::POST | &Method::PUT, _) => {
-            match body_len(req.into_body(), state.body_timeout).await {
-                Ok(received) => {
-                    burn_cpu(state.work);
-                    text(
-                        StatusCode::OK,
-                        format!("Process handled by pid: {pid}, received {received} bytes"),
-                    )
-                }
-                Err(BodyError::Stalled) => {
-                    let mut response = text(
-                        StatusCode::REQUEST_TIMEOUT,
-                        "the request body stalled\n".to_owned(),
-                    );
-                    response
-                        .headers_mut()
-                        .insert(CONNECTION, HeaderValue::from_static("close"));
-                    response
-                }
-                Err(BodyError::Broken(e)) => text(
-                    StatusCode::BAD_REQUEST,
-                    format!("cannot read the request body: {e}\n"),
-                ),
+        (&Method::POST | &Method::PUT, _) => match body_len(req.into_body()).await {
+            Ok(received) => {
+                burn_cpu(state.work);
+                text(
+                    StatusCode::OK,
+                    format!("Process handled by pid: {pid}, received {received} bytes"),
+                )
             }
-        }
+            Err(BodyError::Stalled) => {
+                let mut response = text(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request body stalled\n".to_owned(),
+                );
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+                response
+            }
+            Err(BodyError::Broken(e)) => text(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the request body: {e}\n"),
+            ),
+        },
         _ => text(StatusCode::NOT_FOUND, "not found\n".to_owned()),
     }
 }
@@ -140,26 +168,19 @@ enum BodyError {
     Broken(String),
 }
 
-/// Reads a body to its end without keeping it, returning its length; each
-/// chunk must come within `pause` of the one before.
-async fn body_len<B>(mut body: B, pause: Duration) -> Result<u64, BodyError>
-where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: std::fmt::Display,
-{
+/// Reads a body to its end without keeping it, returning its length.
+async fn body_len(mut body: RequestBody) -> Result<u64, BodyError> {
     let mut len = 0u64;
-    loop {
-        let frame = tokio::time::timeout(pause, body.frame())
-            .await
-            .map_err(|_| BodyError::Stalled)?;
-        let Some(frame) = frame else {
-            return Ok(len);
-        };
-        let frame = frame.map_err(|e| BodyError::Broken(e.to_string()))?;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| match e.is_timeout() {
+            true => BodyError::Stalled,
+            false => BodyError::Broken(e.to_string()),
+        })?;
         if let Some(data) = frame.data_ref() {
             len += data.len() as u64;
         }
     }
+    Ok(len)
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

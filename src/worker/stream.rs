@@ -24,10 +24,9 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame};
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::Response;
-use tokio::sync::watch;
 use tokio::time::{interval, Interval};
 
-use super::connection::{DrainPhase, InFlight};
+use baton_worker::Drain;
 
 /// The time between two events.
 const EVERY: Duration = Duration::from_millis(100);
@@ -54,20 +53,14 @@ pub fn seconds(query: Option<&str>) -> u64 {
     parameter(query, "seconds", DEFAULT_SECONDS, MAX_SECONDS)
 }
 
-/// The answer: events for `seconds`, ended when `drain` leaves serving.
-/// `in_flight` is held until the stream ends, so the connection counts as
-/// busy all along.
-pub fn respond(
-    seconds: u64,
-    drain: watch::Receiver<DrainPhase>,
-    in_flight: InFlight,
-) -> Response<Events> {
+/// The answer: events for `seconds`, ended when the drain starts. (The
+/// server counts the request in flight until its body ends.)
+pub fn respond(seconds: u64, drain: Drain) -> Response<Events> {
     let events = Events {
         left: seconds * 1000 / EVERY.as_millis() as u64,
         sent: 0,
         ticks: interval(EVERY),
         drain,
-        _in_flight: in_flight,
     };
     let mut response = Response::new(events);
     let headers = response.headers_mut();
@@ -81,8 +74,7 @@ pub struct Events {
     left: u64,
     sent: u64,
     ticks: Interval,
-    drain: watch::Receiver<DrainPhase>,
-    _in_flight: InFlight,
+    drain: Drain,
 }
 
 impl Body for Events {
@@ -93,7 +85,7 @@ impl Body for Events {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if self.left == 0 || *self.drain.borrow() != DrainPhase::Serving {
+        if self.left == 0 || self.drain.is_started() {
             return Poll::Ready(None);
         }
         ready!(self.ticks.poll_tick(cx));
@@ -105,8 +97,8 @@ impl Body for Events {
 }
 
 /// The answer to `GET /download` with `query`: its bytes, sent over its
-/// seconds whatever the drain does. `in_flight` is held until the last.
-pub fn download(query: Option<&str>, in_flight: InFlight) -> Response<Download> {
+/// seconds whatever the drain does.
+pub fn download(query: Option<&str>) -> Response<Download> {
     let bytes = parameter(query, "bytes", DEFAULT_DOWNLOAD_BYTES, MAX_DOWNLOAD_BYTES);
     let seconds = parameter(query, "seconds", DEFAULT_DOWNLOAD_SECONDS, MAX_SECONDS);
     let pieces = (seconds * 1000 / EVERY.as_millis() as u64).max(1);
@@ -114,7 +106,6 @@ pub fn download(query: Option<&str>, in_flight: InFlight) -> Response<Download> 
         left: bytes,
         piece: bytes.div_ceil(pieces).max(1),
         ticks: interval(EVERY),
-        _in_flight: in_flight,
     };
     let mut response = Response::new(download);
     let headers = response.headers_mut();
@@ -130,7 +121,6 @@ pub struct Download {
     left: u64,
     piece: u64,
     ticks: Interval,
-    _in_flight: InFlight,
 }
 
 impl Body for Download {

@@ -28,7 +28,6 @@ use hyper::upgrade::OnUpgrade;
 use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::watch;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -37,7 +36,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tracing::debug;
 
-use super::connection::{DrainPhase, InFlight};
+use baton_worker::Drain;
 
 /// The path the WebSocket is served on.
 pub const PATH: &str = "/ws";
@@ -47,11 +46,10 @@ pub const PATH: &str = "/ws";
 const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(2);
 
 /// A WebSocket accepted on an HTTP/1 connection: its `101` is on its way;
-/// once it is written, [`Accepted::echo`] takes the connection over.
+/// once it is written, [`Accepted::echo`] takes the connection over. (The
+/// server counts the connection open as long as the socket lives.)
 pub struct Accepted {
     upgrade: OnUpgrade,
-    /// Held as long as the WebSocket lives: the connection is busy.
-    in_flight: InFlight,
 }
 
 /// Whether `req` asks for the WebSocket.
@@ -61,10 +59,7 @@ pub fn is_asked<B>(req: &Request<B>) -> bool {
 
 /// Answers a request for the WebSocket: `101 Switching Protocols` and the
 /// connection to take over once it is written, or `400` and why not.
-pub fn accept<B>(
-    mut req: Request<B>,
-    in_flight: InFlight,
-) -> (Response<Full<Bytes>>, Option<Accepted>) {
+pub fn accept<B>(mut req: Request<B>) -> (Response<Full<Bytes>>, Option<Accepted>) {
     let key = match handshake_key(&req) {
         Ok(key) => key,
         Err(problem) => return (bad_request(problem), None),
@@ -78,7 +73,7 @@ pub fn accept<B>(
     let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
         .expect("base64 is a valid header value");
     headers.insert(SEC_WEBSOCKET_ACCEPT, accept);
-    let accepted = Accepted { upgrade, in_flight };
+    let accepted = Accepted { upgrade };
     (response, Some(accepted))
 }
 
@@ -126,17 +121,14 @@ impl Accepted {
     /// Echoes messages until the client closes, or the drain starts: then
     /// sends a close frame (1001, going away), waits a moment for the
     /// client's, and closes the socket.
-    pub async fn echo(self, mut drain: watch::Receiver<DrainPhase>) {
-        let _in_flight = self.in_flight;
+    pub async fn echo(self, drain: Drain) {
         let upgraded = match self.upgrade.await {
             Ok(upgraded) => upgraded,
             Err(e) => return debug!(cause = %e, "WebSocket upgrade failed"),
         };
         let mut socket =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-        let draining = async move {
-            let _ = drain.wait_for(|phase| *phase != DrainPhase::Serving).await;
-        };
+        let draining = async move { drain.started().await };
         tokio::pin!(draining);
         loop {
             tokio::select! {

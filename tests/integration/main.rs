@@ -17,6 +17,7 @@ mod lame_duck;
 mod lifecycle;
 mod listener;
 mod liveness;
+mod native;
 mod operators;
 mod real_clients;
 mod real_servers;

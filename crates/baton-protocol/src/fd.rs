@@ -196,3 +196,42 @@ pub fn set_inherited(fd: BorrowedFd<'_>, inherited: bool) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Checks that `fd` is a listening stream socket, TCP or Unix, and returns
+/// its domain; the reason otherwise. Both the master (for sockets systemd
+/// passed) and each worker (for sockets the master sent) check this.
+pub fn check_listening_socket(fd: BorrowedFd<'_>) -> Result<socket2::Domain, String> {
+    let sock = socket2::SockRef::from(&fd);
+    let ty = sock.r#type().map_err(|e| format!("not a socket ({e})"))?;
+    let domain = sock.domain().map_err(|e| e.to_string())?;
+    if ty != socket2::Type::STREAM
+        || ![
+            socket2::Domain::IPV4,
+            socket2::Domain::IPV6,
+            socket2::Domain::UNIX,
+        ]
+        .contains(&domain)
+    {
+        return Err("not a TCP or Unix stream socket".into());
+    }
+    if !sock.is_listener().map_err(|e| e.to_string())? {
+        return Err("the socket is not listening".into());
+    }
+    Ok(domain)
+}
+
+/// Adopts a descriptor this process inherited (from systemd's socket
+/// activation), making it close-on-exec.
+///
+/// # Safety
+/// `raw` must be a descriptor this process owns and that nothing else uses
+/// or closes.
+pub unsafe fn adopt_inherited(raw: RawFd) -> io::Result<OwnedFd> {
+    if !is_open(raw) {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: open, and ours per this function's contract.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    set_inherited(fd.as_fd(), false)?;
+    Ok(fd)
+}

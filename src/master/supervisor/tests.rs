@@ -123,6 +123,7 @@ fn config(workers: usize, probation: Duration) -> MasterConfig {
         ready_timeout: Duration::from_secs(10),
         drain_timeout: Duration::from_secs(30),
         http: None,
+        native_drain_grace: None,
         probation,
         health: None,
         max_memory: None,

@@ -1,7 +1,7 @@
 //! Accepting and serving connections, and draining them without failing a
 //! request.
 //!
-//! Each connection runs on its own task under [`super::connection`], which
+//! Each connection runs on its own task under the `connection` module, which
 //! bounds every phase of it in time. The drain has two phases, because
 //! closing an idle keep-alive connection races its client's next request
 //! (hyper's graceful shutdown alone closes them all at once):
@@ -10,7 +10,7 @@
 //!    and the other workers keep the socket and its queue; leave the
 //!    accept-balance table, so nobody defers to this worker) and answer every
 //!    HTTP/1 request with `Connection: close`; HTTP/2 connections get GOAWAY
-//!    (see [`super::http2`] for which).
+//!    (see the `http2` module for which).
 //!    Idle keep-alive connections stay open, so that each client's next
 //!    request is answered and its connection closes after it. This lasts
 //!    until no connection is open, the grace ends, or the master hurries the
@@ -19,16 +19,14 @@
 //!    connections still sending their headers are dropped, requests in
 //!    flight finish; all bounded by the drain deadline.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::BodyExt;
-use hyper::body::Body;
 use hyper::header::{HeaderValue, CONNECTION};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Request, Response};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
@@ -36,25 +34,28 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep, sleep_until, Instant};
 use tracing::{debug, info, warn};
 
-use super::accept::{Accepted, Acceptor, Stream};
-use super::connection::{self, DrainPhase, Ended, Limits, Tracked, Tracker};
-use super::http::{handle, HttpState};
-use super::http2;
-use super::sniff::{sniff, Protocol};
-use super::stream;
-use super::websocket;
-use crate::balance::OpenConnection;
-use crate::config::deadline;
-use crate::http_options::{HttpArgs, WorkerFault};
+use crate::accept::{Accepted, Acceptor, Stream};
+use crate::app::{Handler, ResponseBody};
+use crate::body::{Body, InFlightBody};
+use crate::connection::{self, DrainPhase, Ended, Limits, Tracked, Tracker};
+use crate::deadline;
+use crate::drain::Drain;
+use crate::http2;
+use crate::sniff::{sniff, Protocol};
+use baton_protocol::balance::OpenConnection;
+
+pub use crate::connection::LINGER_FOR;
+pub use crate::http2::IDLE_MOMENT_WAIT;
+pub use crate::sniff::HTTP2_PREFACE;
 
 /// How long a worker that ran out of descriptors stops accepting (nginx
 /// waits 500 ms too): its pending connections wait for other workers, and
 /// its own connections get the chance to close.
 const OUT_OF_DESCRIPTORS_PAUSE: Duration = Duration::from_millis(500);
 
-/// The built-in server's client limits.
+/// A server's client limits.
 #[derive(Debug, Clone, Copy)]
-pub struct ServerOptions {
+pub(crate) struct ServerOptions {
     pub limits: Limits,
     /// HTTP/2: ping after this long without a frame, close when the ping
     /// is not answered within as long.
@@ -63,31 +64,39 @@ pub struct ServerOptions {
     pub http2_drain: http2::Drain,
     /// Closes linger (but for a fault injected on purpose).
     pub linger: bool,
+    /// The longest pause between two chunks of a request body.
+    pub body_timeout: Duration,
 }
 
-impl From<&HttpArgs> for ServerOptions {
-    fn from(args: &HttpArgs) -> Self {
-        ServerOptions {
-            limits: Limits {
-                header: args.header_timeout,
-                keepalive: args.keepalive_timeout,
-            },
-            http2_ping: args.http2_ping,
-            http2_drain: match args.fault {
-                Some(WorkerFault::TwoStepGoaway) => http2::Drain::TwoStep,
-                Some(WorkerFault::ImmediateGoaway) => http2::Drain::Immediate,
-                _ => http2::Drain::AtAnIdleMoment,
-            },
-            linger: args.fault != Some(WorkerFault::NoLinger),
-        }
+/// What a server counts, for the master's `status` and `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Connections accepted (or given to [`Server::serve_connection`]).
+    pub accepted: AtomicU64,
+    /// Connections open now.
+    pub open: AtomicU64,
+    /// Requests that reached the application.
+    pub requests: AtomicU64,
+}
+
+/// Counts a connection as open until dropped (with its place in the
+/// balance table).
+struct OpenGuard {
+    counters: Arc<Counters>,
+    _balance: Option<OpenConnection>,
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.counters.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// A running HTTP server over one or more listeners.
 pub struct Server {
-    state: Arc<HttpState>,
+    counters: Arc<Counters>,
     /// Tells the accept loops to stop and every connection the drain phase.
-    drain_tx: watch::Sender<DrainPhase>,
+    drain_tx: Arc<watch::Sender<DrainPhase>>,
     accept_loops: Vec<JoinHandle<()>>,
     /// What connections given to [`Server::serve_connection`] share with
     /// the accept loops' connections.
@@ -100,12 +109,14 @@ pub struct Server {
 /// What every accept loop shares.
 struct Shared {
     http1: http1::Builder,
-    state: Arc<HttpState>,
+    handler: Handler,
+    counters: Arc<Counters>,
     limits: Limits,
     /// HTTP/2's keep-alive PING interval and timeout.
     http2_ping: Duration,
     http2_drain: http2::Drain,
     linger: bool,
+    body_timeout: Duration,
     drain_rx: watch::Receiver<DrainPhase>,
     /// Never sent on: each accept loop and connection task holds `Shared`,
     /// and each lingering socket a clone of this sender, so the drain knows
@@ -114,28 +125,37 @@ struct Shared {
 }
 
 impl Server {
-    /// Starts accepting on every listener. Returns once each is registered,
-    /// so the caller may report ready.
-    pub fn start(acceptors: Vec<Acceptor>, state: Arc<HttpState>, options: ServerOptions) -> Self {
-        let (drain_tx, drain_rx) = watch::channel(DrainPhase::Serving);
+    /// Starts accepting on every listener, answering with `handler`; `drain`
+    /// is the sender behind every [`Drain`] the application holds. Returns
+    /// once each listener is registered, so the caller may report ready.
+    pub(crate) fn start(
+        acceptors: Vec<Acceptor>,
+        handler: Handler,
+        options: ServerOptions,
+        drain: Arc<watch::Sender<DrainPhase>>,
+    ) -> Self {
+        let drain_rx = drain.subscribe();
         let mut http1 = http1::Builder::new();
         // Header and idle time limits are the connection task's, which
         // tells them apart (hyper's header timer also runs while idle).
         http1.timer(TokioTimer::new()).header_read_timeout(None);
         let (alive, closed) = mpsc::channel(1);
+        let counters = Arc::new(Counters::default());
         let shared = Arc::new(Shared {
             http1,
-            state: state.clone(),
+            handler,
+            counters: counters.clone(),
             limits: options.limits,
             http2_ping: options.http2_ping,
             http2_drain: options.http2_drain,
             linger: options.linger,
+            body_timeout: options.body_timeout,
             drain_rx,
             alive,
         });
         let mut server = Server {
-            state,
-            drain_tx,
+            counters,
+            drain_tx: drain,
             accept_loops: Vec::new(),
             shared,
             closed,
@@ -144,9 +164,14 @@ impl Server {
         server
     }
 
+    /// What this server counted so far.
+    pub fn counters(&self) -> Arc<Counters> {
+        self.counters.clone()
+    }
+
     /// Starts accepting on more listeners (on those of a worker that held
     /// its accepts until its health probes passed).
-    pub fn accept(&mut self, acceptors: Vec<Acceptor>) {
+    pub(crate) fn accept(&mut self, acceptors: Vec<Acceptor>) {
         self.accept_loops.extend(
             acceptors
                 .into_iter()
@@ -176,11 +201,11 @@ impl Server {
     ) {
         let mut closed = self.closed;
         drop(self.shared);
-        let _ = self.drain_tx.send(DrainPhase::Draining);
+        self.drain_tx.send_replace(DrainPhase::Draining);
         for accept_loop in self.accept_loops {
             let _ = accept_loop.await;
         }
-        let open = || self.state.open.load(Ordering::Relaxed);
+        let open = || self.counters.open.load(Ordering::Relaxed);
         info!(open = open(), "draining: stopped accepting");
 
         let mut deadline_at = deadline_at;
@@ -194,7 +219,7 @@ impl Server {
             }
         }
         let after_grace = open();
-        let _ = self.drain_tx.send(DrainPhase::Closing);
+        self.drain_tx.send_replace(DrainPhase::Closing);
         tokio::select! {
             _ = all_closed(&mut closed) => {}
             _ = sleep_until(deadline_at) => {
@@ -203,8 +228,8 @@ impl Server {
         }
         info!(
             open_after_grace = after_grace,
-            accepted = self.state.accepted.load(Ordering::Relaxed),
-            requests = self.state.requests.load(Ordering::Relaxed),
+            accepted = self.counters.accepted.load(Ordering::Relaxed),
+            requests = self.counters.requests.load(Ordering::Relaxed),
             "drained"
         );
     }
@@ -239,7 +264,7 @@ async fn accept_loop(acceptor: Acceptor, shared: Arc<Shared>) {
                 warn!(
                     cause = %e,
                     pause_ms = OUT_OF_DESCRIPTORS_PAUSE.as_millis() as u64,
-                    open = shared.state.open.load(Ordering::Relaxed),
+                    open = shared.counters.open.load(Ordering::Relaxed),
                     "out of descriptors: not accepting for a while"
                 );
                 acceptor.stop();
@@ -273,10 +298,15 @@ fn serve<S>(stream: S, open: Option<OpenConnection>, shared: &Arc<Shared>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let state = &shared.state;
-    state.accepted.fetch_add(1, Ordering::Relaxed);
-    state.open.fetch_add(1, Ordering::Relaxed);
+    let counters = &shared.counters;
+    counters.accepted.fetch_add(1, Ordering::Relaxed);
+    counters.open.fetch_add(1, Ordering::Relaxed);
+    let open = OpenGuard {
+        counters: counters.clone(),
+        _balance: open,
+    };
     let (mut stream, tracker) = Tracked::new(stream, Some(shared.alive.clone()));
+    stream = stream.counted_by(open);
     if !shared.linger {
         stream = stream.without_linger();
     }
@@ -290,8 +320,6 @@ where
             Ended::TimedOut => debug!("connection too slow; dropped"),
             Ended::Failed(cause) => debug!(%cause, "connection ended with an error"),
         }
-        shared.state.open.fetch_sub(1, Ordering::Relaxed);
-        drop(open);
     });
 }
 
@@ -307,83 +335,54 @@ where
             let (ping, drain) = (shared.http2_ping, shared.http2_drain);
             let answer = {
                 let tracker = tracker.clone();
-                move |req| answer(req, shared.clone(), tracker.clone(), None)
+                move |req: Request<http2::RequestBody>| {
+                    let req = req.map(|body| Body::http2(body, shared.body_timeout));
+                    answer(req, shared.clone(), tracker.clone())
+                }
             };
             http2::serve(stream, tracker, ping, drain, answer)
                 .await
                 .map_err(|e| e.to_string())
         }
         Protocol::Http1 => {
-            let upgrades = UpgradeSlot::default();
             let service = {
                 let (shared, tracker) = (shared.clone(), tracker.clone());
-                let upgrades = upgrades.clone();
-                service_fn(move |req| {
-                    let answered =
-                        answer(req, shared.clone(), tracker.clone(), Some(upgrades.clone()));
+                service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let req = req.map(|body| Body::http1(body, shared.body_timeout));
+                    let answered = answer(req, shared.clone(), tracker.clone());
                     async move { Ok::<_, std::convert::Infallible>(answered.await) }
                 })
             };
+            // An upgraded connection (a WebSocket) leaves with the
+            // application's handler, its socket still counted open.
             shared
                 .http1
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades()
                 .await
-                .map_err(|e| e.to_string())?;
-            // Upgraded: the WebSocket lives on this connection's task, so
-            // that it counts as open, and its time limits still apply.
-            let accepted = upgrades.lock().expect("not poisoned").take();
-            if let Some(accepted) = accepted {
-                accepted.echo(shared.drain_rx.clone()).await;
-            }
-            Ok(())
+                .map_err(|e| e.to_string())
         }
     }
 }
 
-/// What the built-in server answers with.
-type AnswerBody = http_body_util::combinators::BoxBody<bytes::Bytes, std::convert::Infallible>;
-
-/// Where an HTTP/1 connection's answer leaves the WebSocket that takes the
-/// connection over once the answer is written.
-type UpgradeSlot = Arc<std::sync::Mutex<Option<websocket::Accepted>>>;
-
-/// Answers one request, HTTP/1 or HTTP/2 (`upgrades` is HTTP/1's).
-async fn answer<B>(
-    req: Request<B>,
+/// Answers one request, HTTP/1 or HTTP/2, with the application.
+async fn answer(
+    mut req: Request<Body>,
     shared: Arc<Shared>,
     tracker: Arc<Tracker>,
-    upgrades: Option<UpgradeSlot>,
-) -> Response<AnswerBody>
-where
-    B: Body<Data = bytes::Bytes> + Unpin,
-    B::Error: std::fmt::Display,
-{
+) -> Response<InFlightBody<ResponseBody>> {
     let in_flight = tracker.request();
+    shared.counters.requests.fetch_add(1, Ordering::Relaxed);
     let http1 = req.version() < hyper::Version::HTTP_2;
-    let mut response = if req.method() == hyper::Method::GET && req.uri().path() == "/stream" {
-        let seconds = stream::seconds(req.uri().query());
-        shared.state.requests.fetch_add(1, Ordering::Relaxed);
-        stream::respond(seconds, shared.drain_rx.clone(), in_flight).map(BodyExt::boxed)
-    } else if req.method() == hyper::Method::GET && req.uri().path() == "/download" {
-        shared.state.requests.fetch_add(1, Ordering::Relaxed);
-        stream::download(req.uri().query(), in_flight).map(BodyExt::boxed)
-    } else if websocket::is_asked(&req) {
-        shared.state.requests.fetch_add(1, Ordering::Relaxed);
-        let (response, accepted) = websocket::accept(req, in_flight);
-        match (accepted, upgrades) {
-            (Some(accepted), Some(slot)) => {
-                *slot.lock().expect("not poisoned") = Some(accepted);
-                // Its headers are the handshake's own.
-                return response.map(BodyExt::boxed);
-            }
-            _ => response.map(BodyExt::boxed),
-        }
-    } else {
-        let Ok(response) = handle(req, &shared.state).await;
-        drop(in_flight);
-        response.map(BodyExt::boxed)
-    };
+    req.extensions_mut()
+        .insert(Drain::new(shared.drain_rx.clone()));
+    let mut response = (shared.handler)(req).await;
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // The connection is the application's from now on; its headers
+        // are the handshake's own.
+        tracker.upgraded();
+        return response.map(|body| InFlightBody::new(body, None));
+    }
     // Draining, or this connection is closing: the client must not send
     // another request on it. (HTTP/2 has GOAWAY for that.)
     let draining = *shared.drain_rx.borrow() != DrainPhase::Serving;
@@ -392,8 +391,5 @@ where
             .headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }
-    response
+    response.map(|body| InFlightBody::new(body, Some(in_flight)))
 }
-
-#[cfg(test)]
-mod tests;

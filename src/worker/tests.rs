@@ -10,7 +10,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::oneshot;
 use tokio::time::{sleep, Instant};
 
-use super::*;
+use baton_worker::server::{Server, HTTP2_PREFACE, IDLE_MOMENT_WAIT, LINGER_FOR};
+use baton_worker::Builder;
+use tokio::task::JoinHandle;
+
+use super::http::{Demo, HttpState};
 use crate::check::goaway::{GoawayFrame, GoawayLog, Recorded, ANY_STREAM};
 
 const HEADER: Duration = Duration::from_secs(10);
@@ -21,16 +25,12 @@ const DRAIN: Duration = Duration::from_secs(120);
 const PING: Duration = Duration::from_secs(20);
 
 fn server() -> Server {
-    let options = ServerOptions {
-        limits: Limits {
-            header: HEADER,
-            keepalive: KEEPALIVE,
-        },
-        http2_ping: PING,
-        http2_drain: http2::Drain::AtAnIdleMoment,
-        linger: true,
-    };
-    Server::start(Vec::new(), Arc::new(HttpState::new(0, BODY)), options)
+    Builder::new()
+        .header_timeout(HEADER)
+        .keepalive_timeout(KEEPALIVE)
+        .body_timeout(BODY)
+        .http2_ping(PING)
+        .start(Demo::new(HttpState::new(0)))
 }
 
 /// A new client connection to `server`.
@@ -218,7 +218,7 @@ async fn the_drain_ends_when_its_closed_connections_have_lingered() {
     client.read_to_end(&mut rest).await.unwrap();
     assert_eq!(
         drained.await.unwrap(),
-        hurried + connection::LINGER_FOR,
+        hurried + LINGER_FOR,
         "the linger is part of the drain"
     );
 }
@@ -318,7 +318,7 @@ async fn a_busy_http2_connection_is_sent_the_two_step_goaway_and_its_stream_fini
     let start = Instant::now();
     let (_hurry, drained) = drain(server);
 
-    sleep(http2::IDLE_MOMENT_WAIT - Duration::from_millis(1)).await;
+    sleep(IDLE_MOMENT_WAIT - Duration::from_millis(1)).await;
     assert_eq!(log.frames(), vec![], "waiting for a moment with no stream");
     sleep(Duration::from_millis(2)).await;
     // The client answers the PING at once: the second GOAWAY follows.
@@ -329,17 +329,14 @@ async fn a_busy_http2_connection_is_sent_the_two_step_goaway_and_its_stream_fini
     assert_eq!(status_of(response).await, 200, "the open stream finished");
     driven.await.unwrap().expect("a clean end");
     let drained_at = drained.await.unwrap();
-    assert!(drained_at - start < http2::IDLE_MOMENT_WAIT + Duration::from_millis(10));
+    assert!(drained_at - start < IDLE_MOMENT_WAIT + Duration::from_millis(10));
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_http2_client_that_never_answers_a_ping_is_dropped() {
     let server = server();
     let mut client = connect(&server);
-    client
-        .write_all(super::super::sniff::HTTP2_PREFACE)
-        .await
-        .unwrap();
+    client.write_all(HTTP2_PREFACE).await.unwrap();
     client
         .write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
         .await

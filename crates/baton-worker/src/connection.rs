@@ -41,12 +41,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::task::AtomicWaker;
+use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, timeout, Instant};
 
-use crate::config::deadline;
+use crate::deadline;
 
 /// How long a closed connection keeps reading what its client still sends.
 pub const LINGER_FOR: Duration = Duration::from_secs(2);
@@ -95,6 +95,9 @@ pub struct Tracker {
     last_read_ms: AtomicU64,
     /// The client speaks HTTP/2 (its first bytes were the HTTP/2 preface).
     http2: AtomicBool,
+    /// The connection was upgraded (101): it is the application's now, and
+    /// never idles between HTTP/1 requests again.
+    upgraded: AtomicBool,
     /// The task that last read, to wake it when a close is asked.
     reader: AtomicWaker,
 }
@@ -110,6 +113,7 @@ impl Tracker {
             answered: AtomicU64::new(0),
             last_read_ms: AtomicU64::new(0),
             http2: AtomicBool::new(false),
+            upgraded: AtomicBool::new(false),
             reader: AtomicWaker::new(),
         }
     }
@@ -134,6 +138,13 @@ impl Tracker {
         self.in_flight.load(Ordering::Acquire) == 0
             && self.head_started_ms.load(Ordering::Acquire) == NEVER
             && !self.http2.load(Ordering::Relaxed)
+            && !self.upgraded.load(Ordering::Relaxed)
+    }
+
+    /// The connection was upgraded to another protocol (a WebSocket): a
+    /// drain no longer reads it as ended between requests.
+    pub fn upgraded(&self) {
+        self.upgraded.store(true, Ordering::Relaxed);
     }
 
     /// The client sent the HTTP/2 preface: its connection idles between
@@ -257,6 +268,11 @@ pub struct Tracked<S: AsyncRead + Unpin + Send + 'static> {
     /// Whether a clean close lingers (always, but for a fault injected on
     /// purpose).
     lingers: bool,
+    /// Dropped when the connection closes (before any linger): it counts
+    /// the connection as open, in the worker's counters and the balance
+    /// table, for as long as anything holds the socket, an upgraded
+    /// connection included.
+    open: Option<Box<dyn Send + Sync>>,
 }
 
 impl<S: AsyncRead + Unpin + Send + 'static> Tracked<S> {
@@ -269,8 +285,15 @@ impl<S: AsyncRead + Unpin + Send + 'static> Tracked<S> {
             shut_down: false,
             alive,
             lingers: true,
+            open: None,
         };
         (tracked, tracker)
+    }
+
+    /// Holds `open` until the connection closes.
+    pub fn counted_by(mut self, open: impl Send + Sync + 'static) -> Self {
+        self.open = Some(Box::new(open));
+        self
     }
 
     /// Closes at once, without the lingering read (a fault, to prove the
@@ -348,6 +371,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for Tracked<
 
 impl<S: AsyncRead + Unpin + Send + 'static> Drop for Tracked<S> {
     fn drop(&mut self) {
+        drop(self.open.take());
         if !self.shut_down || !self.lingers {
             return;
         }

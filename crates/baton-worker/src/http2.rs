@@ -42,7 +42,7 @@ use tokio::time::{sleep, Instant, Sleep};
 use tracing::debug;
 
 use super::connection::Tracker;
-use crate::config::deadline;
+use crate::deadline;
 
 /// How long a draining connection waits for a moment with no stream open
 /// before it is sent the two-step GOAWAY instead of the single one.

@@ -1,5 +1,5 @@
 //! Accepting connections on a shared listening socket, paced by the
-//! accept-balance table (see [`crate::balance`]) so that no worker takes
+//! accept-balance table (see [`baton_protocol::balance`]) so that no worker takes
 //! more than its share while another idles.
 //!
 //! This is the accept path of the built-in worker and of any Rust program
@@ -18,8 +18,8 @@ use tokio::io::unix::AsyncFd;
 use tokio::time::{timeout_at, Instant};
 
 use super::handoff::ReceivedListener;
-use crate::balance::{AcceptShare, OpenConnection, YIELD_FOR};
-use crate::fd;
+use baton_protocol::balance::{AcceptShare, OpenConnection, YIELD_FOR};
+use baton_protocol::fd;
 
 /// A listener registered with tokio, accepting its share of connections.
 #[derive(Debug)]

@@ -8,15 +8,15 @@ use std::os::unix::net::UnixListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
 use socket2::Domain;
 use tracing::warn;
 
-use crate::balance::AcceptShare;
-use crate::error::{HandoffError, ProtocolError, WorkerError};
-use crate::fd;
-use crate::http_options::HttpArgs;
-use crate::protocol::{self, Channel, Hello, ToMaster, ToWorker, WorkerStats};
+pub use crate::accept::Acceptor;
+use baton_protocol::balance::AcceptShare;
+use baton_protocol::fd;
+use baton_protocol::{self as protocol, Channel, Hello, ToMaster, ToWorker, WorkerStats};
+
+use crate::error::{Error as WorkerError, HandoffError, ProtocolError};
 
 /// A listening socket received from the master: non-blocking, listening,
 /// shared with the master and the other workers. Accept on it with
@@ -93,6 +93,16 @@ impl Welcome {
         Self::receive_on(end)
     }
 
+    /// Takes the handoff socket at the descriptor `fd` names (the value of
+    /// [`crate::HANDOFF_ENV`]) and reads the hello.
+    pub fn receive_named(fd: &str) -> Result<Self, WorkerError> {
+        match fd.trim().parse::<i32>() {
+            Ok(fd::HANDOFF_FD) => Self::receive(),
+            Ok(other) => Err(WorkerError::NoHandoff { fd: other }),
+            Err(_) => Err(WorkerError::NoHandoff { fd: -1 }),
+        }
+    }
+
     /// Reads the hello on an already-adopted handoff socket.
     pub fn receive_on(end: OwnedFd) -> Result<Self, WorkerError> {
         let (message, fds) =
@@ -101,12 +111,10 @@ impl Welcome {
         Ok(Welcome { end, hello })
     }
 
-    /// The built-in worker's options, if the master sent them.
-    pub fn http(&self) -> Result<Option<HttpArgs>, ProtocolError> {
-        let Some(http) = &self.hello.http else {
-            return Ok(None);
-        };
-        Ok(Some(HttpArgs::deserialize(http)?))
+    /// The built-in worker's options, as the master sent them (`None` to
+    /// a native COMMAND, which brings its own).
+    pub fn options(&self) -> Option<&serde_json::Value> {
+        self.hello.http.as_ref()
     }
 
     /// Starts talking to the master, and takes the listeners. Must be
@@ -195,7 +203,7 @@ pub fn check_listener(
         reason,
     };
     wait_listening(fd);
-    let domain = crate::listeners::check_listening_socket(fd).map_err(bad)?;
+    let domain = fd::check_listening_socket(fd).map_err(bad)?;
     // Tokio needs O_NONBLOCK, which the master sets once for every process:
     // setting it here would change it under the others' feet.
     if need_nonblocking && !fd::is_nonblocking(fd).map_err(|e| bad(e.to_string()))? {
@@ -213,7 +221,7 @@ const RELISTEN_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Waits, for [`RELISTEN_WAIT`] at the most, while `fd` is a socket that
 /// does not listen: a worker of the generation draining may have shut the
 /// shared socket down a moment ago, and the master listens on it again
-/// within milliseconds (see [`crate::listen_state`]).
+/// within milliseconds (baton's master puts it right).
 fn wait_listening(fd: BorrowedFd<'_>) {
     let deadline = std::time::Instant::now() + RELISTEN_WAIT;
     let sock = socket2::SockRef::from(&fd);
@@ -236,8 +244,7 @@ fn adopt_listener(name: String, fd: OwnedFd) -> Result<NamedListener, WorkerErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balance::ShareTable;
-    use crate::protocol::{self, ToWorker};
+    use baton_protocol::balance::ShareTable;
 
     fn listener() -> TcpListener {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
