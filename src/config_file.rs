@@ -110,8 +110,12 @@ fn over(mut args: ServeArgs, cli_args: &[OsString]) -> Result<ServeArgs, String>
             std::iter::once(OsString::from("serve")).chain(cli_args.iter().cloned()),
         )
         .map_err(|e| format!("invalid options: {}", first_line(&e)))?;
+    // A switch reads as false when not given, whatever the defaults: the
+    // file's `native = true` stands unless the command line sets it too.
+    let native = args.native;
     args.update_from_arg_matches(&given)
         .map_err(|e| format!("invalid options: {}", first_line(&e)))?;
+    args.native |= native;
     Ok(args)
 }
 
@@ -184,7 +188,7 @@ mod tests {
     }
 
     /// One value per serve option, none of them its default.
-    const SAMPLES: [(&str, &str); 34] = [
+    const SAMPLES: [(&str, &str); 35] = [
         ("listen", "a=127.0.0.1:9000"),
         ("unix_mode", "0640"),
         ("user", "nobody"),
@@ -218,12 +222,17 @@ mod tests {
         ("drain_signal", "SIGINT"),
         ("watchdog", "9s"),
         ("output", "raw"),
+        ("native", "true"),
         ("command", "node"),
     ];
 
     /// `key = value` as the file would hold it.
     fn as_key(key: &str, value: &str) -> (String, toml::Value) {
-        let value = toml::Value::String(value.to_owned());
+        let value = if key == "native" {
+            toml::Value::Boolean(value == "true")
+        } else {
+            toml::Value::String(value.to_owned())
+        };
         let value = if LISTS.contains(&key) {
             toml::Value::Array(vec![value])
         } else {
@@ -250,6 +259,10 @@ mod tests {
             }
             if key == "command" {
                 words.extend(["--".into(), value.into()]);
+            } else if key == "native" {
+                // A switch, and only with a COMMAND.
+                words.extend(["--native".into(), "--".into(), "app".into()]);
+                table.extend([as_key("command", "app")]);
             } else {
                 words.push(format!("--{}={value}", key.replace('_', "-")).into());
             }
