@@ -106,8 +106,10 @@ pub enum WorkerError {
     Serve(#[from] baton_worker::Error),
     #[error(transparent)]
     Handoff(#[from] HandoffError),
-    #[error("no handoff socket on fd {fd}: `baton exec` is started by `baton serve`, not by hand")]
-    NoHandoff { fd: i32 },
+    #[error(
+        "no handoff socket on fd {fd}: `baton {stage}` is started by `baton serve`, not by hand"
+    )]
+    NoHandoff { stage: &'static str, fd: i32 },
     #[error("the master closed the handoff socket before sending the listeners")]
     MasterGone,
     #[error("cannot put the listeners at descriptors 3 and up: {0}")]

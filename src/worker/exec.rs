@@ -32,7 +32,10 @@ pub fn run_native(command: &[OsString]) -> WorkerError {
     // SAFETY: called once at start-up of a process `baton serve` started with
     // its handoff socket at fd 3; take_handoff checks it before adopting.
     let Some(handoff) = (unsafe { fd::take_handoff() }) else {
-        return WorkerError::NoHandoff { fd: fd::HANDOFF_FD };
+        return WorkerError::NoHandoff {
+            stage: "exec",
+            fd: fd::HANDOFF_FD,
+        };
     };
     if let Err(source) = fd::set_inherited(handoff.as_fd(), true) {
         return WorkerError::KeepHandoff(source);
@@ -50,8 +53,10 @@ pub fn run_native(command: &[OsString]) -> WorkerError {
 fn prepare(command: &[OsString]) -> Result<std::process::Command, WorkerError> {
     // SAFETY: called once at start-up of a process `baton serve` started with
     // its handoff socket at fd 3; take_handoff checks it before adopting.
-    let handoff =
-        unsafe { fd::take_handoff() }.ok_or(WorkerError::NoHandoff { fd: fd::HANDOFF_FD })?;
+    let handoff = unsafe { fd::take_handoff() }.ok_or(WorkerError::NoHandoff {
+        stage: "exec",
+        fd: fd::HANDOFF_FD,
+    })?;
     // The master queued the hello before starting this process.
     let (message, fds) =
         protocol::recv_now::<ToWorker>(handoff.as_fd())?.ok_or(WorkerError::MasterGone)?;

@@ -25,7 +25,13 @@ use http::{Demo, HttpState};
 /// Runs the built-in worker until it has drained, with the options the
 /// master sent in its hello.
 pub fn run() -> Result<(), WorkerError> {
-    let welcome = Welcome::receive()?;
+    let welcome = Welcome::receive().map_err(|e| match e {
+        baton_worker::Error::NoHandoff { fd } => WorkerError::NoHandoff {
+            stage: "worker",
+            fd,
+        },
+        other => other.into(),
+    })?;
     let args = match welcome.options() {
         Some(options) => HttpArgs::deserialize(options)
             .map_err(|e| HandoffError::from(ProtocolError::from(e)))?,
