@@ -122,6 +122,9 @@ pub struct MasterConfig {
     pub worker_args: Vec<OsString>,
     /// Set when workers run a COMMAND rather than the built-in server.
     pub foreign: Option<ForeignWorker>,
+    /// Prefix each output line of a program's worker (a COMMAND, native or
+    /// not) with its slot and pid.
+    pub prefix_output: bool,
 }
 
 /// `--health PATH` and its options.
@@ -204,8 +207,6 @@ pub struct ForeignWorker {
     pub ready: ReadyMode,
     /// Sent to ask the program to drain; SIGKILL follows at the drain timeout.
     pub drain_signal: nix::sys::signal::Signal,
-    /// Prefix each output line with the worker's slot and pid.
-    pub prefix_output: bool,
     /// `--watchdog`: set as WATCHDOG_USEC; a ready worker that sends no
     /// WATCHDOG=1 for this long is replaced.
     pub watchdog: Option<Duration>,

@@ -119,7 +119,6 @@ pub fn master_config(args: ServeArgs) -> Result<MasterConfig, String> {
         let foreign = ForeignWorker {
             ready: args.ready,
             drain_signal: args.drain_signal,
-            prefix_output: args.output == OutputMode::Prefixed,
             watchdog: args.watchdog,
         };
         (program, worker_args, Some(foreign))
@@ -152,6 +151,7 @@ pub fn master_config(args: ServeArgs) -> Result<MasterConfig, String> {
         program,
         worker_args,
         foreign,
+        prefix_output: !args.command.is_empty() && args.output == OutputMode::Prefixed,
     })
 }
 

@@ -144,6 +144,7 @@ impl Processes {
     fn watch_context<'a>(&'a self, config: &'a MasterConfig) -> worker::WatchContext<'a> {
         worker::WatchContext {
             foreign: config.foreign.as_ref(),
+            prefix_output: config.prefix_output,
             listeners: &self.listeners,
             ready_timeout: config.ready_timeout,
             drain_timeout: config.drain_timeout,

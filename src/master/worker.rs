@@ -307,6 +307,9 @@ fn command(
         // Its own process group: a Ctrl-C on the terminal reaches the master
         // only, which then drains the workers instead of losing them.
         .process_group(0);
+    if launch.watch.prefix_output {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    }
     let Some(foreign) = launch.watch.foreign else {
         return Ok((cmd, None));
     };
@@ -326,9 +329,6 @@ fn command(
     if let Some(watchdog) = foreign.watchdog {
         // The exec stage adds WATCHDOG_PID, the program's pid.
         cmd.env("WATCHDOG_USEC", watchdog.as_micros().to_string());
-    }
-    if foreign.prefix_output {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     }
     Ok((cmd, Some(socket)))
 }
@@ -391,6 +391,9 @@ pub fn adopt(
 pub struct WatchContext<'a> {
     /// Set for COMMAND workers.
     pub foreign: Option<&'a ForeignWorker>,
+    /// `--output prefixed` for a program's worker: its output is read
+    /// through pipes and each line prefixed.
+    pub prefix_output: bool,
     pub listeners: &'a ListenerSet,
     pub ready_timeout: Duration,
     /// How long processes the worker leaves behind get to finish when it
@@ -417,8 +420,7 @@ struct Watched {
     process: Process,
     channel: OwnedFd,
     notify: Option<NotifySocket>,
-    /// A COMMAND worker's output pipes (read ends), with `--output
-    /// prefixed`.
+    /// A program's output pipes (read ends), with `--output prefixed`.
     stdout: Option<OwnedFd>,
     stderr: Option<OwnedFd>,
     stage: Stage,

@@ -109,6 +109,9 @@ fn the_axum_example_loses_nothing_through_ten_reloads() {
     // Every old worker drained and exited by itself, none was killed.
     let drained = baton.count_logged(|l| l.is(Event::WorkerDrained, "status", "exit code 0"));
     assert!(drained >= 40, "{drained} of 40 old workers drained");
+    // The program's own log, behind the slot and pid as a COMMAND's is.
+    let line = baton.wait_log("draining: stopped accepting", Duration::from_secs(10));
+    assert!(line.starts_with("[slot "), "{line}");
 }
 
 /// The control: the same application served by `axum::serve` with its

@@ -118,6 +118,13 @@ fn app() -> Router {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // The library logs its drain and what it serves through tracing; under
+    // baton each line reaches the master's output behind `[slot N pid P]`.
+    tracing_subscriber::fmt()
+        .with_max_level(tracing_subscriber::filter::LevelFilter::INFO)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
     if std::env::args().any(|arg| arg == "--plain") {
         return plain().await;
     }

@@ -133,6 +133,7 @@ fn config(workers: usize, probation: Duration) -> MasterConfig {
         program: PathBuf::from(PROGRAM),
         worker_args: Vec::new(),
         foreign: None,
+        prefix_output: false,
     }
 }
 
