@@ -260,7 +260,7 @@ fn a_client_of_another_protocol_version_is_told_both_versions_and_nothing_happen
 }
 
 #[test]
-fn status_answers_within_a_second_while_a_thousand_silent_clients_hold_the_control_socket() {
+fn status_answers_while_a_thousand_silent_clients_hold_the_control_socket() {
     let c = serve_with_control(&["--workers", "1"]);
     for round in 1..=3 {
         // Silent clients of the same user: they connect and say nothing.
@@ -273,7 +273,11 @@ fn status_answers_within_a_second_while_a_thousand_silent_clients_hold_the_contr
         eprintln!("status behind 1,000 silent clients, round {round}: {took:?}");
         assert_eq!(code, 0, "{stdout}{stderr}");
         assert!(stdout.contains("running"), "{stdout}");
-        assert!(took < Duration::from_secs(1), "took {took:?}");
+        // Answered at once, not behind the silent clients (that would take
+        // their read timeouts, one after another). The bound is what a
+        // machine with both cores busy meets: a `baton status` process
+        // took 1.8 s to start and answer there once, 0.26 s idle.
+        assert!(took < slower(Duration::from_secs(4)), "took {took:?}");
         drop(silent);
     }
 }
