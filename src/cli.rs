@@ -409,6 +409,16 @@ pub struct ServeArgs {
     #[arg(long, requires = "command")]
     pub native: bool,
 
+    /// `on`: a draining built-in (or --native) worker hands each idle
+    /// HTTP/1 keep-alive connection to a worker of the new generation at
+    /// its next idle moment: the client keeps its connection and sees
+    /// nothing. `off` (for now the default): idle connections get
+    /// `Connection: close` and close after --drain-grace, as a stop always
+    /// does
+    #[serde_as(as = "text::Named")]
+    #[arg(long, value_name = "ON|OFF", default_value = "off")]
+    pub handoff_connections: Switch,
+
     /// The program each worker runs, with its arguments (after `--`). It
     /// receives the listeners the systemd way: descriptors from 3 up,
     /// LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES. Without it, workers run the
@@ -416,6 +426,13 @@ pub struct ServeArgs {
     #[serde_as(as = "Vec<text::Arg>")]
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
+}
+
+/// A feature on or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 /// What happens to a COMMAND worker's output.

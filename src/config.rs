@@ -125,6 +125,9 @@ pub struct MasterConfig {
     /// Prefix each output line of a program's worker (a COMMAND, native or
     /// not) with its slot and pid.
     pub prefix_output: bool,
+    /// Draining workers hand idle connections to the new generation
+    /// (`--handoff-connections`).
+    pub handoff_connections: bool,
 }
 
 /// `--health PATH` and its options.

@@ -188,7 +188,7 @@ mod tests {
     }
 
     /// One value per serve option, none of them its default.
-    const SAMPLES: [(&str, &str); 35] = [
+    const SAMPLES: [(&str, &str); 36] = [
         ("listen", "a=127.0.0.1:9000"),
         ("unix_mode", "0640"),
         ("user", "nobody"),
@@ -222,6 +222,7 @@ mod tests {
         ("drain_signal", "SIGINT"),
         ("watchdog", "9s"),
         ("output", "raw"),
+        ("handoff_connections", "on"),
         ("native", "true"),
         ("command", "node"),
     ];

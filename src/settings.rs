@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::check::scenario::ServerTiming;
 use crate::check::{parse_url, CheckOptions, Target};
-use crate::cli::{CheckArgs, OutputMode, ServeArgs};
+use crate::cli::{CheckArgs, OutputMode, ServeArgs, Switch};
 use crate::config::{
     is_executable, name_listeners, own_program_path, search_path, ConfigSource, ForeignWorker,
     MasterConfig,
@@ -134,6 +134,7 @@ pub fn master_config(args: ServeArgs) -> Result<MasterConfig, String> {
         ready_timeout: args.ready_timeout,
         drain_timeout: args.drain_timeout,
         native_drain_grace: args.native.then_some(args.http.drain_grace),
+        handoff_connections: args.handoff_connections == Switch::On,
         http: args.command.is_empty().then_some(args.http),
         probation: args.probation,
         health: args.health.map(|path| crate::config::HealthCheck {

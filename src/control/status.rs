@@ -119,6 +119,14 @@ pub struct Counters {
     /// Listeners whose backlog a worker changed, set back.
     #[serde(default)]
     pub backlog_restores: u64,
+    /// Idle connections draining workers handed over that a newer worker
+    /// took.
+    #[serde(default)]
+    pub connections_handed_over: u64,
+    /// Idle connections draining workers handed over that came back to
+    /// them (no newer worker could take them).
+    #[serde(default)]
+    pub connections_fell_back: u64,
 }
 
 impl Status {

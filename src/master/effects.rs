@@ -64,8 +64,13 @@ pub(super) trait Effects {
         probed: bool,
     ) -> Result<u32, String>;
     /// Tells a worker to drain within `timeout`, keeping idle keep-alive
-    /// connections for `grace` (built-in workers).
-    fn drain(&mut self, id: WorkerId, timeout: Duration, grace: Option<Duration>);
+    /// connections for `grace` (built-in workers), or with `handover`
+    /// handing them over as they idle.
+    fn drain(&mut self, id: WorkerId, timeout: Duration, grace: Option<Duration>, handover: bool);
+    /// Gives worker `to` the connections another worker handed over.
+    fn adopt(&mut self, to: WorkerId, handed: worker::Handed);
+    /// Tells worker `from` whether its handed-over `batch` was taken.
+    fn settle(&mut self, from: WorkerId, batch: u64, taken: bool);
     /// Tells a draining built-in worker to end its grace now.
     fn hurry(&mut self, id: WorkerId);
     fn kill(&mut self, id: WorkerId);
@@ -205,9 +210,25 @@ impl Effects for Processes {
         Ok(pid)
     }
 
-    fn drain(&mut self, id: WorkerId, timeout: Duration, grace: Option<Duration>) {
+    fn drain(&mut self, id: WorkerId, timeout: Duration, grace: Option<Duration>, handover: bool) {
         if let Some(handle) = self.handles.get(&id) {
-            handle.drain(timeout, grace);
+            handle.drain(timeout, grace, handover);
+        }
+    }
+
+    fn adopt(&mut self, to: WorkerId, handed: worker::Handed) {
+        let refused = match self.handles.get(&to) {
+            Some(handle) => handle.adopt(handed).err(),
+            None => Some(handed),
+        };
+        if let Some(handed) = refused {
+            self.settle(handed.from, handed.batch, false);
+        }
+    }
+
+    fn settle(&mut self, from: WorkerId, batch: u64, taken: bool) {
+        if let Some(handle) = self.handles.get(&from) {
+            handle.settle(batch, taken);
         }
     }
 

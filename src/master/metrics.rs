@@ -65,6 +65,17 @@ fn register_counters(registry: &mut Registry, counters: &Counters) {
         ),
     );
     registry.register(
+        "connection_handovers",
+        "Idle connections draining workers handed over, by what became of them",
+        by_label(
+            "outcome",
+            &[
+                ("moved", counters.connections_handed_over),
+                ("fell_back", counters.connections_fell_back),
+            ],
+        ),
+    );
+    registry.register(
         "listener_repairs",
         "Listeners a worker changed, put right, by what it did",
         by_label(

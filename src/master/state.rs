@@ -54,6 +54,13 @@ pub(crate) struct Worker {
     /// what is said when it then dies.
     #[serde(skip)]
     pub failure: Option<String>,
+    /// Connections handed to it since its last report, which its open
+    /// count does not show yet.
+    #[serde(skip)]
+    pub adopted_since_stats: u64,
+    /// A built-in or native worker: it takes connections handed over.
+    #[serde(default)]
+    pub speaks_protocol: bool,
 }
 
 impl Worker {

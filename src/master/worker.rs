@@ -55,6 +55,37 @@ pub enum WorkerEvent {
         id: WorkerId,
         outcome: Result<super::health::Healthy, super::health::Unhealthy>,
     },
+    /// A draining worker handed idle connections over, for a newer worker.
+    Handover(Handed),
+    /// A batch of handed-over connections was taken by the worker it was
+    /// given to (`taken`), or could not be: its worker `from` is told.
+    Settled {
+        from: WorkerId,
+        batch: u64,
+        count: usize,
+        taken: bool,
+    },
+}
+
+/// Idle connections a draining worker handed over: worker `from`'s batch,
+/// one descriptor per connection. The master only moves them.
+#[derive(Debug)]
+pub struct Handed {
+    pub from: WorkerId,
+    pub batch: u64,
+    pub connections: Vec<protocol::MovedConnection>,
+    pub fds: Vec<OwnedFd>,
+}
+
+impl Handed {
+    fn settled(&self, taken: bool) -> WorkerEvent {
+        WorkerEvent::Settled {
+            from: self.from,
+            batch: self.batch,
+            count: self.fds.len(),
+            taken,
+        }
+    }
 }
 
 /// What the supervisor asks of a worker.
@@ -63,6 +94,14 @@ enum Order {
     Drain {
         timeout: Duration,
         grace: Option<Duration>,
+        handover: bool,
+    },
+    /// Serve these connections handed over by another worker.
+    Adopt(Handed),
+    /// Tell the worker whether the batch it handed over was taken.
+    Settle {
+        batch: u64,
+        taken: bool,
     },
     /// End the grace of the drain in progress at once.
     Hurry,
@@ -98,8 +137,30 @@ pub struct WorkerFds {
 impl WorkerHandle {
     /// Tells the worker to drain within `timeout`, keeping idle keep-alive
     /// connections for `grace` (built-in workers); it is killed after that.
-    pub fn drain(&self, timeout: Duration, grace: Option<Duration>) {
-        let _ = self.orders.send(Order::Drain { timeout, grace });
+    /// With `handover`, a built-in or native worker hands its idle
+    /// connections over ([`WorkerEvent::Handover`]) rather than closing them.
+    pub fn drain(&self, timeout: Duration, grace: Option<Duration>, handover: bool) {
+        let _ = self.orders.send(Order::Drain {
+            timeout,
+            grace,
+            handover,
+        });
+    }
+
+    /// Gives the worker connections another worker handed over; if it
+    /// cannot take them, the batch comes back as not taken.
+    pub fn adopt(&self, handed: Handed) -> Result<(), Handed> {
+        self.orders
+            .send(Order::Adopt(handed))
+            .map_err(|e| match e.0 {
+                Order::Adopt(handed) => handed,
+                _ => unreachable!("the order sent"),
+            })
+    }
+
+    /// Tells the worker whether the batch it handed over was taken.
+    pub fn settle(&self, batch: u64, taken: bool) {
+        let _ = self.orders.send(Order::Settle { batch, taken });
     }
 
     /// Tells a draining built-in worker to end its grace at once: its idle
@@ -500,6 +561,9 @@ fn watch(
         liveness,
         health: HealthStage::None,
         ready_pipe_closed: None,
+        handover: false,
+        adopting: Default::default(),
+        next_adopt: 1,
         ready_pipe: watched
             .ready_pipe
             .map(tokio::net::unix::pipe::Receiver::from_owned_fd)
@@ -634,6 +698,12 @@ struct Watcher {
     /// then, unless the worker exits first (a process that exits closes
     /// the pipe too, and its exit says more).
     ready_pipe_closed: Option<Instant>,
+    /// Told to hand its idle connections over while it drains.
+    handover: bool,
+    /// Connections given to this worker that it has not said it took, by
+    /// the batch number it was given them under.
+    adopting: std::collections::HashMap<u64, Handed>,
+    next_adopt: u64,
 }
 
 /// A ready worker's periodic health probes.
@@ -674,7 +744,7 @@ impl Watcher {
                 _ = sleep(self.probe_interval()), if timers.probe => self.probe(),
                 _ = at(timers.delay), if timers.delay.is_some() => self.became_ready(),
                 status = self.process.wait() => return self.exited(status).await,
-                message = self.channel.recv_plain::<ToMaster>(), if self.channel_open => {
+                message = self.channel.recv::<ToMaster>(), if self.channel_open => {
                     self.on_message(message);
                     self.probe_if_ready().await;
                 }
@@ -807,13 +877,43 @@ impl Watcher {
         }
     }
 
-    fn on_message(&mut self, message: Result<Option<ToMaster>, HandoffError>) {
+    fn on_message(&mut self, message: Result<Option<(ToMaster, Vec<OwnedFd>)>, HandoffError>) {
+        let message = message.and_then(|received| match received {
+            Some((message, fds)) if fds.len() != message.descriptors() => {
+                Err(crate::error::ProtocolError::DescriptorCount {
+                    got: fds.len(),
+                    expected: message.descriptors(),
+                }
+                .into())
+            }
+            other => Ok(other),
+        });
         match message {
-            Ok(Some(ToMaster::Ready)) => self.became_ready(),
-            Ok(Some(ToMaster::Stats(stats))) => {
+            Ok(Some((ToMaster::Ready, _))) => self.became_ready(),
+            Ok(Some((ToMaster::Stats(stats), _))) => {
                 self.alive();
                 let _ = self.events.send(WorkerEvent::Stats { id: self.id, stats });
             }
+            Ok(Some((ToMaster::Handover { batch, connections }, fds))) => {
+                let handed = Handed {
+                    from: self.id,
+                    batch,
+                    connections,
+                    fds,
+                };
+                if self.handover {
+                    let _ = self.events.send(WorkerEvent::Handover(handed));
+                } else {
+                    // Not asked to: the worker serves them on.
+                    let _ = self.events.send(handed.settled(false));
+                }
+            }
+            Ok(Some((ToMaster::Adopted { batch }, _))) => match self.adopting.remove(&batch) {
+                Some(handed) => {
+                    let _ = self.events.send(handed.settled(true));
+                }
+                None => debug!(batch, "adopted a batch not given; ignored"),
+            },
             // The worker closed its end: it is exiting, or (a COMMAND
             // worker) it has exec'ed its program.
             Ok(None) => self.channel_open = false,
@@ -826,7 +926,12 @@ impl Watcher {
 
     async fn on_order(&mut self, order: Option<Order>) {
         match order {
-            Some(Order::Drain { timeout, grace }) => {
+            Some(Order::Drain {
+                timeout,
+                grace,
+                handover,
+            }) => {
+                self.handover = handover && self.foreign.is_none();
                 self.stage = Stage::Draining {
                     deadline: deadline(Instant::now(), timeout.saturating_add(KILL_MARGIN)),
                 };
@@ -851,6 +956,19 @@ impl Watcher {
             Some(Order::Probe(check)) => {
                 self.health = HealthStage::Due(check);
                 self.probe_if_ready().await;
+            }
+            Some(Order::Adopt(handed)) => self.adopt(handed).await,
+            Some(Order::Settle { batch, taken }) => {
+                let answer = if taken {
+                    ToWorker::Taken { batch }
+                } else {
+                    ToWorker::Returned { batch }
+                };
+                if self.channel_open {
+                    if let Err(e) = self.channel.send(&answer, &[]).await {
+                        debug!(cause = %e, "cannot settle a handed-over batch");
+                    }
+                }
             }
             Some(Order::Kill) | None => {
                 self.orders_open = order.is_some();
@@ -1038,6 +1156,11 @@ impl Watcher {
     /// The worker exited: the supervisor hears it, and what it left behind
     /// is stopped.
     async fn exited(&mut self, status: std::io::Result<ExitStatus>) {
+        // Connections it never said it took go back to the worker that
+        // still holds them.
+        for (_, handed) in self.adopting.drain() {
+            let _ = self.events.send(handed.settled(false));
+        }
         let status = match status {
             Ok(status) => status,
             Err(e) => {
@@ -1128,8 +1251,36 @@ impl Watcher {
 
     /// Tells a built-in worker to drain within `timeout` (again, to hurry
     /// it); a worker that cannot be told is failed.
+    /// Passes connections another worker handed over to this one; those
+    /// it cannot pass go back.
+    async fn adopt(&mut self, handed: Handed) {
+        let serving = matches!(self.stage, Stage::Ready { .. }) && !self.killed;
+        if !serving || !self.channel_open || self.foreign.is_some() {
+            let _ = self.events.send(handed.settled(false));
+            return;
+        }
+        let batch = self.next_adopt;
+        self.next_adopt += 1;
+        let message = ToWorker::Adopt {
+            batch,
+            connections: handed.connections.clone(),
+        };
+        let fds: Vec<BorrowedFd<'_>> = handed.fds.iter().map(|fd| fd.as_fd()).collect();
+        let sent = self.channel.send(&message, &fds).await;
+        drop(fds);
+        match sent {
+            Ok(()) => {
+                self.adopting.insert(batch, handed);
+            }
+            Err(e) => {
+                debug!(cause = %e, "cannot pass connections on");
+                let _ = self.events.send(handed.settled(false));
+            }
+        }
+    }
+
     async fn send_drain(&mut self, timeout: Duration, grace: Option<Duration>) {
-        let drain = ToWorker::drain(timeout, grace);
+        let drain = ToWorker::drain(timeout, grace, self.handover);
         if let Err(e) = self.channel.send(&drain, &[]).await {
             self.fail(format!("cannot send drain: {e}"));
         }

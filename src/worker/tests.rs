@@ -100,7 +100,9 @@ fn drain(server: Server) -> (oneshot::Sender<()>, JoinHandle<Instant>) {
             }
             DRAIN
         };
-        server.drain(GRACE, Instant::now() + DRAIN, hurry).await;
+        server
+            .drain(GRACE, Instant::now() + DRAIN, hurry, false)
+            .await;
         Instant::now()
     });
     (hurry, task)

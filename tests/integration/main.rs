@@ -10,6 +10,7 @@ mod control;
 mod deploy;
 mod docs;
 mod fleet;
+mod handoff;
 mod hardening;
 mod health;
 mod http;

@@ -72,15 +72,45 @@ pub enum ToWorker {
         timeout_ms: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         grace_ms: Option<u64>,
+        /// Hand idle HTTP/1 connections to the master at their next idle
+        /// moment ([`ToMaster::Handover`]) instead of closing them: a newer
+        /// worker will serve them. Never set on a stop.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        handover: bool,
     },
+    /// Serve the connections attached (one descriptor per entry, in the
+    /// same order) as if just accepted: a draining worker handed them over.
+    /// Each is idle between two HTTP/1 requests, nothing of the next one
+    /// read yet. Answer [`ToMaster::Adopted`] with the same batch once they
+    /// are taken in.
+    Adopt {
+        batch: u64,
+        connections: Vec<MovedConnection>,
+    },
+    /// The connections of the worker's [`ToMaster::Handover`] `batch` are
+    /// served elsewhere now: close this worker's copies (without a
+    /// shutdown: the socket lives on in the other process).
+    Taken { batch: u64 },
+    /// Nobody could take that batch: serve its connections on, with the
+    /// drain's usual close.
+    Returned { batch: u64 },
+}
+
+/// One connection moved from a draining worker to a newer one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MovedConnection {
+    /// How long it has been idle since its last response: its keep-alive
+    /// limit goes on from there.
+    pub idle_ms: u64,
 }
 
 impl ToWorker {
-    pub fn drain(timeout: Duration, grace: Option<Duration>) -> Self {
+    pub fn drain(timeout: Duration, grace: Option<Duration>, handover: bool) -> Self {
         let millis = |d: Duration| d.as_millis().try_into().unwrap_or(u64::MAX);
         ToWorker::Drain {
             timeout_ms: millis(timeout),
             grace_ms: grace.map(millis),
+            handover,
         }
     }
 }
@@ -93,6 +123,40 @@ pub enum ToMaster {
     Ready,
     /// Counters the master shows in `baton status`, sent every second.
     Stats(WorkerStats),
+    /// A draining worker's idle connections, attached one descriptor per
+    /// entry (at most [`crate::fd::MAX_FDS_PER_MESSAGE`]): the master passes
+    /// them to a newer worker, and answers [`ToWorker::Taken`] or
+    /// [`ToWorker::Returned`] with the same batch. The worker keeps its
+    /// copies until then, so that a connection always has a process
+    /// serving it.
+    Handover {
+        batch: u64,
+        connections: Vec<MovedConnection>,
+    },
+    /// The connections of an [`ToWorker::Adopt`] batch are this worker's.
+    Adopted { batch: u64 },
+}
+
+impl ToWorker {
+    /// How many descriptors come with this message, the listeners of a
+    /// hello aside.
+    pub fn descriptors(&self) -> usize {
+        match self {
+            ToWorker::Probe => 1,
+            ToWorker::Adopt { connections, .. } => connections.len(),
+            _ => 0,
+        }
+    }
+}
+
+impl ToMaster {
+    /// How many descriptors come with this message.
+    pub fn descriptors(&self) -> usize {
+        match self {
+            ToMaster::Handover { connections, .. } => connections.len(),
+            _ => 0,
+        }
+    }
 }
 
 /// What a built-in worker reports about its traffic.
@@ -101,6 +165,16 @@ pub struct WorkerStats {
     pub accepted: u64,
     pub open_connections: u64,
     pub requests: u64,
+    /// Idle connections this worker handed to a newer one while draining.
+    #[serde(default)]
+    pub handed_over: u64,
+    /// Connections a draining worker handed to this one.
+    #[serde(default)]
+    pub received: u64,
+    /// Connections it meant to hand over that came back (nobody could
+    /// take them) and were closed by the drain as before.
+    #[serde(default)]
+    pub fell_back: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -339,12 +413,17 @@ mod tests {
 
     #[test]
     fn a_drain_carries_its_grace_and_one_without_it_still_decodes() {
-        let drain = ToWorker::drain(Duration::from_secs(30), Some(Duration::from_millis(1500)));
+        let drain = ToWorker::drain(
+            Duration::from_secs(30),
+            Some(Duration::from_millis(1500)),
+            true,
+        );
         assert_eq!(
             decode::<ToWorker>(&encode(&drain)).unwrap(),
             ToWorker::Drain {
                 timeout_ms: 30_000,
-                grace_ms: Some(1500)
+                grace_ms: Some(1500),
+                handover: true,
             }
         );
         let bare = br#"{"v":1,"type":"drain","timeout_ms":200}"#;
@@ -352,7 +431,8 @@ mod tests {
             decode::<ToWorker>(bare).unwrap(),
             ToWorker::Drain {
                 timeout_ms: 200,
-                grace_ms: None
+                grace_ms: None,
+                handover: false,
             }
         );
     }

@@ -45,6 +45,11 @@ pub struct Accepted {
 }
 
 impl Acceptor {
+    /// This worker's place in the balance table, if it accepts balanced.
+    pub fn share(&self) -> Option<Arc<AcceptShare>> {
+        self.balance.clone()
+    }
+
     /// Registers `listener` with the current tokio runtime. With `balance`,
     /// accepts are paced by the table and this worker counts as accepting
     /// from now on; without, every pending connection is taken at once.

@@ -100,6 +100,16 @@ pub struct Tracker {
     upgraded: AtomicBool,
     /// The task that last read, to wake it when a close is asked.
     reader: AtomicWaker,
+    /// The connection can move to another worker (see [`Tracker::ask_move`]).
+    movable: AtomicBool,
+    /// Asked to move at its next idle moment rather than close.
+    move_asked: AtomicBool,
+    /// Bytes came while a request without a body was in flight: perhaps
+    /// the start of a pipelined request hyper holds, which a move would
+    /// lose. Such a connection closes instead.
+    pipelined: AtomicBool,
+    /// The request in flight has a body still to come.
+    body_open: AtomicBool,
 }
 
 impl Tracker {
@@ -115,7 +125,60 @@ impl Tracker {
             http2: AtomicBool::new(false),
             upgraded: AtomicBool::new(false),
             reader: AtomicWaker::new(),
+            movable: AtomicBool::new(false),
+            move_asked: AtomicBool::new(false),
+            pipelined: AtomicBool::new(false),
+            body_open: AtomicBool::new(false),
         }
+    }
+
+    /// A connection moved here from another worker, idle for `idle`
+    /// since its last response: its keep-alive limit goes on from there.
+    fn resumed(idle: Duration) -> Self {
+        let tracker = Tracker::new();
+        let opened = Instant::now()
+            .checked_sub(idle)
+            .unwrap_or_else(Instant::now);
+        Tracker {
+            opened,
+            idle_since_ms: AtomicU64::new(0),
+            answered: AtomicU64::new(1),
+            ..tracker
+        }
+    }
+
+    /// The connection may be handed to another worker when this one
+    /// drains.
+    pub fn set_movable(&self) {
+        self.movable.store(true, Ordering::Relaxed);
+    }
+
+    /// Asks a movable HTTP/1 connection to leave at its next idle moment:
+    /// its read ends there as for a close, but hyper's shutdown of it is
+    /// skipped, and the socket goes to the master unclosed (see
+    /// [`Tracked`]). Its responses meanwhile keep it alive. Returns whether
+    /// it will move; one that will not stays open for the drain's usual
+    /// close.
+    pub fn ask_move(&self) -> bool {
+        if !self.movable.load(Ordering::Relaxed)
+            || self.http2.load(Ordering::Relaxed)
+            || self.upgraded.load(Ordering::Relaxed)
+        {
+            return false;
+        }
+        self.move_asked.store(true, Ordering::Release);
+        self.reader.wake();
+        self.moving()
+    }
+
+    /// Asked to move, and nothing makes a move unsafe.
+    pub fn moving(&self) -> bool {
+        self.move_asked.load(Ordering::Acquire) && !self.pipelined.load(Ordering::Acquire)
+    }
+
+    /// Whether the request now starting has a body to come.
+    pub fn body_expected(&self, expected: bool) {
+        self.body_open.store(expected, Ordering::Release);
     }
 
     fn now_ms(&self) -> u64 {
@@ -169,7 +232,11 @@ impl Tracker {
     fn read(&self) {
         let now = self.now_ms();
         self.last_read_ms.store(now, Ordering::Relaxed);
-        if self.in_flight.load(Ordering::Acquire) == 0 {
+        let in_flight = self.in_flight.load(Ordering::Acquire);
+        if in_flight > 0 && !self.body_open.load(Ordering::Acquire) {
+            self.pipelined.store(true, Ordering::Release);
+        }
+        if in_flight == 0 {
             let _ = self.head_started_ms.compare_exchange(
                 NEVER,
                 now,
@@ -273,12 +340,38 @@ pub struct Tracked<S: AsyncRead + Unpin + Send + 'static> {
     /// table, for as long as anything holds the socket, an upgraded
     /// connection included.
     open: Option<Box<dyn Send + Sync>>,
+    /// Where the socket goes, unclosed, when it moves to another worker.
+    on_move: Option<OnMove<S>>,
+    /// hyper ended a moving connection at its idle moment: its shutdown
+    /// was skipped, and drop hands the socket over.
+    moved: bool,
 }
+
+/// Takes a moving connection's socket, with how long it has been idle.
+pub type OnMove<S> = Box<dyn FnOnce(S, Duration) + Send + Sync>;
 
 impl<S: AsyncRead + Unpin + Send + 'static> Tracked<S> {
     /// Tracks `stream`, holding `alive` until it is closed.
     pub fn new(stream: S, alive: Option<mpsc::Sender<()>>) -> (Self, Arc<Tracker>) {
-        let tracker = Arc::new(Tracker::new());
+        Self::tracked_by(stream, alive, Tracker::new())
+    }
+
+    /// Tracks `stream`, a connection another worker served and that has
+    /// been idle for `idle`.
+    pub fn resumed(
+        stream: S,
+        alive: Option<mpsc::Sender<()>>,
+        idle: Duration,
+    ) -> (Self, Arc<Tracker>) {
+        Self::tracked_by(stream, alive, Tracker::resumed(idle))
+    }
+
+    fn tracked_by(
+        stream: S,
+        alive: Option<mpsc::Sender<()>>,
+        tracker: Tracker,
+    ) -> (Self, Arc<Tracker>) {
+        let tracker = Arc::new(tracker);
         let tracked = Tracked {
             stream: Some(stream),
             tracker: tracker.clone(),
@@ -286,8 +379,18 @@ impl<S: AsyncRead + Unpin + Send + 'static> Tracked<S> {
             alive,
             lingers: true,
             open: None,
+            on_move: None,
+            moved: false,
         };
         (tracked, tracker)
+    }
+
+    /// Lets the connection move to another worker when its worker drains:
+    /// `on_move` takes its socket then.
+    pub fn movable(mut self, on_move: OnMove<S>) -> Self {
+        self.tracker.set_movable();
+        self.on_move = Some(on_move);
+        self
     }
 
     /// Holds `open` until the connection closes.
@@ -326,8 +429,11 @@ impl<S: AsyncRead + Unpin + Send + 'static> AsyncRead for Tracked<S> {
                 }
                 Poll::Ready(Ok(()))
             }
-            // Nothing waiting, and asked to close while idle: end of stream.
-            Poll::Pending if closing && self.tracker.is_idle_http1() => Poll::Ready(Ok(())),
+            // Nothing waiting, and asked to close (or to move) while idle:
+            // end of stream.
+            Poll::Pending if (closing || self.tracker.moving()) && self.tracker.is_idle_http1() => {
+                Poll::Ready(Ok(()))
+            }
             other => other,
         }
     }
@@ -361,6 +467,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for Tracked<
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.on_move.is_some() && self.tracker.moving() && self.tracker.is_idle_http1() {
+            // Ended at its idle moment to move: the client must see nothing.
+            self.moved = true;
+            return Poll::Ready(Ok(()));
+        }
         let result = self.stream().poll_shutdown(cx);
         if let Poll::Ready(Ok(())) = result {
             self.shut_down = true;
@@ -372,6 +483,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for Tracked<
 impl<S: AsyncRead + Unpin + Send + 'static> Drop for Tracked<S> {
     fn drop(&mut self) {
         drop(self.open.take());
+        if self.moved {
+            if let (Some(stream), Some(on_move)) = (self.stream.take(), self.on_move.take()) {
+                let idle_ms = self
+                    .tracker
+                    .now_ms()
+                    .saturating_sub(self.tracker.idle_since_ms.load(Ordering::Acquire));
+                on_move(stream, Duration::from_millis(idle_ms));
+            }
+            return;
+        }
         if !self.shut_down || !self.lingers {
             return;
         }
@@ -413,12 +534,14 @@ pub enum Ended {
 
 /// Drives `connection` to its end, closing it when a phase runs out of time
 /// or the drain says so (an HTTP/2 connection is asked to close at once when
-/// the drain starts: it sends GOAWAY itself).
+/// the drain starts: it sends GOAWAY itself). With `handover` set when the
+/// drain starts, a movable HTTP/1 connection is asked to move instead.
 pub async fn run<C, E>(
     connection: C,
     tracker: Arc<Tracker>,
     limits: Limits,
     mut drain: watch::Receiver<DrainPhase>,
+    handover: Arc<AtomicBool>,
 ) -> Ended
 where
     C: std::future::Future<Output = Result<(), E>>,
@@ -431,6 +554,9 @@ where
         let http2 = tracker.http2.load(Ordering::Relaxed);
         if http2 && phase >= DrainPhase::Draining && !tracker.closing() {
             tracker.ask_close();
+        }
+        if phase >= DrainPhase::Draining && handover.load(Ordering::Acquire) {
+            tracker.ask_move();
         }
         // The deadline is derived from what the tracker recorded; the
         // connection may have moved on when it passes, so it is looked at

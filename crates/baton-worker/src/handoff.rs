@@ -45,7 +45,19 @@ pub enum Instruction {
         /// How long idle keep-alive connections stay open, if the master
         /// says.
         grace: Option<Duration>,
+        /// Hand idle HTTP/1 connections to the master instead of closing
+        /// them.
+        handover: bool,
     },
+    /// Serve these connections, handed over by a draining worker, each
+    /// idle for so long; then say [`Handoff::adopted`] with `batch`.
+    Adopt {
+        batch: u64,
+        connections: Vec<(OwnedFd, Duration)>,
+    },
+    /// The connections this worker handed over in `batch` were taken by
+    /// another worker (`taken`), or came back.
+    Settle { batch: u64, taken: bool },
     /// Serve this connection as if it had just been accepted: a health
     /// probe of a worker that holds its accepts.
     Probe(OwnedFd),
@@ -161,12 +173,38 @@ impl Handoff {
         self.channel.send(&ToMaster::Stats(stats), &[]).await
     }
 
+    /// Hands idle connections to the master (at most
+    /// [`fd::MAX_FDS_PER_MESSAGE`]), each with how long it has been idle.
+    /// The caller keeps its copies until the batch is settled.
+    pub async fn hand_over(
+        &self,
+        batch: u64,
+        connections: &[(BorrowedFd<'_>, Duration)],
+    ) -> Result<(), HandoffError> {
+        let message = ToMaster::Handover {
+            batch,
+            connections: connections
+                .iter()
+                .map(|(_, idle)| protocol::MovedConnection {
+                    idle_ms: idle.as_millis().try_into().unwrap_or(u64::MAX),
+                })
+                .collect(),
+        };
+        let fds: Vec<BorrowedFd<'_>> = connections.iter().map(|(fd, _)| *fd).collect();
+        self.channel.send(&message, &fds).await
+    }
+
+    /// Tells the master the connections of an adopt `batch` are served.
+    pub async fn adopted(&self, batch: u64) -> Result<(), HandoffError> {
+        self.channel.send(&ToMaster::Adopted { batch }, &[]).await
+    }
+
     /// Waits for the master's next instruction.
     pub async fn next_instruction(&self) -> Result<Instruction, HandoffError> {
         let Some((message, mut fds)) = self.channel.recv::<ToWorker>().await? else {
             return Ok(Instruction::MasterGone);
         };
-        let expected = usize::from(message == ToWorker::Probe);
+        let expected = message.descriptors();
         if fds.len() != expected {
             return Err(ProtocolError::DescriptorCount {
                 got: fds.len(),
@@ -178,9 +216,24 @@ impl Handoff {
             ToWorker::Drain {
                 timeout_ms,
                 grace_ms,
+                handover,
             } => Ok(Instruction::Drain {
                 timeout: Duration::from_millis(timeout_ms),
                 grace: grace_ms.map(Duration::from_millis),
+                handover,
+            }),
+            ToWorker::Adopt { batch, connections } => Ok(Instruction::Adopt {
+                batch,
+                connections: fds
+                    .into_iter()
+                    .zip(connections)
+                    .map(|(fd, moved)| (fd, Duration::from_millis(moved.idle_ms)))
+                    .collect(),
+            }),
+            ToWorker::Taken { batch } => Ok(Instruction::Settle { batch, taken: true }),
+            ToWorker::Returned { batch } => Ok(Instruction::Settle {
+                batch,
+                taken: false,
             }),
             ToWorker::Probe => Ok(Instruction::Probe(fds.remove(0))),
             ToWorker::Accept => Ok(Instruction::Accept),

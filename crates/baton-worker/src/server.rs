@@ -19,7 +19,8 @@
 //!    connections still sending their headers are dropped, requests in
 //!    flight finish; all bounded by the drain deadline.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,7 +43,7 @@ use crate::deadline;
 use crate::drain::Drain;
 use crate::http2;
 use crate::sniff::{sniff, Protocol};
-use baton_protocol::balance::OpenConnection;
+use baton_protocol::balance::{AcceptShare, OpenConnection};
 
 pub use crate::connection::LINGER_FOR;
 pub use crate::http2::IDLE_MOMENT_WAIT;
@@ -77,6 +78,50 @@ pub struct Counters {
     pub open: AtomicU64,
     /// Requests that reached the application.
     pub requests: AtomicU64,
+    /// Idle connections handed to a newer worker while draining.
+    pub handed_over: AtomicU64,
+    /// Connections a draining worker handed to this one.
+    pub received: AtomicU64,
+    /// Connections meant to move that nobody took: served on here.
+    pub fell_back: AtomicU64,
+}
+
+/// A connection that left hyper at its idle moment to move to a newer
+/// worker, on its way to the master. Its socket is open and unread; this
+/// worker keeps it (and keeps draining) until [`Moved::settle`] says
+/// whether another worker took it.
+pub struct Moved {
+    /// The connection's socket.
+    pub fd: OwnedFd,
+    /// How long it has been idle since its last response.
+    pub idle: Duration,
+    shared: Arc<Shared>,
+}
+
+impl Moved {
+    /// Another worker serves it now (`taken`): close this copy, which
+    /// leaves the connection open. Or nobody could take it: serve it on
+    /// here, to be closed by the drain as any other.
+    pub fn settle(self, taken: bool) {
+        let Moved { fd, idle, shared } = self;
+        if taken {
+            shared.counters.handed_over.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        shared.counters.fell_back.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = shared.serve_fd(fd, Some(idle), false) {
+            debug!(cause = %e, "a returned connection could not be served");
+        }
+    }
+}
+
+impl std::fmt::Debug for Moved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Moved")
+            .field("fd", &self.fd)
+            .field("idle", &self.idle)
+            .finish()
+    }
 }
 
 /// Counts a connection as open until dropped (with its place in the
@@ -104,6 +149,48 @@ pub struct Server {
     /// Resolves to `None` once every holder of [`Shared`] is gone: the
     /// server, the accept loops and every connection task.
     closed: mpsc::Receiver<()>,
+    /// Connections leaving to move, for whoever hands them over.
+    moves: Option<mpsc::UnboundedReceiver<Moved>>,
+}
+
+/// Serves connections handed to this worker, for as long as the server
+/// has anything open.
+#[derive(Clone)]
+pub struct ServerHandle {
+    shared: std::sync::Weak<Shared>,
+}
+
+impl ServerHandle {
+    /// Serves `fd`, a connected TCP or Unix stream socket another worker
+    /// served until it had been idle for `idle`, as its own.
+    pub fn adopt(&self, fd: OwnedFd, idle: Duration) -> std::io::Result<()> {
+        let shared = self
+            .shared
+            .upgrade()
+            .ok_or_else(|| std::io::Error::other("the server has drained"))?;
+        shared.serve_fd(fd, Some(idle), true)?;
+        shared.counters.received.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Serves `fd`, one end of a stream socketpair, as a connection just
+    /// accepted: the master's health probe.
+    pub fn probe(&self, fd: OwnedFd) -> std::io::Result<()> {
+        let shared = self
+            .shared
+            .upgrade()
+            .ok_or_else(|| std::io::Error::other("the server has drained"))?;
+        let stream = std::os::unix::net::UnixStream::from(fd);
+        stream.set_nonblocking(true)?;
+        serve(
+            tokio::net::UnixStream::from_std(stream)?,
+            None,
+            &shared,
+            None,
+            None,
+        );
+        Ok(())
+    }
 }
 
 /// What every accept loop shares.
@@ -122,6 +209,49 @@ struct Shared {
     /// and each lingering socket a clone of this sender, so the drain knows
     /// every connection closed when the last of them drops it.
     alive: mpsc::Sender<()>,
+    /// Set when a drain hands idle connections over rather than closing
+    /// them.
+    handover: Arc<AtomicBool>,
+    /// Where connections leaving to move go.
+    moves: mpsc::UnboundedSender<Moved>,
+    /// This worker's place in the balance table, for connections it did
+    /// not accept itself.
+    balance: std::sync::OnceLock<Arc<AcceptShare>>,
+}
+
+impl Shared {
+    /// Serves a connection given as a descriptor (handed over from
+    /// another worker, or back to this one), `idle` for so long.
+    fn serve_fd(
+        self: &Arc<Self>,
+        fd: OwnedFd,
+        idle: Option<Duration>,
+        movable: bool,
+    ) -> std::io::Result<()> {
+        let socket = socket2::SockRef::from(&fd);
+        let unix = socket.domain()? == socket2::Domain::UNIX;
+        let open = self.balance.get().map(|share| share.opened());
+        if unix {
+            let stream = std::os::unix::net::UnixStream::from(fd);
+            stream.set_nonblocking(true)?;
+            let stream = tokio::net::UnixStream::from_std(stream)?;
+            serve(stream, open, self, idle, movable.then_some(unix_into_fd));
+        } else {
+            let stream = std::net::TcpStream::from(fd);
+            stream.set_nonblocking(true)?;
+            let stream = tokio::net::TcpStream::from_std(stream)?;
+            serve(stream, open, self, idle, movable.then_some(tcp_into_fd));
+        }
+        Ok(())
+    }
+}
+
+fn tcp_into_fd(stream: tokio::net::TcpStream) -> std::io::Result<OwnedFd> {
+    Ok(stream.into_std()?.into())
+}
+
+fn unix_into_fd(stream: tokio::net::UnixStream) -> std::io::Result<OwnedFd> {
+    Ok(stream.into_std()?.into())
 }
 
 impl Server {
@@ -140,6 +270,7 @@ impl Server {
         // tells them apart (hyper's header timer also runs while idle).
         http1.timer(TokioTimer::new()).header_read_timeout(None);
         let (alive, closed) = mpsc::channel(1);
+        let (moves, moved) = mpsc::unbounded_channel();
         let counters = Arc::new(Counters::default());
         let shared = Arc::new(Shared {
             http1,
@@ -152,6 +283,9 @@ impl Server {
             body_timeout: options.body_timeout,
             drain_rx,
             alive,
+            handover: Arc::default(),
+            moves,
+            balance: std::sync::OnceLock::new(),
         });
         let mut server = Server {
             counters,
@@ -159,6 +293,7 @@ impl Server {
             accept_loops: Vec::new(),
             shared,
             closed,
+            moves: Some(moved),
         };
         server.accept(acceptors);
         server
@@ -169,9 +304,25 @@ impl Server {
         self.counters.clone()
     }
 
+    /// Serves connections handed over to this worker.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            shared: Arc::downgrade(&self.shared),
+        }
+    }
+
+    /// The connections that leave to move when a drain hands them over
+    /// (once: the caller owns their way to the master).
+    pub fn take_moves(&mut self) -> Option<mpsc::UnboundedReceiver<Moved>> {
+        self.moves.take()
+    }
+
     /// Starts accepting on more listeners (on those of a worker that held
     /// its accepts until its health probes passed).
     pub(crate) fn accept(&mut self, acceptors: Vec<Acceptor>) {
+        if let Some(share) = acceptors.iter().find_map(Acceptor::share) {
+            let _ = self.shared.balance.set(share);
+        }
         self.accept_loops.extend(
             acceptors
                 .into_iter()
@@ -186,20 +337,24 @@ impl Server {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        serve(stream, None, &self.shared);
+        serve(stream, None, &self.shared, None, None);
     }
 
     /// Drains: see the module docs. `hurry` resolves if the master asks to
     /// end the grace early, with the time left for requests in flight.
-    /// Returns when every connection closed, or at the deadline with some
-    /// still open.
+    /// With `handover`, each idle HTTP/1 connection leaves at its next idle
+    /// moment through [`Server::take_moves`] instead of waiting to close.
+    /// Returns when every connection closed or moved, or at the deadline
+    /// with some still open.
     pub async fn drain(
         self,
         grace: Duration,
         deadline_at: Instant,
         hurry: impl std::future::Future<Output = Duration>,
+        handover: bool,
     ) {
         let mut closed = self.closed;
+        self.shared.handover.store(handover, Ordering::Release);
         drop(self.shared);
         self.drain_tx.send_replace(DrainPhase::Draining);
         for accept_loop in self.accept_loops {
@@ -230,6 +385,8 @@ impl Server {
             open_after_grace = after_grace,
             accepted = self.counters.accepted.load(Ordering::Relaxed),
             requests = self.counters.requests.load(Ordering::Relaxed),
+            handed_over = self.counters.handed_over.load(Ordering::Relaxed),
+            fell_back = self.counters.fell_back.load(Ordering::Relaxed),
             "drained"
         );
     }
@@ -253,11 +410,11 @@ async fn accept_loop(acceptor: Acceptor, shared: Arc<Shared>) {
             Ok(Accepted {
                 stream: Stream::Tcp(stream),
                 open,
-            }) => serve(stream, open, &shared),
+            }) => serve(stream, open, &shared, None, Some(tcp_into_fd)),
             Ok(Accepted {
                 stream: Stream::Unix(stream),
                 open,
-            }) => serve(stream, open, &shared),
+            }) => serve(stream, open, &shared, None, Some(unix_into_fd)),
             Err(e) if out_of_descriptors(&e) => {
                 // One line per pause, not one per attempt. The pending
                 // connection stays queued for the other workers.
@@ -293,28 +450,61 @@ fn out_of_descriptors(error: &std::io::Error) -> bool {
     )
 }
 
-/// Serves one connection on its own task.
-fn serve<S>(stream: S, open: Option<OpenConnection>, shared: &Arc<Shared>)
-where
+/// Serves one connection on its own task: one just accepted, or one that
+/// has been idle for `resumed` in another worker. With `into_fd`, it can
+/// move to another worker when this one drains.
+fn serve<S>(
+    stream: S,
+    open: Option<OpenConnection>,
+    shared: &Arc<Shared>,
+    resumed: Option<Duration>,
+    into_fd: Option<fn(S) -> std::io::Result<OwnedFd>>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let counters = &shared.counters;
-    counters.accepted.fetch_add(1, Ordering::Relaxed);
+    if resumed.is_none() {
+        counters.accepted.fetch_add(1, Ordering::Relaxed);
+    }
     counters.open.fetch_add(1, Ordering::Relaxed);
     let open = OpenGuard {
         counters: counters.clone(),
         _balance: open,
     };
-    let (mut stream, tracker) = Tracked::new(stream, Some(shared.alive.clone()));
+    let alive = Some(shared.alive.clone());
+    let (mut stream, tracker) = match resumed {
+        Some(idle) => Tracked::resumed(stream, alive, idle),
+        None => Tracked::new(stream, alive),
+    };
     stream = stream.counted_by(open);
     if !shared.linger {
         stream = stream.without_linger();
     }
+    if let Some(into_fd) = into_fd {
+        let mover = shared.clone();
+        stream = stream.movable(Box::new(move |stream, idle| match into_fd(stream) {
+            Ok(fd) => {
+                let moves = mover.moves.clone();
+                let _ = moves.send(Moved {
+                    fd,
+                    idle,
+                    shared: mover,
+                });
+            }
+            Err(e) => debug!(cause = %e, "a moving connection could not be taken out"),
+        }));
+    }
     let connection = speak(stream, tracker.clone(), shared.clone());
     let shared = shared.clone();
     tokio::spawn(async move {
-        let ended =
-            connection::run(connection, tracker, shared.limits, shared.drain_rx.clone()).await;
+        let ended = connection::run(
+            connection,
+            tracker,
+            shared.limits,
+            shared.drain_rx.clone(),
+            shared.handover.clone(),
+        )
+        .await;
         match ended {
             Ended::Closed => {}
             Ended::TimedOut => debug!("connection too slow; dropped"),
@@ -374,6 +564,7 @@ async fn answer(
     let in_flight = tracker.request();
     shared.counters.requests.fetch_add(1, Ordering::Relaxed);
     let http1 = req.version() < hyper::Version::HTTP_2;
+    tracker.body_expected(!http_body::Body::is_end_stream(req.body()));
     req.extensions_mut()
         .insert(Drain::new(shared.drain_rx.clone()));
     let mut response = (shared.handler)(req).await;
@@ -384,9 +575,11 @@ async fn answer(
         return response.map(|body| InFlightBody::new(body, None));
     }
     // Draining, or this connection is closing: the client must not send
-    // another request on it. (HTTP/2 has GOAWAY for that.)
+    // another request on it (HTTP/2 has GOAWAY for that), unless it moves
+    // to a newer worker after this response, unseen by the client.
     let draining = *shared.drain_rx.borrow() != DrainPhase::Serving;
-    if http1 && (draining || tracker.closing()) {
+    let moving = draining && shared.handover.load(Ordering::Acquire) && tracker.ask_move();
+    if http1 && ((draining && !moving) || tracker.closing()) {
         response
             .headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));

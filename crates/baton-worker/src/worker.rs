@@ -19,7 +19,13 @@ use crate::builder::{Builder, Fault};
 use crate::deadline;
 use crate::error::{Error, HandoffError};
 use crate::handoff::{Handoff, Instruction, NamedListener, Welcome};
-use crate::server::{Counters, Server};
+use crate::server::{Counters, Moved, Server, ServerHandle};
+use baton_protocol::fd::MAX_FDS_PER_MESSAGE;
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Mutex;
+use tokio::sync::mpsc;
+use tracing::debug;
 
 /// How long a worker told to stop by SIGTERM (not by its master) may drain.
 const SIGTERM_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -57,6 +63,9 @@ async fn report_stats(handoff: Arc<Handoff>, counters: Arc<Counters>) {
                 accepted: counters.accepted.load(Relaxed),
                 open_connections: counters.open.load(Relaxed),
                 requests: counters.requests.load(Relaxed),
+                handed_over: counters.handed_over.load(Relaxed),
+                received: counters.received.load(Relaxed),
+                fell_back: counters.fell_back.load(Relaxed),
             })
             .await;
         if sent.is_err() {
@@ -92,7 +101,8 @@ async fn serve_listeners(
     // handler, not the default action that kills.
     let mut sigterm = signal_hook_tokio::Signals::new([SIGTERM]).map_err(Error::Signals)?;
     let options = builder.options();
-    let (mut server, held) = if handoff.hold {
+    let hold = handoff.hold;
+    let (mut server, held) = if hold {
         let server = Server::start(Vec::new(), handler, options, builder.drain.clone());
         (server, acceptors)
     } else {
@@ -102,33 +112,47 @@ async fn serve_listeners(
     handoff.ready().await?;
     let handoff = Arc::new(handoff);
     tokio::spawn(report_stats(handoff.clone(), server.counters()));
+    let handing = Arc::new(Handing::default());
+    let (orders_tx, mut orders) = mpsc::unbounded_channel();
+    tokio::spawn(listen(
+        handoff.clone(),
+        server.handle(),
+        handing.clone(),
+        orders_tx,
+    ));
 
-    let drain = if handoff.hold {
-        serve_probes(&handoff, &mut server, held).await?
-    } else {
-        None
-    };
-    let (timeout, grace) = match drain {
-        Some(Instruction::Drain { timeout, grace }) => {
-            (timeout, grace.unwrap_or(builder.drain_grace))
+    let mut drain = None;
+    if hold {
+        match orders.recv().await {
+            Some(Order::Accept) => {
+                info!("health probes passed; accepting");
+                server.accept(held);
+            }
+            Some(Order::Drain(order)) => drain = Some(order),
+            None => return Err(Error::MasterLeft),
         }
-        _ => tokio::select! {
-            instruction = handoff.next_instruction() => match instruction? {
-                Instruction::Drain { timeout, grace } => (timeout, grace.unwrap_or(builder.drain_grace)),
-                Instruction::MasterGone => return Err(Error::MasterLeft),
-                Instruction::Probe(_) | Instruction::Accept => {
+    }
+    let drain = match drain {
+        Some(order) => order,
+        None => tokio::select! {
+            order = orders.recv() => match order {
+                Some(Order::Drain(order)) => order,
+                Some(Order::Accept) => {
                     return Err(HandoffError::from(ProtocolError::Unexpected(
-                        "a probe or accept to a worker that accepts",
+                        "an accept to a worker that accepts",
                     ))
                     .into())
                 }
+                None => return Err(Error::MasterLeft),
             },
             _ = sigterm.next() => {
                 warn!("SIGTERM received without the master; draining");
-                (SIGTERM_DRAIN_TIMEOUT, builder.drain_grace)
+                DrainOrder { timeout: SIGTERM_DRAIN_TIMEOUT, grace: None, handover: false }
             }
         },
     };
+    let timeout = drain.timeout;
+    let grace = drain.grace.unwrap_or(builder.drain_grace);
     if builder.fault == Some(Fault::ExitOnDrain) {
         warn!("fault injected: exiting at once instead of draining");
         // Dropping the runtime drops every connection unanswered.
@@ -137,52 +161,162 @@ async fn serve_listeners(
     info!(
         timeout_ms = timeout.as_millis() as u64,
         grace_ms = grace.as_millis() as u64,
+        handover = drain.handover,
         "drain requested"
     );
+    if let Some(moves) = server.take_moves() {
+        tokio::spawn(hand_over(handoff.clone(), moves, handing));
+    }
+    let hurried = async move {
+        // A second drain hurries this one; the master gone or broken, the
+        // drain goes on to its deadline.
+        loop {
+            match orders.recv().await {
+                Some(Order::Drain(order)) => return order.timeout,
+                Some(Order::Accept) => continue,
+                None => std::future::pending::<()>().await,
+            }
+        }
+    };
     let deadline = deadline(Instant::now(), timeout);
-    server.drain(grace, deadline, hurried(&handoff)).await;
+    server.drain(grace, deadline, hurried, drain.handover).await;
     Ok(())
 }
 
-/// A worker that holds its accepts (`--health`): serves the master's probe
-/// connections until it is told to accept, which it then does. Returns the
-/// drain if the master sends one instead (the probes failed).
-async fn serve_probes(
-    handoff: &Handoff,
-    server: &mut Server,
-    held: Vec<Acceptor>,
-) -> Result<Option<Instruction>, Error> {
+/// A drain the master ordered.
+#[derive(Debug, Clone, Copy)]
+struct DrainOrder {
+    timeout: Duration,
+    grace: Option<Duration>,
+    handover: bool,
+}
+
+/// What the master says that the worker's main flow acts on.
+#[derive(Debug)]
+enum Order {
+    Drain(DrainOrder),
+    /// The health probes passed: start accepting.
+    Accept,
+}
+
+/// The connections handed to the master and not settled yet, by batch.
+#[derive(Debug, Default)]
+struct Handing {
+    batches: Mutex<HashMap<u64, Vec<Moved>>>,
+}
+
+/// Reads the master's instructions for as long as it speaks: serves its
+/// probe and handed-over connections, settles this worker's handed-over
+/// batches, and passes drains and accepts to the main flow.
+async fn listen(
+    handoff: Arc<Handoff>,
+    server: ServerHandle,
+    handing: Arc<Handing>,
+    orders: mpsc::UnboundedSender<Order>,
+) {
     loop {
-        match handoff.next_instruction().await? {
-            Instruction::Probe(connection) => {
-                let connection = std::os::unix::net::UnixStream::from(connection);
-                connection
-                    .set_nonblocking(true)
-                    .map_err(HandoffError::from)?;
-                let connection =
-                    tokio::net::UnixStream::from_std(connection).map_err(HandoffError::from)?;
-                server.serve_connection(connection);
+        let instruction = match handoff.next_instruction().await {
+            Ok(instruction) => instruction,
+            Err(e) => {
+                warn!(cause = %e, "the master broke the protocol; listening no more");
+                return;
+            }
+        };
+        match instruction {
+            Instruction::Drain {
+                timeout,
+                grace,
+                handover,
+            } => {
+                let _ = orders.send(Order::Drain(DrainOrder {
+                    timeout,
+                    grace,
+                    handover,
+                }));
             }
             Instruction::Accept => {
-                info!("health probes passed; accepting");
-                server.accept(held);
-                return Ok(None);
+                let _ = orders.send(Order::Accept);
             }
-            drain @ Instruction::Drain { .. } => return Ok(Some(drain)),
-            Instruction::MasterGone => return Err(Error::MasterLeft),
+            Instruction::Probe(connection) => {
+                if let Err(e) = server.probe(connection) {
+                    warn!(cause = %e, "cannot serve a probe connection");
+                }
+            }
+            Instruction::Adopt { batch, connections } => {
+                for (fd, idle) in connections {
+                    if let Err(e) = server.adopt(fd, idle) {
+                        warn!(cause = %e, "cannot serve a connection handed over");
+                    }
+                }
+                if handoff.adopted(batch).await.is_err() {
+                    return;
+                }
+            }
+            Instruction::Settle { batch, taken } => {
+                let moved = handing
+                    .batches
+                    .lock()
+                    .expect("not poisoned")
+                    .remove(&batch)
+                    .unwrap_or_default();
+                for connection in moved {
+                    connection.settle(taken);
+                }
+            }
+            Instruction::MasterGone => return,
         }
     }
 }
 
-/// Resolves when the master sends a second drain (a reload storm hurries
-/// old generations), with the time it leaves for requests in flight. Never
-/// resolves if the master says nothing more.
-async fn hurried(handoff: &Handoff) -> Duration {
-    match handoff.next_instruction().await {
-        Ok(Instruction::Drain { timeout, .. }) => timeout,
-        // Gone or broken: the drain goes on to its deadline.
-        Ok(Instruction::MasterGone | Instruction::Probe(_) | Instruction::Accept) | Err(_) => {
-            std::future::pending().await
+/// Hands the connections leaving this draining worker to the master, in
+/// batches of what has gathered, each kept until the master settles it.
+async fn hand_over(
+    handoff: Arc<Handoff>,
+    mut moves: mpsc::UnboundedReceiver<Moved>,
+    handing: Arc<Handing>,
+) {
+    let mut next_batch = 1u64;
+    let mut gathered = Vec::new();
+    while moves.recv_many(&mut gathered, MAX_FDS_PER_MESSAGE).await > 0 {
+        let batch = next_batch;
+        next_batch += 1;
+        // Copies go to the master; the batch is recorded first, so that
+        // however soon the master answers, the answer finds it.
+        let copies: std::io::Result<Vec<(OwnedFd, Duration)>> = gathered
+            .iter()
+            .map(|m| Ok((m.fd.try_clone()?, m.idle)))
+            .collect();
+        let moved = std::mem::take(&mut gathered);
+        handing
+            .batches
+            .lock()
+            .expect("not poisoned")
+            .insert(batch, moved);
+        let sent = match &copies {
+            Ok(copies) => {
+                let connections: Vec<_> = copies
+                    .iter()
+                    .map(|(fd, idle)| (fd.as_fd(), *idle))
+                    .collect();
+                handoff.hand_over(batch, &connections).await
+            }
+            Err(e) => Err(HandoffError::from(std::io::Error::new(
+                e.kind(),
+                e.to_string(),
+            ))),
+        };
+        drop(copies);
+        if let Err(e) = sent {
+            debug!(cause = %e, "cannot hand connections over; serving them on");
+            let moved = handing
+                .batches
+                .lock()
+                .expect("not poisoned")
+                .remove(&batch)
+                .unwrap_or_default();
+            for connection in moved {
+                connection.settle(false);
+            }
         }
     }
 }
@@ -218,6 +352,8 @@ pub async fn alone_on(
         info!("a second signal: ending the grace");
         builder.drain_timeout
     };
-    server.drain(builder.drain_grace, deadline, hurry).await;
+    server
+        .drain(builder.drain_grace, deadline, hurry, false)
+        .await;
     Ok(())
 }

@@ -440,9 +440,24 @@ impl<E: Effects> Supervisor<E> {
             WorkerEvent::Stats { id, stats } => {
                 if let Some(worker) = self.workers.get_mut(&id) {
                     worker.stats = Some(stats);
+                    worker.adopted_since_stats = 0;
                 }
             }
             WorkerEvent::Probed { id, outcome } => self.on_probed(id, outcome),
+            WorkerEvent::Handover(handed) => self.on_handover(handed),
+            WorkerEvent::Settled {
+                from,
+                batch,
+                count,
+                taken,
+            } => {
+                if taken {
+                    self.counters.connections_handed_over += count as u64;
+                } else {
+                    self.counters.connections_fell_back += count as u64;
+                }
+                self.effects.settle(from, batch, taken);
+            }
         }
     }
 
@@ -571,6 +586,8 @@ impl<E: Effects> Supervisor<E> {
                 over_memory: 0,
                 passed_probe: false,
                 failure: None,
+                adopted_since_stats: 0,
+                speaks_protocol: self.config.foreign.is_none(),
             },
         );
         Ok(id)
@@ -1301,6 +1318,7 @@ impl<E: Effects> Supervisor<E> {
     }
 
     fn drain(&mut self, id: WorkerId) {
+        let handover = self.may_hand_over() && self.adopter(id).is_some();
         let Some(worker) = self.workers.get_mut(&id) else {
             return;
         };
@@ -1314,8 +1332,54 @@ impl<E: Effects> Supervisor<E> {
         .log();
         let config = &self.config;
         self.effects
-            .drain(id, config.drain_timeout, config.drain_grace());
+            .drain(id, config.drain_timeout, config.drain_grace(), handover);
         self.hurry_old_generations();
+    }
+
+    /// Whether draining workers may hand connections over now: asked for,
+    /// and the master neither stopping nor handing itself over.
+    fn may_hand_over(&self) -> bool {
+        self.config.handoff_connections
+            && !matches!(self.phase, Phase::Stopping)
+            && self.upgrade.is_none()
+    }
+
+    /// The worker that takes connections handed over by `from`: a ready
+    /// worker of the newest generation that speaks the protocol, the one
+    /// with the fewest open connections,
+    /// as the balance table would choose.
+    fn adopter(&self, from: WorkerId) -> Option<WorkerId> {
+        self.workers
+            .iter()
+            .filter(|(&id, w)| {
+                id != from
+                    && w.state == WorkerState::Ready
+                    && w.generation == self.generation
+                    && (w.speaks_protocol || w.stats.is_some())
+            })
+            .min_by_key(|(_, w)| w.stats.map_or(0, |s| s.open_connections) + w.adopted_since_stats)
+            .map(|(&id, _)| id)
+    }
+
+    /// A draining worker handed idle connections over: they go to the
+    /// newest generation, or back to it if no worker there can take them.
+    fn on_handover(&mut self, handed: super::worker::Handed) {
+        let target = self
+            .may_hand_over()
+            .then(|| self.adopter(handed.from))
+            .flatten();
+        match target {
+            Some(to) => {
+                if let Some(worker) = self.workers.get_mut(&to) {
+                    worker.adopted_since_stats += handed.fds.len() as u64;
+                }
+                self.effects.adopt(to, handed);
+            }
+            None => {
+                self.counters.connections_fell_back += handed.fds.len() as u64;
+                self.effects.settle(handed.from, handed.batch, false);
+            }
+        }
     }
 
     /// Hurries the workers of the oldest generations draining while more

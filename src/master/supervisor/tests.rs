@@ -20,6 +20,12 @@ struct Fake {
     /// ...and the configuration it was started with.
     configs: Vec<MasterConfig>,
     drained: Vec<WorkerId>,
+    /// Whether each drain (in `drained`'s order) hands connections over.
+    handover: Vec<bool>,
+    /// (to, from, batch) of each batch of connections passed on.
+    adopted: Vec<(WorkerId, WorkerId, u64)>,
+    /// (from, batch, taken) of each batch settled.
+    settled: Vec<(WorkerId, u64, bool)>,
     hurried: Vec<WorkerId>,
     killed: Vec<WorkerId>,
     systemd: Vec<Systemd>,
@@ -56,8 +62,21 @@ impl Effects for Fake {
         self.configs.push(config.clone());
         Ok(1000 + id as u32)
     }
-    fn drain(&mut self, id: WorkerId, _timeout: Duration, _grace: Option<Duration>) {
+    fn drain(
+        &mut self,
+        id: WorkerId,
+        _timeout: Duration,
+        _grace: Option<Duration>,
+        handover: bool,
+    ) {
         self.drained.push(id);
+        self.handover.push(handover);
+    }
+    fn adopt(&mut self, to: WorkerId, handed: crate::master::worker::Handed) {
+        self.adopted.push((to, handed.from, handed.batch));
+    }
+    fn settle(&mut self, from: WorkerId, batch: u64, taken: bool) {
+        self.settled.push((from, batch, taken));
     }
     fn hurry(&mut self, id: WorkerId) {
         self.hurried.push(id);
@@ -134,6 +153,7 @@ fn config(workers: usize, probation: Duration) -> MasterConfig {
         worker_args: Vec::new(),
         foreign: None,
         prefix_output: false,
+        handoff_connections: true,
     }
 }
 
