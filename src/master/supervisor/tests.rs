@@ -982,3 +982,72 @@ async fn a_new_worker_that_fails_its_probe_fails_the_reload_and_the_old_workers_
         "the next reload goes in"
     );
 }
+
+fn handed(from: WorkerId, batch: u64, count: usize) -> crate::master::worker::Handed {
+    let fds = (0..count)
+        .map(|_| {
+            std::fs::File::open("/dev/null")
+                .expect("/dev/null opens")
+                .into()
+        })
+        .collect();
+    crate::master::worker::Handed {
+        from,
+        batch,
+        connections: vec![crate::protocol::MovedConnection { idle_ms: 5 }; count],
+        fds,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reloads_old_workers_hand_their_connections_to_the_new_generation() {
+    let mut supervisor = running(2, Duration::ZERO);
+    let old0 = current(&supervisor, 0).unwrap();
+    let _waiter = reload_waiting(&mut supervisor);
+    finish_rollouts(&mut supervisor);
+    let new: Vec<WorkerId> = (0..2).map(|s| current(&supervisor, s).unwrap()).collect();
+    assert_eq!(
+        supervisor.effects.handover,
+        [true, true],
+        "each old worker hands over"
+    );
+    supervisor.on_event(WorkerEvent::Handover(handed(old0, 1, 3)));
+    let (to, from, batch) = supervisor.effects.adopted[0];
+    assert!(new.contains(&to), "to the new generation");
+    assert_eq!((from, batch), (old0, 1));
+    // The next batch goes to the other new worker: the first has three
+    // more connections than its last report says.
+    supervisor.on_event(WorkerEvent::Handover(handed(old0, 2, 1)));
+    assert_ne!(supervisor.effects.adopted[1].0, to);
+    supervisor.on_event(WorkerEvent::Settled {
+        from: old0,
+        batch: 1,
+        count: 3,
+        taken: true,
+    });
+    assert_eq!(supervisor.effects.settled, [(old0, 1, true)]);
+    assert_eq!(supervisor.counters.connections_handed_over, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn nothing_is_handed_over_on_a_stop_or_with_the_handoff_off() {
+    let mut supervisor = running(1, Duration::ZERO);
+    let old = current(&supervisor, 0).unwrap();
+    supervisor.config.handoff_connections = false;
+    let _waiter = reload_waiting(&mut supervisor);
+    finish_rollouts(&mut supervisor);
+    assert_eq!(supervisor.effects.handover, [false]);
+    // A batch that comes anyway goes back to its worker.
+    supervisor.on_event(WorkerEvent::Handover(handed(old, 1, 2)));
+    assert!(supervisor.effects.adopted.is_empty());
+    assert_eq!(supervisor.effects.settled, [(old, 1, false)]);
+    assert_eq!(supervisor.counters.connections_fell_back, 2);
+
+    supervisor.config.handoff_connections = true;
+    supervisor.on_signal(Intent::Shutdown, "SIGTERM");
+    assert_eq!(
+        supervisor.effects.handover,
+        [false, false],
+        "a stop hands nothing over"
+    );
+}
