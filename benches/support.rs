@@ -182,7 +182,13 @@ fn wrk(addr: SocketAddr, duration: Duration, extra: &[&str]) -> Throughput {
         .lines()
         .find_map(|l| l.strip_prefix("Requests/sec:"))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("wrk printed no rate:\n{text}"));
+        .unwrap_or_else(|| {
+            panic!(
+                "wrk against {addr} printed no rate ({}):\n{text}{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            )
+        });
     let mut errors = 0;
     for line in text.lines() {
         if let Some(rest) = line.trim().strip_prefix("Socket errors:") {
