@@ -61,8 +61,14 @@ impl Drop for Running {
 
 /// Starts `baton serve ARGS` on a free port and waits until it is ready.
 pub fn start_baton(args: &[&str]) -> Running {
+    // A control socket of its own: servers run side by side.
+    static SERVERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = SERVERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let control = std::env::temp_dir().join(format!("baton-bench-{}-{n}.sock", std::process::id()));
     let mut child = Command::new(baton_bin())
         .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
+        .arg("--control")
+        .arg(&control)
         .args(args)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
