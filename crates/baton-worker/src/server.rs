@@ -161,13 +161,17 @@ pub struct ServerHandle {
 }
 
 impl ServerHandle {
+    /// The server, while it has anything open.
+    fn shared(&self) -> std::io::Result<Arc<Shared>> {
+        self.shared
+            .upgrade()
+            .ok_or_else(|| std::io::Error::other("the server has drained"))
+    }
+
     /// Serves `fd`, a connected TCP or Unix stream socket another worker
     /// served until it had been idle for `idle`, as its own.
     pub fn adopt(&self, fd: OwnedFd, idle: Duration) -> std::io::Result<()> {
-        let shared = self
-            .shared
-            .upgrade()
-            .ok_or_else(|| std::io::Error::other("the server has drained"))?;
+        let shared = self.shared()?;
         shared.serve_fd(fd, Some(idle), true)?;
         shared.counters.received.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -176,10 +180,7 @@ impl ServerHandle {
     /// Serves `fd`, one end of a stream socketpair, as a connection just
     /// accepted: the master's health probe.
     pub fn probe(&self, fd: OwnedFd) -> std::io::Result<()> {
-        let shared = self
-            .shared
-            .upgrade()
-            .ok_or_else(|| std::io::Error::other("the server has drained"))?;
+        let shared = self.shared()?;
         let stream = std::os::unix::net::UnixStream::from(fd);
         stream.set_nonblocking(true)?;
         serve(

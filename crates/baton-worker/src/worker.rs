@@ -205,6 +205,28 @@ struct Handing {
     batches: Mutex<HashMap<u64, Vec<Moved>>>,
 }
 
+impl Handing {
+    fn insert(&self, batch: u64, moved: Vec<Moved>) {
+        self.batches
+            .lock()
+            .expect("not poisoned")
+            .insert(batch, moved);
+    }
+
+    /// The master took `batch` (or it came back): see [`Moved::settle`].
+    fn settle(&self, batch: u64, taken: bool) {
+        let moved = self
+            .batches
+            .lock()
+            .expect("not poisoned")
+            .remove(&batch)
+            .unwrap_or_default();
+        for connection in moved {
+            connection.settle(taken);
+        }
+    }
+}
+
 /// Reads the master's instructions for as long as it speaks: serves its
 /// probe and handed-over connections, settles this worker's handed-over
 /// batches, and passes drains and accepts to the main flow.
@@ -252,17 +274,7 @@ async fn listen(
                     return;
                 }
             }
-            Instruction::Settle { batch, taken } => {
-                let moved = handing
-                    .batches
-                    .lock()
-                    .expect("not poisoned")
-                    .remove(&batch)
-                    .unwrap_or_default();
-                for connection in moved {
-                    connection.settle(taken);
-                }
-            }
+            Instruction::Settle { batch, taken } => handing.settle(batch, taken),
             Instruction::MasterGone => return,
         }
     }
@@ -286,13 +298,8 @@ async fn hand_over(
             .iter()
             .map(|m| Ok((m.fd.try_clone()?, m.idle)))
             .collect();
-        let moved = std::mem::take(&mut gathered);
-        handing
-            .batches
-            .lock()
-            .expect("not poisoned")
-            .insert(batch, moved);
-        let sent = match &copies {
+        handing.insert(batch, std::mem::take(&mut gathered));
+        let sent = match copies {
             Ok(copies) => {
                 let connections: Vec<_> = copies
                     .iter()
@@ -300,23 +307,11 @@ async fn hand_over(
                     .collect();
                 handoff.hand_over(batch, &connections).await
             }
-            Err(e) => Err(HandoffError::from(std::io::Error::new(
-                e.kind(),
-                e.to_string(),
-            ))),
+            Err(e) => Err(HandoffError::from(e)),
         };
-        drop(copies);
         if let Err(e) = sent {
             debug!(cause = %e, "cannot hand connections over; serving them on");
-            let moved = handing
-                .batches
-                .lock()
-                .expect("not poisoned")
-                .remove(&batch)
-                .unwrap_or_default();
-            for connection in moved {
-                connection.settle(false);
-            }
+            handing.settle(batch, false);
         }
     }
 }
