@@ -23,7 +23,7 @@ mod support;
 use std::time::Duration;
 
 use baton::check::report::CheckReport;
-use baton::check::{self, CheckOptions, Target};
+use baton::check::Target;
 use support::{baton_bin, median, start_baton, Client};
 
 const ROUNDS: usize = 3;
@@ -101,47 +101,18 @@ fn check(runtime: &tokio::runtime::Runtime, load: &Load, mode: Mode) -> Sample {
         fastrand::u32(..)
     ));
     std::fs::write(&config, options).unwrap();
-    let options = CheckOptions {
-        target: Target::SelfHosted {
-            program: baton_bin(),
-            config,
-        },
-        duration: RUN,
-        connections: load.connections,
-        keepalive_ratio: load.keepalive_ratio,
-        reload_every: None,
-        reloads: None,
-        kill_every: None,
-        request_timeout: Duration::from_secs(10),
-        json: None,
-        scenarios: vec![baton::check::scenario::Scenario::Get],
-        server_timing: Default::default(),
-        junit: None,
-        plot: None,
-        progress: false,
+    let target = Target::SelfHosted {
+        program: baton_bin(),
+        config,
     };
-    let report = runtime
-        .block_on(check::run(options))
-        .expect("the check runs");
-    assert_eq!(report.failures.total(), 0, "no request may fail");
+    let report = support::check_load(runtime, target, RUN, load.connections, load.keepalive_ratio);
     sample(&report)
 }
 
 fn sample(report: &CheckReport) -> Sample {
-    let counts: Vec<u64> = report.workers.values().copied().collect();
-    let busiest = counts.iter().copied().max().unwrap_or(0);
-    let idlest = if counts.len() < WORKERS {
-        0
-    } else {
-        counts.iter().copied().min().unwrap_or(0)
-    };
     Sample {
-        spread: if idlest == 0 {
-            f64::INFINITY
-        } else {
-            busiest as f64 / idlest as f64
-        },
-        answered: counts.len(),
+        spread: support::busiest_over_idlest(report, WORKERS),
+        answered: report.workers.len(),
         rate: report.rate,
         p99_ms: report.latency_ms.p99,
     }

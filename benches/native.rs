@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use baton::check::{self, CheckOptions, Target};
+use baton::check::Target;
 use support::{median, start_baton, Client, Running};
 
 const ROUNDS: usize = 5;
@@ -75,38 +75,14 @@ fn build_example() -> String {
 
 /// Busiest over idlest worker of one new-connection run against `server`.
 fn share(runtime: &tokio::runtime::Runtime, server: &Running) -> (f64, f64) {
-    let options = CheckOptions {
-        target: Target::External {
-            url: format!("http://{}/", server.addr).parse().unwrap(),
-            addr: server.addr,
-            reload_command: None,
-        },
-        duration: RUN,
-        connections: 64,
-        keepalive_ratio: 0.0,
-        reload_every: None,
-        reloads: None,
-        kill_every: None,
-        request_timeout: Duration::from_secs(10),
-        json: None,
-        scenarios: vec![check::scenario::Scenario::Get],
-        server_timing: Default::default(),
-        junit: None,
-        plot: None,
-        progress: false,
+    let target = Target::External {
+        url: format!("http://{}/", server.addr).parse().unwrap(),
+        addr: server.addr,
+        reload_command: None,
     };
-    let report = runtime
-        .block_on(check::run(options))
-        .expect("the check runs");
-    assert_eq!(report.failures.total(), 0, "no request may fail");
-    let counts: Vec<u64> = report.workers.values().copied().collect();
-    let busiest = counts.iter().copied().max().unwrap_or(0);
-    let idlest = counts.iter().copied().min().unwrap_or(0);
-    let spread = if counts.len() < 4 || idlest == 0 {
-        f64::INFINITY
-    } else {
-        busiest as f64 / idlest as f64
-    };
+    let report = support::check_load(runtime, target, RUN, 64, 0.0);
+    let workers = WORKERS.parse().expect("a count");
+    let spread = support::busiest_over_idlest(&report, workers);
     (spread, report.rate)
 }
 

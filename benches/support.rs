@@ -229,3 +229,53 @@ pub fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.partial_cmp(b).unwrap());
     values[values.len() / 2]
 }
+
+/// Runs `baton check` (GET only, no reloads, no output) against `target`
+/// with `connections` clients, `keepalive_ratio` of them keeping their
+/// connection, for `duration`; no request may fail.
+pub fn check_load(
+    runtime: &tokio::runtime::Runtime,
+    target: baton::check::Target,
+    duration: Duration,
+    connections: usize,
+    keepalive_ratio: f64,
+) -> baton::check::report::CheckReport {
+    let options = baton::check::CheckOptions {
+        target,
+        duration,
+        connections,
+        keepalive_ratio,
+        reload_every: None,
+        reloads: None,
+        kill_every: None,
+        request_timeout: Duration::from_secs(10),
+        json: None,
+        scenarios: vec![baton::check::scenario::Scenario::Get],
+        server_timing: Default::default(),
+        junit: None,
+        plot: None,
+        progress: false,
+    };
+    let report = runtime
+        .block_on(baton::check::run(options))
+        .expect("the check runs");
+    assert_eq!(report.failures.total(), 0, "no request may fail");
+    report
+}
+
+/// The busiest worker's requests over the idlest's in `report`; infinite
+/// if fewer than `workers` answered.
+pub fn busiest_over_idlest(report: &baton::check::report::CheckReport, workers: usize) -> f64 {
+    let counts: Vec<u64> = report.workers.values().copied().collect();
+    let busiest = counts.iter().copied().max().unwrap_or(0);
+    let idlest = if counts.len() < workers {
+        0
+    } else {
+        counts.iter().copied().min().unwrap_or(0)
+    };
+    if idlest == 0 {
+        f64::INFINITY
+    } else {
+        busiest as f64 / idlest as f64
+    }
+}
