@@ -203,6 +203,46 @@ fn every_scenario_passes_through_ten_reloads_and_http2_connections_get_goaway() 
     );
 }
 
+/// With idle connections handed over, pipelined requests and back-to-back
+/// downloads lose nothing: a connection whose next request is already read,
+/// or that is never idle, stays and closes the drain's usual way (handed
+/// over mid-pipeline it lost requests; never idle, it was cut at the drain
+/// deadline).
+#[test]
+fn pipelines_and_downloads_lose_nothing_when_connections_are_handed_over() {
+    let _heavy = heavy();
+    let dir = temp_dir("check-handoff");
+    let json = dir.path().join("report.json");
+    let (code, stdout, stderr) = run_check(&[
+        "--scenario",
+        "pipeline",
+        "--scenario",
+        "stream",
+        // Each old generation drains alone for 12 s: a connection never
+        // idle would be cut at its deadline, within the load.
+        "--reloads",
+        "3",
+        "--reload-every",
+        "7s",
+        "--connections",
+        "64",
+        "--workers",
+        "2",
+        "--drain-timeout",
+        "12s",
+        "--handoff-connections",
+        "on",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    eprintln!("{stdout}");
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let report = read_json(&json);
+    for name in ["pipeline", "stream"] {
+        assert_eq!(scenario_failures(&report, name), 0, "{name}: {report}");
+    }
+}
+
 /// The h2c scenario notices a drain that sends its GOAWAY at once, cutting
 /// the streams in flight.
 #[test]

@@ -104,10 +104,18 @@ pub struct Tracker {
     movable: AtomicBool,
     /// Asked to move at its next idle moment rather than close.
     move_asked: AtomicBool,
-    /// Bytes came while a request without a body was in flight: perhaps
-    /// the start of a pipelined request hyper holds, which a move would
-    /// lose. Such a connection closes instead.
-    pipelined: AtomicBool,
+    /// The connection will not move after all, and closes the drain's
+    /// usual way: bytes came while a request without a body was in flight
+    /// (perhaps the start of a pipelined request hyper holds, which a move
+    /// would lose), or its client filled the idle moment a response made
+    /// after the move was asked (it sends without pause, so the connection
+    /// may never be idle to move, and would stay on this worker to its
+    /// drain deadline). A request that comes while the move is asked of an
+    /// idle connection is served and the connection moves after it.
+    stays: AtomicBool,
+    /// A response ended after the move was asked: the connection had its
+    /// idle moment.
+    answered_since_move_asked: AtomicBool,
     /// The request in flight has a body still to come.
     body_open: AtomicBool,
 }
@@ -127,7 +135,8 @@ impl Tracker {
             reader: AtomicWaker::new(),
             movable: AtomicBool::new(false),
             move_asked: AtomicBool::new(false),
-            pipelined: AtomicBool::new(false),
+            stays: AtomicBool::new(false),
+            answered_since_move_asked: AtomicBool::new(false),
             body_open: AtomicBool::new(false),
         }
     }
@@ -173,7 +182,7 @@ impl Tracker {
 
     /// Asked to move, and nothing makes a move unsafe.
     pub fn moving(&self) -> bool {
-        self.move_asked.load(Ordering::Acquire) && !self.pipelined.load(Ordering::Acquire)
+        self.move_asked.load(Ordering::Acquire) && !self.stays.load(Ordering::Acquire)
     }
 
     /// Whether the request now starting has a body to come.
@@ -234,15 +243,15 @@ impl Tracker {
         self.last_read_ms.store(now, Ordering::Relaxed);
         let in_flight = self.in_flight.load(Ordering::Acquire);
         if in_flight > 0 && !self.body_open.load(Ordering::Acquire) {
-            self.pipelined.store(true, Ordering::Release);
+            self.stays.store(true, Ordering::Release);
         }
-        if in_flight == 0 {
-            let _ = self.head_started_ms.compare_exchange(
-                NEVER,
-                now,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            );
+        let head_started = in_flight == 0
+            && self
+                .head_started_ms
+                .compare_exchange(NEVER, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok();
+        if head_started && self.answered_since_move_asked.load(Ordering::Acquire) {
+            self.stays.store(true, Ordering::Release);
         }
     }
 
@@ -310,6 +319,11 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let tracker = &self.0;
         tracker.answered.fetch_add(1, Ordering::Relaxed);
+        if tracker.move_asked.load(Ordering::Acquire) {
+            tracker
+                .answered_since_move_asked
+                .store(true, Ordering::Release);
+        }
         tracker
             .idle_since_ms
             .store(tracker.now_ms(), Ordering::Release);
@@ -345,6 +359,10 @@ pub struct Tracked<S: AsyncRead + Unpin + Send + 'static> {
     /// hyper ended a moving connection at its idle moment: its shutdown
     /// was skipped, and drop hands the socket over.
     moved: bool,
+    /// The last write found the socket full: hyper still holds bytes of a
+    /// response, so the connection is not between requests whatever the
+    /// tracker says (it counts a request answered once its body ended).
+    write_blocked: bool,
 }
 
 /// Takes a moving connection's socket, with how long it has been idle.
@@ -381,6 +399,7 @@ impl<S: AsyncRead + Unpin + Send + 'static> Tracked<S> {
             open: None,
             on_move: None,
             moved: false,
+            write_blocked: false,
         };
         (tracked, tracker)
     }
@@ -409,6 +428,17 @@ impl<S: AsyncRead + Unpin + Send + 'static> Tracked<S> {
     fn stream(&mut self) -> Pin<&mut S> {
         Pin::new(self.stream.as_mut().expect("present until drop"))
     }
+
+    /// Records whether a write found the socket full. Once one goes
+    /// through again, a read that waits to end the connection (a close or
+    /// a move asked meanwhile) is woken to look again.
+    fn wrote(&mut self, written: &Poll<io::Result<usize>>) {
+        let blocked = written.is_pending();
+        if self.write_blocked && !blocked {
+            self.tracker.reader.wake();
+        }
+        self.write_blocked = blocked;
+    }
 }
 
 impl<S: AsyncRead + Unpin + Send + 'static> AsyncRead for Tracked<S> {
@@ -429,9 +459,13 @@ impl<S: AsyncRead + Unpin + Send + 'static> AsyncRead for Tracked<S> {
                 }
                 Poll::Ready(Ok(()))
             }
-            // Nothing waiting, and asked to close (or to move) while idle:
-            // end of stream.
-            Poll::Pending if (closing || self.tracker.moving()) && self.tracker.is_idle_http1() => {
+            // Nothing waiting, and asked to close (or to move) while idle,
+            // the last response all written: end of stream.
+            Poll::Pending
+                if (closing || self.tracker.moving())
+                    && self.tracker.is_idle_http1()
+                    && !self.write_blocked =>
+            {
                 Poll::Ready(Ok(()))
             }
             other => other,
@@ -445,7 +479,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for Tracked<
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.stream().poll_write(cx, buf)
+        let written = self.stream().poll_write(cx, buf);
+        self.wrote(&written);
+        written
     }
 
     fn poll_write_vectored(
@@ -453,7 +489,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for Tracked<
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.stream().poll_write_vectored(cx, bufs)
+        let written = self.stream().poll_write_vectored(cx, bufs);
+        self.wrote(&written);
+        written
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -556,34 +556,40 @@ where
     }
 }
 
-/// Answers one request, HTTP/1 or HTTP/2, with the application.
-async fn answer(
+/// Answers one request, HTTP/1 or HTTP/2, with the application. The
+/// request counts as in flight from the call, when hyper hands it over, not
+/// from the answer's first poll: in between, hyper looks at the socket
+/// again, and a connection whose next request was already read (pipelined)
+/// must not look idle then, or a drain would end it under that request.
+fn answer(
     mut req: Request<Body>,
     shared: Arc<Shared>,
     tracker: Arc<Tracker>,
-) -> Response<InFlightBody<ResponseBody>> {
+) -> impl std::future::Future<Output = Response<InFlightBody<ResponseBody>>> {
     let in_flight = tracker.request();
     shared.counters.requests.fetch_add(1, Ordering::Relaxed);
     let http1 = req.version() < hyper::Version::HTTP_2;
     tracker.body_expected(!http_body::Body::is_end_stream(req.body()));
     req.extensions_mut()
         .insert(Drain::new(shared.drain_rx.clone()));
-    let mut response = (shared.handler)(req).await;
-    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        // The connection is the application's from now on; its headers
-        // are the handshake's own.
-        tracker.upgraded();
-        return response.map(|body| InFlightBody::new(body, None));
+    async move {
+        let mut response = (shared.handler)(req).await;
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // The connection is the application's from now on; its headers
+            // are the handshake's own.
+            tracker.upgraded();
+            return response.map(|body| InFlightBody::new(body, None));
+        }
+        // Draining, or this connection is closing: the client must not send
+        // another request on it (HTTP/2 has GOAWAY for that), unless it moves
+        // to a newer worker after this response, unseen by the client.
+        let draining = *shared.drain_rx.borrow() != DrainPhase::Serving;
+        let moving = draining && shared.handover.load(Ordering::Acquire) && tracker.ask_move();
+        if http1 && ((draining && !moving) || tracker.closing()) {
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        response.map(|body| InFlightBody::new(body, Some(in_flight)))
     }
-    // Draining, or this connection is closing: the client must not send
-    // another request on it (HTTP/2 has GOAWAY for that), unless it moves
-    // to a newer worker after this response, unseen by the client.
-    let draining = *shared.drain_rx.borrow() != DrainPhase::Serving;
-    let moving = draining && shared.handover.load(Ordering::Acquire) && tracker.ask_move();
-    if http1 && ((draining && !moving) || tracker.closing()) {
-        response
-            .headers_mut()
-            .insert(CONNECTION, HeaderValue::from_static("close"));
-    }
-    response.map(|body| InFlightBody::new(body, Some(in_flight)))
 }
