@@ -412,11 +412,10 @@ pub struct ServeArgs {
     /// `on`: a draining built-in (or --native) worker hands each idle
     /// HTTP/1 keep-alive connection to a worker of the new generation at
     /// its next idle moment: the client keeps its connection and sees
-    /// nothing. `off` (for now the default): idle connections get
-    /// `Connection: close` and close after --drain-grace, as a stop always
-    /// does
+    /// nothing. `off`: idle connections get `Connection: close` and close
+    /// after --drain-grace, as a stop always does
     #[serde_as(as = "text::Named")]
-    #[arg(long, value_name = "ON|OFF", default_value = "off")]
+    #[arg(long, value_name = "ON|OFF", default_value = "on")]
     pub handoff_connections: Switch,
 
     /// The program each worker runs, with its arguments (after `--`). It

@@ -222,7 +222,7 @@ mod tests {
         ("drain_signal", "SIGINT"),
         ("watchdog", "9s"),
         ("output", "raw"),
-        ("handoff_connections", "on"),
+        ("handoff_connections", "off"),
         ("native", "true"),
         ("command", "node"),
     ];

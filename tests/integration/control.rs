@@ -542,13 +542,15 @@ fn the_worker_count_follows_the_config_file_on_reload() {
 fn a_reload_that_shortens_the_drain_grace_applies_it_to_the_old_workers() {
     let config = |grace: &str| {
         format!(
-            "workers = 1\ndrain_grace = \"{grace}\"\ndrain_timeout = \"60s\"\nlisten = [\"127.0.0.1:0\"]\n"
+            "workers = 1\ndrain_grace = \"{grace}\"\ndrain_timeout = \"60s\"\nlisten = [\"127.0.0.1:0\"]\n\
+             handoff_connections = \"off\"\n"
         )
     };
     let (c, file) = serve_with_config(&config("60s"));
     c.baton
         .wait_workers(Duration::from_secs(5), |w| w.len() == 1);
-    // An idle keep-alive client holds the old worker for its whole grace.
+    // An idle keep-alive client holds the old worker for its whole grace
+    // (with the handoff off: it would move to the new worker at once).
     let mut idle = std::net::TcpStream::connect(c.baton.addr).unwrap();
     let response = exchange(&mut idle, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");

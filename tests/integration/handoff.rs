@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -70,13 +72,19 @@ async fn get(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<u32> {
     }
 }
 
-/// A client that connects once and sends a GET after thinking 1–5 s,
-/// until `stop`; it reconnects (and counts it) if its connection ends.
-async fn thinking_client(addr: std::net::SocketAddr, seen: Arc<Seen>, stop: Arc<AtomicBool>) {
+/// A client that connects once and sends a GET after thinking for a time
+/// in `think_ms`, until `stop`; it reconnects (and counts it) if its
+/// connection ends.
+async fn thinking_client(
+    addr: std::net::SocketAddr,
+    think_ms: std::ops::Range<u64>,
+    seen: Arc<Seen>,
+    stop: Arc<AtomicBool>,
+) {
     let mut buf = Vec::new();
     let mut stream = None;
     while !stop.load(Ordering::Relaxed) {
-        let think = Duration::from_millis(1000 + fastrand::u64(..4000));
+        let think = Duration::from_millis(fastrand::u64(think_ms.clone()));
         tokio::time::sleep(think).await;
         if stop.load(Ordering::Relaxed) {
             break;
@@ -112,6 +120,17 @@ async fn thinking_client(addr: std::net::SocketAddr, seen: Arc<Seen>, stop: Arc<
     }
 }
 
+/// Waits for every client task; a client that panicked (an answer that
+/// was not a 200) fails the test.
+fn join_clients(runtime: &tokio::runtime::Runtime, tasks: Vec<tokio::task::JoinHandle<()>>) {
+    runtime.block_on(async {
+        for task in tasks {
+            task.await
+                .expect("a client saw an answer that was not a 200");
+        }
+    });
+}
+
 /// What a run of `clients` thinking clients through `reloads` reloads
 /// showed.
 struct Outcome {
@@ -140,7 +159,14 @@ fn run(handoff: &str, clients: usize, reloads: usize) -> Outcome {
     let seen = Arc::new(Seen::default());
     let stop = Arc::new(AtomicBool::new(false));
     let tasks: Vec<_> = (0..clients)
-        .map(|_| runtime.spawn(thinking_client(baton.addr, seen.clone(), stop.clone())))
+        .map(|_| {
+            runtime.spawn(thinking_client(
+                baton.addr,
+                1000..5000,
+                seen.clone(),
+                stop.clone(),
+            ))
+        })
         .collect();
     // Every client connected and answered once.
     assert!(
@@ -170,11 +196,7 @@ fn run(handoff: &str, clients: usize, reloads: usize) -> Outcome {
         std::thread::sleep(Duration::from_secs(6));
     }
     stop.store(true, Ordering::Relaxed);
-    runtime.block_on(async {
-        for task in tasks {
-            let _ = task.await;
-        }
-    });
+    join_clients(&runtime, tasks);
     Outcome {
         seen,
         clients: clients as u64,
@@ -242,4 +264,310 @@ fn without_the_handoff_clients_reconnect() {
     let connects = outcome.seen.connects.load(Ordering::Relaxed);
     eprintln!("handoff off: {connects} connects by 200 clients");
     assert!(connects > outcome.clients, "no client reconnected");
+}
+
+/// What clients sending without pause saw.
+#[derive(Debug, Default)]
+struct Tight {
+    answered: AtomicU64,
+    /// Requests whose connection ended or broke before their answer.
+    failed: AtomicU64,
+    /// Answers cut short or not a 200.
+    bad: AtomicU64,
+    connects: AtomicU64,
+}
+
+/// Sends GETs back to back on one connection until `stop`, reconnecting
+/// only after a `Connection: close` answer. With `split`, each request is
+/// written in two parts a few milliseconds apart, so that many moves fall
+/// between them.
+async fn tight_client(
+    addr: std::net::SocketAddr,
+    split: bool,
+    seen: Arc<Tight>,
+    stop: Arc<AtomicBool>,
+) {
+    const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: handoff\r\nUser-Agent: tight\r\n\r\n";
+    let mut buf = Vec::new();
+    let mut stream: Option<TcpStream> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let connection = match stream.as_mut() {
+            Some(s) => s,
+            None => match TcpStream::connect(addr).await {
+                Ok(s) => {
+                    seen.connects.fetch_add(1, Ordering::Relaxed);
+                    stream.insert(s)
+                }
+                Err(_) => {
+                    seen.failed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            },
+        };
+        let sent = if split {
+            let (first, rest) = REQUEST.split_at(fastrand::usize(1..REQUEST.len()));
+            let pause = Duration::from_micros(fastrand::u64(..3000));
+            async {
+                connection.write_all(first).await?;
+                tokio::time::sleep(pause).await;
+                connection.write_all(rest).await
+            }
+            .await
+        } else {
+            connection.write_all(REQUEST).await
+        };
+        if sent.is_err() {
+            seen.failed.fetch_add(1, Ordering::Relaxed);
+            stream = None;
+            continue;
+        }
+        match read_answer(connection, &mut buf).await {
+            Answer::Whole { closes } => {
+                seen.answered.fetch_add(1, Ordering::Relaxed);
+                if closes {
+                    stream = None;
+                }
+            }
+            Answer::Cut => {
+                seen.bad.fetch_add(1, Ordering::Relaxed);
+                stream = None;
+            }
+            Answer::None => {
+                seen.failed.fetch_add(1, Ordering::Relaxed);
+                stream = None;
+            }
+        }
+    }
+}
+
+/// How one response came.
+enum Answer {
+    /// A 200 with its whole body.
+    Whole { closes: bool },
+    /// Some of a response, or one that is not a 200.
+    Cut,
+    /// Nothing: the connection ended or broke first.
+    None,
+}
+
+async fn read_answer(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Answer {
+    buf.clear();
+    loop {
+        let mut chunk = [0u8; 1024];
+        let n = match stream.read(&mut chunk).await {
+            Ok(n) => n,
+            Err(_) if buf.is_empty() => return Answer::None,
+            Err(_) => return Answer::Cut,
+        };
+        if n == 0 {
+            return if buf.is_empty() {
+                Answer::None
+            } else {
+                Answer::Cut
+            };
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut response = httparse::Response::new(&mut headers);
+        let Ok(httparse::Status::Complete(head)) = response.parse(buf) else {
+            continue;
+        };
+        let header = |name: &str| {
+            response
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| String::from_utf8_lossy(h.value).to_ascii_lowercase())
+        };
+        let length: usize = header("content-length")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        if buf.len() < head + length {
+            continue;
+        }
+        if response.code != Some(200) || buf.len() > head + length {
+            return Answer::Cut;
+        }
+        let closes = header("connection").is_some_and(|v| v.contains("close"));
+        return Answer::Whole { closes };
+    }
+}
+
+/// Clients that send their next request at the very moment of the move:
+/// eight send GETs back to back, eight write each GET in two parts a few
+/// milliseconds apart. Through 50 reloads nothing fails, every split
+/// request is answered whole, and connections move all along (the master
+/// counts them; with the handoff off it counts none).
+#[test]
+fn requests_sent_at_the_moment_of_the_move_lose_nothing() {
+    let _heavy = heavy();
+    let baton = Baton::serve(&["--workers", "2"]);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let seen = Arc::new(Tight::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            runtime.spawn(tight_client(
+                baton.addr,
+                i % 2 == 1,
+                seen.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    assert!(
+        wait_until(slower(Duration::from_secs(10)), || {
+            seen.answered.load(Ordering::Relaxed) >= 160
+        }),
+        "the clients did not get going"
+    );
+    for reload in 1..=50 {
+        let (code, answer) = baton.reload_wait();
+        assert_eq!(code, 0, "reload {reload}: {answer}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    join_clients(&runtime, tasks);
+    let status = baton.status();
+    let counters = &status["master"]["counters"];
+    let answered = seen.answered.load(Ordering::Relaxed);
+    let failed = seen.failed.load(Ordering::Relaxed);
+    let bad = seen.bad.load(Ordering::Relaxed);
+    let connects = seen.connects.load(Ordering::Relaxed);
+    eprintln!(
+        "50 reloads: {answered} answered, {failed} failed, {bad} cut or bad, {connects} connects by 16 clients; master counters {counters}"
+    );
+    assert_eq!(failed, 0, "requests failed");
+    assert_eq!(bad, 0, "answers came cut or not a 200");
+    assert!(
+        counters["connections_handed_over"].as_u64() > Some(0),
+        "no connection moved: {counters}"
+    );
+}
+
+/// A new worker SIGKILLed while idle connections are being handed to it:
+/// those it had not received yet go back to the old worker, whose drain
+/// serves them (`Connection: close`); those it held are lost with it, as a
+/// killed worker's own are, and their clients' next requests find the
+/// connection closed: no more fail than that. Nothing hangs: each old
+/// generation is gone within the drain timeout. The kill is tried on up to
+/// five reloads until one lands in the middle of a handoff.
+#[test]
+fn a_new_worker_killed_mid_handoff_loses_only_what_it_held() {
+    let _heavy = heavy();
+    let drain_timeout = Duration::from_secs(10);
+    let baton = Baton::serve(&[
+        "--workers",
+        "2",
+        "--keepalive-timeout",
+        "30s",
+        "--drain-timeout",
+        "10s",
+    ]);
+    // What a ready worker holds before any client connects.
+    let idle_fds = baton
+        .workers()
+        .iter()
+        .filter_map(|&pid| baton::procfs::fd_count(pid))
+        .max()
+        .expect("a worker");
+    let clients = 600;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let seen = Arc::new(Seen::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            runtime.spawn(thinking_client(
+                baton.addr,
+                300..1500,
+                seen.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    assert!(
+        wait_until(slower(Duration::from_secs(30)), || {
+            seen.answered.load(Ordering::Relaxed) >= clients
+        }),
+        "the clients did not get going"
+    );
+    let counter = |name: &str| {
+        baton.status()["master"]["counters"][name]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let mut held_by_killed = 0;
+    let mut landed = false;
+    for attempt in 1..=5 {
+        let old: BTreeSet<u32> = baton.workers().into_iter().collect();
+        let fell_back = counter("connections_fell_back");
+        baton.signal(Signal::SIGHUP);
+        // The first new worker, killed once it holds 20 connections.
+        let deadline = Instant::now() + slower(Duration::from_secs(10));
+        let mut killed = None;
+        while killed.is_none() && Instant::now() < deadline {
+            for pid in baton.workers().into_iter().filter(|p| !old.contains(p)) {
+                let fds = baton::procfs::fd_count(pid).unwrap_or(0);
+                if fds >= idle_fds + 20 {
+                    // Stopped first, so that the count read is what it holds
+                    // when it dies.
+                    let pid = Pid::from_raw(pid as i32);
+                    let _ = kill(pid, Signal::SIGSTOP);
+                    let held = baton::procfs::fd_count(pid.as_raw() as u32).unwrap_or(idle_fds);
+                    let _ = kill(pid, Signal::SIGKILL);
+                    killed = Some(held.saturating_sub(idle_fds));
+                    break;
+                }
+            }
+        }
+        let held = killed.expect("a new worker received connections");
+        held_by_killed += held;
+        let start = Instant::now();
+        assert!(
+            wait_until(slower(drain_timeout + Duration::from_secs(5)), || {
+                old.iter().all(|&p| is_dead(p))
+            }),
+            "attempt {attempt}: the old generation outlived its drain timeout"
+        );
+        let workers = baton.wait_workers(Duration::from_secs(10), |w| {
+            w.len() == 2 && w.iter().all(|p| !old.contains(p))
+        });
+        let returned = counter("connections_fell_back") - fell_back;
+        eprintln!(
+            "attempt {attempt}: the killed worker held {held} connections, {returned} went back to the old worker, old generation gone {:?} after the kill; workers now {workers:?}",
+            start.elapsed()
+        );
+        if returned > 0 && held > 0 {
+            landed = true;
+            break;
+        }
+    }
+    assert!(landed, "no kill landed in the middle of a handoff");
+    // Every client is answered again after the kills.
+    let answered = seen.answered.load(Ordering::Relaxed);
+    assert!(
+        wait_until(slower(Duration::from_secs(10)), || {
+            seen.answered.load(Ordering::Relaxed) >= answered + clients
+        }),
+        "the clients were not answered again"
+    );
+    stop.store(true, Ordering::Relaxed);
+    join_clients(&runtime, tasks);
+    let failed = seen.failed.load(Ordering::Relaxed);
+    eprintln!(
+        "{} answered, {failed} failed by {clients} clients; killed workers held {held_by_killed} connections; master counters {}",
+        seen.answered.load(Ordering::Relaxed),
+        baton.status()["master"]["counters"]
+    );
+    assert!(
+        failed <= held_by_killed as u64,
+        "{failed} requests failed, more than the {held_by_killed} connections the killed workers held"
+    );
 }

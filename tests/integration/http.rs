@@ -97,9 +97,13 @@ fn malformed_requests_get_400_and_harm_no_worker() {
     assert_eq!(baton.workers(), workers, "no worker crashed");
 }
 
+/// An upload in flight finishes on its worker through a reload; then its
+/// connection moves to the new worker (the handoff), so the answer does
+/// not close it and the client's next request is the new worker's.
 #[test]
 fn an_upload_in_flight_finishes_across_a_reload() {
     let baton = Baton::serve(&["--workers", "1"]);
+    let old = baton.workers();
     let mut conn = accepted_connection(&baton);
     conn.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 20000\r\n\r\n")
         .unwrap();
@@ -111,8 +115,19 @@ fn an_upload_in_flight_finishes_across_a_reload() {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains("received 20000 bytes"), "{response}");
     assert!(
-        response.to_ascii_lowercase().contains("connection: close"),
+        response.contains(&format!("pid: {},", old[0])),
         "{response}"
+    );
+    assert!(
+        !response.to_ascii_lowercase().contains("connection: close"),
+        "{response}"
+    );
+    let next = exchange(&mut conn, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(next.starts_with("HTTP/1.1 200"), "{next}");
+    assert!(
+        !next.contains(&format!("pid: {}", old[0])),
+        "the next request is the new worker's, not {}'s: {next}",
+        old[0]
     );
 }
 

@@ -102,6 +102,10 @@ pub struct MovedConnection {
     /// How long it has been idle since its last response: its keep-alive
     /// limit goes on from there.
     pub idle_ms: u64,
+    /// It has not sent a request yet: the limit that goes on is the one
+    /// for a request's head, counted from when it opened (`idle_ms` ago).
+    #[serde(default)]
+    pub fresh: bool,
 }
 
 impl ToWorker {

@@ -141,18 +141,29 @@ impl Tracker {
         }
     }
 
-    /// A connection moved here from another worker, idle for `idle`
-    /// since its last response: its keep-alive limit goes on from there.
-    fn resumed(idle: Duration) -> Self {
+    /// A connection moved here from another worker: its idle limit goes
+    /// on from where it was there.
+    fn resumed(resume: Resume) -> Self {
         let tracker = Tracker::new();
         let opened = Instant::now()
-            .checked_sub(idle)
+            .checked_sub(resume.idle)
             .unwrap_or_else(Instant::now);
         Tracker {
             opened,
             idle_since_ms: AtomicU64::new(0),
-            answered: AtomicU64::new(1),
+            answered: AtomicU64::new(u64::from(!resume.fresh)),
             ..tracker
+        }
+    }
+
+    /// Where the connection's idle limit stands, for a move.
+    fn resume(&self) -> Resume {
+        let idle_ms = self
+            .now_ms()
+            .saturating_sub(self.idle_since_ms.load(Ordering::Acquire));
+        Resume {
+            idle: Duration::from_millis(idle_ms),
+            fresh: self.answered.load(Ordering::Relaxed) == 0,
         }
     }
 
@@ -365,8 +376,18 @@ pub struct Tracked<S: AsyncRead + Unpin + Send + 'static> {
     write_blocked: bool,
 }
 
-/// Takes a moving connection's socket, with how long it has been idle.
-pub type OnMove<S> = Box<dyn FnOnce(S, Duration) + Send + Sync>;
+/// Where a moving connection's idle limit stands: how long it has been
+/// idle, and whether it has sent a request yet (a connection that has not
+/// has the header limit, counted from when it opened; one that has, the
+/// keep-alive limit, counted from its last response).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    pub idle: Duration,
+    pub fresh: bool,
+}
+
+/// Takes a moving connection's socket, with where its idle limit stands.
+pub type OnMove<S> = Box<dyn FnOnce(S, Resume) + Send + Sync>;
 
 impl<S: AsyncRead + Unpin + Send + 'static> Tracked<S> {
     /// Tracks `stream`, holding `alive` until it is closed.
@@ -374,14 +395,14 @@ impl<S: AsyncRead + Unpin + Send + 'static> Tracked<S> {
         Self::tracked_by(stream, alive, Tracker::new())
     }
 
-    /// Tracks `stream`, a connection another worker served and that has
-    /// been idle for `idle`.
+    /// Tracks `stream`, a connection another worker served, its idle
+    /// limit going on from `resume`.
     pub fn resumed(
         stream: S,
         alive: Option<mpsc::Sender<()>>,
-        idle: Duration,
+        resume: Resume,
     ) -> (Self, Arc<Tracker>) {
-        Self::tracked_by(stream, alive, Tracker::resumed(idle))
+        Self::tracked_by(stream, alive, Tracker::resumed(resume))
     }
 
     fn tracked_by(
@@ -523,11 +544,7 @@ impl<S: AsyncRead + Unpin + Send + 'static> Drop for Tracked<S> {
         drop(self.open.take());
         if self.moved {
             if let (Some(stream), Some(on_move)) = (self.stream.take(), self.on_move.take()) {
-                let idle_ms = self
-                    .tracker
-                    .now_ms()
-                    .saturating_sub(self.tracker.idle_since_ms.load(Ordering::Acquire));
-                on_move(stream, Duration::from_millis(idle_ms));
+                on_move(stream, self.tracker.resume());
             }
             return;
         }

@@ -16,6 +16,7 @@ use baton_protocol::balance::AcceptShare;
 use baton_protocol::fd;
 use baton_protocol::{self as protocol, Channel, Hello, ToMaster, ToWorker, WorkerStats};
 
+use crate::connection::Resume;
 use crate::error::{Error as WorkerError, HandoffError, ProtocolError};
 
 /// A listening socket received from the master: non-blocking, listening,
@@ -53,7 +54,7 @@ pub enum Instruction {
     /// idle for so long; then say [`Handoff::adopted`] with `batch`.
     Adopt {
         batch: u64,
-        connections: Vec<(OwnedFd, Duration)>,
+        connections: Vec<(OwnedFd, Resume)>,
     },
     /// The connections this worker handed over in `batch` were taken by
     /// another worker (`taken`), or came back.
@@ -179,14 +180,15 @@ impl Handoff {
     pub async fn hand_over(
         &self,
         batch: u64,
-        connections: &[(BorrowedFd<'_>, Duration)],
+        connections: &[(BorrowedFd<'_>, Resume)],
     ) -> Result<(), HandoffError> {
         let message = ToMaster::Handover {
             batch,
             connections: connections
                 .iter()
-                .map(|(_, idle)| protocol::MovedConnection {
-                    idle_ms: idle.as_millis().try_into().unwrap_or(u64::MAX),
+                .map(|(_, resume)| protocol::MovedConnection {
+                    idle_ms: resume.idle.as_millis().try_into().unwrap_or(u64::MAX),
+                    fresh: resume.fresh,
                 })
                 .collect(),
         };
@@ -227,7 +229,13 @@ impl Handoff {
                 connections: fds
                     .into_iter()
                     .zip(connections)
-                    .map(|(fd, moved)| (fd, Duration::from_millis(moved.idle_ms)))
+                    .map(|(fd, moved)| {
+                        let resume = Resume {
+                            idle: Duration::from_millis(moved.idle_ms),
+                            fresh: moved.fresh,
+                        };
+                        (fd, resume)
+                    })
                     .collect(),
             }),
             ToWorker::Taken { batch } => Ok(Instruction::Settle { batch, taken: true }),

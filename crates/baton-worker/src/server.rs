@@ -38,7 +38,7 @@ use tracing::{debug, info, warn};
 use crate::accept::{Accepted, Acceptor, Stream};
 use crate::app::{Handler, ResponseBody};
 use crate::body::{Body, InFlightBody};
-use crate::connection::{self, DrainPhase, Ended, Limits, Tracked, Tracker};
+use crate::connection::{self, DrainPhase, Ended, Limits, Resume, Tracked, Tracker};
 use crate::deadline;
 use crate::drain::Drain;
 use crate::http2;
@@ -93,8 +93,8 @@ pub struct Counters {
 pub struct Moved {
     /// The connection's socket.
     pub fd: OwnedFd,
-    /// How long it has been idle since its last response.
-    pub idle: Duration,
+    /// Where its idle limit stands.
+    pub resume: Resume,
     shared: Arc<Shared>,
 }
 
@@ -103,13 +103,13 @@ impl Moved {
     /// leaves the connection open. Or nobody could take it: serve it on
     /// here, to be closed by the drain as any other.
     pub fn settle(self, taken: bool) {
-        let Moved { fd, idle, shared } = self;
+        let Moved { fd, resume, shared } = self;
         if taken {
             shared.counters.handed_over.fetch_add(1, Ordering::Relaxed);
             return;
         }
         shared.counters.fell_back.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = shared.serve_fd(fd, Some(idle), false) {
+        if let Err(e) = shared.serve_fd(fd, Some(resume), false) {
             debug!(cause = %e, "a returned connection could not be served");
         }
     }
@@ -119,7 +119,7 @@ impl std::fmt::Debug for Moved {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Moved")
             .field("fd", &self.fd)
-            .field("idle", &self.idle)
+            .field("resume", &self.resume)
             .finish()
     }
 }
@@ -169,10 +169,10 @@ impl ServerHandle {
     }
 
     /// Serves `fd`, a connected TCP or Unix stream socket another worker
-    /// served until it had been idle for `idle`, as its own.
-    pub fn adopt(&self, fd: OwnedFd, idle: Duration) -> std::io::Result<()> {
+    /// served, as its own, its idle limit going on from `resume`.
+    pub fn adopt(&self, fd: OwnedFd, resume: Resume) -> std::io::Result<()> {
         let shared = self.shared()?;
-        shared.serve_fd(fd, Some(idle), true)?;
+        shared.serve_fd(fd, Some(resume), true)?;
         shared.counters.received.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -226,7 +226,7 @@ impl Shared {
     fn serve_fd(
         self: &Arc<Self>,
         fd: OwnedFd,
-        idle: Option<Duration>,
+        resumed: Option<Resume>,
         movable: bool,
     ) -> std::io::Result<()> {
         let socket = socket2::SockRef::from(&fd);
@@ -236,12 +236,12 @@ impl Shared {
             let stream = std::os::unix::net::UnixStream::from(fd);
             stream.set_nonblocking(true)?;
             let stream = tokio::net::UnixStream::from_std(stream)?;
-            serve(stream, open, self, idle, movable.then_some(unix_into_fd));
+            serve(stream, open, self, resumed, movable.then_some(unix_into_fd));
         } else {
             let stream = std::net::TcpStream::from(fd);
             stream.set_nonblocking(true)?;
             let stream = tokio::net::TcpStream::from_std(stream)?;
-            serve(stream, open, self, idle, movable.then_some(tcp_into_fd));
+            serve(stream, open, self, resumed, movable.then_some(tcp_into_fd));
         }
         Ok(())
     }
@@ -452,13 +452,13 @@ fn out_of_descriptors(error: &std::io::Error) -> bool {
 }
 
 /// Serves one connection on its own task: one just accepted, or one that
-/// has been idle for `resumed` in another worker. With `into_fd`, it can
+/// another worker served, its idle limit going on from `resumed`. With `into_fd`, it can
 /// move to another worker when this one drains.
 fn serve<S>(
     stream: S,
     open: Option<OpenConnection>,
     shared: &Arc<Shared>,
-    resumed: Option<Duration>,
+    resumed: Option<Resume>,
     into_fd: Option<fn(S) -> std::io::Result<OwnedFd>>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -474,7 +474,7 @@ fn serve<S>(
     };
     let alive = Some(shared.alive.clone());
     let (mut stream, tracker) = match resumed {
-        Some(idle) => Tracked::resumed(stream, alive, idle),
+        Some(resume) => Tracked::resumed(stream, alive, resume),
         None => Tracked::new(stream, alive),
     };
     stream = stream.counted_by(open);
@@ -483,12 +483,12 @@ fn serve<S>(
     }
     if let Some(into_fd) = into_fd {
         let mover = shared.clone();
-        stream = stream.movable(Box::new(move |stream, idle| match into_fd(stream) {
+        stream = stream.movable(Box::new(move |stream, resume| match into_fd(stream) {
             Ok(fd) => {
                 let moves = mover.moves.clone();
                 let _ = moves.send(Moved {
                     fd,
-                    idle,
+                    resume,
                     shared: mover,
                 });
             }

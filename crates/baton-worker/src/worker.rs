@@ -16,6 +16,7 @@ use crate::accept::Acceptor;
 use crate::alone;
 use crate::app::Handler;
 use crate::builder::{Builder, Fault};
+use crate::connection::Resume;
 use crate::deadline;
 use crate::error::{Error, HandoffError};
 use crate::handoff::{Handoff, Instruction, NamedListener, Welcome};
@@ -265,8 +266,8 @@ async fn listen(
                 }
             }
             Instruction::Adopt { batch, connections } => {
-                for (fd, idle) in connections {
-                    if let Err(e) = server.adopt(fd, idle) {
+                for (fd, resume) in connections {
+                    if let Err(e) = server.adopt(fd, resume) {
                         warn!(cause = %e, "cannot serve a connection handed over");
                     }
                 }
@@ -294,16 +295,16 @@ async fn hand_over(
         next_batch += 1;
         // Copies go to the master; the batch is recorded first, so that
         // however soon the master answers, the answer finds it.
-        let copies: std::io::Result<Vec<(OwnedFd, Duration)>> = gathered
+        let copies: std::io::Result<Vec<(OwnedFd, Resume)>> = gathered
             .iter()
-            .map(|m| Ok((m.fd.try_clone()?, m.idle)))
+            .map(|m| Ok((m.fd.try_clone()?, m.resume)))
             .collect();
         handing.insert(batch, std::mem::take(&mut gathered));
         let sent = match copies {
             Ok(copies) => {
                 let connections: Vec<_> = copies
                     .iter()
-                    .map(|(fd, idle)| (fd.as_fd(), *idle))
+                    .map(|(fd, resume)| (fd.as_fd(), *resume))
                     .collect();
                 handoff.hand_over(batch, &connections).await
             }

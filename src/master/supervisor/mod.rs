@@ -1345,19 +1345,25 @@ impl<E: Effects> Supervisor<E> {
     }
 
     /// The worker that takes connections handed over by `from`: a ready
-    /// worker of the newest generation that speaks the protocol, the one
-    /// with the fewest open connections,
-    /// as the balance table would choose.
+    /// worker that speaks the protocol, of the newest generation that has
+    /// one (a reload's first new worker may not be ready yet when an older
+    /// generation's connections leave), and never of `from`'s generation or
+    /// an older one; among those, the one with the fewest open connections,
+    /// as the balance table would choose. A connection given to a
+    /// generation that is itself about to drain moves again then.
     fn adopter(&self, from: WorkerId) -> Option<WorkerId> {
+        let from_generation = self.workers.get(&from)?.generation;
         self.workers
             .iter()
-            .filter(|(&id, w)| {
-                id != from
-                    && w.state == WorkerState::Ready
-                    && w.generation == self.generation
+            .filter(|(_, w)| {
+                w.state == WorkerState::Ready
+                    && w.generation > from_generation
                     && (w.speaks_protocol || w.stats.is_some())
             })
-            .min_by_key(|(_, w)| w.stats.map_or(0, |s| s.open_connections) + w.adopted_since_stats)
+            .min_by_key(|(_, w)| {
+                let open = w.stats.map_or(0, |s| s.open_connections) + w.adopted_since_stats;
+                (std::cmp::Reverse(w.generation), open)
+            })
             .map(|(&id, _)| id)
     }
 

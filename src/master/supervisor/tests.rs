@@ -994,7 +994,13 @@ fn handed(from: WorkerId, batch: u64, count: usize) -> crate::master::worker::Ha
     crate::master::worker::Handed {
         from,
         batch,
-        connections: vec![crate::protocol::MovedConnection { idle_ms: 5 }; count],
+        connections: vec![
+            crate::protocol::MovedConnection {
+                idle_ms: 5,
+                fresh: false,
+            };
+            count
+        ],
         fds,
     }
 }
@@ -1050,4 +1056,29 @@ async fn nothing_is_handed_over_on_a_stop_or_with_the_handoff_off() {
         [false, false],
         "a stop hands nothing over"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn connections_leaving_before_the_newest_generation_is_ready_go_to_the_newest_ready_one() {
+    let mut supervisor = running(1, Duration::ZERO);
+    let first = current(&supervisor, 0).unwrap();
+    let _waiter = reload_waiting(&mut supervisor);
+    finish_rollouts(&mut supervisor);
+    let second = current(&supervisor, 0).unwrap();
+    // The first generation still drains (a long upload) when the next
+    // reload starts a worker that is not ready yet.
+    let _next = reload_waiting(&mut supervisor);
+    let third = newest(&supervisor);
+    assert_ne!(third, second);
+    supervisor.on_event(WorkerEvent::Handover(handed(first, 1, 2)));
+    assert_eq!(
+        supervisor.effects.adopted[0].0, second,
+        "to the newest generation with a ready worker, not back to the drain"
+    );
+    // Once the third is ready and the second drains, the second's
+    // connections go to the third; never to its own generation.
+    finish_rollouts(&mut supervisor);
+    supervisor.on_event(WorkerEvent::Handover(handed(second, 1, 1)));
+    assert_eq!(supervisor.effects.adopted[1].0, third);
+    assert_eq!(supervisor.counters.connections_fell_back, 0);
 }
