@@ -127,37 +127,3 @@ fn start_plain(threads: usize, work: u64) -> Running {
     command.args(["--plain-server", &threads.to_string(), &work.to_string()]);
     start_printing_addr(command)
 }
-
-fn nginx_available() -> bool {
-    Command::new("nginx").arg("-v").output().is_ok()
-}
-
-/// nginx with `workers` processes answering every request with a fixed body.
-fn start_nginx(workers: usize) -> Running {
-    let dir = std::env::temp_dir().join(format!("baton-bench-nginx-{}", std::process::id()));
-    std::fs::create_dir_all(dir.join("logs")).unwrap();
-    let port = free_port();
-    let conf = format!(
-        "worker_processes {workers};\ndaemon off;\npid {dir}/nginx.pid;\nerror_log {dir}/logs/error.log;\n\
-         events {{ worker_connections 4096; }}\n\
-         http {{ access_log off; server {{ listen 127.0.0.1:{port} backlog=1024; \
-         location / {{ return 200 \"Process handled by pid: 0\"; }} }} }}\n",
-        dir = dir.display()
-    );
-    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-    let mut command = Command::new("sh");
-    command.args([
-        "-c",
-        &format!(
-            "echo 127.0.0.1:{port}; exec nginx -p {dir} -c {dir}/nginx.conf",
-            dir = dir.display()
-        ),
-    ]);
-    let server = start_printing_addr(command);
-    let ready = (0..500).any(|_| {
-        std::thread::sleep(Duration::from_millis(10));
-        std::net::TcpStream::connect(server.addr).is_ok()
-    });
-    assert!(ready, "nginx did not start");
-    server
-}

@@ -190,6 +190,11 @@ pub struct CheckReport {
     /// server's close frame crossed them. Clients do this, so it is not a
     /// failure; it counts the races a server's closes caused.
     pub resent_after_close: u64,
+    /// Connections the HTTP/1 clients that keep theirs opened beyond their
+    /// first, because the server closed the one they had: what the
+    /// reloads cost them in handshakes (0 when idle connections are
+    /// handed over and nothing else closes them).
+    pub reconnects: u64,
     /// What the HTTP/2 clients saw of the drains, when `h2c` ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http2: Option<Http2Record>,
@@ -367,6 +372,7 @@ impl CheckReport {
             failure_samples,
             scenarios: records,
             resent_after_close: load.resent_after_close,
+            reconnects: load.reconnects,
             http2,
             websocket,
             passed,
@@ -487,6 +493,11 @@ impl fmt::Display for CheckReport {
                 self.resent_after_close
             )?;
         }
+        writeln!(
+            f,
+            "  reconnects  {} by HTTP/1 clients that keep their connection (the server closed theirs)",
+            self.reconnects
+        )?;
         if let Some(http2) = &self.http2 {
             let g = &http2.goaways;
             writeln!(

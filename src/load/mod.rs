@@ -274,6 +274,10 @@ pub struct LoadReport {
     /// GETs sent again after their reused HTTP/1 connection closed before
     /// answering (not failures: RFC 9112 §9.3.1, and clients do).
     pub resent_after_close: u64,
+    /// Connections the HTTP/1 clients that keep theirs (all but
+    /// [`ClientMode::NewConnection`]) opened beyond their first: each a
+    /// handshake the server's closes cost a client.
+    pub reconnects: u64,
     /// How the server ended the HTTP/2 connections it closed.
     pub goaways: h2c::GoawaySequences,
     /// How the server ended the WebSockets it closed.
@@ -296,6 +300,7 @@ impl Default for LoadReport {
             by_mode: BTreeMap::new(),
             refused_retried: 0,
             resent_after_close: 0,
+            reconnects: 0,
             goaways: h2c::GoawaySequences::default(),
             websocket_closes: websocket::Closes::default(),
         }
@@ -385,6 +390,7 @@ impl LoadReport {
         }
         self.refused_retried += other.refused_retried;
         self.resent_after_close += other.resent_after_close;
+        self.reconnects += other.reconnects;
         self.goaways.merge(other.goaways);
         self.websocket_closes.merge(other.websocket_closes);
     }
@@ -550,6 +556,7 @@ async fn run_client(
 ) -> LoadReport {
     let mut report = LoadReport::default();
     let mut connection: Option<Connection> = None;
+    let mut connects = 0;
     let mut rng = fastrand::Rng::new();
     while Instant::now() < deadline
         && !plan.progress.stopped.load(Ordering::Relaxed)
@@ -592,7 +599,10 @@ async fn run_client(
             }
             _ => plan.request_timeout,
         };
-        let answered = timeout(limit, request(&plan, mode, &mut connection, resent));
+        let answered = timeout(
+            limit,
+            request(&plan, mode, &mut connection, resent, &mut connects),
+        );
         let outcome = match mode {
             // A stream still going when the run ends was answered so far.
             ClientMode::Stream { .. } => tokio::select! {
@@ -615,6 +625,9 @@ async fn run_client(
             sample_cap,
         };
         report.record(attempt, outcome, &plan.progress);
+    }
+    if mode != ClientMode::NewConnection {
+        report.reconnects = connects.saturating_sub(1);
     }
     report.of_mode(mode)
 }
@@ -703,12 +716,13 @@ fn timed_out() -> (FailureKind, String) {
 /// One request, on the client's connection or a new one. Returns the pid that
 /// answered, if the body names one.
 /// `resent` counts the GETs sent again after their reused connection closed
-/// before answering.
+/// before answering, `connects` the connections opened.
 async fn request(
     plan: &LoadPlan,
     mode: ClientMode,
     slot: &mut Option<Connection>,
     resent: &mut u64,
+    connects: &mut u64,
 ) -> Outcome {
     // A connection the server closed while idle is not a failure: every
     // client (and pool) notices that before reusing it.
@@ -720,7 +734,10 @@ async fn request(
     let reused = slot.is_some();
     let connection = match slot {
         Some(connection) => connection,
-        None => slot.insert(connect(plan.target).await?),
+        None => {
+            *connects += 1;
+            slot.insert(connect(plan.target).await?)
+        }
     };
     let (method, body_bytes) = match mode {
         ClientMode::Upload { body_bytes } => (Method::POST, body_bytes),
@@ -777,6 +794,7 @@ async fn request(
             if !unsent {
                 *resent += 1;
             }
+            *connects += 1;
             let connection = slot.insert(connect(plan.target).await?);
             connection
                 .sender
