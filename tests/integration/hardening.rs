@@ -407,13 +407,21 @@ fn c10k_thinking_clients_through_reloads() {
         let reloaded = started.elapsed();
         wait_until(Duration::from_secs(40), || old.iter().all(|&w| is_dead(w)));
         eprintln!(
-            "reload in {reloaded:?}; old generation gone {:?} after it started",
-            started.elapsed()
+            "reload in {reloaded:?}; old generation gone {:?} after it started; new workers' RSS (MiB) {:?}",
+            started.elapsed(),
+            rss_mib(&baton.workers())
         );
     }
     let report = load.finish();
-    eprintln!("c10k: {report}");
+    eprintln!(
+        "c10k: {report}; {} reconnects; master counters {}",
+        report.reconnects,
+        baton.status()["master"]["counters"]
+    );
     assert_no_failures(&report);
+    // Every idle connection moved to the new generation: no client had to
+    // connect again.
+    assert_eq!(report.reconnects, 0);
 }
 
 #[test]
