@@ -703,6 +703,30 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_moved_connection_keeps_the_limit_it_had() {
+        let limits = Limits {
+            header: Duration::from_secs(10),
+            keepalive: Duration::from_secs(60),
+        };
+        let idle = Duration::from_secs(4);
+        let served = Tracker::resumed(Resume { idle, fresh: false });
+        assert_eq!(
+            served.next_step(DrainPhase::Serving, &limits),
+            Step::Close(Instant::now() - idle + limits.keepalive),
+            "the keep-alive limit goes on from its last response"
+        );
+        let fresh = Arc::new(Tracker::resumed(Resume { idle, fresh: true }));
+        assert_eq!(
+            fresh.next_step(DrainPhase::Serving, &limits),
+            Step::Close(Instant::now() - idle + limits.header),
+            "a connection that sent nothing yet has the header limit from its start"
+        );
+        assert_eq!(fresh.resume(), Resume { idle, fresh: true });
+        drop(fresh.request());
+        assert!(!fresh.resume().fresh, "it has sent a request now");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn the_phases_deadlines_follow_what_the_connection_did() {
         let limits = Limits {
             header: Duration::from_secs(10),
