@@ -40,6 +40,7 @@ fn handoff(c: &mut Criterion) {
                     listeners: names.clone(),
                     balance: false,
                     http: None,
+                    limits: None,
                     hold: false,
                     ready_fd: None,
                 };

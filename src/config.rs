@@ -98,6 +98,9 @@ pub struct MasterConfig {
     /// `--native`: workers run a COMMAND that speaks baton's protocol (the
     /// baton-worker library); `--drain-grace`, sent with each drain.
     pub native_drain_grace: Option<Duration>,
+    /// `--native`: the client limits (`--header-timeout` and the others)
+    /// its hello carries, for what the application leaves unset.
+    pub native_limits: Option<crate::protocol::ClientLimits>,
     /// `--probation`: how long a new generation must run without a crash
     /// after its reload before the reload counts as done; zero for none.
     pub probation: Duration,

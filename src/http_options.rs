@@ -120,6 +120,17 @@ impl HttpArgs {
         let argv = std::iter::once(OsString::from("worker")).chain(args);
         WorkerCommandLine::try_parse_from(argv).map(|parsed| parsed.http)
     }
+
+    /// The client limits a native worker's hello carries.
+    pub fn client_limits(&self) -> crate::protocol::ClientLimits {
+        let ms = |d: std::time::Duration| d.as_millis().try_into().unwrap_or(u64::MAX);
+        crate::protocol::ClientLimits {
+            header_timeout_ms: ms(self.header_timeout),
+            keepalive_timeout_ms: ms(self.keepalive_timeout),
+            body_timeout_ms: ms(self.body_timeout),
+            http2_ping_ms: ms(self.http2_ping),
+        }
+    }
 }
 
 /// The built-in worker's defaults, as the command line gives them.

@@ -196,6 +196,7 @@ impl Effects for Processes {
             program: &config.program,
             args: &config.worker_args,
             http: config.http.as_ref(),
+            limits: config.native_limits,
             // A built-in worker is probed over its handoff socket before
             // it accepts.
             hold: probed && config.speaks_protocol(),

@@ -192,6 +192,8 @@ pub struct Launch<'a> {
     pub args: &'a [OsString],
     /// A built-in worker's options, for its hello.
     pub http: Option<&'a crate::http_options::HttpArgs>,
+    /// A native worker's client limits, for its hello.
+    pub limits: Option<crate::protocol::ClientLimits>,
     /// The worker accepts nothing until its probes pass.
     pub hold: bool,
     /// The uid and gid the worker runs as, if not the master's.
@@ -306,6 +308,7 @@ pub fn spawn(
         http: launch
             .http
             .map(|args| serde_json::to_value(args).expect("the options always serialize")),
+        limits: launch.limits,
         hold: launch.hold,
         ready_fd,
     };

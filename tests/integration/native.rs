@@ -29,8 +29,13 @@ fn axum_example() -> String {
 /// `baton serve --native --workers N -- the axum example`, with time for a
 /// busy machine to start it.
 fn serve_native(workers: &str) -> Baton {
+    serve_native_with(workers, &[])
+}
+
+/// The same, with more of `serve`'s options.
+fn serve_native_with(workers: &str, options: &[&str]) -> Baton {
     let example = axum_example();
-    Baton::serve(&[
+    let mut args = vec![
         "--workers",
         workers,
         "--native",
@@ -38,9 +43,10 @@ fn serve_native(workers: &str) -> Baton {
         "0s",
         "--ready-timeout",
         "30s",
-        "--",
-        &example,
-    ])
+    ];
+    args.extend_from_slice(options);
+    args.extend(["--", &example]);
+    Baton::serve(&args)
 }
 
 /// One `GET path` on a new connection: the whole response.
@@ -284,4 +290,34 @@ fn the_axum_example_as_a_plain_command_serves_listen_fds() {
     let (code, answer) = baton.reload_wait();
     assert_eq!(code, 0, "{answer}");
     assert!(get(&addr, "/").contains("Process handled by pid"));
+}
+
+/// The master's client limits reach a native application that does not
+/// set its own: with `--keepalive-timeout 1s`, an idle keep-alive
+/// connection to the axum example closes after a second, not after the
+/// library's default 75 s.
+#[test]
+fn the_masters_client_limits_reach_the_application() {
+    let baton = serve_native_with("1", &["--keepalive-timeout", "1s"]);
+    let mut stream = TcpStream::connect(baton.addr).expect("connect");
+    stream
+        .write_all(b"GET /notes HTTP/1.1\r\nHost: test\r\n\r\n")
+        .unwrap();
+    let answered = read_response(&mut stream);
+    assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
+    let idle = std::time::Instant::now();
+    stream
+        .set_read_timeout(Some(slower(Duration::from_secs(20))))
+        .unwrap();
+    let mut rest = Vec::new();
+    let read = stream.read_to_end(&mut rest);
+    assert!(
+        read.is_ok(),
+        "the idle connection was not closed within 20 s: {read:?}"
+    );
+    let closed_after = idle.elapsed();
+    assert!(
+        closed_after >= Duration::from_millis(900) && closed_after < Duration::from_secs(10),
+        "closed after {closed_after:?}"
+    );
 }

@@ -47,6 +47,10 @@ pub enum ToWorker {
         /// own.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         http: Option<serde_json::Value>,
+        /// A native worker's client limits, as the master was given them:
+        /// the defaults for what its application did not set itself.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limits: Option<ClientLimits>,
         /// Accept nothing until [`ToWorker::Accept`]: the master probes the
         /// worker first (`--health`), through [`ToWorker::Probe`]
         /// connections, so that no client reaches a release that has not
@@ -94,6 +98,16 @@ pub enum ToWorker {
     /// Nobody could take that batch: serve its connections on, with the
     /// drain's usual close.
     Returned { batch: u64 },
+}
+
+/// The time limits the master's `--header-timeout`, `--keepalive-timeout`,
+/// `--body-timeout` and `--http2-ping` give a native worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientLimits {
+    pub header_timeout_ms: u64,
+    pub keepalive_timeout_ms: u64,
+    pub body_timeout_ms: u64,
+    pub http2_ping_ms: u64,
 }
 
 /// One connection moved from a draining worker to a newer one.
@@ -275,6 +289,8 @@ pub struct Hello {
     pub balance: Option<OwnedFd>,
     /// A built-in worker's options.
     pub http: Option<serde_json::Value>,
+    /// A native worker's client limits.
+    pub limits: Option<ClientLimits>,
     /// Accept nothing until told (see [`ToWorker::Hello`]).
     pub hold: bool,
     /// `--ready fd:N`: the pipe's write end, and N.
@@ -292,6 +308,7 @@ impl Hello {
             listeners: names,
             balance,
             http,
+            limits,
             hold,
             ready_fd,
         } = message
@@ -314,6 +331,7 @@ impl Hello {
             listeners: names.into_iter().zip(fds).collect(),
             balance,
             http,
+            limits,
             hold,
             ready,
         })
@@ -403,6 +421,7 @@ mod tests {
             listeners: vec!["http".into()],
             balance: true,
             http: None,
+            limits: None,
             hold: false,
             ready_fd: None,
         };
@@ -473,6 +492,7 @@ mod tests {
             listeners: vec!["a".into()],
             balance: false,
             http: None,
+            limits: None,
             hold: false,
             ready_fd: None,
         };

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use baton_protocol::ClientLimits;
 use tokio::sync::watch;
 
 use crate::app::{self, App};
@@ -14,12 +15,20 @@ use crate::http2;
 use crate::server::{Server, ServerOptions};
 use crate::worker;
 
+const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
+const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_HTTP2_PING: Duration = Duration::from_secs(20);
+
 /// The environment variable that tells a program it runs under baton as a
 /// native worker, naming the descriptor of its handoff socket.
 pub const HANDOFF_ENV: &str = "BATON_HANDOFF_FD";
 
 /// Configures and starts a server. Every limit has the default of baton's
-/// built-in worker.
+/// built-in worker. Under `baton serve --native`, a client limit the
+/// application does not set here is the master's (`--header-timeout`,
+/// `--keepalive-timeout`, `--body-timeout`, `--http2-ping`); one it sets is
+/// its own.
 ///
 /// ```no_run
 /// use std::convert::Infallible;
@@ -40,10 +49,11 @@ pub const HANDOFF_ENV: &str = "BATON_HANDOFF_FD";
 /// ```
 #[derive(Debug, Clone)]
 pub struct Builder {
-    pub(crate) header_timeout: Duration,
-    pub(crate) keepalive_timeout: Duration,
-    pub(crate) body_timeout: Duration,
-    pub(crate) http2_ping: Duration,
+    /// The client limits; `None` where the application left the default.
+    pub(crate) header_timeout: Option<Duration>,
+    pub(crate) keepalive_timeout: Option<Duration>,
+    pub(crate) body_timeout: Option<Duration>,
+    pub(crate) http2_ping: Option<Duration>,
     pub(crate) drain_grace: Duration,
     pub(crate) drain_timeout: Duration,
     pub(crate) threads: usize,
@@ -78,10 +88,10 @@ impl Builder {
     /// A server with the built-in worker's limits.
     pub fn new() -> Self {
         Builder {
-            header_timeout: Duration::from_secs(10),
-            keepalive_timeout: Duration::from_secs(75),
-            body_timeout: Duration::from_secs(60),
-            http2_ping: Duration::from_secs(20),
+            header_timeout: None,
+            keepalive_timeout: None,
+            body_timeout: None,
+            http2_ping: None,
             drain_grace: Duration::from_secs(20),
             drain_timeout: Duration::from_secs(30),
             threads: 1,
@@ -96,14 +106,14 @@ impl Builder {
     /// connection's start, or from its first byte after an idle keep-alive
     /// pause. Default 10 s.
     pub fn header_timeout(mut self, timeout: Duration) -> Self {
-        self.header_timeout = timeout;
+        self.header_timeout = Some(timeout);
         self
     }
 
     /// How long a keep-alive connection (HTTP/1 or HTTP/2) may sit idle
     /// between requests. Default 75 s.
     pub fn keepalive_timeout(mut self, timeout: Duration) -> Self {
-        self.keepalive_timeout = timeout;
+        self.keepalive_timeout = Some(timeout);
         self
     }
 
@@ -112,7 +122,7 @@ impl Builder {
     /// [`BodyError::is_timeout`](crate::BodyError::is_timeout) is true.
     /// Default 60 s.
     pub fn body_timeout(mut self, timeout: Duration) -> Self {
-        self.body_timeout = timeout;
+        self.body_timeout = Some(timeout);
         self
     }
 
@@ -120,7 +130,7 @@ impl Builder {
     /// close the connection if the ping is not answered within as long.
     /// Default 20 s.
     pub fn http2_ping(mut self, interval: Duration) -> Self {
-        self.http2_ping = interval;
+        self.http2_ping = Some(interval);
         self
     }
 
@@ -273,20 +283,34 @@ impl Builder {
         )
     }
 
+    /// The master's client limits, for those the application left unset.
+    pub(crate) fn under_limits(mut self, limits: Option<ClientLimits>) -> Self {
+        if let Some(limits) = limits {
+            let ms = Duration::from_millis;
+            self.header_timeout
+                .get_or_insert(ms(limits.header_timeout_ms));
+            self.keepalive_timeout
+                .get_or_insert(ms(limits.keepalive_timeout_ms));
+            self.body_timeout.get_or_insert(ms(limits.body_timeout_ms));
+            self.http2_ping.get_or_insert(ms(limits.http2_ping_ms));
+        }
+        self
+    }
+
     pub(crate) fn options(&self) -> ServerOptions {
         ServerOptions {
             limits: Limits {
-                header: self.header_timeout,
-                keepalive: self.keepalive_timeout,
+                header: self.header_timeout.unwrap_or(DEFAULT_HEADER_TIMEOUT),
+                keepalive: self.keepalive_timeout.unwrap_or(DEFAULT_KEEPALIVE_TIMEOUT),
             },
-            http2_ping: self.http2_ping,
+            http2_ping: self.http2_ping.unwrap_or(DEFAULT_HTTP2_PING),
             http2_drain: match self.fault {
                 Some(Fault::TwoStepGoaway) => http2::Drain::TwoStep,
                 Some(Fault::ImmediateGoaway) => http2::Drain::Immediate,
                 _ => http2::Drain::AtAnIdleMoment,
             },
             linger: self.fault != Some(Fault::NoLinger),
-            body_timeout: self.body_timeout,
+            body_timeout: self.body_timeout.unwrap_or(DEFAULT_BODY_TIMEOUT),
         }
     }
 }

@@ -130,6 +130,11 @@ impl Welcome {
         self.hello.http.as_ref()
     }
 
+    /// A native worker's client limits, as the master was given them.
+    pub fn limits(&self) -> Option<protocol::ClientLimits> {
+        self.hello.limits
+    }
+
     /// Starts talking to the master, and takes the listeners. Must be
     /// called inside a tokio runtime.
     pub fn into_handoff(self) -> Result<(Handoff, Vec<NamedListener>), WorkerError> {
@@ -328,6 +333,7 @@ mod tests {
             listeners: vec!["http".into()],
             balance,
             http: None,
+            limits: None,
             hold: false,
             ready_fd: None,
         };

@@ -40,6 +40,7 @@ pub async fn under_master(
     welcome: Welcome,
     handler: Handler,
 ) -> Result<(), Error> {
+    let builder = builder.under_limits(welcome.limits());
     let (handoff, received) = welcome.into_handoff()?;
     // Named as the master names it: slot, generation, pid.
     let span = tracing::info_span!(

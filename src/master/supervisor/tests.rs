@@ -143,6 +143,7 @@ fn config(workers: usize, probation: Duration) -> MasterConfig {
         drain_timeout: Duration::from_secs(30),
         http: None,
         native_drain_grace: None,
+        native_limits: None,
         probation,
         health: None,
         max_memory: None,
