@@ -32,6 +32,12 @@ pub type WorkerId = u64;
 /// gives up at the deadline; this is for one that does not.
 const KILL_MARGIN: Duration = Duration::from_millis(500);
 
+/// How long passing handed-over connections to a worker may wait for room
+/// in its handoff socket. A worker that reads nothing (stopped, hung) gets
+/// none: they go back to the worker that holds them, and the watcher stays
+/// free to notice the worker's state.
+const ADOPT_SEND_LIMIT: Duration = Duration::from_millis(500);
+
 /// A ready built-in worker that has sent no report (it sends one every
 /// second) for this long is stuck: stopped, deadlocked or spinning. It is
 /// killed and replaced like a crash, so that the connections it holds fail
@@ -1160,7 +1166,17 @@ impl Watcher {
     /// is stopped.
     async fn exited(&mut self, status: std::io::Result<ExitStatus>) {
         // Connections it never said it took go back to the worker that
-        // still holds them.
+        // still holds them: those passed to it, and those still waiting in
+        // its orders (dropped with them, they would be nobody's, and their
+        // worker would hold them unserved to its drain deadline). Closed
+        // first, so that an order sent from now on comes back to the
+        // sender.
+        self.orders.close();
+        while let Ok(order) = self.orders.try_recv() {
+            if let Order::Adopt(handed) = order {
+                let _ = self.events.send(handed.settled(false));
+            }
+        }
         for (_, handed) in self.adopting.drain() {
             let _ = self.events.send(handed.settled(false));
         }
@@ -1269,14 +1285,20 @@ impl Watcher {
             connections: handed.connections.clone(),
         };
         let fds: Vec<BorrowedFd<'_>> = handed.fds.iter().map(|fd| fd.as_fd()).collect();
-        let sent = self.channel.send(&message, &fds).await;
+        // A SEQPACKET message is queued whole or not at all: one that times
+        // out was not sent.
+        let sent = tokio::time::timeout(ADOPT_SEND_LIMIT, self.channel.send(&message, &fds)).await;
         drop(fds);
         match sent {
-            Ok(()) => {
+            Ok(Ok(())) => {
                 self.adopting.insert(batch, handed);
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 debug!(cause = %e, "cannot pass connections on");
+                let _ = self.events.send(handed.settled(false));
+            }
+            Err(_) => {
+                debug!("the worker takes no connections: its handoff socket is full");
                 let _ = self.events.send(handed.settled(false));
             }
         }

@@ -459,8 +459,8 @@ fn requests_sent_at_the_moment_of_the_move_lose_nothing() {
 fn a_new_worker_killed_mid_handoff_loses_only_what_it_held() {
     let _heavy = heavy();
     let drain_timeout = Duration::from_secs(10);
-    // Without probation: a crash of a new worker is replaced, not rolled
-    // back (a rollback drains the whole new generation, another story).
+    // Under the default probation, the crash also rolls the release back:
+    // the surviving new worker drains and hands its connections on too.
     let baton = Baton::serve(&[
         "--workers",
         "2",
@@ -468,8 +468,6 @@ fn a_new_worker_killed_mid_handoff_loses_only_what_it_held() {
         "30s",
         "--drain-timeout",
         "10s",
-        "--probation",
-        "0s",
     ]);
     // What a ready worker holds before any client connects.
     let idle_fds = baton
