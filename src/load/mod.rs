@@ -597,6 +597,8 @@ async fn run_client(
             ClientMode::Stream { seconds } | ClientMode::Download { seconds, .. } => {
                 plan.request_timeout + Duration::from_secs(seconds)
             }
+            // The answer comes once the paced body is sent.
+            ClientMode::SlowUpload { over, .. } => plan.request_timeout + over,
             _ => plan.request_timeout,
         };
         let answered = timeout(
@@ -645,18 +647,23 @@ async fn run_over(progress: &Progress, deadline: Instant) {
     }
 }
 
-/// `body` as chunks of 64 KiB, spread evenly over `over`.
+/// `body` as chunks of 64 KiB, spread evenly over `over`. Each chunk is
+/// due at its place on one schedule that starts with the first, so that a
+/// late wake-up of the client (a busy machine) does not push back every
+/// chunk after it: the upload takes `over`, not `over` and the sum of its
+/// delays.
 fn paced(body: Bytes, over: Duration) -> RequestBody {
     const CHUNK: usize = 64 * 1024;
     let chunks = body.len().div_ceil(CHUNK).max(1);
     let pause = over / chunks as u32;
-    let stream = futures::stream::unfold(body, move |mut rest| async move {
+    let stream = futures::stream::unfold((body, None), move |(mut rest, due)| async move {
         if rest.is_empty() {
             return None;
         }
-        tokio::time::sleep(pause).await;
+        let due = due.unwrap_or_else(Instant::now) + pause;
+        sleep_until(due.into()).await;
         let chunk = rest.split_to(CHUNK.min(rest.len()));
-        Some((Ok(hyper::body::Frame::data(chunk)), rest))
+        Some((Ok(hyper::body::Frame::data(chunk)), (rest, Some(due))))
     });
     http_body_util::StreamBody::new(stream).boxed()
 }
