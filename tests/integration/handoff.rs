@@ -120,6 +120,35 @@ async fn thinking_client(
     }
 }
 
+/// Starts `clients` thinking clients (see [`thinking_client`]) and waits
+/// until each has connected and been answered once.
+fn start_thinking_clients(
+    runtime: &tokio::runtime::Runtime,
+    addr: std::net::SocketAddr,
+    clients: usize,
+    think_ms: std::ops::Range<u64>,
+    seen: &Arc<Seen>,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let tasks = (0..clients)
+        .map(|_| {
+            runtime.spawn(thinking_client(
+                addr,
+                think_ms.clone(),
+                seen.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    assert!(
+        wait_until(slower(Duration::from_secs(30)), || {
+            seen.answered.load(Ordering::Relaxed) >= clients as u64
+        }),
+        "the clients did not get going"
+    );
+    tasks
+}
+
 /// Waits for every client task; a client that panicked (an answer that
 /// was not a 200) fails the test.
 fn join_clients(runtime: &tokio::runtime::Runtime, tasks: Vec<tokio::task::JoinHandle<()>>) {
@@ -151,30 +180,10 @@ fn run(handoff: &str, clients: usize, reloads: usize) -> Outcome {
         "--keepalive-timeout",
         "30s",
     ]);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     let seen = Arc::new(Seen::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let tasks: Vec<_> = (0..clients)
-        .map(|_| {
-            runtime.spawn(thinking_client(
-                baton.addr,
-                1000..5000,
-                seen.clone(),
-                stop.clone(),
-            ))
-        })
-        .collect();
-    // Every client connected and answered once.
-    assert!(
-        wait_until(slower(Duration::from_secs(30)), || {
-            seen.answered.load(Ordering::Relaxed) >= clients as u64
-        }),
-        "the clients did not get going"
-    );
+    let tasks = start_thinking_clients(&runtime, baton.addr, clients, 1000..5000, &seen, &stop);
     let mut ended = Vec::new();
     for reload in 1..=reloads {
         let before: BTreeSet<u32> = baton.workers().into_iter().collect();
@@ -402,11 +411,7 @@ async fn read_answer(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Answer {
 fn requests_sent_at_the_moment_of_the_move_lose_nothing() {
     let _heavy = heavy();
     let baton = Baton::serve(&["--workers", "2"]);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     let seen = Arc::new(Tight::default());
     let stop = Arc::new(AtomicBool::new(false));
     let tasks: Vec<_> = (0..16)
@@ -477,29 +482,10 @@ fn a_new_worker_killed_mid_handoff_loses_only_what_it_held() {
         .max()
         .expect("a worker");
     let clients = 600;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     let seen = Arc::new(Seen::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let tasks: Vec<_> = (0..clients)
-        .map(|_| {
-            runtime.spawn(thinking_client(
-                baton.addr,
-                300..1500,
-                seen.clone(),
-                stop.clone(),
-            ))
-        })
-        .collect();
-    assert!(
-        wait_until(slower(Duration::from_secs(30)), || {
-            seen.answered.load(Ordering::Relaxed) >= clients
-        }),
-        "the clients did not get going"
-    );
+    let tasks = start_thinking_clients(&runtime, baton.addr, clients, 300..1500, &seen, &stop);
     let counter = |name: &str| {
         baton.status()["master"]["counters"][name]
             .as_u64()
@@ -567,7 +553,7 @@ fn a_new_worker_killed_mid_handoff_loses_only_what_it_held() {
     let answered = seen.answered.load(Ordering::Relaxed);
     assert!(
         wait_until(slower(Duration::from_secs(10)), || {
-            seen.answered.load(Ordering::Relaxed) >= answered + clients
+            seen.answered.load(Ordering::Relaxed) >= answered + clients as u64
         }),
         "the clients were not answered again"
     );
