@@ -7,7 +7,7 @@
 //! [`Effects`], so its unit tests drive it with a fake that records what it
 //! asked for, and the master drives it with [`Processes`], the real thing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -73,6 +73,11 @@ pub(super) trait Effects {
     fn settle(&mut self, from: WorkerId, batch: u64, taken: bool);
     /// Tells a draining built-in worker to end its grace now.
     fn hurry(&mut self, id: WorkerId);
+    /// Tells every worker's watcher to go quiet up to `step` before an
+    /// exec; each answers [`WorkerEvent::Quiet`]. The workers told.
+    fn quiet(&mut self, step: worker::Quiet) -> BTreeSet<WorkerId>;
+    /// After a failed exec: the watchers read and pass connections on again.
+    fn speak(&mut self);
     fn kill(&mut self, id: WorkerId);
     /// Worker `id` (process `pid`) is gone and reaped: forget it.
     fn gone(&mut self, id: WorkerId, pid: u32);
@@ -236,6 +241,20 @@ impl Effects for Processes {
     fn hurry(&mut self, id: WorkerId) {
         if let Some(handle) = self.handles.get(&id) {
             handle.hurry();
+        }
+    }
+
+    fn quiet(&mut self, step: worker::Quiet) -> BTreeSet<WorkerId> {
+        self.handles
+            .iter()
+            .filter(|(_, handle)| handle.quiet(step))
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
+    fn speak(&mut self) {
+        for handle in self.handles.values() {
+            handle.speak();
         }
     }
 

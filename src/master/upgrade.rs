@@ -9,24 +9,38 @@
 //!    same path): it must read this state format and accept the
 //!    configuration, within [`CHECK_WITHIN`]. A program that does not is
 //!    refused with what it said; nothing else happened.
-//! 3. The master writes its state and `execve`s the new program in the
+//! 3. The master's watchers go quiet (see [`super::worker::Quiet`]): no
+//!    connection a draining worker handed over may be in the master's
+//!    hands at the exec, nor an answer about one unwritten; this waits at
+//!    most [`QUIET_WITHIN`].
+//! 4. The master writes its state and `execve`s the new program in the
 //!    same pid (see [`super::handover`]); the new image adopts the state,
 //!    answers systemd, and rolls the workers to the new program like a
 //!    reload (unless asked to keep them). If it cannot adopt the state, the
 //!    previous image comes back and adopts it instead. Either way the
 //!    `upgrade --wait` clients are answered by the image that serves.
 
+use std::collections::BTreeSet;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use tokio::sync::oneshot;
 
 use super::handover::{self, SupervisorState, UpgradeFault};
+use super::worker::{Quiet, WorkerId};
 use crate::control::reply::Reply;
 
 /// How long the new program's check may take.
 pub const CHECK_WITHIN: Duration = Duration::from_secs(10);
+
+/// How long the watchers may take to go quiet before the exec. A worker
+/// that does not say it took what it was given by then (it is stopped, or
+/// too busy) costs its batches: their old worker serves them on only at
+/// its drain deadline.
+pub const QUIET_WITHIN: Duration = Duration::from_secs(2);
 
 /// An upgrade being prepared: its program is being checked.
 #[derive(Debug)]
@@ -36,6 +50,21 @@ pub(crate) struct Upgrade {
     pub roll: bool,
     pub fault: Option<UpgradeFault>,
     pub asked_at_ms: u64,
+    /// The program passed its check: the master is going quiet to exec it.
+    pub departing: Option<Departing>,
+}
+
+/// The master going quiet before the exec (see [`super::worker::Quiet`]).
+#[derive(Debug)]
+pub(crate) struct Departing {
+    /// The version the new program said it is.
+    pub version: String,
+    /// The step the watchers are asked to reach.
+    pub step: Quiet,
+    /// The workers whose watchers have not reached it yet.
+    pub waiting: BTreeSet<WorkerId>,
+    /// The exec goes ahead then, quiet or not.
+    pub until: Instant,
 }
 
 /// Someone who asked for the upgrade and waits for its outcome: answered

@@ -71,6 +71,28 @@ pub enum WorkerEvent {
         count: usize,
         taken: bool,
     },
+    /// Connections a worker handed over while the master was leaving went
+    /// back to it, answered by its watcher.
+    FellBack { count: usize },
+    /// The watcher reached `step` of the master's departure (see
+    /// [`WorkerHandle::quiet`]).
+    Quiet { id: WorkerId, step: Quiet },
+}
+
+/// The steps by which the master's watchers go quiet before it execs a new
+/// image (`baton upgrade`), so that no handed-over connection is in the
+/// master's hands, or in an answer it has not written, at the exec: a
+/// batch lost there would leave its old worker waiting for an answer, and
+/// its clients unanswered, until the drain's deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quiet {
+    /// Pass no connection on any more (those handed over from now are
+    /// returned by the watcher itself); reached once no batch passed to
+    /// this worker awaits its answer.
+    Settled,
+    /// Write every order given so far, then read nothing more from the
+    /// worker: what it says next stays in its socket for the next image.
+    Hushed,
 }
 
 /// Idle connections a draining worker handed over: worker `from`'s batch,
@@ -113,6 +135,10 @@ enum Order {
     Hurry,
     /// Probe the held worker once it is ready.
     Probe(HealthCheck),
+    /// Go quiet up to this step before the master execs.
+    Quiet(Quiet),
+    /// The exec failed: read and pass connections on again.
+    Speak,
     Kill,
 }
 
@@ -181,6 +207,19 @@ impl WorkerHandle {
     /// [`WorkerEvent::Probed`].
     pub fn probe(&self, check: HealthCheck) {
         let _ = self.orders.send(Order::Probe(check));
+    }
+
+    /// Starts `step` of going quiet (see [`Quiet`]); the watcher answers
+    /// [`WorkerEvent::Quiet`] once it is reached. False if the watcher is
+    /// gone.
+    pub fn quiet(&self, step: Quiet) -> bool {
+        self.orders.send(Order::Quiet(step)).is_ok()
+    }
+
+    /// After a failed exec: the watcher reads and passes connections on
+    /// again.
+    pub fn speak(&self) {
+        let _ = self.orders.send(Order::Speak);
     }
 
     /// Kills the worker at once.
@@ -571,6 +610,7 @@ fn watch(
         health: HealthStage::None,
         ready_pipe_closed: None,
         handover: false,
+        quiet: None,
         adopting: Default::default(),
         next_adopt: 1,
         ready_pipe: watched
@@ -709,10 +749,19 @@ struct Watcher {
     ready_pipe_closed: Option<Instant>,
     /// Told to hand its idle connections over while it drains.
     handover: bool,
+    /// How quiet the master's departure asked this watcher to be.
+    quiet: Option<QuietStage>,
     /// Connections given to this worker that it has not said it took, by
     /// the batch number it was given them under.
     adopting: std::collections::HashMap<u64, Handed>,
     next_adopt: u64,
+}
+
+/// How far a watcher went quiet, and whether the supervisor heard it.
+#[derive(Debug, Clone, Copy)]
+struct QuietStage {
+    step: Quiet,
+    told: bool,
 }
 
 /// A ready worker's periodic health probes.
@@ -749,15 +798,19 @@ impl Watcher {
         loop {
             let timers = self.timers();
             tokio::select! {
-                note = recv_notify(self.foreign.as_ref()) => self.on_notification(note),
+                note = recv_notify(self.foreign.as_ref()), if !self.hushed() => self.on_notification(note),
                 _ = sleep(self.probe_interval()), if timers.probe => self.probe(),
                 _ = at(timers.delay), if timers.delay.is_some() => self.became_ready(),
                 status = self.process.wait() => return self.exited(status).await,
-                message = self.channel.recv::<ToMaster>(), if self.channel_open => {
-                    self.on_message(message);
+                message = self.channel.recv::<ToMaster>(), if self.channel_open && !self.hushed() => {
+                    self.on_message(message).await;
                     self.probe_if_ready().await;
+                    self.tell_quiet();
                 }
-                order = self.orders.recv(), if self.orders_open => self.on_order(order).await,
+                order = self.orders.recv(), if self.orders_open => {
+                    self.on_order(order).await;
+                    self.tell_quiet();
+                }
                 outcome = verdict(self.health.running()), if matches!(self.health, HealthStage::Running(_)) => {
                     self.on_probed(outcome).await;
                 }
@@ -886,7 +939,30 @@ impl Watcher {
         }
     }
 
-    fn on_message(&mut self, message: Result<Option<(ToMaster, Vec<OwnedFd>)>, HandoffError>) {
+    /// Whether the watcher reads nothing from its worker (see [`Quiet::Hushed`]).
+    fn hushed(&self) -> bool {
+        self.quiet.is_some_and(|q| q.step == Quiet::Hushed)
+    }
+
+    /// Tells the supervisor the quiet step asked for is reached, once.
+    fn tell_quiet(&mut self) {
+        let Some(stage) = &mut self.quiet else {
+            return;
+        };
+        if stage.told || (stage.step == Quiet::Settled && !self.adopting.is_empty()) {
+            return;
+        }
+        stage.told = true;
+        let _ = self.events.send(WorkerEvent::Quiet {
+            id: self.id,
+            step: stage.step,
+        });
+    }
+
+    async fn on_message(
+        &mut self,
+        message: Result<Option<(ToMaster, Vec<OwnedFd>)>, HandoffError>,
+    ) {
         let message = message.and_then(|received| match received {
             Some((message, fds)) if fds.len() != message.descriptors() => {
                 Err(crate::error::ProtocolError::DescriptorCount {
@@ -910,12 +986,19 @@ impl Watcher {
                     connections,
                     fds,
                 };
-                if self.handover {
+                if self.quiet.is_none() {
                     let _ = self.events.send(WorkerEvent::Handover(handed));
-                } else {
-                    // Not asked to: the worker serves them on.
-                    let _ = self.events.send(handed.settled(false));
+                    return;
                 }
+                // The master is leaving: the worker serves them on, told
+                // here, since an order from the supervisor might come after
+                // the exec.
+                if let Err(e) = self.channel.send(&ToWorker::Returned { batch }, &[]).await {
+                    debug!(cause = %e, "cannot return a handed-over batch");
+                }
+                let _ = self.events.send(WorkerEvent::FellBack {
+                    count: handed.fds.len(),
+                });
             }
             Ok(Some((ToMaster::Adopted { batch }, _))) => match self.adopting.remove(&batch) {
                 Some(handed) => {
@@ -967,6 +1050,8 @@ impl Watcher {
                 self.probe_if_ready().await;
             }
             Some(Order::Adopt(handed)) => self.adopt(handed).await,
+            Some(Order::Quiet(step)) => self.quiet = Some(QuietStage { step, told: false }),
+            Some(Order::Speak) => self.quiet = None,
             Some(Order::Settle { batch, taken }) => {
                 let answer = if taken {
                     ToWorker::Taken { batch }

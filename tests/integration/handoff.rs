@@ -286,17 +286,30 @@ struct Tight {
     connects: AtomicU64,
 }
 
-/// Sends GETs back to back on one connection until `stop`, reconnecting
-/// only after a `Connection: close` answer. With `split`, each request is
-/// written in two parts a few milliseconds apart, so that many moves fall
-/// between them.
+/// How a [`tight_client`] writes each request.
+#[derive(Debug, Clone, Copy)]
+enum Writes {
+    /// A GET at once.
+    Whole,
+    /// A GET in two parts a few milliseconds apart, so that many moves
+    /// fall between them.
+    Split,
+    /// A small POST whose body follows its head after up to 1.5 s: the
+    /// connection is busy most of the time and idles at any moment, so
+    /// that a draining worker hands connections over all along its drain.
+    SlowBody,
+}
+
+/// Sends requests back to back on one connection until `stop`, written as
+/// `writes` says, reconnecting only after a `Connection: close` answer.
 async fn tight_client(
     addr: std::net::SocketAddr,
-    split: bool,
+    writes: Writes,
     seen: Arc<Tight>,
     stop: Arc<AtomicBool>,
 ) {
     const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: handoff\r\nUser-Agent: tight\r\n\r\n";
+    const POST: &[u8] = b"POST / HTTP/1.1\r\nHost: handoff\r\nContent-Length: 16\r\n\r\n";
     let mut buf = Vec::new();
     let mut stream: Option<TcpStream> = None;
     while !stop.load(Ordering::Relaxed) {
@@ -313,18 +326,27 @@ async fn tight_client(
                 }
             },
         };
-        let sent = if split {
-            let (first, rest) = REQUEST.split_at(fastrand::usize(1..REQUEST.len()));
-            let pause = Duration::from_micros(fastrand::u64(..3000));
-            async {
-                connection.write_all(first).await?;
-                tokio::time::sleep(pause).await;
-                connection.write_all(rest).await
+        let (first, rest, pause): (&[u8], &[u8], _) = match writes {
+            Writes::Whole => (REQUEST, b"", Duration::ZERO),
+            Writes::Split => {
+                let (first, rest) = REQUEST.split_at(fastrand::usize(1..REQUEST.len()));
+                (first, rest, Duration::from_micros(fastrand::u64(..3000)))
             }
-            .await
-        } else {
-            connection.write_all(REQUEST).await
+            Writes::SlowBody => (
+                POST,
+                b"0123456789abcdef",
+                Duration::from_millis(fastrand::u64(..1500)),
+            ),
         };
+        let sent = async {
+            connection.write_all(first).await?;
+            if !rest.is_empty() {
+                tokio::time::sleep(pause).await;
+                connection.write_all(rest).await?;
+            }
+            Ok::<_, std::io::Error>(())
+        }
+        .await;
         if sent.is_err() {
             seen.failed.fetch_add(1, Ordering::Relaxed);
             stream = None;
@@ -416,12 +438,12 @@ fn requests_sent_at_the_moment_of_the_move_lose_nothing() {
     let stop = Arc::new(AtomicBool::new(false));
     let tasks: Vec<_> = (0..16)
         .map(|i| {
-            runtime.spawn(tight_client(
-                baton.addr,
-                i % 2 == 1,
-                seen.clone(),
-                stop.clone(),
-            ))
+            let writes = if i % 2 == 1 {
+                Writes::Split
+            } else {
+                Writes::Whole
+            };
+            runtime.spawn(tight_client(baton.addr, writes, seen.clone(), stop.clone()))
         })
         .collect();
     assert!(
@@ -568,5 +590,87 @@ fn a_new_worker_killed_mid_handoff_loses_only_what_it_held() {
     assert!(
         failed <= held_by_killed as u64,
         "{failed} requests failed, more than the {held_by_killed} connections the killed workers held"
+    );
+}
+
+/// `baton upgrade` in the middle of a handoff: each upgrade's new image
+/// rolls the workers, and the next upgrade's exec lands while that roll's
+/// old workers still hand connections over (clients whose POST bodies come
+/// up to 1.5 s after their heads keep the old workers busy, and their
+/// connections leave one by one). Nothing is lost on the way: no request
+/// fails, no connection is closed under a client, and every old worker is
+/// gone well within its drain timeout (a batch in the master's hands at
+/// the exec would keep its old worker waiting for an answer until then,
+/// and its client unanswered).
+#[test]
+fn an_upgrade_in_the_middle_of_a_handoff_loses_nothing() {
+    let _heavy = heavy();
+    let drain_timeout = Duration::from_secs(20);
+    let baton = Baton::serve(&[
+        "--workers",
+        "2",
+        "--probation",
+        "0s",
+        "--keepalive-timeout",
+        "30s",
+        "--drain-timeout",
+        "20s",
+        "--handoff-connections",
+        &std::env::var("HANDOFF").unwrap_or("on".into()),
+    ]);
+    let clients = 200;
+    let runtime = runtime();
+    let seen = Arc::new(Tight::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            runtime.spawn(tight_client(
+                baton.addr,
+                Writes::SlowBody,
+                seen.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    assert!(
+        wait_until(slower(Duration::from_secs(10)), || {
+            seen.answered.load(Ordering::Relaxed) >= clients as u64
+        }),
+        "the clients did not get going"
+    );
+    let mut old_workers = BTreeSet::new();
+    for upgrade in 1..=10 {
+        old_workers.extend(baton.workers());
+        let output = baton.control_client(&["upgrade", "--wait"]);
+        assert!(
+            output.status.success(),
+            "upgrade {upgrade}: {}",
+            String::from_utf8_lossy(&output.stdout) + String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let last = Instant::now();
+    let gone = wait_until(drain_timeout / 2, || {
+        old_workers.iter().all(|&p| is_dead(p))
+    });
+    let outlived = last.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    join_clients(&runtime, tasks);
+    let answered = seen.answered.load(Ordering::Relaxed);
+    let failed = seen.failed.load(Ordering::Relaxed);
+    let bad = seen.bad.load(Ordering::Relaxed);
+    let connects = seen.connects.load(Ordering::Relaxed);
+    eprintln!(
+        "10 upgrades: {answered} answered, {failed} failed, {bad} cut or bad, {connects} connects by {clients} clients; old workers gone {outlived:?} after the last; master counters {}",
+        baton.status()["master"]["counters"]
+    );
+    assert_eq!(failed, 0, "requests failed");
+    assert_eq!(bad, 0, "answers came cut or not a 200");
+    assert!(
+        gone,
+        "old workers still alive {outlived:?} after the last upgrade: {:?}",
+        old_workers
+            .iter()
+            .filter(|&&p| !is_dead(p))
+            .collect::<Vec<_>>()
     );
 }

@@ -54,6 +54,8 @@ pub enum Timer {
     Probation,
     /// A backed-off restart is due.
     Restart,
+    /// The watchers took too long to go quiet for an upgrade's exec.
+    Departure,
 }
 
 /// A generation rolled in and not yet trusted: a crash of one of its
@@ -368,6 +370,7 @@ impl<E: Effects> Supervisor<E> {
             (self.shutdown_at, Timer::ShutdownDelay),
             (probation_end, Timer::Probation),
             (next_restart, Timer::Restart),
+            (self.departure_deadline(), Timer::Departure),
         ]
         .into_iter()
         .filter_map(|(at, timer)| Some((at?, timer)))
@@ -390,6 +393,7 @@ impl<E: Effects> Supervisor<E> {
                     }
                 }
             }
+            Timer::Departure => self.quiet_timed_out(),
         }
     }
 
@@ -436,7 +440,11 @@ impl<E: Effects> Supervisor<E> {
         match event {
             WorkerEvent::Ready { id } => self.on_ready(id),
             WorkerEvent::Failed { id, reason } => self.on_failed(id, reason),
-            WorkerEvent::Exited { id, status } => self.on_exit(id, status),
+            WorkerEvent::Exited { id, status } => {
+                self.on_exit(id, status);
+                // A gone worker's watcher has nothing to go quiet about.
+                self.on_quiet(id, None);
+            }
             WorkerEvent::Stats { id, stats } => {
                 if let Some(worker) = self.workers.get_mut(&id) {
                     worker.stats = Some(stats);
@@ -458,6 +466,10 @@ impl<E: Effects> Supervisor<E> {
                 }
                 self.effects.settle(from, batch, taken);
             }
+            WorkerEvent::FellBack { count } => {
+                self.counters.connections_fell_back += count as u64;
+            }
+            WorkerEvent::Quiet { id, step } => self.on_quiet(id, Some(step)),
         }
     }
 
@@ -1337,11 +1349,11 @@ impl<E: Effects> Supervisor<E> {
     }
 
     /// Whether draining workers may hand connections over now: asked for,
-    /// and the master neither stopping nor handing itself over.
+    /// and the master neither stopping nor about to exec a new image.
     fn may_hand_over(&self) -> bool {
         self.config.handoff_connections
             && !matches!(self.phase, Phase::Stopping)
-            && self.upgrade.is_none()
+            && self.upgrade.as_ref().is_none_or(|u| u.departing.is_none())
     }
 
     /// The worker that takes connections handed over by `from`: a ready
@@ -1370,8 +1382,11 @@ impl<E: Effects> Supervisor<E> {
     /// A draining worker handed idle connections over: they go to the
     /// newest generation, or back to it if no worker there can take them.
     fn on_handover(&mut self, handed: super::worker::Handed) {
-        let target = self
-            .may_hand_over()
+        let draining = self
+            .workers
+            .get(&handed.from)
+            .is_some_and(|w| w.state.is_draining());
+        let target = (draining && self.may_hand_over())
             .then(|| self.adopter(handed.from))
             .flatten();
         match target {

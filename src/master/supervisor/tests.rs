@@ -44,6 +44,11 @@ struct Fake {
     refuse_restore: bool,
     /// Workers whose health probes were asked for.
     probed: Vec<WorkerId>,
+    /// The steps of going quiet asked for, and the watchers told each.
+    quiet: Vec<crate::master::worker::Quiet>,
+    watchers: std::collections::BTreeSet<WorkerId>,
+    /// Times the watchers were told to speak again.
+    spoke: usize,
 }
 
 impl Effects for Fake {
@@ -80,6 +85,16 @@ impl Effects for Fake {
     }
     fn hurry(&mut self, id: WorkerId) {
         self.hurried.push(id);
+    }
+    fn quiet(
+        &mut self,
+        step: crate::master::worker::Quiet,
+    ) -> std::collections::BTreeSet<WorkerId> {
+        self.quiet.push(step);
+        self.watchers.clone()
+    }
+    fn speak(&mut self) {
+        self.spoke += 1;
     }
     fn kill(&mut self, id: WorkerId) {
         self.killed.push(id);
@@ -1082,4 +1097,87 @@ async fn connections_leaving_before_the_newest_generation_is_ready_go_to_the_new
     supervisor.on_event(WorkerEvent::Handover(handed(second, 1, 1)));
     assert_eq!(supervisor.effects.adopted[1].0, third);
     assert_eq!(supervisor.counters.connections_fell_back, 0);
+}
+
+/// An upgrade's exec waits until no handed-over connection is in the
+/// master's hands: first every watcher settles what it passed on (a batch
+/// handed over meanwhile goes back), then every watcher writes what it was
+/// told and stops reading; a gone worker counts as quiet. A failed exec
+/// lets the watchers speak again; quiet or not, the exec goes ahead after
+/// QUIET_WITHIN.
+#[tokio::test(start_paused = true)]
+async fn an_upgrade_execs_once_no_connection_is_in_transit() {
+    use crate::master::worker::Quiet;
+    let mut supervisor = running(2, Duration::ZERO);
+    let old = current(&supervisor, 0).unwrap();
+    let _reload = reload_waiting(&mut supervisor);
+    finish_rollouts(&mut supervisor);
+    let new: Vec<WorkerId> = (0..2).map(|s| current(&supervisor, s).unwrap()).collect();
+    supervisor.effects.watchers = supervisor.workers.keys().copied().collect();
+    let mut waiter = upgrade_waiting(&mut supervisor);
+    // While the program is checked, connections still move.
+    supervisor.on_event(WorkerEvent::Handover(handed(old, 1, 2)));
+    assert_eq!(supervisor.effects.adopted.len(), 1);
+
+    supervisor.on_upgrade_checked(Ok("9.9.9".to_owned()));
+    assert_eq!(supervisor.effects.quiet, [Quiet::Settled]);
+    // Going quiet: a batch handed over now goes back.
+    supervisor.on_event(WorkerEvent::Handover(handed(old, 2, 1)));
+    assert_eq!(supervisor.effects.adopted.len(), 1);
+    assert_eq!(supervisor.effects.settled, [(old, 2, false)]);
+    let quiet = |supervisor: &mut Supervisor<Fake>, id, step| {
+        supervisor.on_event(WorkerEvent::Quiet { id, step });
+    };
+    for &id in supervisor
+        .effects
+        .watchers
+        .clone()
+        .iter()
+        .filter(|&&id| id != new[0])
+    {
+        quiet(&mut supervisor, id, Quiet::Settled);
+    }
+    assert_eq!(
+        supervisor.effects.quiet,
+        [Quiet::Settled],
+        "one watcher is not settled"
+    );
+    // The batch passed on before is taken: its worker hears it.
+    supervisor.on_event(WorkerEvent::Settled {
+        from: old,
+        batch: 1,
+        count: 2,
+        taken: true,
+    });
+    assert_eq!(
+        supervisor.effects.settled,
+        [(old, 2, false), (old, 1, true)]
+    );
+    quiet(&mut supervisor, new[0], Quiet::Settled);
+    assert_eq!(supervisor.effects.quiet, [Quiet::Settled, Quiet::Hushed]);
+    for &id in &supervisor.effects.watchers.clone() {
+        if id == old {
+            supervisor.on_event(WorkerEvent::Exited {
+                id,
+                status: std::process::ExitStatus::from_raw(0),
+            });
+        } else {
+            assert!(supervisor.effects.handed_over.is_empty());
+            quiet(&mut supervisor, id, Quiet::Hushed);
+        }
+    }
+    assert_eq!(supervisor.effects.handed_over.len(), 1, "the exec");
+    assert_eq!(supervisor.effects.spoke, 1, "the exec failed: speak again");
+    assert!(matches!(
+        answer(&mut waiter),
+        Some(Reply::Upgrade(UpgradeOutcome::ExecFailed { .. }))
+    ));
+
+    // Watchers that never go quiet hold the exec for QUIET_WITHIN only.
+    let _waiter = upgrade_waiting(&mut supervisor);
+    supervisor.on_upgrade_checked(Ok("9.9.9".to_owned()));
+    pass(&mut supervisor, crate::master::upgrade::QUIET_WITHIN / 2).await;
+    assert_eq!(supervisor.effects.handed_over.len(), 1);
+    pass(&mut supervisor, crate::master::upgrade::QUIET_WITHIN).await;
+    assert_eq!(supervisor.effects.handed_over.len(), 2);
 }

@@ -4,7 +4,8 @@
 //! serves next.
 
 use tokio::sync::oneshot;
-use tracing::info;
+use tokio::time::Instant;
+use tracing::{info, warn};
 
 use super::Supervisor;
 use crate::control::reply::{Problem, Reply, UpgradeOutcome, Workers};
@@ -12,7 +13,8 @@ use crate::event::{Lifecycle, UpgradeStage};
 use crate::master::effects::{Effects, Systemd};
 use crate::master::handover::{Numbered, SupervisorState};
 use crate::master::state::{wall_clock, Phase};
-use crate::master::upgrade::{Departure, Upgrade, UpgradeRequest, Waiter};
+use crate::master::upgrade::{Departing, Departure, Upgrade, UpgradeRequest, Waiter, QUIET_WITHIN};
+use crate::master::worker::{Quiet, WorkerId};
 
 impl<E: Effects> Supervisor<E> {
     /// `baton upgrade` or SIGUSR2 (`waiter` is `None`).
@@ -57,6 +59,7 @@ impl<E: Effects> Supervisor<E> {
             roll: request.roll,
             fault: request.fault,
             asked_at_ms: wall_clock::now_ms(),
+            departing: None,
         });
         self.effects.check_upgrade();
     }
@@ -80,13 +83,17 @@ impl<E: Effects> Supervisor<E> {
     }
 
     /// The new program's check ended: `Ok` with its version, or why it
-    /// cannot be used.
+    /// cannot be used. A program that passed is executed once the watchers
+    /// are quiet.
     pub fn on_upgrade_checked(&mut self, checked: Result<String, String>) {
-        let Some(upgrade) = self.upgrade.take() else {
+        let Some(upgrade) = &mut self.upgrade else {
             return;
         };
+        if upgrade.departing.is_some() {
+            return;
+        }
         if self.phase != Phase::Running {
-            answer(upgrade.waiters, UpgradeOutcome::Cancelled);
+            self.cancel_upgrade();
             return;
         }
         let version = match checked {
@@ -102,13 +109,97 @@ impl<E: Effects> Supervisor<E> {
                     reason,
                     version: env!("CARGO_PKG_VERSION").to_owned(),
                 };
-                answer(upgrade.waiters, refused);
+                if let Some(upgrade) = self.upgrade.take() {
+                    answer(upgrade.waiters, refused);
+                }
                 return;
             }
         };
         info!(to_version = %version, workers = self.workers.len(), "upgrade: handing over to the new program");
         self.effects
             .systemd(Systemd::Reloading(format!("upgrading to baton {version}")));
+        let waiting = self.effects.quiet(Quiet::Settled);
+        upgrade.departing = Some(Departing {
+            version,
+            step: Quiet::Settled,
+            waiting,
+            until: Instant::now() + QUIET_WITHIN,
+        });
+        self.depart_when_quiet();
+    }
+
+    /// Worker `id`'s watcher reached `step` of going quiet (or, with
+    /// `None`, the worker is gone).
+    pub fn on_quiet(&mut self, id: WorkerId, step: Option<Quiet>) {
+        let Some(departing) = self.departing_mut() else {
+            return;
+        };
+        if step.is_none_or(|step| step == departing.step) {
+            departing.waiting.remove(&id);
+            self.depart_when_quiet();
+        }
+    }
+
+    /// The watchers took longer than [`QUIET_WITHIN`] to go quiet: the
+    /// exec goes ahead.
+    pub fn quiet_timed_out(&mut self) {
+        let Some(departing) = self.departing_mut() else {
+            return;
+        };
+        warn!(
+            step = ?departing.step,
+            workers = departing.waiting.len(),
+            "upgrade: workers' watchers not quiet in time; handing over anyway"
+        );
+        departing.waiting.clear();
+        departing.step = Quiet::Hushed;
+        self.depart_when_quiet();
+    }
+
+    /// When the exec goes ahead, quiet or not.
+    pub(super) fn departure_deadline(&self) -> Option<Instant> {
+        self.upgrade.as_ref()?.departing.as_ref().map(|d| d.until)
+    }
+
+    fn departing_mut(&mut self) -> Option<&mut Departing> {
+        self.upgrade.as_mut()?.departing.as_mut()
+    }
+
+    /// The next step of going quiet once every watcher reached this one;
+    /// the exec after the last.
+    fn depart_when_quiet(&mut self) {
+        let Some(departing) = self.departing_mut() else {
+            return;
+        };
+        if !departing.waiting.is_empty() {
+            return;
+        }
+        if departing.step == Quiet::Hushed {
+            self.depart();
+            return;
+        }
+        departing.step = Quiet::Hushed;
+        let waiting = self.effects.quiet(Quiet::Hushed);
+        if let Some(departing) = self.departing_mut() {
+            departing.waiting = waiting;
+        }
+        self.depart_when_quiet();
+    }
+
+    /// Execs the new program; returns only if that failed.
+    fn depart(&mut self) {
+        let Some(upgrade) = self.upgrade.take() else {
+            return;
+        };
+        if let Some(departing) = &upgrade.departing {
+            let quiet_for = QUIET_WITHIN
+                .saturating_sub(departing.until.saturating_duration_since(Instant::now()));
+            info!(
+                to_version = %departing.version,
+                quiet_ms = quiet_for.as_millis() as u64,
+                "upgrade: watchers quiet; running the new program"
+            );
+        }
         let mut replies = Vec::new();
         let mut connections = Vec::new();
         for waiter in upgrade.waiters {
@@ -124,6 +215,7 @@ impl<E: Effects> Supervisor<E> {
         };
         // Returns only if the exec failed.
         let reason = self.effects.hand_over(departure);
+        self.effects.speak();
         Lifecycle::UpgradeFailed {
             reason: reason.clone(),
             stage: UpgradeStage::Exec,
@@ -138,9 +230,13 @@ impl<E: Effects> Supervisor<E> {
         }
     }
 
-    /// Stop during an upgrade's check: its waiters are told.
+    /// Stop during an upgrade: its waiters are told, and watchers gone
+    /// quiet for it speak again.
     pub fn cancel_upgrade(&mut self) {
         if let Some(upgrade) = self.upgrade.take() {
+            if upgrade.departing.is_some() {
+                self.effects.speak();
+            }
             answer(upgrade.waiters, UpgradeOutcome::Cancelled);
         }
     }
