@@ -2,7 +2,9 @@
 //! worker: httpx over HTTP/2 and HTTP/1.1 (PyPI), Node's `http2` and `fetch`,
 //! and Go's `net/http`. Each runs several connections
 //! with think times between requests while the server reloads ten times,
-//! and must count zero failed requests. The clients live in `tests/clients`;
+//! and must count zero failed requests; the HTTP/1 clients keep their
+//! connections through the reloads (the connection handoff moves them),
+//! where HTTP/2 clients open new ones after their GOAWAY. The clients live in `tests/clients`;
 //! `tests/servers/install` installs httpx and builds the Go one.
 //!
 //! These are the clients whose own connection handling decides what a
@@ -20,6 +22,9 @@ use crate::support::*;
 
 const RELOADS: usize = 10;
 
+/// The connections each client keeps busy.
+const CONNECTIONS: u64 = 8;
+
 /// What a client program printed: requests answered 200, requests failed,
 /// requests the server refused unprocessed and the client sent again (HTTP/2
 /// only; not failures), and the failures by kind.
@@ -30,6 +35,10 @@ struct Outcome {
     #[serde(default)]
     refused: u64,
     errors: serde_json::Value,
+    /// Connections the workers accepted over the run (the client's
+    /// connects), counted by baton.
+    #[serde(skip)]
+    connections: u64,
 }
 
 fn url(baton: &Baton) -> String {
@@ -79,7 +88,25 @@ fn through_reloads(baton: &Baton, mut client: Command) -> Outcome {
     std::fs::write(&stop, b"").unwrap();
     let output = finish(&mut child);
     let last = output.lines().last().unwrap_or_default().to_owned();
-    serde_json::from_str(&last).unwrap_or_else(|e| panic!("{e}: the client printed {output}"))
+    let mut outcome: Outcome =
+        serde_json::from_str(&last).unwrap_or_else(|e| panic!("{e}: the client printed {output}"));
+    // Each worker says how many connections it accepted when it has
+    // drained: the last generation's once the master stops.
+    baton.control_client(&["stop"]);
+    let drained = |l: &baton::event::Logged| l.message == "drained";
+    let workers = RELOADS + 1;
+    assert!(
+        wait_until(slower(Duration::from_secs(30)), || {
+            baton.count_logged(drained) >= 2 * workers
+        }),
+        "the workers did not all say they drained"
+    );
+    outcome.connections = baton
+        .logged(drained)
+        .iter()
+        .filter_map(|l| l.field("accepted")?.parse::<u64>().ok())
+        .sum();
+    outcome
 }
 
 /// What `child` printed, once it exits.
@@ -101,8 +128,8 @@ fn finish(child: &mut KillOnDrop) -> String {
 
 fn assert_nothing_failed(name: &str, outcome: &Outcome) {
     eprintln!(
-        "{name}: {} ok, {} failed, {} refused unprocessed and sent again",
-        outcome.ok, outcome.failed, outcome.refused
+        "{name}: {} ok, {} failed, {} refused unprocessed and sent again; {} connections through {RELOADS} reloads",
+        outcome.ok, outcome.failed, outcome.refused, outcome.connections
     );
     assert!(
         outcome.ok >= 200,
@@ -111,12 +138,27 @@ fn assert_nothing_failed(name: &str, outcome: &Outcome) {
     assert_eq!(outcome.failed, 0, "{name}: failures {}", outcome.errors);
 }
 
+/// An HTTP/1 client's connections move to each new generation (the
+/// handoff): through the reloads it opens about the connections it started
+/// with, [`CONNECTIONS`] (8 by each in one run), where without the
+/// handoff the reloads replace them (in one run, with
+/// `--handoff-connections off`: Go's client 88, httpx 88, Node's fetch 35).
+fn assert_kept_connections(name: &str, outcome: &Outcome) {
+    assert!(
+        outcome.connections <= 2 * CONNECTIONS,
+        "{name} opened {} connections through {RELOADS} reloads",
+        outcome.connections
+    );
+}
+
 fn httpx(url: &str, protocol: &str) -> Command {
     let python = installed(servers_dir().join("venv/bin/python"));
     let mut command = Command::new(python);
-    command
-        .arg(clients_dir().join("httpx_load.py"))
-        .args([url, protocol, "8"]);
+    command.arg(clients_dir().join("httpx_load.py")).args([
+        url,
+        protocol,
+        &CONNECTIONS.to_string(),
+    ]);
     command
 }
 
@@ -124,7 +166,7 @@ fn node(url: &str, protocol: &str) -> Command {
     let mut command = Command::new("node");
     command
         .arg(clients_dir().join("node_load.js"))
-        .args([url, protocol, "8"]);
+        .args([url, protocol, &CONNECTIONS.to_string()]);
     command
 }
 
@@ -142,6 +184,7 @@ fn httpx_over_http1_loses_nothing_through_reloads() {
     let baton = built_in(&[]);
     let outcome = through_reloads(&baton, httpx(&url(&baton), "h1"));
     assert_nothing_failed("httpx http/1.1", &outcome);
+    assert_kept_connections("httpx http/1.1", &outcome);
 }
 
 #[test]
@@ -154,6 +197,9 @@ fn node_http2_and_fetch_lose_nothing_through_reloads() {
         let baton = Baton::serve(&["--workers", "2", "--probation", "0s", "--drain-grace", "5s"]);
         let outcome = through_reloads(&baton, node(&url(&baton), protocol));
         assert_nothing_failed(&format!("node {protocol}"), &outcome);
+        if protocol == "fetch" {
+            assert_kept_connections("node fetch", &outcome);
+        }
     }
 }
 
@@ -163,9 +209,10 @@ fn go_net_http_loses_nothing_through_reloads() {
     let program = installed(servers_dir().join("go-client"));
     let baton = built_in(&[]);
     let mut client = Command::new(program);
-    client.args([url(&baton).as_str(), "8"]);
+    client.args([url(&baton), CONNECTIONS.to_string()]);
     let outcome = through_reloads(&baton, client);
     assert_nothing_failed("go net/http", &outcome);
+    assert_kept_connections("go net/http", &outcome);
 }
 
 /// The negative control: the drain httpx cannot survive, the two-step
