@@ -41,6 +41,7 @@ fn handoff(c: &mut Criterion) {
                     balance: false,
                     http: None,
                     limits: None,
+                    threads: None,
                     hold: false,
                     ready_fd: None,
                 };

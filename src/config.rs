@@ -101,6 +101,9 @@ pub struct MasterConfig {
     /// `--native`: the client limits (`--header-timeout` and the others)
     /// its hello carries, for what the application leaves unset.
     pub native_limits: Option<crate::protocol::ClientLimits>,
+    /// `--native`: the threads per process (`--threads`) its hello carries,
+    /// for a program that lets the library build its runtime.
+    pub native_threads: Option<u16>,
     /// `--probation`: how long a new generation must run without a crash
     /// after its reload before the reload counts as done; zero for none.
     pub probation: Duration,

@@ -135,6 +135,7 @@ pub fn master_config(args: ServeArgs) -> Result<MasterConfig, String> {
         drain_timeout: args.drain_timeout,
         native_drain_grace: args.native.then_some(args.http.drain_grace),
         native_limits: args.native.then(|| args.http.client_limits()),
+        native_threads: args.native.then_some(args.http.threads),
         handoff_connections: args.handoff_connections == Switch::On,
         http: args.command.is_empty().then_some(args.http),
         probation: args.probation,

@@ -202,6 +202,7 @@ impl Effects for Processes {
             args: &config.worker_args,
             http: config.http.as_ref(),
             limits: config.native_limits,
+            threads: config.native_threads,
             // A built-in worker is probed over its handoff socket before
             // it accepts.
             hold: probed && config.speaks_protocol(),

@@ -239,6 +239,8 @@ pub struct Launch<'a> {
     pub http: Option<&'a crate::http_options::HttpArgs>,
     /// A native worker's client limits, for its hello.
     pub limits: Option<crate::protocol::ClientLimits>,
+    /// A native worker's threads per process, for its hello.
+    pub threads: Option<u16>,
     /// The worker accepts nothing until its probes pass.
     pub hold: bool,
     /// The uid and gid the worker runs as, if not the master's.
@@ -354,6 +356,7 @@ pub fn spawn(
             .http
             .map(|args| serde_json::to_value(args).expect("the options always serialize")),
         limits: launch.limits,
+        threads: launch.threads,
         hold: launch.hold,
         ready_fd,
     };

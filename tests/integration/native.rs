@@ -18,12 +18,18 @@ use nix::unistd::Pid;
 use crate::real_servers::installed;
 use crate::support::*;
 
-/// The axum example, built by `tests/servers/install`.
-fn axum_example() -> String {
+/// A program `tests/servers/install` builds, at `path` under the target
+/// directory.
+fn built(path: &str) -> String {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
-    installed(target.join("debug/baton-axum-example"))
+    installed(target.join(path))
+}
+
+/// The axum example, built by `tests/servers/install`.
+fn axum_example() -> String {
+    built("debug/baton-axum-example")
 }
 
 /// `baton serve --native --workers N -- the axum example`, with time for a
@@ -320,4 +326,28 @@ fn the_masters_client_limits_reach_the_application() {
         closed_after >= Duration::from_millis(900) && closed_after < Duration::from_secs(10),
         "closed after {closed_after:?}"
     );
+}
+
+/// The master's `--threads` sizes the runtime of a program that lets the
+/// library build it (`Builder::run`, the library's `hello` example): one
+/// thread by default, as for the built-in worker, four with
+/// `--threads 4`.
+#[test]
+fn the_masters_threads_size_a_library_built_runtime() {
+    let hello = built("debug/examples/hello");
+    let threads_of = |options: &[&str]| {
+        let mut args = vec!["--workers", "1", "--native", "--ready-timeout", "30s"];
+        args.extend_from_slice(options);
+        args.extend(["--", &hello]);
+        let baton = Baton::serve(&args);
+        let answered = get(&baton.addr.to_string(), "/");
+        assert!(answered.contains("hello from pid"), "{answered}");
+        let pid = baton.workers()[0];
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .expect("the worker's threads")
+            .count()
+    };
+    assert_eq!(threads_of(&[]), 1, "one thread unless told");
+    // The runtime's four threads, and the thread that runs `main`.
+    assert_eq!(threads_of(&["--threads", "4"]), 5);
 }

@@ -51,6 +51,11 @@ pub enum ToWorker {
         /// the defaults for what its application did not set itself.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         limits: Option<ClientLimits>,
+        /// A native worker's threads per process, as the master was given
+        /// them (`--threads`): for a program that lets the library build
+        /// its runtime.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        threads: Option<u16>,
         /// Accept nothing until [`ToWorker::Accept`]: the master probes the
         /// worker first (`--health`), through [`ToWorker::Probe`]
         /// connections, so that no client reaches a release that has not
@@ -291,6 +296,8 @@ pub struct Hello {
     pub http: Option<serde_json::Value>,
     /// A native worker's client limits.
     pub limits: Option<ClientLimits>,
+    /// A native worker's threads per process.
+    pub threads: Option<u16>,
     /// Accept nothing until told (see [`ToWorker::Hello`]).
     pub hold: bool,
     /// `--ready fd:N`: the pipe's write end, and N.
@@ -309,6 +316,7 @@ impl Hello {
             balance,
             http,
             limits,
+            threads,
             hold,
             ready_fd,
         } = message
@@ -332,6 +340,7 @@ impl Hello {
             balance,
             http,
             limits,
+            threads,
             hold,
             ready,
         })
@@ -422,6 +431,7 @@ mod tests {
             balance: true,
             http: None,
             limits: None,
+            threads: None,
             hold: false,
             ready_fd: None,
         };
@@ -493,6 +503,7 @@ mod tests {
             balance: false,
             http: None,
             limits: None,
+            threads: None,
             hold: false,
             ready_fd: None,
         };

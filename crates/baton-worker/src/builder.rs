@@ -56,7 +56,8 @@ pub struct Builder {
     pub(crate) http2_ping: Option<Duration>,
     pub(crate) drain_grace: Duration,
     pub(crate) drain_timeout: Duration,
-    pub(crate) threads: usize,
+    /// `None` where the application left the default.
+    pub(crate) threads: Option<usize>,
     pub(crate) address: String,
     pub(crate) balanced: bool,
     pub(crate) fault: Option<Fault>,
@@ -94,7 +95,7 @@ impl Builder {
             http2_ping: None,
             drain_grace: Duration::from_secs(20),
             drain_timeout: Duration::from_secs(30),
-            threads: 1,
+            threads: None,
             address: "127.0.0.1:8080".into(),
             balanced: true,
             fault: None,
@@ -151,11 +152,12 @@ impl Builder {
         self
     }
 
-    /// The threads of the runtime [`run`](Builder::run) builds (one: baton
-    /// runs one worker process per core). [`serve`](Builder::serve) runs on
-    /// the caller's runtime instead.
+    /// The threads of the runtime [`run`](Builder::run) builds. Default:
+    /// under baton, the master's `--threads` (one unless told: baton runs
+    /// one worker process per core); on its own, one.
+    /// [`serve`](Builder::serve) runs on the caller's runtime instead.
     pub fn threads(mut self, threads: usize) -> Self {
-        self.threads = threads.max(1);
+        self.threads = Some(threads.max(1));
         self
     }
 
@@ -266,9 +268,31 @@ impl Builder {
 
     /// Builds a tokio runtime of [`threads`](Builder::threads) and
     /// [`serve`](Builder::serve)s `app` on it, for a `main` without
-    /// `#[tokio::main]`.
+    /// `#[tokio::main]`. Under baton the master's hello is read first, so
+    /// that its `--threads` sizes the runtime.
+    ///
+    /// ```no_run
+    /// # use std::convert::Infallible;
+    /// # use http::{Request, Response};
+    /// fn main() -> Result<(), baton_worker::Error> {
+    ///     let app = tower::service_fn(|_: Request<baton_worker::Body>| async {
+    ///         Ok::<_, Infallible>(Response::new(String::from("hello\n")))
+    ///     });
+    ///     baton_worker::Builder::new().run(app)
+    /// }
+    /// ```
     pub fn run<S: App>(self, app: S) -> Result<(), Error> {
-        runtime(self.threads)?.block_on(self.serve(app))
+        match std::env::var(HANDOFF_ENV) {
+            Ok(fd) => {
+                let welcome = Welcome::receive_named(&fd)?;
+                let threads = self
+                    .threads
+                    .or_else(|| welcome.threads().map(usize::from))
+                    .unwrap_or(1);
+                runtime(threads)?.block_on(self.serve_welcome(welcome, app))
+            }
+            Err(_) => runtime(self.threads.unwrap_or(1))?.block_on(self.serve(app)),
+        }
     }
 
     /// Starts a server on no listener, for connections given to

@@ -135,6 +135,12 @@ impl Welcome {
         self.hello.limits
     }
 
+    /// A native worker's threads per process, as the master was given
+    /// them (`--threads`).
+    pub fn threads(&self) -> Option<u16> {
+        self.hello.threads
+    }
+
     /// Starts talking to the master, and takes the listeners. Must be
     /// called inside a tokio runtime.
     pub fn into_handoff(self) -> Result<(Handoff, Vec<NamedListener>), WorkerError> {
@@ -334,6 +340,7 @@ mod tests {
             balance,
             http: None,
             limits: None,
+            threads: None,
             hold: false,
             ready_fd: None,
         };

@@ -159,6 +159,7 @@ fn config(workers: usize, probation: Duration) -> MasterConfig {
         http: None,
         native_drain_grace: None,
         native_limits: None,
+        native_threads: None,
         probation,
         health: None,
         max_memory: None,
