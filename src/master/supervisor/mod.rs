@@ -1178,8 +1178,15 @@ impl<E: Effects> Supervisor<E> {
             self.schedule_restart(crashed_slot, true);
             return;
         };
+        // The failed release's worker still starting may serve clients
+        // from the shared queue already (it accepts before the master hears
+        // it is ready): it drains, as a worker that failed its probes does,
+        // rather than losing them with a kill.
         if let Some(pending) = rollout.and_then(|r| r.pending()) {
-            self.effects.kill(pending);
+            if let Some(slot) = self.workers.get(&pending).map(|w| w.slot) {
+                self.slots[slot].successor = None;
+            }
+            self.drain(pending);
         }
         let failed = self.generation;
         let target = previous.generation;

@@ -382,10 +382,9 @@ async fn a_crash_of_the_new_release_during_its_rollout_rolls_back() {
             if reason.contains("worker 10")),
         "{said:?}"
     );
-    assert_eq!(
-        supervisor.effects.killed,
-        vec![pending1],
-        "the rollout in progress stops"
+    assert!(
+        supervisor.effects.killed.is_empty() && supervisor.effects.drained.contains(&pending1),
+        "the rollout in progress stops: its starting worker drains (it may serve clients already)"
     );
     assert_eq!(
         supervisor.generation, 3,
