@@ -428,7 +428,15 @@ fn a_crash_loop_backs_off_to_the_cap_with_flat_resources() {
         .wait_logged("the backoff at its cap", 6, Duration::from_secs(70), |l| {
             l.is(Event::Backoff, "delay_ms", "10000")
         });
-    assert_eq!(baton::procfs::fd_count(pid).unwrap(), fds);
+    // (A worker being reaped or started holds a descriptor or two for a
+    // moment: what counts is that the count comes back.)
+    assert!(
+        wait_until(slower(Duration::from_secs(5)), || {
+            baton::procfs::fd_count(pid).unwrap() <= fds
+        }),
+        "the master holds {} descriptors, {fds} five backoffs before",
+        baton::procfs::fd_count(pid).unwrap()
+    );
     let rss_after = baton::procfs::rss_bytes(pid).unwrap();
     assert!(
         rss_after <= rss + 256 * 1024,
