@@ -24,6 +24,10 @@ struct Seen {
     failed: AtomicU64,
     /// (when the request was sent, the pid that answered).
     answers: Mutex<Vec<(Instant, u32)>>,
+    /// (when a request failed, the requests its connection had carried
+    /// before: 0 for a new connection's first), to tell where failures
+    /// come from.
+    failures: Mutex<Vec<(Instant, u64)>>,
 }
 
 /// One GET on `stream`: the answering pid, or `None` if the connection
@@ -83,6 +87,14 @@ async fn thinking_client(
 ) {
     let mut buf = Vec::new();
     let mut stream = None;
+    let mut carried = 0;
+    let failed = |carried| {
+        seen.failed.fetch_add(1, Ordering::Relaxed);
+        seen.failures
+            .lock()
+            .unwrap()
+            .push((Instant::now(), carried));
+    };
     while !stop.load(Ordering::Relaxed) {
         let think = Duration::from_millis(fastrand::u64(think_ms.clone()));
         tokio::time::sleep(think).await;
@@ -94,9 +106,10 @@ async fn thinking_client(
                 Ok(s) => {
                     seen.connects.fetch_add(1, Ordering::Relaxed);
                     stream = Some(s);
+                    carried = 0;
                 }
                 Err(_) => {
-                    seen.failed.fetch_add(1, Ordering::Relaxed);
+                    failed(0);
                     continue;
                 }
             }
@@ -111,9 +124,10 @@ async fn thinking_client(
             Some(pid) => {
                 seen.answered.fetch_add(1, Ordering::Relaxed);
                 seen.answers.lock().unwrap().push((sent, pid));
+                carried += 1;
             }
             None => {
-                seen.failed.fetch_add(1, Ordering::Relaxed);
+                failed(carried);
                 stream = None;
             }
         }
@@ -514,6 +528,7 @@ fn a_new_worker_killed_mid_handoff_loses_only_what_it_held() {
             .unwrap_or(0)
     };
     let mut held_by_killed = 0;
+    let mut kills = Vec::new();
     let mut landed = false;
     for attempt in 1..=5 {
         let old: BTreeSet<u32> = baton.workers().into_iter().collect();
@@ -532,6 +547,7 @@ fn a_new_worker_killed_mid_handoff_loses_only_what_it_held() {
                     let _ = kill(pid, Signal::SIGSTOP);
                     let held = baton::procfs::fd_count(pid.as_raw() as u32).unwrap_or(idle_fds);
                     let _ = kill(pid, Signal::SIGKILL);
+                    kills.push(Instant::now());
                     killed = Some(held.saturating_sub(idle_fds));
                     break;
                 }
@@ -582,11 +598,34 @@ fn a_new_worker_killed_mid_handoff_loses_only_what_it_held() {
     stop.store(true, Ordering::Relaxed);
     join_clients(&runtime, tasks);
     let failed = seen.failed.load(Ordering::Relaxed);
+    // Each failure by the kill before it, and whether its connection was
+    // new (a reconnect's first request) or had carried requests.
+    let failures: Vec<String> = seen
+        .failures
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(at, carried)| {
+            let after = kills
+                .iter()
+                .rev()
+                .find(|k| *k <= at)
+                .map(|k| format!("{} ms after a kill", at.duration_since(*k).as_millis()));
+            format!(
+                "{} ({} requests before)",
+                after.unwrap_or_else(|| "before the first kill".to_owned()),
+                carried
+            )
+        })
+        .collect();
     eprintln!(
         "{} answered, {failed} failed by {clients} clients; killed workers held {held_by_killed} connections; master counters {}",
         seen.answered.load(Ordering::Relaxed),
         baton.status()["master"]["counters"]
     );
+    if failed > held_by_killed as u64 {
+        eprintln!("failures: {failures:#?}");
+    }
     assert!(
         failed <= held_by_killed as u64,
         "{failed} requests failed, more than the {held_by_killed} connections the killed workers held"
