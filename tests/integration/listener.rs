@@ -156,13 +156,20 @@ fn a_worker_that_shuts_its_listener_down_on_every_drain_refuses_nobody() {
 }
 
 #[test]
-fn a_worker_that_shuts_a_copy_of_its_listener_down_has_it_listening_again_within_50_ms() {
+fn a_worker_that_shuts_a_copy_of_its_listener_down_has_it_listening_again_in_milliseconds() {
     let _heavy = heavy();
     let seen = shut_down_on_every_drain("os.dup(3)");
     eprintln!("shutdown(dup(3)) on each of {} drains: {seen}", 2 * RELOADS);
-    // The master saw each shutdown and listened again, naming the worker.
+    // The master saw each shutdown and listened again, naming the worker:
+    // within its next turn, a few milliseconds on a quiet machine. On a
+    // machine whose cores are busy with other jobs the master may wait
+    // for a core: once 61 ms (median 12 ms) beside another test run, once
+    // 100 ms. So the median is held to 50 ms, and every one to 500 ms.
     assert_eq!(seen.restored, 2 * RELOADS, "{seen}");
-    assert!(seen.down_ms.iter().all(|&ms| ms < 50.0), "{seen}");
+    let mut down = seen.down_ms.clone();
+    down.sort_by(f64::total_cmp);
+    assert!(down[down.len() / 2] < 50.0, "{seen}");
+    assert!(down.iter().all(|&ms| ms < 500.0), "{seen}");
     // While it was down, connections were refused and those queued reset:
     // a window of milliseconds that only the filter closes; nothing else
     // failed.
