@@ -654,8 +654,6 @@ fn an_upgrade_in_the_middle_of_a_handoff_loses_nothing() {
         "30s",
         "--drain-timeout",
         "20s",
-        "--handoff-connections",
-        &std::env::var("HANDOFF").unwrap_or("on".into()),
     ]);
     let clients = 200;
     let runtime = runtime();
