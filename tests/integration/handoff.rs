@@ -385,6 +385,29 @@ async fn tight_client(
     }
 }
 
+/// Starts `clients` [`tight_client`]s, the `i`th writing as `writes(i)`
+/// says, and waits until they have been answered `at_least` times.
+fn start_tight_clients(
+    runtime: &tokio::runtime::Runtime,
+    addr: std::net::SocketAddr,
+    clients: usize,
+    writes: impl Fn(usize) -> Writes,
+    at_least: u64,
+    seen: &Arc<Tight>,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let tasks = (0..clients)
+        .map(|i| runtime.spawn(tight_client(addr, writes(i), seen.clone(), stop.clone())))
+        .collect();
+    assert!(
+        wait_until(slower(Duration::from_secs(10)), || {
+            seen.answered.load(Ordering::Relaxed) >= at_least
+        }),
+        "the clients did not get going"
+    );
+    tasks
+}
+
 /// How one response came.
 enum Answer {
     /// A 200 with its whole body.
@@ -450,22 +473,14 @@ fn requests_sent_at_the_moment_of_the_move_lose_nothing() {
     let runtime = runtime();
     let seen = Arc::new(Tight::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let tasks: Vec<_> = (0..16)
-        .map(|i| {
-            let writes = if i % 2 == 1 {
-                Writes::Split
-            } else {
-                Writes::Whole
-            };
-            runtime.spawn(tight_client(baton.addr, writes, seen.clone(), stop.clone()))
-        })
-        .collect();
-    assert!(
-        wait_until(slower(Duration::from_secs(10)), || {
-            seen.answered.load(Ordering::Relaxed) >= 160
-        }),
-        "the clients did not get going"
-    );
+    let writes = |i| {
+        if i % 2 == 1 {
+            Writes::Split
+        } else {
+            Writes::Whole
+        }
+    };
+    let tasks = start_tight_clients(&runtime, baton.addr, 16, writes, 160, &seen, &stop);
     for reload in 1..=50 {
         let (code, answer) = baton.reload_wait();
         assert_eq!(code, 0, "reload {reload}: {answer}");
@@ -659,21 +674,15 @@ fn an_upgrade_in_the_middle_of_a_handoff_loses_nothing() {
     let runtime = runtime();
     let seen = Arc::new(Tight::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let tasks: Vec<_> = (0..clients)
-        .map(|_| {
-            runtime.spawn(tight_client(
-                baton.addr,
-                Writes::SlowBody,
-                seen.clone(),
-                stop.clone(),
-            ))
-        })
-        .collect();
-    assert!(
-        wait_until(slower(Duration::from_secs(10)), || {
-            seen.answered.load(Ordering::Relaxed) >= clients as u64
-        }),
-        "the clients did not get going"
+    let slow = |_| Writes::SlowBody;
+    let tasks = start_tight_clients(
+        &runtime,
+        baton.addr,
+        clients,
+        slow,
+        clients as u64,
+        &seen,
+        &stop,
     );
     let mut old_workers = BTreeSet::new();
     for upgrade in 1..=10 {
