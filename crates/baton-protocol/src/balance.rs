@@ -40,6 +40,18 @@ use tokio::sync::Notify;
 /// How long a worker over its share leaves a pending connection for others.
 pub const YIELD_FOR: Duration = Duration::from_millis(1);
 
+/// How many more connections than the least-taking accepting worker a
+/// worker may have accepted before it leaves the next one to the others.
+/// Short connections are rarely open long enough for the open counts to
+/// differ, so the accept counts carry the balance under new-connection load.
+const AHEAD_BY: u64 = 128;
+
+/// A worker that has accepted this many fewer than the busiest is not
+/// keeping up (stopped, or starved of CPU): the others stop deferring to it,
+/// and when it accepts again it counts as only this far behind, so that it
+/// is not handed a backlog of catch-up connections at once.
+const BEHIND_AT_MOST: u64 = 1024;
+
 /// Marks a table laid out as this module expects ("baton-b1").
 const MAGIC: u64 = u64::from_le_bytes(*b"baton-b1");
 
@@ -63,6 +75,9 @@ struct Entry {
     /// 1 while the worker accepts; only those count for the least-loaded.
     accepting: AtomicU32,
     open: AtomicU64,
+    /// Connections taken from the listeners since the worker joined (set
+    /// level with the others when it starts accepting).
+    accepted: AtomicU64,
 }
 
 #[repr(C)]
@@ -185,6 +200,7 @@ impl ShareTable {
             if entry.pid.load(Ordering::Acquire) == pid {
                 entry.accepting.store(0, Ordering::Release);
                 entry.open.store(0, Ordering::Release);
+                entry.accepted.store(0, Ordering::Release);
                 let _ = entry
                     .pid
                     .compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Relaxed);
@@ -256,6 +272,7 @@ impl AcceptShare {
         let entry = &table.entries[index];
         entry.accepting.store(0, Ordering::Release);
         entry.open.store(0, Ordering::Release);
+        entry.accepted.store(0, Ordering::Release);
         table
             .header
             .high_water
@@ -273,31 +290,60 @@ impl AcceptShare {
     }
 
     /// Counts this worker among those that accept (or no longer, on drain).
+    /// A worker that starts accepting counts as having taken as many
+    /// connections as the least-taking of the others, so that neither it
+    /// nor they are owed a backlog.
     pub fn set_accepting(&self, accepting: bool) {
-        self.entry()
+        let entry = self.entry();
+        if accepting && entry.accepting.load(Ordering::Acquire) == 0 {
+            if let Some(least) = self
+                .others()
+                .map(|e| e.accepted.load(Ordering::Relaxed))
+                .min()
+            {
+                entry.accepted.store(least, Ordering::Relaxed);
+            }
+        }
+        entry
             .accepting
             .store(u32::from(accepting), Ordering::Release);
     }
 
-    /// Whether this worker has more connections open than its share: more
-    /// than the least-loaded accepting worker. (Allowing a margin of one or
-    /// two made the split less even and bought no throughput.)
+    /// The other workers' entries that count: those accepting.
+    fn others(&self) -> impl Iterator<Item = &Entry> {
+        let mine = self.entry() as *const Entry;
+        self.mapping.entries().iter().filter(move |e| {
+            !std::ptr::eq(*e, mine)
+                && e.accepting.load(Ordering::Relaxed) == 1
+                && e.pid.load(Ordering::Relaxed) != 0
+        })
+    }
+
+    /// Whether this worker has taken more than its share: more connections
+    /// open than the least-loaded accepting worker (long connections), or
+    /// more than [`AHEAD_BY`] more accepted than the least-taking one that
+    /// keeps up (short ones). (Allowing a margin of one or two open made
+    /// the split less even and bought no throughput.)
     pub fn over_share(&self) -> bool {
-        let mine = self.entry().open.load(Ordering::Relaxed);
-        if mine == 0 {
-            return false;
+        let entry = self.entry();
+        let open = entry.open.load(Ordering::Relaxed);
+        let accepted = entry.accepted.load(Ordering::Relaxed);
+        let (mut least_open, mut least_accepted, mut most_accepted) = (open, accepted, accepted);
+        for other in self.others() {
+            least_open = least_open.min(other.open.load(Ordering::Relaxed));
+            let taken = other.accepted.load(Ordering::Relaxed);
+            most_accepted = most_accepted.max(taken);
+            if taken + BEHIND_AT_MOST >= accepted {
+                least_accepted = least_accepted.min(taken);
+            }
         }
-        let least = self
-            .mapping
-            .entries()
-            .iter()
-            .filter(|e| {
-                e.accepting.load(Ordering::Relaxed) == 1 && e.pid.load(Ordering::Relaxed) != 0
-            })
-            .map(|e| e.open.load(Ordering::Relaxed))
-            .min()
-            .unwrap_or(mine);
-        mine > least
+        if most_accepted > accepted + BEHIND_AT_MOST {
+            // This worker fell behind: count it as only so far behind.
+            entry
+                .accepted
+                .fetch_max(most_accepted - BEHIND_AT_MOST, Ordering::Relaxed);
+        }
+        open > least_open || accepted > least_accepted + AHEAD_BY
     }
 
     /// Resolves when one of this worker's connections closes (or has closed
@@ -306,7 +352,15 @@ impl AcceptShare {
         self.closed.notified().await
     }
 
-    /// Counts a connection this worker accepted, until the guard drops.
+    /// Counts a connection this worker took from a listener: one more
+    /// accepted, and open until the guard drops.
+    pub fn accepted(self: &Arc<Self>) -> OpenConnection {
+        self.entry().accepted.fetch_add(1, Ordering::Relaxed);
+        self.opened()
+    }
+
+    /// Counts a connection this worker was given (not accepted) as open,
+    /// until the guard drops.
     pub fn opened(self: &Arc<Self>) -> OpenConnection {
         self.entry().open.fetch_add(1, Ordering::Relaxed);
         OpenConnection {
@@ -367,6 +421,41 @@ mod tests {
         assert!(!a.over_share(), "a draining worker does not count");
         drop(first);
         assert_eq!(table.snapshot().iter().map(|e| e.2).sum::<u64>(), 1);
+    }
+
+    #[test]
+    fn a_worker_that_took_more_than_its_share_of_short_connections_is_over_it() {
+        let table = ShareTable::create().unwrap();
+        let a = worker(&table);
+        let b = worker(&table);
+        a.set_accepting(true);
+        b.set_accepting(true);
+        let take = |share: &Arc<AcceptShare>, n: u64| {
+            for _ in 0..n {
+                drop(share.accepted());
+            }
+        };
+        take(&a, AHEAD_BY);
+        assert!(!a.over_share(), "ahead by the margin, not more");
+        take(&a, 1);
+        assert!(a.over_share(), "ahead by more than the margin");
+        assert!(!b.over_share());
+        take(&b, 1);
+        assert!(!a.over_share(), "level within the margin again");
+
+        let c = worker(&table);
+        c.set_accepting(true);
+        assert!(!a.over_share() && !c.over_share(), "c starts level with b");
+
+        take(&a, BEHIND_AT_MOST + AHEAD_BY);
+        take(&c, BEHIND_AT_MOST + AHEAD_BY);
+        assert!(!a.over_share(), "b does not keep up: nobody defers to it");
+        assert!(!b.over_share());
+        take(&b, 1);
+        assert!(
+            a.over_share(),
+            "b counts as only so far behind once it accepts again"
+        );
     }
 
     #[test]

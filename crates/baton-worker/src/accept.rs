@@ -118,7 +118,7 @@ impl Acceptor {
         };
         Ok(Accepted {
             stream,
-            open: self.balance.as_ref().map(AcceptShare::opened),
+            open: self.balance.as_ref().map(AcceptShare::accepted),
         })
     }
 
