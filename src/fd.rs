@@ -195,6 +195,88 @@ pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(raw as RawFd) })
 }
 
+/// A duplicate of descriptor `target` of the process `pidfd` refers to
+/// (`pidfd_getfd`, Linux 5.6): the same open socket, close-on-exec. Needs
+/// the right to ptrace that process (a parent, same user or root, unless
+/// Yama forbids it); refused with EPERM otherwise.
+pub fn pidfd_getfd(pidfd: BorrowedFd<'_>, target: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_getfd takes a pidfd, a descriptor number in that
+    // process and flags (0), and returns a new descriptor or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), target, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just created this descriptor for us alone; it is
+    // close-on-exec (pidfd_getfd always sets O_CLOEXEC).
+    Ok(unsafe { OwnedFd::from_raw_fd(raw as RawFd) })
+}
+
+/// What TCP says of a connection, the fields the rescue reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpState {
+    /// TCP_ESTABLISHED (1), TCP_CLOSE_WAIT (8), …
+    pub state: u8,
+    /// Bytes the peer sent that arrived (`tcpi_bytes_received`).
+    pub bytes_received: u64,
+    /// Bytes written to the connection that the peer acknowledged
+    /// (`tcpi_bytes_acked`), plus those not yet acknowledged: every byte
+    /// ever written.
+    pub bytes_written: u64,
+    /// Milliseconds since data last arrived, and since data was last sent.
+    pub since_received_ms: u32,
+    pub since_sent_ms: u32,
+    /// Bytes arrived and not read (SIOCINQ), written and not acknowledged
+    /// (SIOCOUTQ).
+    pub unread: u32,
+    pub unacked: u32,
+}
+
+/// TCP_INFO of the TCP socket `fd`.
+fn tcp_info(fd: BorrowedFd<'_>) -> io::Result<libc::tcp_info> {
+    // SAFETY: a zeroed tcp_info is a valid value of the plain C struct.
+    let mut info: libc::tcp_info = unsafe { mem::zeroed() };
+    let mut len = mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`, which is
+    // that large, on a borrowed open descriptor.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(info)
+}
+
+/// [`TcpState`] of the TCP socket `fd`.
+pub fn tcp_state(fd: BorrowedFd<'_>) -> io::Result<TcpState> {
+    let info = tcp_info(fd)?;
+    let queued = |request| -> io::Result<u32> {
+        let mut bytes: libc::c_int = 0;
+        // SAFETY: SIOCINQ and SIOCOUTQ write one int to the pointer given.
+        if unsafe { libc::ioctl(fd.as_raw_fd(), request, &mut bytes) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(bytes.max(0) as u32)
+    };
+    let unread = queued(libc::FIONREAD)?;
+    let unacked = queued(libc::TIOCOUTQ)?;
+    Ok(TcpState {
+        state: info.tcpi_state,
+        bytes_received: info.tcpi_bytes_received,
+        bytes_written: info.tcpi_bytes_acked + u64::from(unacked),
+        since_received_ms: info.tcpi_last_data_recv,
+        since_sent_ms: info.tcpi_last_data_sent,
+        unread,
+        unacked,
+    })
+}
+
 /// Reaps the child `pidfd` refers to, if it has exited: its exit status,
 /// `None` while it runs. Only a child of this process can be reaped.
 pub fn reap(pidfd: BorrowedFd<'_>) -> io::Result<Option<std::process::ExitStatus>> {
@@ -456,23 +538,7 @@ pub struct TcpListenInfo {
 pub fn tcp_listen_info(fd: BorrowedFd<'_>) -> io::Result<TcpListenInfo> {
     // tcp_states.h
     const TCP_LISTEN: u8 = 10;
-    // SAFETY: a zeroed tcp_info is a valid value of the plain C struct.
-    let mut info: libc::tcp_info = unsafe { mem::zeroed() };
-    let mut len = mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `info`, which is
-    // that large, on a borrowed open descriptor.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let info = tcp_info(fd)?;
     Ok(TcpListenInfo {
         listening: info.tcpi_state == TCP_LISTEN,
         backlog: info.tcpi_sacked,

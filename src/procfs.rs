@@ -102,7 +102,21 @@ pub fn children(parent: u32) -> Vec<(u32, char)> {
         .collect()
 }
 
-/// Children of `parent` that are alive (not zombies).
+/// The master's live children that are workers: all but the rescuer.
+pub fn live_workers(master: u32) -> Vec<u32> {
+    live_children(master)
+        .into_iter()
+        .filter(|&pid| !is_rescuer(pid))
+        .collect()
+}
+
+/// Whether `pid` runs `baton rescuer` (see [`crate::rescue`]).
+fn is_rescuer(pid: u32) -> bool {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|line| line.split(|&b| b == 0).nth(1) == Some(b"rescuer".as_slice()))
+}
+
+/// Live (not zombie) children of `parent`.
 pub fn live_children(parent: u32) -> Vec<u32> {
     children(parent)
         .into_iter()
@@ -245,7 +259,7 @@ impl Sockets {
 /// Walks `/proc/PID/task/TID/children` from `root`, which costs as many
 /// reads as the tree has processes; a kernel without those files is scanned
 /// whole (every process's stat), which on a busy host costs far more.
-fn descendants_and_self(root: u32) -> Vec<u32> {
+pub fn descendants_and_self(root: u32) -> Vec<u32> {
     match children_files_tree(root) {
         Some(tree) => tree,
         None => scanned_tree(root),
@@ -297,7 +311,7 @@ fn scanned_tree(root: u32) -> Vec<u32> {
 }
 
 /// `pid`'s descriptors that are sockets, with their inodes.
-fn socket_fds(pid: u32) -> Vec<(i32, u64)> {
+pub fn socket_fds(pid: u32) -> Vec<(i32, u64)> {
     let Ok(entries) = fs::read_dir(format!("/proc/{pid}/fd")) else {
         return Vec::new();
     };
@@ -479,6 +493,16 @@ fn tcp_sockets(table: &str) -> Vec<TcpSocket> {
                 inode: fields.get(9)?.parse().ok()?,
             })
         })
+        .collect()
+}
+
+/// The sockets (inodes) the process tree under `root` holds; none once
+/// it is gone.
+pub fn tree_held(root: u32) -> std::collections::HashSet<u64> {
+    descendants_and_self(root)
+        .into_iter()
+        .flat_map(socket_fds)
+        .map(|(_, inode)| inode)
         .collect()
 }
 
