@@ -96,6 +96,10 @@ pub enum Action {
     /// gone, started by `baton serve`.
     #[command(hide = true)]
     Keeper,
+    /// The process that serves idle connections a draining COMMAND let go,
+    /// started by `baton serve -- COMMAND`.
+    #[command(hide = true)]
+    Rescuer,
     /// The check a running master runs the new program with before an
     /// upgrade: can it read the state format, does it accept the serve
     /// arguments. Prints `baton VERSION`.
@@ -417,6 +421,16 @@ pub struct ServeArgs {
     #[serde_as(as = "text::Named")]
     #[arg(long, value_name = "ON|OFF", default_value = "on")]
     pub handoff_connections: Switch,
+
+    /// `on`: before a COMMAND worker gets its drain signal, baton keeps a
+    /// copy of each of its idle keep-alive connections, so that one the
+    /// program closes while its client sends the next request is not reset:
+    /// that request goes to the new generation, answered with `Connection:
+    /// close`. Connections the program reads or writes on stay its own.
+    /// `off`: the program's closes reach its clients as they are
+    #[serde_as(as = "text::Named")]
+    #[arg(long, value_name = "ON|OFF", default_value = "on")]
+    pub rescue_connections: Switch,
 
     /// The program each worker runs, with its arguments (after `--`). It
     /// receives the listeners the systemd way: descriptors from 3 up,

@@ -219,6 +219,10 @@ pub struct ForeignWorker {
     /// `--watchdog`: set as WATCHDOG_USEC; a ready worker that sends no
     /// WATCHDOG=1 for this long is replaced.
     pub watchdog: Option<Duration>,
+    /// `--rescue-connections`: idle connections are copied for the rescuer
+    /// before the drain signal (never for a `--native` program, which
+    /// hands its connections over itself).
+    pub rescue: bool,
 }
 
 /// Finds the file this process was started from, as a path that will name

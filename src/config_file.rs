@@ -188,7 +188,7 @@ mod tests {
     }
 
     /// One value per serve option, none of them its default.
-    const SAMPLES: [(&str, &str); 36] = [
+    const SAMPLES: [(&str, &str); 37] = [
         ("listen", "a=127.0.0.1:9000"),
         ("unix_mode", "0640"),
         ("user", "nobody"),
@@ -223,6 +223,7 @@ mod tests {
         ("watchdog", "9s"),
         ("output", "raw"),
         ("handoff_connections", "off"),
+        ("rescue_connections", "off"),
         ("native", "true"),
         ("command", "node"),
     ];

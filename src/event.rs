@@ -224,6 +224,29 @@ pub enum Lifecycle {
         suspects: String,
         cause: String,
     },
+    /// Copies of a draining COMMAND worker's idle connections went to the
+    /// rescuer, before the drain signal.
+    ConnectionsWatched {
+        pid: u32,
+        connections: usize,
+        took_us: u64,
+    },
+    /// The draining worker's idle connections could not be copied: they
+    /// drain as the program closes them.
+    RescueUnavailable {
+        pid: u32,
+        cause: String,
+    },
+    /// The rescuer process started.
+    RescuerStarted {
+        pid: u32,
+    },
+    /// The rescuer served (or closed) a connection a program let go:
+    /// `requests` is 1 when it forwarded a request and brought its answer.
+    Rescued {
+        connections: u64,
+        requests: u64,
+    },
 }
 
 /// The worker an event is about, as every worker event names it.
@@ -315,6 +338,32 @@ impl Lifecycle {
                 info!(event, workers, "shutting down: draining every worker")
             }
             Lifecycle::StartFailed { reason } => error!(event, reason, "start failed; stopping"),
+            Lifecycle::ConnectionsWatched {
+                pid,
+                connections,
+                took_us,
+            } => {
+                info!(
+                    event,
+                    pid, connections, took_us, "idle connections copied for the rescuer"
+                )
+            }
+            Lifecycle::RescueUnavailable { pid, cause } => {
+                warn!(
+                    event,
+                    pid, cause, "no rescue for this worker's idle connections"
+                )
+            }
+            Lifecycle::RescuerStarted { pid } => info!(event, pid, "rescuer started"),
+            Lifecycle::Rescued {
+                connections,
+                requests,
+            } => {
+                info!(
+                    event,
+                    connections, requests, "rescued a connection the program let go"
+                )
+            }
             Lifecycle::LameDuck { reason } => {
                 info!(
                     event,

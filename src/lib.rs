@@ -75,6 +75,7 @@ pub mod logging;
 pub mod master;
 pub mod process;
 pub mod procfs;
+pub mod rescue;
 pub use baton_protocol as protocol;
 pub mod rlimit;
 pub mod settings;

@@ -34,6 +34,8 @@ enum Fatal {
     Worker(#[from] WorkerError),
     #[error("keeper failed: {0}")]
     Keeper(std::io::Error),
+    #[error("rescuer failed: {0}")]
+    Rescuer(std::io::Error),
     #[error("cannot write: {0}")]
     Output(std::io::Error),
 }
@@ -76,7 +78,7 @@ fn main() -> ExitCode {
     std::env::set_var("BATON_LOG_FORMAT", cli.log_format.as_str());
     let worker = matches!(
         cli.command,
-        Action::Worker | Action::Exec(_) | Action::Native(_) | Action::Keeper
+        Action::Worker | Action::Exec(_) | Action::Native(_) | Action::Keeper | Action::Rescuer
     );
     let rust_log = std::env::var("RUST_LOG").ok();
     baton::logging::init(cli.log_format, rust_log.as_deref(), !worker);
@@ -131,6 +133,10 @@ fn run(command: Action) -> Result<Success, Fatal> {
         }
         Action::Keeper => {
             baton::keeper::run().map_err(Fatal::Keeper)?;
+            Ok(Success::Done)
+        }
+        Action::Rescuer => {
+            baton::rescue::rescuer::run().map_err(Fatal::Rescuer)?;
             Ok(Success::Done)
         }
         Action::Worker => {

@@ -120,6 +120,7 @@ pub fn master_config(args: ServeArgs) -> Result<MasterConfig, String> {
             ready: args.ready,
             drain_signal: args.drain_signal,
             watchdog: args.watchdog,
+            rescue: args.rescue_connections == Switch::On && !args.native,
         };
         (program, worker_args, Some(foreign))
     };

@@ -165,7 +165,7 @@ impl ManagedServer {
 
     /// SIGKILLs one worker chosen at random; returns its pid.
     pub fn kill_random_worker(&self) -> Option<u32> {
-        let workers = procfs::live_children(self.pid);
+        let workers = procfs::live_workers(self.pid);
         let victim = *workers.get(fastrand::usize(..workers.len().max(1)))?;
         kill(Pid::from_raw(victim as i32), Signal::SIGKILL).ok()?;
         Some(victim)

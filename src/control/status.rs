@@ -127,6 +127,12 @@ pub struct Counters {
     /// them (no newer worker could take them).
     #[serde(default)]
     pub connections_fell_back: u64,
+    /// Connections draining COMMAND workers let go that the rescuer took
+    /// (`--rescue-connections`), and the requests it forwarded on them.
+    #[serde(default)]
+    pub connections_rescued: u64,
+    #[serde(default)]
+    pub requests_rescued: u64,
 }
 
 impl Status {

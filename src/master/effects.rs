@@ -130,6 +130,9 @@ pub(super) struct Processes {
     /// Stops the workers' process groups if this master dies; `None` if it
     /// could not be started.
     pub keeper: Option<Keeper>,
+    /// Takes the idle connections of draining COMMAND workers
+    /// (`--rescue-connections`); its process starts on first use.
+    pub rescuer: crate::rescue::handle::Rescuer,
     pub loader: ConfigLoader,
     /// Cloned into each task that forwards a worker's output.
     pub output: mpsc::Sender<()>,
@@ -159,6 +162,11 @@ impl Processes {
             ready_timeout: config.ready_timeout,
             drain_timeout: config.drain_timeout,
             keeper: self.keeper.as_ref(),
+            rescuer: config
+                .foreign
+                .as_ref()
+                .filter(|f| f.rescue)
+                .map(|_| &self.rescuer),
             output: &self.output,
             health: config.health.as_ref().filter(|h| h.interval.is_some()),
         }

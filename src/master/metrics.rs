@@ -76,6 +76,17 @@ fn register_counters(registry: &mut Registry, counters: &Counters) {
         ),
     );
     registry.register(
+        "rescued",
+        "Connections draining COMMAND workers let go that the rescuer took, and requests it forwarded",
+        by_label(
+            "kind",
+            &[
+                ("connections", counters.connections_rescued),
+                ("requests", counters.requests_rescued),
+            ],
+        ),
+    );
+    registry.register(
         "listener_repairs",
         "Listeners a worker changed, put right, by what it did",
         by_label(

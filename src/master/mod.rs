@@ -195,12 +195,13 @@ async fn serve(
     let own_sockets = OwnSockets::copied_from(&parts)?;
     let processes = Processes {
         listeners: parts.listeners,
-        events: events_tx,
+        events: events_tx.clone(),
         handles: BTreeMap::new(),
         notifier,
         runtime_dir: parts.runtime_dir,
         balance: parts.balance,
         keeper: parts.keeper,
+        rescuer: crate::rescue::handle::Rescuer::new(config.program.clone(), events_tx.clone()),
         loader,
         output: output_alive,
         upgrade_checked: upgrade_checked_tx,

@@ -2,6 +2,7 @@
 //! that watches it for its whole life (readiness, protocol errors, drain
 //! deadline, exit) and reports each of those to the supervisor as an event.
 
+use std::collections::HashSet;
 use std::ffi::OsString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
@@ -74,6 +75,9 @@ pub enum WorkerEvent {
     /// Connections a worker handed over while the master was leaving went
     /// back to it, answered by its watcher.
     FellBack { count: usize },
+    /// The rescuer served (or closed) connections programs let go, and
+    /// forwarded `requests` of them (see [`crate::rescue`]).
+    Rescued { connections: u64, requests: u64 },
     /// The watcher reached `step` of the master's departure (see
     /// [`WorkerHandle::quiet`]).
     Quiet { id: WorkerId, step: Quiet },
@@ -513,6 +517,8 @@ pub struct WatchContext<'a> {
     pub drain_timeout: Duration,
     /// Stops the worker's process group if the master goes away.
     pub keeper: Option<&'a Keeper>,
+    /// Set for a COMMAND worker whose idle connections are rescued.
+    pub rescuer: Option<&'a crate::rescue::handle::Rescuer>,
     /// Held by the tasks that forward the worker's output (never sent on):
     /// the master waits for them before it exits, so that a worker's last
     /// words (why it failed to start) are printed.
@@ -604,6 +610,9 @@ fn watch(
         ready_timeout: context.ready_timeout,
         drain_timeout: context.drain_timeout,
         keeper: context.keeper.cloned(),
+        rescue: context
+            .rescuer
+            .map(|rescuer| (rescuer.clone(), context.listeners.ids())),
         stage: watched.stage,
         killed: false,
         channel_open: true,
@@ -728,6 +737,12 @@ struct Watcher {
     ready_timeout: Duration,
     drain_timeout: Duration,
     keeper: Option<Keeper>,
+    /// A COMMAND worker's idle connections go to the rescuer before its
+    /// drain signal; the listeners tell which connections are clients'.
+    rescue: Option<(
+        crate::rescue::handle::Rescuer,
+        Vec<crate::procfs::ListenerId>,
+    )>,
     stage: Stage,
     /// Killed: no timer matters any more, only its exit.
     killed: bool,
@@ -1031,8 +1046,17 @@ impl Watcher {
                     deadline: deadline(Instant::now(), timeout.saturating_add(KILL_MARGIN)),
                 };
                 if let Some(foreign) = &self.foreign {
+                    // Watched until after the kill at the deadline, so that
+                    // what the kill lets go is rescued, not dropped.
+                    let watch_for = timeout.saturating_add(KILL_MARGIN * 2);
+                    let taken = self.copy_for_rescue(watch_for, HashSet::new()).await;
                     let pid = nix::unistd::Pid::from_raw(self.pid as i32);
                     let _ = nix::sys::signal::kill(pid, foreign.drain_signal);
+                    if let (Some(taken), Some((rescuer, listeners))) = (taken, &self.rescue) {
+                        // Connections accepted while the first copies were
+                        // taken, and until the program stops accepting.
+                        rescuer.follow(self.pid, listeners.clone(), taken, watch_for);
+                    }
                 } else if self.channel_open {
                     self.send_drain(timeout, grace).await;
                 }
@@ -1405,6 +1429,48 @@ impl Watcher {
             reason,
         });
         self.kill();
+    }
+
+    /// Before a COMMAND worker's drain signal: copies of its idle
+    /// connections go to the rescuer, so that those the program closes
+    /// while their clients send are not reset (see [`crate::rescue`]).
+    /// Returns every socket copied so far (`before` and those), or `None`
+    /// if nothing can be copied.
+    async fn copy_for_rescue(
+        &self,
+        watch_for: Duration,
+        before: HashSet<u64>,
+    ) -> Option<HashSet<u64>> {
+        let (rescuer, listeners) = self.rescue.as_ref()?;
+        let started = std::time::Instant::now();
+        // /proc and a few system calls per socket: off the master's thread.
+        let (pid, listeners) = (self.pid, listeners.clone());
+        let taken = tokio::task::spawn_blocking(move || {
+            crate::rescue::take::connections(pid, &listeners, &before).map(|taken| (taken, before))
+        })
+        .await
+        .ok()?;
+        match taken {
+            Ok((taken, mut before)) => {
+                crate::event::Lifecycle::ConnectionsWatched {
+                    pid: self.pid,
+                    connections: taken.len(),
+                    took_us: started.elapsed().as_micros() as u64,
+                }
+                .log();
+                before.extend(taken.iter().map(|t| t.baseline.inode));
+                rescuer.watch(self.pid, taken, watch_for);
+                Some(before)
+            }
+            Err(e) => {
+                crate::event::Lifecycle::RescueUnavailable {
+                    pid: self.pid,
+                    cause: e.to_string(),
+                }
+                .log();
+                None
+            }
+        }
     }
 
     fn kill(&mut self) {

@@ -469,6 +469,13 @@ impl<E: Effects> Supervisor<E> {
             WorkerEvent::FellBack { count } => {
                 self.counters.connections_fell_back += count as u64;
             }
+            WorkerEvent::Rescued {
+                connections,
+                requests,
+            } => {
+                self.counters.connections_rescued += connections;
+                self.counters.requests_rescued += requests;
+            }
             WorkerEvent::Quiet { id, step } => self.on_quiet(id, Some(step)),
         }
     }

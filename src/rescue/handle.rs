@@ -1,0 +1,188 @@
+//! The master's side of the rescuer: starts it when the first connections
+//! need it (and again if it died), passes it the copies, and counts what it
+//! reports.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use std::collections::HashSet;
+
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use crate::event::Lifecycle;
+use crate::master::WorkerEvent;
+use crate::procfs::ListenerId;
+use crate::protocol::Channel;
+
+use super::take::Taken;
+use super::{Rescued, ToRescuer, BATCH};
+
+/// Hands connections to the rescuer process.
+#[derive(Debug, Clone)]
+pub struct Rescuer {
+    batches: mpsc::UnboundedSender<(ToRescuer, Vec<OwnedFd>)>,
+}
+
+impl Rescuer {
+    /// A rescuer run from `program` (baton itself), started on first use;
+    /// what it rescues is reported to the supervisor through `events`.
+    pub fn new(program: PathBuf, events: mpsc::UnboundedSender<WorkerEvent>) -> Self {
+        let (batches, to_send) = mpsc::unbounded_channel();
+        tokio::spawn(pass_on(program, to_send, events));
+        Rescuer { batches }
+    }
+
+    /// Gives the rescuer `worker`'s idle connections to watch for at most
+    /// `within`. The master's copies close once they are sent.
+    pub fn watch(&self, worker: u32, taken: Vec<Taken>, within: Duration) {
+        let mut taken = taken.into_iter().peekable();
+        while taken.peek().is_some() {
+            let (fds, connections): (Vec<OwnedFd>, Vec<_>) = taken
+                .by_ref()
+                .take(BATCH)
+                .map(|t| (t.fd, t.baseline))
+                .unzip();
+            let message = ToRescuer::Watch {
+                worker,
+                connections,
+                within,
+            };
+            let _ = self.batches.send((message, fds));
+        }
+    }
+}
+
+/// How often a draining worker's tree is looked at for connections it
+/// accepted after the first copies were taken.
+const FOLLOW_EVERY: Duration = Duration::from_millis(10);
+
+impl Rescuer {
+    /// After the drain signal: copies of the connections `worker` accepts
+    /// until it no longer holds any of `listeners` (a program takes a
+    /// moment to act on its signal, and accepts meanwhile), for at most
+    /// `within`. Sockets in `taken` were copied already.
+    pub fn follow(
+        &self,
+        worker: u32,
+        listeners: Vec<ListenerId>,
+        mut taken: HashSet<u64>,
+        within: Duration,
+    ) {
+        let rescuer = self.clone();
+        let listening: Vec<u64> = listeners.iter().map(|l| l.inode).collect();
+        tokio::spawn(async move {
+            let until = tokio::time::Instant::now() + within;
+            loop {
+                let (listeners, listening) = (listeners.clone(), listening.clone());
+                let skip = std::mem::take(&mut taken);
+                let started = std::time::Instant::now();
+                let looked = tokio::task::spawn_blocking(move || {
+                    let held = crate::procfs::tree_held(worker);
+                    let accepting = listening.iter().any(|l| held.contains(l));
+                    let found = super::take::connections(worker, &listeners, &skip);
+                    (accepting, found, skip)
+                })
+                .await;
+                let Ok((accepting, found, skip)) = looked else {
+                    return;
+                };
+                taken = skip;
+                let Ok(found) = found else {
+                    return;
+                };
+                if !found.is_empty() {
+                    taken.extend(found.iter().map(|t| t.baseline.inode));
+                    Lifecycle::ConnectionsWatched {
+                        pid: worker,
+                        connections: found.len(),
+                        took_us: started.elapsed().as_micros() as u64,
+                    }
+                    .log();
+                    rescuer.watch(worker, found, until - tokio::time::Instant::now());
+                }
+                if !accepting || tokio::time::Instant::now() + FOLLOW_EVERY >= until {
+                    return;
+                }
+                tokio::time::sleep(FOLLOW_EVERY).await;
+            }
+        });
+    }
+}
+
+/// Sends each batch to the rescuer, starting it first if it is not
+/// running, and counts what it reports.
+async fn pass_on(
+    program: PathBuf,
+    mut to_send: mpsc::UnboundedReceiver<(ToRescuer, Vec<OwnedFd>)>,
+    events: mpsc::UnboundedSender<WorkerEvent>,
+) {
+    let mut running: Option<Arc<Channel>> = None;
+    while let Some((message, fds)) = to_send.recv().await {
+        for _attempt in 0..2 {
+            let channel = match &running {
+                Some(channel) => channel.clone(),
+                None => match start(&program, events.clone()) {
+                    Ok(channel) => running.insert(channel).clone(),
+                    Err(e) => {
+                        warn!(cause = %e, "cannot start the rescuer; idle connections drain as the program closes them");
+                        break;
+                    }
+                },
+            };
+            let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
+            match channel.send(&message, &borrowed).await {
+                Ok(()) => break,
+                Err(e) => {
+                    warn!(cause = %e, "the rescuer is gone; starting another");
+                    running = None;
+                }
+            }
+        }
+    }
+}
+
+/// Starts `program rescuer` with its channel at descriptor 3, and the task
+/// that reads its reports. It runs in a process group of its own and dies
+/// with the master (`PR_SET_PDEATHSIG`); it exits by itself once the
+/// master's end of the channel is closed and what it holds is done.
+fn start(
+    program: &std::path::Path,
+    events: mpsc::UnboundedSender<WorkerEvent>,
+) -> std::io::Result<Arc<Channel>> {
+    let (ours, theirs) = crate::fd::seqpacket_pair()?;
+    let mut command = std::process::Command::new(program);
+    crate::systemd::scrub_env(&mut command)
+        .arg("rescuer")
+        .stdin(std::process::Stdio::null())
+        .process_group(0);
+    crate::fd::prepare_child(&mut command, theirs.as_fd(), None);
+    let child = command.spawn()?;
+    drop(theirs);
+    Lifecycle::RescuerStarted { pid: child.id() }.log();
+    let channel = Arc::new(Channel::new(std::os::unix::net::UnixDatagram::from(ours))?);
+    let reports = channel.clone();
+    tokio::spawn(async move {
+        let pid = child.id();
+        while let Ok(Some(rescued)) = reports.recv_plain::<Rescued>().await {
+            let _ = events.send(WorkerEvent::Rescued {
+                connections: rescued.connections,
+                requests: rescued.requests,
+            });
+            Lifecycle::Rescued {
+                connections: rescued.connections,
+                requests: rescued.requests,
+            }
+            .log();
+        }
+        // Gone: reap it (the master reaps what it does not know as well).
+        if let Ok(mut process) = crate::process::Process::watch(pid) {
+            let _ = process.wait().await;
+        }
+        drop(child);
+    });
+    Ok(channel)
+}

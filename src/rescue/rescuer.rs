@@ -1,0 +1,203 @@
+//! The rescuer process (`baton rescuer`, started by the master): watches
+//! the copies of draining workers' idle connections and serves those the
+//! programs let go (see the module above for the whole rescue).
+//!
+//! One thread, one loop: every [`TICK`] each watched connection's counters
+//! are read (TCP_INFO, SIOCINQ) and each worker's descriptors listed once
+//! (/proc), which costs a few system calls per connection per tick, for no
+//! longer than a drain. When the master's end of the channel closes, the
+//! rescuer finishes what it holds and exits.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::fd::{self, TcpState};
+use crate::protocol::Channel;
+
+use super::{forward, Baseline, Rescued, ToRescuer, GRACE};
+
+/// How often watched connections are looked at: the longest a program's
+/// answer on a watched connection can wait for its FIN when the program
+/// closes right after it.
+const TICK: Duration = Duration::from_millis(5);
+
+/// TCP_ESTABLISHED.
+const ESTABLISHED: u8 = 1;
+
+/// One copy of a connection a draining worker holds.
+struct Watched {
+    fd: OwnedFd,
+    worker: u32,
+    baseline: Baseline,
+    until: Instant,
+}
+
+/// What to do with a watched connection, from its counters now.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    /// The program still holds it.
+    Watch,
+    /// The copy closes, as the program's did: nothing to save.
+    LetGo,
+    /// The program let it go with a request unread, or idle: it is the
+    /// rescuer's, to wait this long for a request on.
+    Rescue(Duration),
+}
+
+/// The program wrote this recently before letting a connection go with
+/// nothing unread: either its client is about to send its next request, or
+/// the program ended an answer by closing (a body that ends at the close).
+/// The two look the same from outside, so such a connection waits only
+/// [`JUST_ANSWERED_WAIT`] for a request: the most an answer ended by a
+/// close is delayed.
+const JUST_ANSWERED_MS: u32 = 50;
+const JUST_ANSWERED_WAIT: Duration = Duration::from_millis(250);
+
+fn next(state: &TcpState, held: bool, expired: bool) -> Next {
+    if held {
+        return if expired { Next::LetGo } else { Next::Watch };
+    }
+    if state.unread > 0 {
+        return Next::Rescue(GRACE);
+    }
+    if state.state != ESTABLISHED {
+        return Next::LetGo;
+    }
+    if state.since_sent_ms < JUST_ANSWERED_MS {
+        return Next::Rescue(JUST_ANSWERED_WAIT);
+    }
+    Next::Rescue(GRACE)
+}
+
+/// `baton rescuer`: runs until the master is gone and nothing is held.
+pub fn run() -> io::Result<()> {
+    // SAFETY: the master starts the rescuer with its channel at fd 3, and
+    // nothing else in this process uses that descriptor.
+    let channel = unsafe { fd::take_handoff() }.ok_or_else(|| {
+        io::Error::other("no channel at descriptor 3: the master starts the rescuer")
+    })?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let channel = Channel::new(std::os::unix::net::UnixDatagram::from(channel))?;
+        serve(channel).await
+    })
+}
+
+async fn serve(channel: Channel) -> io::Result<()> {
+    let mut watched: Vec<Watched> = Vec::new();
+    let mut rescues: JoinSet<Rescued> = JoinSet::new();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut master = true;
+    while master || !watched.is_empty() || !rescues.is_empty() {
+        tokio::select! {
+            message = channel.recv::<ToRescuer>(), if master => match message {
+                Ok(Some((ToRescuer::Watch { worker, connections, within }, fds))) => {
+                    if fds.len() != connections.len() {
+                        warn!(descriptors = fds.len(), connections = connections.len(), "the master sent a batch whose descriptors do not match; dropped");
+                        continue;
+                    }
+                    let until = Instant::now() + within;
+                    watched.extend(fds.into_iter().zip(connections).map(|(fd, baseline)| Watched { fd, worker, baseline, until }));
+                }
+                Ok(None) => master = false,
+                Err(e) => {
+                    warn!(cause = %e, "the master's channel failed; finishing what is held");
+                    master = false;
+                }
+            },
+            _ = tick.tick(), if !watched.is_empty() => {
+                let now = Instant::now();
+                let mut held: HashMap<u32, HashSet<u64>> = HashMap::new();
+                let mut kept = Vec::with_capacity(watched.len());
+                for w in watched.drain(..) {
+                    let Ok(state) = fd::tcp_state(w.fd.as_fd()) else { continue };
+                    let holds = held
+                        .entry(w.worker)
+                        .or_insert_with(|| crate::procfs::tree_held(w.worker))
+                        .contains(&w.baseline.inode);
+                    match next(&state, holds, now >= w.until) {
+                        Next::Watch => kept.push(w),
+                        Next::LetGo => {}
+                        Next::Rescue(wait) => {
+                            rescues.spawn(forward::rescue(w.fd, w.baseline.forward_to, wait));
+                        }
+                    }
+                }
+                watched = kept;
+            },
+            Some(done) = rescues.join_next(), if !rescues.is_empty() => {
+                let Ok(rescued) = done else { continue };
+                if master {
+                    if let Err(e) = channel.send(&rescued, &[]).await {
+                        debug!(cause = %e, "cannot report a rescue");
+                    }
+                }
+            },
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(unread: u32, since_sent_ms: u32, tcp: u8) -> TcpState {
+        TcpState {
+            state: tcp,
+            bytes_received: 0,
+            bytes_written: 0,
+            since_received_ms: 0,
+            since_sent_ms,
+            unread,
+            unacked: 0,
+        }
+    }
+
+    #[test]
+    fn a_connection_the_program_holds_is_its_own_until_the_deadline() {
+        assert_eq!(
+            next(&state(80, 1000, ESTABLISHED), true, false),
+            Next::Watch
+        );
+        assert_eq!(next(&state(0, 1000, ESTABLISHED), true, true), Next::LetGo);
+    }
+
+    #[test]
+    fn a_request_left_unread_is_rescued() {
+        assert_eq!(
+            next(&state(80, 0, ESTABLISHED), false, false),
+            Next::Rescue(GRACE)
+        );
+        // The client sent its request and closed its side at once.
+        assert_eq!(next(&state(80, 0, 8), false, false), Next::Rescue(GRACE));
+    }
+
+    #[test]
+    fn a_connection_just_answered_waits_briefly_for_a_request() {
+        // An answer the program may have ended by closing.
+        assert_eq!(
+            next(&state(0, 3, ESTABLISHED), false, false),
+            Next::Rescue(JUST_ANSWERED_WAIT)
+        );
+        // The client closed too: nothing to save.
+        assert_eq!(next(&state(0, 5000, 8), false, false), Next::LetGo);
+    }
+
+    #[test]
+    fn an_idle_connection_waits_for_its_next_request() {
+        assert_eq!(
+            next(&state(0, 5000, ESTABLISHED), false, false),
+            Next::Rescue(GRACE)
+        );
+    }
+}
