@@ -23,6 +23,7 @@ mod operators;
 mod real_clients;
 mod real_servers;
 mod reaper;
+mod rescue;
 mod systemd;
 mod upgrade;
 mod zero_downtime;

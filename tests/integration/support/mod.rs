@@ -388,7 +388,7 @@ impl Baton {
 
     /// Live (not zombie) child processes of the master.
     pub fn workers(&self) -> Vec<u32> {
-        baton::procfs::live_children(self.pid)
+        baton::procfs::live_workers(self.pid)
     }
 
     /// Waits until the master has exactly `n` live children that answer the
