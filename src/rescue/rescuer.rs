@@ -22,10 +22,19 @@ use crate::protocol::Channel;
 
 use super::{forward, Baseline, Rescued, ToRescuer, GRACE};
 
-/// How often watched connections are looked at: the longest a program's
-/// answer on a watched connection can wait for its FIN when the program
-/// closes right after it.
+/// How often watched connections are looked at, per [`LOOKS_PER_TICK`]
+/// of them: each look costs a few system calls per connection and a read
+/// of the worker's descriptors in /proc. 2,000 connections looked at every
+/// 5 ms kept the rescuer busy 57 % of a core; the interval grows with
+/// their number instead, up to [`LONGEST_TICK`].
 const TICK: Duration = Duration::from_millis(5);
+const LOOKS_PER_TICK: usize = 100;
+const LONGEST_TICK: Duration = Duration::from_millis(100);
+
+/// The time between two looks at `watched` connections.
+fn tick_for(watched: usize) -> Duration {
+    (TICK * (watched / LOOKS_PER_TICK + 1) as u32).min(LONGEST_TICK)
+}
 
 /// TCP_ESTABLISHED.
 const ESTABLISHED: u8 = 1;
@@ -94,8 +103,7 @@ pub fn run() -> io::Result<()> {
 async fn serve(channel: Channel) -> io::Result<()> {
     let mut watched: Vec<Watched> = Vec::new();
     let mut rescues: JoinSet<Rescued> = JoinSet::new();
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_look = Instant::now();
     let mut master = true;
     while master || !watched.is_empty() || !rescues.is_empty() {
         tokio::select! {
@@ -114,8 +122,9 @@ async fn serve(channel: Channel) -> io::Result<()> {
                     master = false;
                 }
             },
-            _ = tick.tick(), if !watched.is_empty() => {
+            _ = tokio::time::sleep_until(next_look), if !watched.is_empty() => {
                 let now = Instant::now();
+                next_look = now + tick_for(watched.len());
                 let mut held: HashMap<u32, HashSet<u64>> = HashMap::new();
                 let mut kept = Vec::with_capacity(watched.len());
                 for w in watched.drain(..) {
@@ -161,6 +170,13 @@ mod tests {
             unread,
             unacked: 0,
         }
+    }
+
+    #[test]
+    fn more_connections_are_looked_at_less_often() {
+        assert_eq!(tick_for(1), TICK);
+        assert_eq!(tick_for(250), TICK * 3);
+        assert_eq!(tick_for(10_000), LONGEST_TICK);
     }
 
     #[test]
