@@ -216,19 +216,10 @@ pub fn pidfd_getfd(pidfd: BorrowedFd<'_>, target: RawFd) -> io::Result<OwnedFd> 
 pub struct TcpState {
     /// TCP_ESTABLISHED (1), TCP_CLOSE_WAIT (8), …
     pub state: u8,
-    /// Bytes the peer sent that arrived (`tcpi_bytes_received`).
-    pub bytes_received: u64,
-    /// Bytes written to the connection that the peer acknowledged
-    /// (`tcpi_bytes_acked`), plus those not yet acknowledged: every byte
-    /// ever written.
-    pub bytes_written: u64,
-    /// Milliseconds since data last arrived, and since data was last sent.
-    pub since_received_ms: u32,
+    /// Milliseconds since data was last sent.
     pub since_sent_ms: u32,
-    /// Bytes arrived and not read (SIOCINQ), written and not acknowledged
-    /// (SIOCOUTQ).
+    /// Bytes arrived and not read (SIOCINQ).
     pub unread: u32,
-    pub unacked: u32,
 }
 
 /// TCP_INFO of the TCP socket `fd`.
@@ -256,24 +247,15 @@ fn tcp_info(fd: BorrowedFd<'_>) -> io::Result<libc::tcp_info> {
 /// [`TcpState`] of the TCP socket `fd`.
 pub fn tcp_state(fd: BorrowedFd<'_>) -> io::Result<TcpState> {
     let info = tcp_info(fd)?;
-    let queued = |request| -> io::Result<u32> {
-        let mut bytes: libc::c_int = 0;
-        // SAFETY: SIOCINQ and SIOCOUTQ write one int to the pointer given.
-        if unsafe { libc::ioctl(fd.as_raw_fd(), request, &mut bytes) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(bytes.max(0) as u32)
-    };
-    let unread = queued(libc::FIONREAD)?;
-    let unacked = queued(libc::TIOCOUTQ)?;
+    let mut unread: libc::c_int = 0;
+    // SAFETY: SIOCINQ (FIONREAD) writes one int to the pointer given.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut unread) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
     Ok(TcpState {
         state: info.tcpi_state,
-        bytes_received: info.tcpi_bytes_received,
-        bytes_written: info.tcpi_bytes_acked + u64::from(unacked),
-        since_received_ms: info.tcpi_last_data_recv,
         since_sent_ms: info.tcpi_last_data_sent,
-        unread,
-        unacked,
+        unread: unread.max(0) as u32,
     })
 }
 
