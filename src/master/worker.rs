@@ -517,7 +517,7 @@ pub struct WatchContext<'a> {
     pub drain_timeout: Duration,
     /// Stops the worker's process group if the master goes away.
     pub keeper: Option<&'a Keeper>,
-    /// Set for a COMMAND worker whose idle connections are rescued.
+    /// Set for a COMMAND worker whose connections are rescued.
     pub rescuer: Option<&'a crate::rescue::handle::Rescuer>,
     /// Held by the tasks that forward the worker's output (never sent on):
     /// the master waits for them before it exits, so that a worker's last
@@ -737,8 +737,8 @@ struct Watcher {
     ready_timeout: Duration,
     drain_timeout: Duration,
     keeper: Option<Keeper>,
-    /// A COMMAND worker's idle connections go to the rescuer before its
-    /// drain signal; the listeners tell which connections are clients'.
+    /// A COMMAND worker's connections go to the rescuer before its drain
+    /// signal; the listeners tell which connections are clients'.
     rescue: Option<(
         crate::rescue::handle::Rescuer,
         Vec<crate::procfs::ListenerId>,
@@ -1049,13 +1049,13 @@ impl Watcher {
                     // Watched until after the kill at the deadline, so that
                     // what the kill lets go is rescued, not dropped.
                     let watch_for = timeout.saturating_add(KILL_MARGIN * 2);
-                    let taken = self.copy_for_rescue(watch_for, HashSet::new()).await;
+                    let copied = self.copy_for_rescue(watch_for).await;
                     let pid = nix::unistd::Pid::from_raw(self.pid as i32);
                     let _ = nix::sys::signal::kill(pid, foreign.drain_signal);
-                    if let (Some(taken), Some((rescuer, listeners))) = (taken, &self.rescue) {
+                    if let (Some(copied), Some((rescuer, listeners))) = (copied, &self.rescue) {
                         // Connections accepted while the first copies were
                         // taken, and until the program stops accepting.
-                        rescuer.follow(self.pid, listeners.clone(), taken, watch_for);
+                        rescuer.follow(self.pid, listeners.clone(), copied, watch_for);
                     }
                 } else if self.channel_open {
                     self.send_drain(timeout, grace).await;
@@ -1431,37 +1431,16 @@ impl Watcher {
         self.kill();
     }
 
-    /// Before a COMMAND worker's drain signal: copies of its idle
+    /// Before a COMMAND worker's drain signal: copies of its client
     /// connections go to the rescuer, so that those the program closes
     /// while their clients send are not reset (see [`crate::rescue`]).
-    /// Returns every socket copied so far (`before` and those), or `None`
-    /// if nothing can be copied.
-    async fn copy_for_rescue(
-        &self,
-        watch_for: Duration,
-        before: HashSet<u64>,
-    ) -> Option<HashSet<u64>> {
+    /// Returns the sockets copied, or `None` if nothing can be copied.
+    async fn copy_for_rescue(&self, watch_for: Duration) -> Option<HashSet<u64>> {
         let (rescuer, listeners) = self.rescue.as_ref()?;
-        let started = std::time::Instant::now();
-        // /proc and a few system calls per socket: off the master's thread.
-        let (pid, listeners) = (self.pid, listeners.clone());
-        let taken = tokio::task::spawn_blocking(move || {
-            crate::rescue::take::connections(pid, &listeners, &before).map(|taken| (taken, before))
-        })
-        .await
-        .ok()?;
-        match taken {
-            Ok((taken, mut before)) => {
-                crate::event::Lifecycle::ConnectionsWatched {
-                    pid: self.pid,
-                    connections: taken.len(),
-                    took_us: started.elapsed().as_micros() as u64,
-                }
-                .log();
-                before.extend(taken.iter().map(|t| t.baseline.inode));
-                rescuer.watch(self.pid, taken, watch_for);
-                Some(before)
-            }
+        let mut copied = HashSet::new();
+        let copy = rescuer.copy(self.pid, listeners, &mut copied, watch_for, true);
+        match copy.await {
+            Ok(_) => Some(copied),
             Err(e) => {
                 crate::event::Lifecycle::RescueUnavailable {
                     pid: self.pid,

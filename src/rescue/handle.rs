@@ -2,13 +2,12 @@
 //! need it (and again if it died), passes it the copies, and counts what it
 //! reports.
 
+use std::collections::HashSet;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-
-use std::collections::HashSet;
 
 use tokio::sync::mpsc;
 use tracing::warn;
@@ -18,7 +17,7 @@ use crate::master::WorkerEvent;
 use crate::procfs::ListenerId;
 use crate::protocol::Channel;
 
-use super::take::Taken;
+use super::take::{TakeError, Taken};
 use super::{Rescued, ToRescuer, BATCH};
 
 /// Hands connections to the rescuer process.
@@ -36,8 +35,8 @@ impl Rescuer {
         Rescuer { batches }
     }
 
-    /// Gives the rescuer `worker`'s idle connections to watch for at most
-    /// `within`. The master's copies close once they are sent.
+    /// Gives the rescuer copies of `worker`'s connections to watch for at
+    /// most `within`. The master's copies close once they are sent.
     pub fn watch(&self, worker: u32, taken: Vec<Taken>, within: Duration) {
         let mut taken = taken.into_iter().peekable();
         while taken.peek().is_some() {
@@ -61,50 +60,62 @@ impl Rescuer {
 const FOLLOW_EVERY: Duration = Duration::from_millis(10);
 
 impl Rescuer {
+    /// One look at `worker`'s tree: copies of its client connections of
+    /// `listeners` not in `copied` go to the rescuer, to watch for at most
+    /// `within`, and join `copied`. Logged if it copied any, or with
+    /// `log_none`. Says whether the tree still holds a listener (and may
+    /// accept more).
+    pub async fn copy(
+        &self,
+        worker: u32,
+        listeners: &[ListenerId],
+        copied: &mut HashSet<u64>,
+        within: Duration,
+        log_none: bool,
+    ) -> Result<bool, TakeError> {
+        let started = std::time::Instant::now();
+        // /proc and a few system calls per socket: off the master's thread.
+        let (listeners, skip) = (listeners.to_vec(), std::mem::take(copied));
+        let (looked, skip) = tokio::task::spawn_blocking(move || {
+            (super::take::connections(worker, &listeners, &skip), skip)
+        })
+        .await
+        .map_err(|e| TakeError::Failed(e.to_string()))?;
+        *copied = skip;
+        let copies = looked?;
+        if log_none || !copies.taken.is_empty() {
+            Lifecycle::ConnectionsWatched {
+                pid: worker,
+                connections: copies.taken.len(),
+                took_us: started.elapsed().as_micros() as u64,
+            }
+            .log();
+        }
+        copied.extend(copies.taken.iter().map(|t| t.baseline.inode));
+        self.watch(worker, copies.taken, within);
+        Ok(copies.holds_listener)
+    }
+
     /// After the drain signal: copies of the connections `worker` accepts
     /// until it no longer holds any of `listeners` (a program takes a
     /// moment to act on its signal, and accepts meanwhile), for at most
-    /// `within`. Sockets in `taken` were copied already.
+    /// `within`. Sockets in `copied` were copied already.
     pub fn follow(
         &self,
         worker: u32,
         listeners: Vec<ListenerId>,
-        mut taken: HashSet<u64>,
+        mut copied: HashSet<u64>,
         within: Duration,
     ) {
         let rescuer = self.clone();
-        let listening: Vec<u64> = listeners.iter().map(|l| l.inode).collect();
         tokio::spawn(async move {
             let until = tokio::time::Instant::now() + within;
             loop {
-                let (listeners, listening) = (listeners.clone(), listening.clone());
-                let skip = std::mem::take(&mut taken);
-                let started = std::time::Instant::now();
-                let looked = tokio::task::spawn_blocking(move || {
-                    let held = crate::procfs::tree_held(worker);
-                    let accepting = listening.iter().any(|l| held.contains(l));
-                    let found = super::take::connections(worker, &listeners, &skip);
-                    (accepting, found, skip)
-                })
-                .await;
-                let Ok((accepting, found, skip)) = looked else {
-                    return;
-                };
-                taken = skip;
-                let Ok(found) = found else {
-                    return;
-                };
-                if !found.is_empty() {
-                    taken.extend(found.iter().map(|t| t.baseline.inode));
-                    Lifecycle::ConnectionsWatched {
-                        pid: worker,
-                        connections: found.len(),
-                        took_us: started.elapsed().as_micros() as u64,
-                    }
-                    .log();
-                    rescuer.watch(worker, found, until - tokio::time::Instant::now());
-                }
-                if !accepting || tokio::time::Instant::now() + FOLLOW_EVERY >= until {
+                let left = until - tokio::time::Instant::now();
+                let accepting = rescuer
+                    .copy(worker, &listeners, &mut copied, left, false)
+                    .await;
+                if accepting.ok() != Some(true) || left <= FOLLOW_EVERY {
                     return;
                 }
                 tokio::time::sleep(FOLLOW_EVERY).await;
@@ -114,7 +125,7 @@ impl Rescuer {
 }
 
 /// Sends each batch to the rescuer, starting it first if it is not
-/// running, and counts what it reports.
+/// running.
 async fn pass_on(
     program: PathBuf,
     mut to_send: mpsc::UnboundedReceiver<(ToRescuer, Vec<OwnedFd>)>,

@@ -49,14 +49,14 @@ pub const BATCH: usize = 24;
 /// What the master tells the rescuer, with the connections' descriptors.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ToRescuer {
-    /// Copies of `worker`'s idle connections, in the order of the
-    /// descriptors sent with this message.
+    /// Copies of `worker`'s connections, in the order of the descriptors
+    /// sent with this message.
     Watch {
         /// The draining worker: its process tree holds the connections.
         worker: u32,
-        /// Each connection's state when it was taken.
+        /// Each connection, as the master took it.
         connections: Vec<Baseline>,
-        /// Give up watching after this long (the drain timeout): the
+        /// Give up watching after this long (past the drain deadline): the
         /// program was killed by then.
         within: Duration,
     },

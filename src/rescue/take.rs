@@ -20,6 +20,15 @@ pub struct Taken {
     pub baseline: Baseline,
 }
 
+/// What one look at a worker's process tree copied.
+#[derive(Debug)]
+pub struct Copies {
+    pub taken: Vec<Taken>,
+    /// Some process of the tree still holds one of the listeners: it may
+    /// accept more.
+    pub holds_listener: bool,
+}
+
 /// Why nothing could be taken.
 #[derive(Debug, thiserror::Error)]
 pub enum TakeError {
@@ -27,6 +36,11 @@ pub enum TakeError {
     /// a kernel before 5.6).
     #[error("cannot copy the worker's connections (pidfd_getfd: {0}); they drain as the program closes them")]
     Refused(io::Error),
+    /// The look itself failed (its thread panicked).
+    #[error(
+        "the look at the worker's connections failed ({0}); they drain as the program closes them"
+    )]
+    Failed(String),
 }
 
 /// Copies of the established client connections of `listeners` (TCP) that
@@ -44,23 +58,30 @@ pub fn connections(
     root: u32,
     listeners: &[ListenerId],
     skip: &HashSet<u64>,
-) -> Result<Vec<Taken>, TakeError> {
+) -> Result<Copies, TakeError> {
     let ports: HashSet<u16> = listeners
         .iter()
         .filter_map(|l| l.tcp.map(|a| a.port()))
         .collect();
     let listening: HashSet<u64> = listeners.iter().map(|l| l.inode).collect();
     let mut seen = HashSet::new();
-    let mut taken = Vec::new();
+    let mut copies = Copies {
+        taken: Vec::new(),
+        holds_listener: false,
+    };
     if ports.is_empty() {
-        return Ok(taken);
+        return Ok(copies);
     }
     for pid in procfs::descendants_and_self(root) {
         let Ok(pidfd) = fd::pidfd_open(pid) else {
             continue;
         };
         for (number, inode) in procfs::socket_fds(pid) {
-            if listening.contains(&inode) || skip.contains(&inode) || !seen.insert(inode) {
+            if listening.contains(&inode) {
+                copies.holds_listener = true;
+                continue;
+            }
+            if skip.contains(&inode) || !seen.insert(inode) {
                 continue;
             }
             let copy = match fd::pidfd_getfd(pidfd.as_fd(), number) {
@@ -82,7 +103,7 @@ pub fn connections(
                 Ok(state) if state.state == ESTABLISHED => {}
                 _ => continue,
             }
-            taken.push(Taken {
+            copies.taken.push(Taken {
                 fd: copy,
                 baseline: Baseline {
                     inode,
@@ -91,5 +112,5 @@ pub fn connections(
             });
         }
     }
-    Ok(taken)
+    Ok(copies)
 }
