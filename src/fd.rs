@@ -64,6 +64,16 @@ pub fn prepare_child(
                     return Err(io::Error::last_os_error());
                 }
             }
+            // A change of user clears the parent-death signal: arm it again,
+            // and check again that the master did not die in between.
+            // SAFETY: as above.
+            if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: getppid has no preconditions.
+            if unsafe { libc::getppid() } != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
         }
         // Close whatever else is open, including descriptors the master
         // inherited from its own parent without close-on-exec.
