@@ -2,6 +2,7 @@
 //! measures the master's memory, and the tests inspect what baton started.
 
 use std::fs;
+use std::io;
 use std::net::SocketAddr;
 
 use nix::libc;
@@ -225,10 +226,19 @@ pub fn describe_tree(root: u32, listeners: &[ListenerId]) -> String {
     let every = |inodes: &Vec<u64>| listeners.iter().all(|l| inodes.contains(&l.inode));
     let holding = tree.iter().filter(|p| every(&p.held)).count();
     let waiting = tree.iter().filter(|p| every(&p.waited)).count();
-    format!(
+    let hidden = tree.iter().filter(|p| p.hidden).count();
+    let mut text = format!(
         "its tree has {} processes, {holding} holding every listener, {waiting} waiting on them",
         tree.len()
-    )
+    );
+    if hidden > 0 {
+        text.push_str(&format!(
+            "; baton cannot read the descriptors of {hidden} of them (another user's: it needs \
+             CAP_SYS_PTRACE to see them, which a container drops unless given \
+             `--cap-add SYS_PTRACE`; or use a --ready that does not look: notify, fd:N or delay:DUR)"
+        ));
+    }
+    text
 }
 
 /// One process's sockets, as inodes: those it holds, and those it waits on
@@ -236,11 +246,15 @@ pub fn describe_tree(root: u32, listeners: &[ListenerId]) -> String {
 struct Sockets {
     held: Vec<u64>,
     waited: Vec<u64>,
+    /// Its descriptors cannot be read (`EACCES`).
+    hidden: bool,
 }
 
 impl Sockets {
     fn of(pid: u32) -> Self {
-        let sockets = socket_fds(pid);
+        let read = read_socket_fds(pid);
+        let hidden = matches!(&read, Err(e) if e.kind() == io::ErrorKind::PermissionDenied);
+        let sockets = read.unwrap_or_default();
         let inode_of = |fd: i32| sockets.iter().find(|&&(f, _)| f == fd).map(|&(_, i)| i);
         let mut waited: Vec<u64> = epoll_interests(pid)
             .into_iter()
@@ -250,6 +264,7 @@ impl Sockets {
         Sockets {
             held: sockets.iter().map(|&(_, inode)| inode).collect(),
             waited,
+            hidden,
         }
     }
 }
@@ -310,25 +325,55 @@ fn scanned_tree(root: u32) -> Vec<u32> {
     tree
 }
 
-/// `pid`'s descriptors that are sockets, with their inodes.
-pub fn socket_fds(pid: u32) -> Vec<(i32, u64)> {
-    let Ok(entries) = fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| {
-            let fd = entry.file_name().to_str()?.parse::<i32>().ok()?;
-            let target = fs::read_link(entry.path()).ok()?;
-            let inode = target
-                .to_str()?
-                .strip_prefix("socket:[")?
-                .strip_suffix(']')?
-                .parse()
-                .ok()?;
-            Some((fd, inode))
+/// Whether this process may read the descriptors of another user's
+/// processes and copy them (`CAP_SYS_PTRACE` in its effective set, as
+/// /proc/self/status shows).
+pub fn may_trace_other_users() -> bool {
+    const CAP_SYS_PTRACE: u32 = 19;
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+            u64::from_str_radix(hex.trim(), 16).ok()
         })
-        .collect()
+        .is_some_and(|caps| caps & (1 << CAP_SYS_PTRACE) != 0)
+}
+
+/// `pid`'s descriptors that are sockets, with their inodes; none if they
+/// cannot be read.
+pub fn socket_fds(pid: u32) -> Vec<(i32, u64)> {
+    read_socket_fds(pid).unwrap_or_default()
+}
+
+/// `pid`'s descriptors that are sockets, with their inodes: `ENOENT` once
+/// it is gone, `EACCES` if it hides them from this process (another
+/// user's, or one that made itself non-dumpable).
+pub fn read_socket_fds(pid: u32) -> io::Result<Vec<(i32, u64)>> {
+    let mut sockets = Vec::new();
+    for entry in fs::read_dir(format!("/proc/{pid}/fd"))?.flatten() {
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // The directory lists even a hidden process's descriptors; what
+        // each names is what it hides.
+        let target = match fs::read_link(entry.path()) {
+            Ok(target) => target,
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Err(e),
+            // Closed since the listing.
+            Err(_) => continue,
+        };
+        let inode = target
+            .to_str()
+            .and_then(|t| t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok());
+        if let Some(inode) = inode {
+            sockets.push((fd, inode));
+        }
+    }
+    Ok(sockets)
 }
 
 /// The system calls a thread waiting for connections blocks in, by this
@@ -497,13 +542,19 @@ fn tcp_sockets(table: &str) -> Vec<TcpSocket> {
 }
 
 /// The sockets (inodes) the process tree under `root` holds; none once
-/// it is gone.
-pub fn tree_held(root: u32) -> std::collections::HashSet<u64> {
-    descendants_and_self(root)
-        .into_iter()
-        .flat_map(socket_fds)
-        .map(|(_, inode)| inode)
-        .collect()
+/// it is gone. `None` if a process of the tree hides its descriptors from
+/// this one: what it holds cannot be known.
+pub fn tree_held(root: u32) -> Option<std::collections::HashSet<u64>> {
+    let mut held = std::collections::HashSet::new();
+    for pid in descendants_and_self(root) {
+        match read_socket_fds(pid) {
+            Ok(fds) => held.extend(fds.into_iter().map(|(_, inode)| inode)),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return None,
+            // Gone since the tree was read.
+            Err(_) => {}
+        }
+    }
+    Some(held)
 }
 
 /// Whether the process tree under `root` holds the socket `inode`.

@@ -104,6 +104,7 @@ pub async fn run(
             None
         }
     };
+    warn_if_blind_to_workers(&config);
     let (control, control_file) = open_control_socket(&config)?;
     let admin = match config.admin {
         Some(addr) => Some(open_tcp("admin", addr, "GET /metrics, /healthz, /readyz")?),
@@ -201,7 +202,11 @@ async fn serve(
         runtime_dir: parts.runtime_dir,
         balance: parts.balance,
         keeper: parts.keeper,
-        rescuer: crate::rescue::handle::Rescuer::new(config.program.clone(), events_tx.clone()),
+        rescuer: crate::rescue::handle::Rescuer::new(
+            config.program.clone(),
+            config.worker_identity,
+            events_tx.clone(),
+        ),
         loader,
         output: output_alive,
         upgrade_checked: upgrade_checked_tx,
@@ -431,6 +436,31 @@ fn open_tcp(
             reason: e.to_string(),
         }),
     }
+}
+
+/// COMMAND workers of another user are hidden from a master without
+/// `CAP_SYS_PTRACE` (a container drops it by default): /proc does not show
+/// their descriptors and `pidfd_getfd` is refused. Said once at start,
+/// rather than only as each worker fails to become ready.
+fn warn_if_blind_to_workers(config: &MasterConfig) {
+    let (Some((uid, _)), Some(foreign)) = (config.worker_identity, &config.foreign) else {
+        return;
+    };
+    if uid == nix::unistd::geteuid().as_raw() || crate::procfs::may_trace_other_users() {
+        return;
+    }
+    let looks = matches!(
+        foreign.ready,
+        crate::config::ReadyMode::Auto | crate::config::ReadyMode::Listening
+    );
+    warn!(
+        user = uid,
+        ready_looks = looks,
+        rescue = foreign.rescue,
+        "workers run as another user and baton lacks CAP_SYS_PTRACE: it cannot see their sockets, \
+         so --ready auto or listening waits for READY=1 only, and idle connections are not rescued; \
+         give baton CAP_SYS_PTRACE (a container: --cap-add SYS_PTRACE) or use --ready notify, fd:N or delay:DUR"
+    );
 }
 
 /// Binds the control socket at `--control`, or at the default path in a

@@ -27,11 +27,18 @@ pub struct Rescuer {
 }
 
 impl Rescuer {
-    /// A rescuer run from `program` (baton itself), started on first use;
-    /// what it rescues is reported to the supervisor through `events`.
-    pub fn new(program: PathBuf, events: mpsc::UnboundedSender<WorkerEvent>) -> Self {
+    /// A rescuer run from `program` (baton itself), started on first use
+    /// as the workers' user (`identity`, as `--user`/`--group` give it):
+    /// it parses what clients send, so it has no more rights than the
+    /// workers; what it rescues is reported to the supervisor through
+    /// `events`.
+    pub fn new(
+        program: PathBuf,
+        identity: Option<(u32, u32)>,
+        events: mpsc::UnboundedSender<WorkerEvent>,
+    ) -> Self {
         let (batches, to_send) = mpsc::unbounded_channel();
-        tokio::spawn(pass_on(program, to_send, events));
+        tokio::spawn(pass_on(program, identity, to_send, events));
         Rescuer { batches }
     }
 
@@ -128,6 +135,7 @@ impl Rescuer {
 /// running.
 async fn pass_on(
     program: PathBuf,
+    identity: Option<(u32, u32)>,
     mut to_send: mpsc::UnboundedReceiver<(ToRescuer, Vec<OwnedFd>)>,
     events: mpsc::UnboundedSender<WorkerEvent>,
 ) {
@@ -136,7 +144,7 @@ async fn pass_on(
         for _attempt in 0..2 {
             let channel = match &running {
                 Some(channel) => channel.clone(),
-                None => match start(&program, events.clone()) {
+                None => match start(&program, identity, events.clone()) {
                     Ok(channel) => running.insert(channel).clone(),
                     Err(e) => {
                         warn!(cause = %e, "cannot start the rescuer; idle connections drain as the program closes them");
@@ -157,11 +165,13 @@ async fn pass_on(
 }
 
 /// Starts `program rescuer` with its channel at descriptor 3, and the task
-/// that reads its reports. It runs in a process group of its own and dies
-/// with the master (`PR_SET_PDEATHSIG`); it exits by itself once the
-/// master's end of the channel is closed and what it holds is done.
+/// that reads its reports. Like a worker, it runs as `identity`, in a
+/// process group of its own, and dies with the master
+/// (`PR_SET_PDEATHSIG`); it exits by itself once the master's end of the
+/// channel is closed and what it holds is done.
 fn start(
     program: &std::path::Path,
+    identity: Option<(u32, u32)>,
     events: mpsc::UnboundedSender<WorkerEvent>,
 ) -> std::io::Result<Arc<Channel>> {
     let (ours, theirs) = crate::fd::seqpacket_pair()?;
@@ -170,7 +180,7 @@ fn start(
         .arg("rescuer")
         .stdin(std::process::Stdio::null())
         .process_group(0);
-    crate::fd::prepare_child(&mut command, theirs.as_fd(), None);
+    crate::fd::prepare_child(&mut command, theirs.as_fd(), identity);
     let child = command.spawn()?;
     drop(theirs);
     Lifecycle::RescuerStarted { pid: child.id() }.log();

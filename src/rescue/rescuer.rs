@@ -105,6 +105,8 @@ async fn serve(channel: Channel) -> io::Result<()> {
     let mut rescues: JoinSet<Rescued> = JoinSet::new();
     let mut next_look = Instant::now();
     let mut master = true;
+    // Workers whose descriptors the rescuer cannot read, warned about once.
+    let mut hidden: HashSet<u32> = HashSet::new();
     while master || !watched.is_empty() || !rescues.is_empty() {
         tokio::select! {
             message = channel.recv::<ToRescuer>(), if master => match message {
@@ -125,14 +127,22 @@ async fn serve(channel: Channel) -> io::Result<()> {
             _ = tokio::time::sleep_until(next_look), if !watched.is_empty() => {
                 let now = Instant::now();
                 next_look = now + tick_for(watched.len());
-                let mut held: HashMap<u32, HashSet<u64>> = HashMap::new();
+                let mut held: HashMap<u32, Option<HashSet<u64>>> = HashMap::new();
                 let mut kept = Vec::with_capacity(watched.len());
                 for w in watched.drain(..) {
                     let Ok(state) = fd::tcp_state(w.fd.as_fd()) else { continue };
-                    let holds = held
-                        .entry(w.worker)
-                        .or_insert_with(|| crate::procfs::tree_held(w.worker))
-                        .contains(&w.baseline.inode);
+                    let holds = match held.entry(w.worker).or_insert_with(|| {
+                        let held = crate::procfs::tree_held(w.worker);
+                        if held.is_none() && hidden.insert(w.worker) {
+                            warn!(worker = w.worker, "the worker hides its descriptors from the rescuer (another user, or not dumpable): its connections are left to it");
+                        }
+                        held
+                    }) {
+                        Some(held) => held.contains(&w.baseline.inode),
+                        // What it holds cannot be seen: it may still serve
+                        // the connection.
+                        None => true,
+                    };
                     match next(&state, holds, now >= w.until) {
                         Next::Watch => kept.push(w),
                         Next::LetGo => {}

@@ -33,8 +33,9 @@ pub struct Copies {
 #[derive(Debug, thiserror::Error)]
 pub enum TakeError {
     /// `pidfd_getfd` refused (EPERM: no right to ptrace the worker; ENOSYS:
-    /// a kernel before 5.6).
-    #[error("cannot copy the worker's connections (pidfd_getfd: {0}); they drain as the program closes them")]
+    /// a kernel before 5.6), or the worker's descriptors cannot be read
+    /// (EACCES, for the same lack of right).
+    #[error("cannot copy the worker's connections ({0}); they drain as the program closes them. The rescue needs Linux 5.6 or later and the right to ptrace the workers: run baton as root with CAP_SYS_PTRACE, or as the workers' own user, or turn it off with --rescue-connections off")]
     Refused(io::Error),
     /// The look itself failed (its thread panicked).
     #[error(
@@ -76,7 +77,18 @@ pub fn connections(
         let Ok(pidfd) = fd::pidfd_open(pid) else {
             continue;
         };
-        for (number, inode) in procfs::socket_fds(pid) {
+        let sockets = match procfs::read_socket_fds(pid) {
+            Ok(sockets) => sockets,
+            // Another user's process, to a master without CAP_SYS_PTRACE:
+            // pidfd_getfd would be refused as well.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                let read = format!("reading /proc/{pid}/fd: {e}");
+                return Err(TakeError::Refused(std::io::Error::new(e.kind(), read)));
+            }
+            // Gone since the tree was read.
+            Err(_) => continue,
+        };
+        for (number, inode) in sockets {
             if listening.contains(&inode) {
                 copies.holds_listener = true;
                 continue;
@@ -88,7 +100,10 @@ pub fn connections(
                 Ok(copy) => copy,
                 // Closed since the table was read, or the process exited.
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EBADF | libc::ESRCH)) => continue,
-                Err(e) => return Err(TakeError::Refused(e)),
+                Err(e) => {
+                    let copy = format!("pidfd_getfd: {e}");
+                    return Err(TakeError::Refused(std::io::Error::new(e.kind(), copy)));
+                }
             };
             let socket = socket2::SockRef::from(&copy);
             let Some(local) = socket.local_addr().ok().and_then(|a| a.as_socket()) else {

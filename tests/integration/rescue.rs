@@ -142,6 +142,125 @@ fn a_request_on_a_connection_the_program_closed_reaches_the_new_generation() {
     let _heavy = heavy();
     let [node, server] = unchanged_node();
     let baton = serve_with(&["--log-format", "json"], &[&node, &server]);
+    request_after_the_close_reaches_the_new_generation(&baton);
+}
+
+/// The same with workers of another user (`--user nobody`): the rescuer
+/// runs as that user too, as a worker does, since it parses what clients
+/// send; and a master killed at once takes workers and rescuer with it.
+#[test]
+fn another_users_workers_are_rescued_by_a_rescuer_of_that_user() {
+    if !nix::unistd::getuid().is_root() {
+        eprintln!("not root: skipping the --user rescue test");
+        return;
+    }
+    let _heavy = heavy();
+    let [node, server] = unchanged_node();
+    let mut baton = serve_with(
+        &["--log-format", "json", "--user", "nobody"],
+        &[&node, &server],
+    );
+    request_after_the_close_reaches_the_new_generation(&baton);
+    let rescuer: u32 = baton
+        .wait_event(Event::RescuerStarted, Duration::from_secs(30))
+        .parsed("pid")
+        .expect("the rescuer's pid");
+    assert_eq!(uids(rescuer), ["65534"; 4], "the rescuer's Uid");
+    let mut processes = baton.workers();
+    processes.push(rescuer);
+    baton.signal(nix::sys::signal::Signal::SIGKILL);
+    baton.wait_exit(Duration::from_secs(30));
+    assert!(
+        wait_until(Duration::from_secs(30), || processes
+            .iter()
+            .all(|&pid| is_dead(pid))),
+        "outlived the master: {:?}",
+        processes
+            .iter()
+            .filter(|&&pid| !is_dead(pid))
+            .collect::<Vec<_>>()
+    );
+}
+
+/// Root without CAP_SYS_PTRACE (as a container runs it) and workers of
+/// another user: baton cannot see their descriptors. It says so at start;
+/// `--ready auto` says why a worker is not ready; a drain says why there
+/// is no rescue, and goes on as without it.
+#[test]
+fn without_the_right_to_copy_the_drain_goes_on_and_says_why() {
+    if !nix::unistd::getuid().is_root() {
+        eprintln!("not root: skipping the CAP_SYS_PTRACE test");
+        return;
+    }
+    let _heavy = heavy();
+    let [node, server] = unchanged_node();
+    let without_ptrace = || {
+        let mut cmd = std::process::Command::new("setpriv");
+        cmd.args(["--bounding-set", "-sys_ptrace", "--inh-caps", "-sys_ptrace"])
+            .arg(baton_bin());
+        cmd
+    };
+    let mut looking = Baton::spawn_command(
+        without_ptrace(),
+        &[
+            "--user",
+            "nobody",
+            "--ready-timeout",
+            "2s",
+            "--",
+            &node,
+            &server,
+        ],
+    );
+    assert!(!looking.wait_exit(Duration::from_secs(60)).success());
+    assert!(looking.logs_contain("lacks CAP_SYS_PTRACE"));
+    assert!(looking.logs_contain("baton cannot read the descriptors of 1 of them"));
+
+    let baton = Baton::serve_command(
+        without_ptrace(),
+        &[
+            "--workers",
+            "2",
+            "--probation",
+            "0s",
+            "--user",
+            "nobody",
+            "--ready",
+            "delay:500ms",
+            "--",
+            &node,
+            &server,
+        ],
+    );
+    let old = baton.workers();
+    let (code, text) = baton.reload_wait();
+    assert_eq!(code, 0, "{text}");
+    let refused = baton.wait_event(Event::RescueUnavailable, Duration::from_secs(30));
+    let cause: String = refused.parsed("cause").expect("a cause");
+    assert!(cause.contains("Permission denied"), "{cause}");
+    assert!(cause.contains("CAP_SYS_PTRACE"), "{cause}");
+    let mut stream = TcpStream::connect(baton.addr).expect("connect");
+    let answer = exchange(
+        &mut stream,
+        b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    baton.wait_workers(Duration::from_secs(30), |now| {
+        now.len() == old.len() && now.iter().all(|pid| !old.contains(pid))
+    });
+}
+
+/// The Uid line of /proc/PID/status: real, effective, saved, filesystem.
+fn uids(pid: u32) -> Vec<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    line.split_whitespace().skip(1).map(str::to_owned).collect()
+}
+
+/// A request on an idle connection, a reload that replaces every worker,
+/// then the client's next request on that connection: the new generation
+/// answers it through the rescuer, with `Connection: close`.
+fn request_after_the_close_reaches_the_new_generation(baton: &Baton) {
     let old = baton.workers();
     let mut stream = TcpStream::connect(baton.addr).expect("connect");
     stream

@@ -73,6 +73,11 @@ impl Baton {
         Self::spawn_serve(Command::new(program), args)
     }
 
+    /// Like [`Baton::spawn`], with `cmd` in place of the plain binary.
+    pub fn spawn_command(cmd: Command, args: &[&str]) -> Baton {
+        Self::spawn_serve(cmd, args)
+    }
+
     /// Starts `baton serve ARGS` with `file` inherited at descriptor `at`,
     /// without close-on-exec.
     pub fn spawn_with_fd(file: &std::fs::File, at: i32, args: &[&str]) -> Baton {
