@@ -109,7 +109,14 @@ fn app() -> Router {
     Router::new()
         .route(
             "/",
-            get(move || async move { format!("Process handled by pid: {pid}") }),
+            get(move || async move { format!("Process handled by pid: {pid}") }).post(
+                move |body: axum::body::Bytes| async move {
+                    format!(
+                        "Process handled by pid: {pid}, received {} bytes",
+                        body.len()
+                    )
+                },
+            ),
         )
         .route("/notes", get(list).post(add))
         .route("/notes/stream", get(follow))
