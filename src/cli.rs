@@ -13,7 +13,8 @@ use crate::logging::LogFormat;
 
 use crate::values::{
     parse_backlog, parse_health_count, parse_health_path, parse_memory_limit, parse_mode,
-    parse_signal, parse_workers, text, DurationRange, ListenSpec, ReadyMode, StatusRange,
+    parse_reload_batch, parse_signal, parse_workers, text, DurationRange, ListenSpec, ReadyMode,
+    StatusRange,
 };
 
 #[derive(Debug, Parser)]
@@ -296,6 +297,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DUR", default_value = "5s",
           value_parser = DurationRange::WAIT.parser())]
     pub probation: Duration,
+
+    /// How many slots a reload replaces at once: new workers for that many
+    /// slots start together, and as each is ready its old worker drains and
+    /// the next slot starts. Capacity never drops below the worker count; it
+    /// rises by up to N during the reload
+    #[serde_as(as = "text::ReloadBatch")]
+    #[arg(long, value_name = "N", default_value = "1", value_parser = parse_reload_batch)]
+    pub reload_batch: u16,
 
     /// During a reload, probe each new worker with GET PATH (say /healthz)
     /// before the old worker of its slot drains: a new worker that does not

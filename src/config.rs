@@ -107,6 +107,9 @@ pub struct MasterConfig {
     /// `--probation`: how long a new generation must run without a crash
     /// after its reload before the reload counts as done; zero for none.
     pub probation: Duration,
+    /// `--reload-batch`: how many slots' new workers a rollout starts at
+    /// once (see [`crate::master::rollout`]).
+    pub reload_batch: usize,
     /// `--health`: how each new worker of a reload is probed before the
     /// old worker of its slot drains.
     pub health: Option<HealthCheck>,

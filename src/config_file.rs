@@ -188,7 +188,7 @@ mod tests {
     }
 
     /// One value per serve option, none of them its default.
-    const SAMPLES: [(&str, &str); 37] = [
+    const SAMPLES: [(&str, &str); 38] = [
         ("listen", "a=127.0.0.1:9000"),
         ("unix_mode", "0640"),
         ("user", "nobody"),
@@ -199,6 +199,7 @@ mod tests {
         ("ready_timeout", "1500ms"),
         ("drain_timeout", "2m"),
         ("probation", "0s"),
+        ("reload_batch", "4"),
         ("health", "/healthz?deep=1"),
         ("health_status", "200-399"),
         ("health_timeout", "2s"),

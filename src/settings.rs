@@ -140,6 +140,7 @@ pub fn master_config(args: ServeArgs) -> Result<MasterConfig, String> {
         handoff_connections: args.handoff_connections == Switch::On,
         http: args.command.is_empty().then_some(args.http),
         probation: args.probation,
+        reload_batch: usize::from(args.reload_batch),
         health: args.health.map(|path| crate::config::HealthCheck {
             path,
             status: args.health_status,

@@ -315,6 +315,11 @@ pub fn parse_workers(s: &str) -> Result<u16, String> {
     parse_count(s, 1, 1024)
 }
 
+/// `--reload-batch`: 1 to 1024, as many as there may be workers.
+pub fn parse_reload_batch(s: &str) -> Result<u16, String> {
+    parse_count(s, 1, 1024)
+}
+
 /// `--backlog`: 1 to 65535.
 pub fn parse_backlog(s: &str) -> Result<u32, String> {
     parse_count(s, 1, 65535)
@@ -509,6 +514,10 @@ pub mod text {
     adapter!(
         /// `--workers`: [`parse_workers`].
         Workers: u16, parse_workers, u16::to_string
+    );
+    adapter!(
+        /// `--reload-batch`: [`parse_reload_batch`].
+        ReloadBatch: u16, parse_reload_batch, u16::to_string
     );
     adapter!(
         /// `--backlog`: [`parse_backlog`].

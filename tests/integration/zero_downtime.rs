@@ -73,6 +73,62 @@ fn reloads_under_mixed_load_fail_nothing() {
 }
 
 #[test]
+fn a_reload_batch_replaces_several_slots_at_once_and_fails_nothing() {
+    let _heavy = heavy();
+    let baton = Baton::serve(&["--workers", "8", "--reload-batch", "4"]);
+    baton.wait_workers(Duration::from_secs(10), |w| w.len() == 8);
+    let load = BackgroundLoad::start(reload_load(&baton, Duration::from_secs(8)));
+
+    let report = load.finish_after_reloads(&baton, 2, Duration::from_secs(2));
+    eprintln!("batched reloads under load: {report}");
+    assert_no_failures(&report);
+    assert!(
+        report.ok > 500,
+        "too little load to prove anything: {report}"
+    );
+
+    // Within each reload: never more than 4 new workers starting at once,
+    // and 4 at some point; never an old worker draining before a new one
+    // is ready in its place, so that 8 accept throughout.
+    for (old, generation) in [("1", "2"), ("2", "3")] {
+        let lines = baton.logged(|l| {
+            matches!(
+                l.event,
+                Some(Event::WorkerStarted | Event::WorkerReady | Event::WorkerDraining)
+            )
+        });
+        let (mut starting, mut most_starting, mut ready, mut draining) = (0, 0, 0, 0);
+        for line in &lines {
+            let of = line.field("generation");
+            let new = of.as_deref() == Some(generation);
+            match line.event {
+                Some(Event::WorkerStarted) if new => starting += 1,
+                Some(Event::WorkerReady) if new => {
+                    starting -= 1;
+                    ready += 1;
+                }
+                Some(Event::WorkerDraining) if of.as_deref() == Some(old) => draining += 1,
+                _ => {}
+            }
+            most_starting = most_starting.max(starting);
+            assert!(
+                starting <= 4,
+                "generation {generation}: {starting} starting at once"
+            );
+            assert!(
+                draining <= ready,
+                "generation {generation}: {draining} old workers draining with {ready} new ready"
+            );
+        }
+        assert_eq!(ready, 8, "generation {generation} has 8 workers ready");
+        assert_eq!(
+            most_starting, 4,
+            "generation {generation} started 4 at once"
+        );
+    }
+}
+
+#[test]
 fn idle_keep_alive_clients_survive_reloads() {
     let _heavy = heavy();
     let baton = Baton::serve(&["--workers", "4"]);

@@ -632,7 +632,7 @@ impl<E: Effects> Supervisor<E> {
     /// slot: a new worker of a reload, not of a rollback to a release that
     /// served.
     fn on_probe(&self, id: WorkerId) -> bool {
-        self.probes_new_workers() && self.pending_new_worker() == Some(id)
+        self.probes_new_workers() && self.is_pending_new_worker(id)
     }
 
     /// Whether the new workers of the rollout in progress, or about to
@@ -688,7 +688,7 @@ impl<E: Effects> Supervisor<E> {
                     connections: unhealthy.connections,
                 }
                 .log();
-                self.give_up_rollout(unhealthy.reason.clone(), Some((named.pid, unhealthy)));
+                self.give_up_rollout(unhealthy.reason.clone(), Some((id, named.pid, unhealthy)));
             }
         }
     }
@@ -747,13 +747,22 @@ impl<E: Effects> Supervisor<E> {
             let (worker, reason) = (worker.named(), reason.clone());
             Lifecycle::WorkerFailed { worker, reason }.log();
         }
-        if self.pending_new_worker() == Some(id) {
+        if self.is_pending_new_worker(id) {
             self.abandon_rollout(format!("the new worker failed: {reason}"));
         }
     }
 
+    /// The first new worker the rollout waits for, if any.
+    #[cfg(test)]
     fn pending_new_worker(&self) -> Option<WorkerId> {
-        self.reloads.rollout.as_ref().and_then(Rollout::pending)
+        self.reloads.rollout.as_ref()?.pending().next()
+    }
+
+    fn is_pending_new_worker(&self, id: WorkerId) -> bool {
+        self.reloads
+            .rollout
+            .as_ref()
+            .is_some_and(|rollout| rollout.is_pending(id))
     }
 
     fn on_exit(&mut self, id: WorkerId, status: ExitStatus) {
@@ -789,7 +798,7 @@ impl<E: Effects> Supervisor<E> {
             }
             return;
         }
-        if self.pending_new_worker() == Some(id) {
+        if self.is_pending_new_worker(id) {
             exited(Exit::Rollout);
             self.abandon_rollout(format!(
                 "the new worker exited before it was ready ({status})"
@@ -993,43 +1002,48 @@ impl<E: Effects> Supervisor<E> {
                 ..Slot::default()
             });
         }
-        self.reloads.rollout = Some(Rollout::new(generation, wanted));
+        self.reloads.rollout = Some(Rollout::new(generation, wanted, self.config.reload_batch));
         self.advance_rollout();
     }
 
-    /// Starts the next slot's new worker, or finishes the rollout.
+    /// Starts the next slots' new workers (as many as `--reload-batch` lets
+    /// start at once), or finishes the rollout.
     fn advance_rollout(&mut self) {
-        let Some(rollout) = &self.reloads.rollout else {
-            return;
-        };
-        let generation = rollout.generation;
-        if rollout.is_complete() {
-            let elapsed_ms = rollout.started.elapsed().as_millis() as u64;
-            self.complete_rollout(generation, elapsed_ms);
-            return;
-        }
-        let Some(slot) = rollout.slot_to_start() else {
-            return;
-        };
-        // A rollback restarts a crashed slot at once, in its own generation:
-        // that slot is done.
-        let restarted = &self.slots[slot];
-        if restarted.generation == generation
-            && (restarted.current.is_some() || restarted.restart_at.is_some())
-        {
-            if let Some(rollout) = self.reloads.rollout.as_mut() {
-                rollout.skip();
+        loop {
+            let Some(rollout) = &self.reloads.rollout else {
+                return;
+            };
+            let generation = rollout.generation;
+            if rollout.is_complete() {
+                let elapsed_ms = rollout.started.elapsed().as_millis() as u64;
+                self.complete_rollout(generation, elapsed_ms);
+                return;
             }
-            return self.advance_rollout();
-        }
-        match self.spawn(slot, generation, Cause::Reload) {
-            Ok(id) => {
+            let Some(slot) = rollout.slot_to_start() else {
+                return;
+            };
+            // A rollback restarts a crashed slot at once, in its own
+            // generation: that slot is done.
+            let restarted = &self.slots[slot];
+            if restarted.generation == generation
+                && (restarted.current.is_some() || restarted.restart_at.is_some())
+            {
                 if let Some(rollout) = self.reloads.rollout.as_mut() {
-                    rollout.started(id);
+                    rollout.skip();
                 }
-                self.start_probes(id);
+                continue;
             }
-            Err(reason) => self.abandon_rollout(format!("cannot start a new worker: {reason}")),
+            match self.spawn(slot, generation, Cause::Reload) {
+                Ok(id) => {
+                    if let Some(rollout) = self.reloads.rollout.as_mut() {
+                        rollout.started(id);
+                    }
+                    self.start_probes(id);
+                }
+                Err(reason) => {
+                    return self.abandon_rollout(format!("cannot start a new worker: {reason}"))
+                }
+            }
         }
     }
 
@@ -1082,9 +1096,9 @@ impl<E: Effects> Supervisor<E> {
         self.give_up_rollout(reason, None);
     }
 
-    /// [`Supervisor::abandon_rollout`], with the probe its new worker
+    /// [`Supervisor::abandon_rollout`], with the new worker whose probe
     /// failed, if that is why.
-    fn give_up_rollout(&mut self, reason: String, probed: Option<(u32, Unhealthy)>) {
+    fn give_up_rollout(&mut self, reason: String, probed: Option<(WorkerId, u32, Unhealthy)>) {
         let Some(rollout) = self.reloads.rollout.take() else {
             return;
         };
@@ -1096,10 +1110,22 @@ impl<E: Effects> Supervisor<E> {
         }
         .log();
         let generation = rollout.generation;
-        match (rollout.pending(), probed) {
-            // It may serve clients from the shared queue already: it
-            // drains, and the reload is answered once it is gone.
-            (Some(pending), Some((pid, unhealthy))) => {
+        // New workers still starting may serve clients from the shared
+        // queue already: they drain. One that failed is killed.
+        for pending in rollout.pending() {
+            if self
+                .workers
+                .get(&pending)
+                .is_none_or(|w| w.failure.is_some())
+            {
+                self.effects.kill(pending);
+            } else {
+                self.drain(pending);
+            }
+        }
+        match probed {
+            // The reload is answered once the unhealthy worker is gone.
+            Some((id, pid, unhealthy)) => {
                 let outcome = ReloadOutcome::Unhealthy {
                     generation,
                     pid,
@@ -1107,15 +1133,9 @@ impl<E: Effects> Supervisor<E> {
                     body: unhealthy.body,
                     reason,
                 };
-                self.reloads.refused = Some((pending, outcome));
-                self.drain(pending);
+                self.reloads.refused = Some((id, outcome));
             }
-            (pending, _) => {
-                if let Some(pending) = pending {
-                    self.effects.kill(pending);
-                }
-                self.conclude(ReloadOutcome::Failed { generation, reason });
-            }
+            None => self.conclude(ReloadOutcome::Failed { generation, reason }),
         }
         // The old configuration stays in force, worker count included.
         if let Some(previous) = self.reloads.abandon() {
@@ -1185,11 +1205,12 @@ impl<E: Effects> Supervisor<E> {
             self.schedule_restart(crashed_slot, true);
             return;
         };
-        // The failed release's worker still starting may serve clients
-        // from the shared queue already (it accepts before the master hears
-        // it is ready): it drains, as a worker that failed its probes does,
-        // rather than losing them with a kill.
-        if let Some(pending) = rollout.and_then(|r| r.pending()) {
+        // The failed release's workers still starting may serve clients
+        // from the shared queue already (they accept before the master
+        // hears they are ready): they drain, as a worker that failed its
+        // probes does, rather than losing them with a kill.
+        let pending: Vec<WorkerId> = rollout.iter().flat_map(|r| r.pending()).collect();
+        for pending in pending {
             if let Some(slot) = self.workers.get(&pending).map(|w| w.slot) {
                 self.slots[slot].successor = None;
             }

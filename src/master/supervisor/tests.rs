@@ -161,6 +161,7 @@ fn config(workers: usize, probation: Duration) -> MasterConfig {
         native_limits: None,
         native_threads: None,
         probation,
+        reload_batch: 1,
         health: None,
         max_memory: None,
         admin: None,
@@ -290,6 +291,71 @@ async fn a_reload_replaces_one_slot_at_a_time_and_answers_when_all_are_in() {
         supervisor.effects.systemd[1..],
         [Systemd::Reloading(_), Systemd::Ready(_)]
     ));
+}
+
+/// `--reload-batch 2` over 5 slots: two new workers start at once, each
+/// ready one drains its slot's old worker and starts the next slot, and
+/// a new worker that fails fails the reload, killed, while the other new
+/// one, which may already serve, drains.
+#[tokio::test(start_paused = true)]
+async fn a_reload_batch_starts_that_many_new_workers_at_once() {
+    let mut supervisor = running(5, Duration::ZERO);
+    supervisor.config.reload_batch = 2;
+    let old: Vec<WorkerId> = (0..5)
+        .map(|slot| current(&supervisor, slot).unwrap())
+        .collect();
+    let mut waiter = reload_waiting(&mut supervisor);
+    assert_eq!(
+        supervisor.effects.spawned.len(),
+        7,
+        "two new workers at once"
+    );
+    let (new0, new1) = (
+        supervisor.effects.spawned[5].0,
+        supervisor.effects.spawned[6].0,
+    );
+    assert_eq!(supervisor.effects.spawned[6], (new1, 1, 2));
+    ready(&mut supervisor, new1);
+    assert_eq!(supervisor.effects.drained, vec![old[1]]);
+    assert_eq!(
+        supervisor.effects.spawned.len(),
+        8,
+        "slot 2 starts as slot 1 is in"
+    );
+    ready(&mut supervisor, new0);
+    assert_eq!(supervisor.effects.drained, vec![old[1], old[0]]);
+    finish_rollouts(&mut supervisor);
+    assert_eq!(is_in(answer(&mut waiter)), Some(2));
+    assert_eq!(
+        supervisor.effects.spawned.len(),
+        10,
+        "one new worker per slot"
+    );
+    assert_eq!(supervisor.effects.drained.len(), 5);
+
+    let mut waiter = reload_waiting(&mut supervisor);
+    let (a, b) = (
+        supervisor.effects.spawned[10].0,
+        supervisor.effects.spawned[11].0,
+    );
+    supervisor.on_event(WorkerEvent::Failed {
+        id: a,
+        reason: "broken".into(),
+    });
+    assert!(matches!(
+        answer(&mut waiter),
+        Some(Reply::Reload(ReloadOutcome::Failed { .. }))
+    ));
+    assert!(supervisor.effects.killed.contains(&a));
+    assert_eq!(supervisor.effects.drained.last(), Some(&b));
+    assert_eq!(
+        supervisor
+            .slots
+            .iter()
+            .filter(|s| s.generation == 2)
+            .count(),
+        5
+    );
 }
 
 #[tokio::test(start_paused = true)]
