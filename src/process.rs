@@ -114,8 +114,10 @@ pub fn reap_orphans() -> Vec<u32> {
     let mut reaped = Vec::new();
     // Held throughout: a child cannot start being watched meanwhile.
     let watched = watched();
-    for (pid, state) in crate::procfs::children(me) {
-        if state != 'Z' || watched.contains(&pid) {
+    // No need to read each child's state: waiting without hanging reaps
+    // only one that exited, and a pid that is not a child is an error.
+    for pid in crate::procfs::child_pids(me) {
+        if pid == me || watched.contains(&pid) {
             continue;
         }
         match waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG)) {

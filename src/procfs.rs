@@ -94,13 +94,35 @@ pub fn group_members(pgid: u32) -> Vec<u32> {
 
 /// Children of `parent`, each with its state letter (`Z` for a zombie).
 pub fn children(parent: u32) -> Vec<(u32, char)> {
-    pids()
+    child_pids(parent)
         .into_iter()
         .filter_map(|pid| {
             let (state, ppid) = stat(pid)?;
             (ppid == parent).then_some((pid, state))
         })
         .collect()
+}
+
+/// The pids of `parent`'s children, zombies included: read from each of its
+/// threads' `children` list, which costs a read per thread where a scan of
+/// every process's stat costs one per process on the machine (the master
+/// looks at every SIGCHLD: 64 workers replaced made that quadratic). Where
+/// the kernel lacks the list, every process is a candidate and the caller's
+/// check of the parent decides. The list may miss a child that starts or
+/// exits while it is read (proc(5)); the callers look again at the next
+/// SIGCHLD.
+pub fn child_pids(parent: u32) -> Vec<u32> {
+    let Ok(threads) = fs::read_dir(format!("/proc/{parent}/task")) else {
+        return Vec::new();
+    };
+    let mut pids = Vec::new();
+    for thread in threads.flatten() {
+        let Ok(list) = fs::read_to_string(thread.path().join("children")) else {
+            return self::pids();
+        };
+        pids.extend(list.split_whitespace().filter_map(|pid| pid.parse::<u32>().ok()));
+    }
+    pids
 }
 
 /// The master's live children that are workers: all but the rescuer.
