@@ -61,6 +61,46 @@ impl Drop for Running {
 
 /// Starts `baton serve ARGS` on a free port and waits until it is ready.
 pub fn start_baton(args: &[&str]) -> Running {
+    start_baton_logged(args).running
+}
+
+/// A master started by [`start_baton_logged`]: its control socket and its
+/// lifecycle events as they come.
+pub struct LoggedBaton {
+    pub running: Running,
+    pub control: PathBuf,
+    pub events: std::sync::mpsc::Receiver<baton::event::Logged>,
+}
+
+impl LoggedBaton {
+    /// Runs `baton reload --wait` against it, failing the bench if the
+    /// reload fails.
+    pub fn reload(&self) {
+        let status = Command::new(baton_bin())
+            .args(["reload", "--wait", "--control"])
+            .arg(&self.control)
+            .stdout(Stdio::null())
+            .status()
+            .expect("run baton reload");
+        assert!(status.success(), "the reload failed");
+    }
+
+    /// Waits for the next event that `wanted`, skipping others.
+    pub fn next(&self, wanted: impl Fn(baton::event::Event) -> bool) -> baton::event::Logged {
+        loop {
+            let logged = self
+                .events
+                .recv_timeout(Duration::from_secs(120))
+                .expect("baton logs the event");
+            if logged.event.is_some_and(&wanted) {
+                return logged;
+            }
+        }
+    }
+}
+
+/// Like [`start_baton`], keeping the master's events.
+pub fn start_baton_logged(args: &[&str]) -> LoggedBaton {
     // A control socket of its own: servers run side by side.
     static SERVERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = SERVERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -91,10 +131,21 @@ pub fn start_baton(args: &[&str]) -> Running {
         }
     }
     // Keep draining the log so that baton never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Running {
-        child,
-        addr: addr.expect("baton logged its address"),
+    let (sender, events) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if let Some(logged) = baton::event::Logged::parse(&line) {
+                let _ = sender.send(logged);
+            }
+        }
+    });
+    LoggedBaton {
+        running: Running {
+            child,
+            addr: addr.expect("baton logged its address"),
+        },
+        control,
+        events,
     }
 }
 
