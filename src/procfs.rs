@@ -120,7 +120,10 @@ pub fn child_pids(parent: u32) -> Vec<u32> {
         let Ok(list) = fs::read_to_string(thread.path().join("children")) else {
             return self::pids();
         };
-        pids.extend(list.split_whitespace().filter_map(|pid| pid.parse::<u32>().ok()));
+        pids.extend(
+            list.split_whitespace()
+                .filter_map(|pid| pid.parse::<u32>().ok()),
+        );
     }
     pids
 }
