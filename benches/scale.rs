@@ -15,8 +15,7 @@ mod support;
 use std::time::Instant;
 
 use baton::event::Event;
-use support::{median, start_baton_logged, LoggedBaton};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use support::{idle_clients, median, start_baton_logged, LoggedBaton};
 
 /// Reloads measured per row, after one that warms the page cache.
 const RELOADS: usize = 5;
@@ -62,37 +61,6 @@ fn reload(baton: &LoggedBaton, workers: usize) -> (f64, f64) {
         elapsed_ms.expect("elapsed_ms"),
         started.elapsed().as_secs_f64() * 1000.0,
     )
-}
-
-/// Opens `count` keep-alive connections, each after one request answered,
-/// and keeps them open until the returned runtime is dropped.
-fn idle_clients(addr: std::net::SocketAddr, count: usize) -> tokio::runtime::Runtime {
-    let runtime = support::client_runtime();
-    let (opened, mut ready) = tokio::sync::mpsc::channel(count);
-    for _ in 0..count {
-        let opened = opened.clone();
-        runtime.spawn(async move {
-            let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-            stream
-                .write_all(b"GET / HTTP/1.1\r\nhost: bench\r\n\r\n")
-                .await
-                .unwrap();
-            let mut buffer = [0; 1024];
-            let read = stream.read(&mut buffer).await.unwrap();
-            assert!(buffer[..read].starts_with(b"HTTP/1.1 200"));
-            opened.send(()).await.unwrap();
-            // Idle; a handed-over connection stays open, one that is
-            // closed ends here.
-            let _ = stream.read(&mut buffer).await;
-            std::future::pending::<()>().await;
-        });
-    }
-    runtime.block_on(async {
-        for _ in 0..count {
-            ready.recv().await.unwrap();
-        }
-    });
-    runtime
 }
 
 fn measure(row: &Row) -> Measured {

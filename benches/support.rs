@@ -365,3 +365,38 @@ pub fn start_nginx(workers: usize) -> Running {
     assert!(ready, "nginx did not start");
     server
 }
+
+/// Opens `count` keep-alive connections, each after one request answered,
+/// and keeps them open until the returned runtime is dropped.
+pub fn idle_clients(addr: std::net::SocketAddr, count: usize) -> tokio::runtime::Runtime {
+    let runtime = client_runtime();
+    let (opened, mut ready) = tokio::sync::mpsc::channel(count);
+    for _ in 0..count {
+        let opened = opened.clone();
+        runtime.spawn(async move {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            tokio::io::AsyncWriteExt::write_all(
+                &mut stream,
+                b"GET / HTTP/1.1\r\nhost: bench\r\n\r\n",
+            )
+            .await
+            .unwrap();
+            let mut buffer = [0; 1024];
+            let read = tokio::io::AsyncReadExt::read(&mut stream, &mut buffer)
+                .await
+                .unwrap();
+            assert!(buffer[..read].starts_with(b"HTTP/1.1 200"));
+            opened.send(()).await.unwrap();
+            // Idle; a handed-over connection stays open, one that is
+            // closed ends here.
+            let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut buffer).await;
+            std::future::pending::<()>().await;
+        });
+    }
+    runtime.block_on(async {
+        for _ in 0..count {
+            ready.recv().await.unwrap();
+        }
+    });
+    runtime
+}

@@ -150,3 +150,54 @@ fn a_drain_that_overruns_its_timeout_ends_at_the_deadline() {
     assert_eq!(exited.parsed::<u64>("generation"), Some(1), "{exited}");
     baton.wait_log("drain deadline passed", Duration::from_secs(1));
 }
+
+/// The pid in a built-in worker's answer.
+fn answered_by(response: &str) -> u32 {
+    let (_, pid) = response
+        .rsplit_once("pid: ")
+        .unwrap_or_else(|| panic!("no pid in {response:?}"));
+    pid.trim().parse().unwrap()
+}
+
+/// A keep-alive connection idle past `PARK_AFTER` (1 s) leaves hyper and
+/// waits parked, its buffers freed: its next requests are answered on the
+/// same connection, and a reload while it is parked hands it to the new
+/// worker, which answers the next one.
+#[test]
+fn a_parked_keep_alive_connection_is_answered_on_the_same_connection() {
+    let baton = Baton::serve(&["--workers", "1"]);
+    let mut stream = TcpStream::connect(baton.addr).unwrap();
+    let request = b"GET / HTTP/1.1\r\nhost: test\r\n\r\n";
+    let first = exchange(&mut stream, request);
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    // Idle long enough to park (between 1 and 2 s): the pause is what is
+    // tested, not a wait for a condition.
+    let past_the_park = Duration::from_millis(2500);
+    for round in 1..=2 {
+        std::thread::sleep(past_the_park);
+        let answer = exchange(&mut stream, request);
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "round {round}: {answer}"
+        );
+        assert!(
+            !answer.to_ascii_lowercase().contains("connection: close"),
+            "round {round}: {answer}"
+        );
+        assert_eq!(answered_by(&answer), answered_by(&first));
+    }
+    std::thread::sleep(past_the_park);
+    baton.reload();
+    let old = answered_by(&first);
+    let gone = wait_until(Duration::from_secs(30), || is_dead(old));
+    assert!(
+        gone,
+        "the old worker exits once its parked connection moved"
+    );
+    let answer = exchange(&mut stream, request);
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "after the reload: {answer}"
+    );
+    assert_ne!(answered_by(&answer), old, "the new worker answers");
+}

@@ -51,6 +51,12 @@ use crate::deadline;
 /// How long a closed connection keeps reading what its client still sends.
 pub const LINGER_FOR: Duration = Duration::from_secs(2);
 
+/// How long an HTTP/1 connection stays idle in hyper before it parks (see
+/// [`Tracker::park_at`]): long enough that a client sending request after
+/// request never does, so that only clients that pause between requests
+/// pay for a new hyper connection when they come back.
+pub const PARK_AFTER: Duration = Duration::from_secs(1);
+
 /// How long an idle connection asked to close may take to do so before it
 /// is dropped (its client reads nothing, so hyper cannot finish writing).
 const CLOSE_ALLOWANCE: Duration = Duration::from_secs(2);
@@ -104,6 +110,14 @@ pub struct Tracker {
     movable: AtomicBool,
     /// Asked to move at its next idle moment rather than close.
     move_asked: AtomicBool,
+    /// Asked to leave hyper at its next idle moment and wait, parked, for
+    /// its client's next request (see [`Tracker::park_at`]).
+    park_asked: AtomicBool,
+    /// No park before this (ms since `opened`): a connection served again
+    /// (from a park, or from another worker) has its request waiting, and
+    /// its first read finds nothing until the runtime has seen its socket
+    /// readable; a park asked meanwhile would send it straight back.
+    parkable_from_ms: u64,
     /// The connection will not move after all, and closes the drain's
     /// usual way: bytes came while a request without a body was in flight
     /// (perhaps the start of a pipelined request hyper holds, which a move
@@ -135,6 +149,8 @@ impl Tracker {
             reader: AtomicWaker::new(),
             movable: AtomicBool::new(false),
             move_asked: AtomicBool::new(false),
+            park_asked: AtomicBool::new(false),
+            parkable_from_ms: 0,
             stays: AtomicBool::new(false),
             answered_since_move_asked: AtomicBool::new(false),
             body_open: AtomicBool::new(false),
@@ -150,6 +166,7 @@ impl Tracker {
             .unwrap_or_else(Instant::now);
         Tracker {
             opened,
+            parkable_from_ms: resume.idle.as_millis() as u64,
             idle_since_ms: AtomicU64::new(0),
             answered: AtomicU64::new(u64::from(!resume.fresh)),
             ..tracker
@@ -191,9 +208,59 @@ impl Tracker {
         self.moving()
     }
 
-    /// Asked to move, and nothing makes a move unsafe.
+    /// Asked to move or to park, and nothing makes leaving unsafe.
     pub fn moving(&self) -> bool {
-        self.move_asked.load(Ordering::Acquire) && !self.stays.load(Ordering::Acquire)
+        (self.move_asked.load(Ordering::Acquire) || self.park_asked.load(Ordering::Acquire))
+            && !self.stays.load(Ordering::Acquire)
+    }
+
+    /// Where a connection that leaves hyper goes: a move asked by a drain
+    /// wins over a park.
+    fn destination(&self) -> Destination {
+        if self.move_asked.load(Ordering::Acquire) {
+            Destination::AnotherWorker
+        } else {
+            Destination::Park
+        }
+    }
+
+    /// When this connection should leave hyper to wait parked, if it may:
+    /// an HTTP/1 connection that could move (so its socket can be taken
+    /// out), has answered a request, is idle, is asked nothing else, and
+    /// stays so for [`PARK_AFTER`]. A parked connection holds only its
+    /// socket; hyper's read and write buffers and state, most of what an
+    /// idle connection costs, are freed.
+    fn park_at(&self, drain: DrainPhase) -> Option<Instant> {
+        let parkable = drain == DrainPhase::Serving
+            && self.movable.load(Ordering::Relaxed)
+            && self.answered.load(Ordering::Relaxed) > 0
+            && self.is_idle_http1()
+            && !self.closing()
+            && !self.move_asked.load(Ordering::Acquire)
+            && !self.park_asked.load(Ordering::Acquire)
+            && !self.stays.load(Ordering::Acquire);
+        parkable.then(|| {
+            let idle_since = self.idle_since_ms.load(Ordering::Acquire);
+            deadline(self.at(idle_since.max(self.parkable_from_ms)), PARK_AFTER)
+        })
+    }
+
+    /// Whether this connection may ever park: HTTP/1, not upgraded, its
+    /// socket can be taken out, and not asked to leave already.
+    fn may_park(&self) -> bool {
+        self.movable.load(Ordering::Relaxed)
+            && !self.http2.load(Ordering::Relaxed)
+            && !self.upgraded.load(Ordering::Relaxed)
+            && !self.moving()
+    }
+
+    /// Asks an idle connection to leave hyper and wait parked (see
+    /// [`Tracker::park_at`]): its read ends at its idle moment as for a
+    /// move. A request that comes first is served, and the connection
+    /// parks after it.
+    fn ask_park(&self) {
+        self.park_asked.store(true, Ordering::Release);
+        self.reader.wake();
     }
 
     /// Whether the request now starting has a body to come.
@@ -330,7 +397,8 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let tracker = &self.0;
         tracker.answered.fetch_add(1, Ordering::Relaxed);
-        if tracker.move_asked.load(Ordering::Acquire) {
+        if tracker.move_asked.load(Ordering::Acquire) || tracker.park_asked.load(Ordering::Acquire)
+        {
             tracker
                 .answered_since_move_asked
                 .store(true, Ordering::Release);
@@ -386,8 +454,27 @@ pub struct Resume {
     pub fresh: bool,
 }
 
-/// Takes a moving connection's socket, with where its idle limit stands.
-pub type OnMove<S> = Box<dyn FnOnce(S, Resume) + Send + Sync>;
+/// Where a connection that left hyper at its idle moment goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    /// To a newer worker, through the master: its worker drains.
+    AnotherWorker,
+    /// To wait in this worker, parked, for its client's next request.
+    Park,
+}
+
+/// A connection that left hyper at its idle moment, its socket unclosed.
+pub struct Leaving {
+    pub destination: Destination,
+    /// Where its idle limit stands.
+    pub resume: Resume,
+    /// What counts it as open (see [`Tracked::counted_by`]): a parked
+    /// connection is still open and keeps it until it is served again.
+    pub open: Option<Box<dyn Send + Sync>>,
+}
+
+/// Takes the socket of a connection that leaves hyper.
+pub type OnMove<S> = Box<dyn FnOnce(S, Leaving) + Send + Sync>;
 
 impl<S: AsyncRead + Unpin + Send + 'static> Tracked<S> {
     /// Tracks `stream`, holding `alive` until it is closed.
@@ -541,13 +628,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for Tracked<
 
 impl<S: AsyncRead + Unpin + Send + 'static> Drop for Tracked<S> {
     fn drop(&mut self) {
-        drop(self.open.take());
         if self.moved {
             if let (Some(stream), Some(on_move)) = (self.stream.take(), self.on_move.take()) {
-                on_move(stream, self.tracker.resume());
+                on_move(
+                    stream,
+                    Leaving {
+                        destination: self.tracker.destination(),
+                        resume: self.tracker.resume(),
+                        open: self.open.take(),
+                    },
+                );
             }
             return;
         }
+        drop(self.open.take());
         if !self.shut_down || !self.lingers {
             return;
         }
@@ -618,12 +712,21 @@ where
         // again then, and acted on only if it still holds. What happens
         // from now on can only set a deadline at least the shortest limit
         // away, so waking that often misses none.
-        let shortest = limits.header.min(limits.keepalive);
+        let mut shortest = limits.header.min(limits.keepalive);
+        if tracker.may_park() {
+            // Nothing wakes this task when a response ends: it looks every
+            // PARK_AFTER whether the connection has idled that long, so it
+            // parks between one and two PARK_AFTER into its idleness.
+            shortest = shortest.min(PARK_AFTER);
+        }
         let recheck = deadline(Instant::now(), shortest);
-        let wake_at = match tracker.next_step(phase, &limits) {
+        let mut wake_at = match tracker.next_step(phase, &limits) {
             Step::Wait => recheck,
             Step::Close(at) | Step::Drop(at) => at.min(recheck),
         };
+        if let Some(at) = tracker.park_at(phase) {
+            wake_at = wake_at.min(at);
+        }
         tokio::select! {
             ended = &mut connection => {
                 return match ended {
@@ -636,7 +739,11 @@ where
                 match tracker.next_step(phase, &limits) {
                     Step::Drop(at) if at <= Instant::now() => return Ended::TimedOut,
                     Step::Close(at) if at <= Instant::now() => tracker.ask_close(),
-                    _ => {}
+                    _ => {
+                        if tracker.park_at(phase).is_some_and(|at| at <= Instant::now()) {
+                            tracker.ask_park();
+                        }
+                    }
                 }
             }
         }
@@ -672,6 +779,44 @@ mod tests {
             }
         })
         .await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_parks_after_park_after_and_reads_as_ended() {
+        let (_client, mut stream, tracker) = tracked();
+        tracker.set_movable();
+        assert_eq!(tracker.park_at(DrainPhase::Serving), None, "no request yet");
+        drop(tracker.request());
+        let at = tracker.park_at(DrainPhase::Serving).expect("parkable");
+        assert_eq!(at, Instant::now() + PARK_AFTER);
+        assert_eq!(
+            tracker.park_at(DrainPhase::Draining),
+            None,
+            "a drain moves it"
+        );
+        tokio::time::advance(PARK_AFTER).await;
+        tracker.ask_park();
+        assert_eq!(tracker.destination(), Destination::Park);
+        assert_eq!(
+            read_now(&mut stream).await,
+            Some(Vec::new()),
+            "leaves hyper"
+        );
+        tracker.ask_move();
+        assert_eq!(
+            tracker.destination(),
+            Destination::AnotherWorker,
+            "a move wins"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_served_again_does_not_park_before_its_request_is_read() {
+        let idle = Duration::from_secs(5);
+        let tracker = Tracker::resumed(Resume { idle, fresh: false });
+        tracker.set_movable();
+        let at = tracker.park_at(DrainPhase::Serving).expect("parkable");
+        assert_eq!(at, Instant::now() + PARK_AFTER, "not at once");
     }
 
     #[tokio::test(start_paused = true)]

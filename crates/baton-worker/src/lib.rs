@@ -50,6 +50,7 @@ mod error;
 #[doc(hidden)]
 pub mod handoff;
 mod http2;
+mod memory;
 #[doc(hidden)]
 pub mod server;
 mod sniff;

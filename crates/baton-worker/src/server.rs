@@ -38,7 +38,9 @@ use tracing::{debug, info, warn};
 use crate::accept::{Accepted, Acceptor, Stream};
 use crate::app::{Handler, ResponseBody};
 use crate::body::{Body, InFlightBody};
-use crate::connection::{self, DrainPhase, Ended, Limits, Resume, Tracked, Tracker};
+use crate::connection::{
+    self, Destination, DrainPhase, Ended, Leaving, Limits, Resume, Tracked, Tracker,
+};
 use crate::deadline;
 use crate::drain::Drain;
 use crate::http2;
@@ -84,6 +86,9 @@ pub struct Counters {
     pub received: AtomicU64,
     /// Connections meant to move that nobody took: served on here.
     pub fell_back: AtomicU64,
+    /// Times an idle connection left hyper to wait parked (see
+    /// [`connection::PARK_AFTER`]).
+    pub parked: AtomicU64,
 }
 
 /// A connection that left hyper at its idle moment to move to a newer
@@ -297,6 +302,9 @@ impl Server {
             moves: Some(moved),
         };
         server.accept(acceptors);
+        tokio::spawn(crate::memory::give_back_after_parks(Arc::downgrade(
+            &server.counters,
+        )));
         server
     }
 
@@ -483,16 +491,25 @@ fn serve<S>(
     }
     if let Some(into_fd) = into_fd {
         let mover = shared.clone();
-        stream = stream.movable(Box::new(move |stream, resume| match into_fd(stream) {
-            Ok(fd) => {
-                let moves = mover.moves.clone();
-                let _ = moves.send(Moved {
-                    fd,
-                    resume,
-                    shared: mover,
-                });
+        stream = stream.movable(Box::new(move |stream, leaving: Leaving| {
+            let fd = match into_fd(stream) {
+                Ok(fd) => fd,
+                Err(e) => return debug!(cause = %e, "a leaving connection could not be taken out"),
+            };
+            match leaving.destination {
+                Destination::AnotherWorker => {
+                    drop(leaving.open);
+                    let moves = mover.moves.clone();
+                    let _ = moves.send(Moved {
+                        fd,
+                        resume: leaving.resume,
+                        shared: mover,
+                    });
+                }
+                Destination::Park => {
+                    tokio::spawn(park(fd, leaving, mover));
+                }
             }
-            Err(e) => debug!(cause = %e, "a moving connection could not be taken out"),
         }));
     }
     let connection = speak(stream, tracker.clone(), shared.clone());
@@ -512,6 +529,82 @@ fn serve<S>(
             Ended::Failed(cause) => debug!(%cause, "connection ended with an error"),
         }
     });
+}
+
+/// Holds an idle HTTP/1 connection that left hyper (see
+/// [`connection::PARK_AFTER`]): only its socket, registered for reading,
+/// and what counts it open. When its client sends (or closes), its idle
+/// limit passes, or the worker drains, it is served again as a connection
+/// moved here, its idle time going on: a request is answered, an ended
+/// idle limit closes it the usual way, and a drain hands it over or closes
+/// it as any other.
+async fn park(fd: OwnedFd, leaving: Leaving, shared: Arc<Shared>) {
+    let parked = Instant::now();
+    shared.counters.parked.fetch_add(1, Ordering::Relaxed);
+    let Leaving { resume, open, .. } = leaving;
+    let limit = if resume.fresh {
+        shared.limits.header
+    } else {
+        shared.limits.keepalive
+    };
+    let waiting = match Waiting::new(fd) {
+        Ok(waiting) => waiting,
+        Err(e) => return debug!(cause = %e, "a parked connection could not wait"),
+    };
+    let mut drain = shared.drain_rx.clone();
+    tokio::select! {
+        _ = waiting.readable() => {}
+        _ = tokio::time::sleep(limit.saturating_sub(resume.idle)) => {}
+        _ = drain.wait_for(|phase| *phase != DrainPhase::Serving) => {}
+    }
+    let resume = Resume {
+        idle: resume.idle + parked.elapsed(),
+        ..resume
+    };
+    let served = waiting
+        .into_fd()
+        .and_then(|fd| shared.serve_fd(fd, Some(resume), true));
+    if let Err(e) = served {
+        debug!(cause = %e, "a parked connection could not be served again");
+    }
+    // Counted open until served again.
+    drop(open);
+}
+
+/// A parked connection's socket, registered to wake its task when its
+/// client sends.
+enum Waiting {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+impl Waiting {
+    fn new(fd: OwnedFd) -> std::io::Result<Self> {
+        if socket2::SockRef::from(&fd).domain()? == socket2::Domain::UNIX {
+            let stream = std::os::unix::net::UnixStream::from(fd);
+            stream.set_nonblocking(true)?;
+            Ok(Waiting::Unix(tokio::net::UnixStream::from_std(stream)?))
+        } else {
+            let stream = std::net::TcpStream::from(fd);
+            stream.set_nonblocking(true)?;
+            Ok(Waiting::Tcp(tokio::net::TcpStream::from_std(stream)?))
+        }
+    }
+
+    /// Resolves when the socket has bytes to read, or its client closed.
+    async fn readable(&self) -> std::io::Result<()> {
+        match self {
+            Waiting::Tcp(stream) => stream.readable().await,
+            Waiting::Unix(stream) => stream.readable().await,
+        }
+    }
+
+    fn into_fd(self) -> std::io::Result<OwnedFd> {
+        match self {
+            Waiting::Tcp(stream) => tcp_into_fd(stream),
+            Waiting::Unix(stream) => unix_into_fd(stream),
+        }
+    }
 }
 
 /// Tells HTTP/1 from HTTP/2 and serves the connection in that protocol.
