@@ -13,8 +13,7 @@ use crate::logging::LogFormat;
 
 use crate::values::{
     parse_backlog, parse_health_count, parse_health_path, parse_memory_limit, parse_mode,
-    parse_reload_batch, parse_signal, parse_workers, text, DurationRange, ListenSpec, ReadyMode,
-    StatusRange,
+    parse_signal, parse_workers, text, DurationRange, ListenSpec, ReadyMode, StatusRange,
 };
 
 #[derive(Debug, Parser)]
@@ -302,8 +301,8 @@ pub struct ServeArgs {
     /// slots start together, and as each is ready its old worker drains and
     /// the next slot starts. Capacity never drops below the worker count; it
     /// rises by up to N during the reload
-    #[serde_as(as = "text::ReloadBatch")]
-    #[arg(long, value_name = "N", default_value = "1", value_parser = parse_reload_batch)]
+    #[serde_as(as = "text::Workers")]
+    #[arg(long, value_name = "N", default_value = "1", value_parser = parse_workers)]
     pub reload_batch: u16,
 
     /// During a reload, probe each new worker with GET PATH (say /healthz)

@@ -310,13 +310,9 @@ where
     }
 }
 
-/// `--workers`: 1 to 1024.
+/// `--workers`, and `--reload-batch` (as many as there may be workers):
+/// 1 to 1024.
 pub fn parse_workers(s: &str) -> Result<u16, String> {
-    parse_count(s, 1, 1024)
-}
-
-/// `--reload-batch`: 1 to 1024, as many as there may be workers.
-pub fn parse_reload_batch(s: &str) -> Result<u16, String> {
     parse_count(s, 1, 1024)
 }
 
@@ -514,10 +510,6 @@ pub mod text {
     adapter!(
         /// `--workers`: [`parse_workers`].
         Workers: u16, parse_workers, u16::to_string
-    );
-    adapter!(
-        /// `--reload-batch`: [`parse_reload_batch`].
-        ReloadBatch: u16, parse_reload_batch, u16::to_string
     );
     adapter!(
         /// `--backlog`: [`parse_backlog`].
