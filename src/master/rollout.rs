@@ -26,8 +26,6 @@ pub struct Rollout {
     batch: usize,
     /// The new workers started, not yet ready, with their slots.
     pending: Vec<(usize, WorkerId)>,
-    /// Slots handed to the new generation.
-    replaced: usize,
 }
 
 impl Rollout {
@@ -39,7 +37,6 @@ impl Rollout {
             slots,
             batch: batch.max(1),
             pending: Vec::new(),
-            replaced: 0,
         }
     }
 
@@ -75,7 +72,6 @@ impl Rollout {
             .iter()
             .position(|&(_, pending)| pending == id)?;
         let (slot, _) = self.pending.remove(at);
-        self.replaced += 1;
         Some(slot)
     }
 
@@ -83,16 +79,16 @@ impl Rollout {
     /// already runs the new generation).
     pub fn skip(&mut self) {
         self.next_slot += 1;
-        self.replaced += 1;
     }
 
-    /// Slots already handed to the new generation.
+    /// Slots already handed to the new generation: every slot started or
+    /// skipped, but for those whose new worker is not ready yet.
     pub fn replaced(&self) -> usize {
-        self.replaced
+        self.next_slot - self.pending.len()
     }
 
     pub fn is_complete(&self) -> bool {
-        self.replaced == self.slots
+        self.replaced() == self.slots
     }
 }
 
