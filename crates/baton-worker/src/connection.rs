@@ -232,26 +232,26 @@ impl Tracker {
     /// idle connection costs, are freed.
     fn park_at(&self, drain: DrainPhase) -> Option<Instant> {
         let parkable = drain == DrainPhase::Serving
-            && self.movable.load(Ordering::Relaxed)
+            && self.may_park()
             && self.answered.load(Ordering::Relaxed) > 0
             && self.is_idle_http1()
-            && !self.closing()
-            && !self.move_asked.load(Ordering::Acquire)
-            && !self.park_asked.load(Ordering::Acquire)
-            && !self.stays.load(Ordering::Acquire);
+            && !self.closing();
         parkable.then(|| {
             let idle_since = self.idle_since_ms.load(Ordering::Acquire);
             deadline(self.at(idle_since.max(self.parkable_from_ms)), PARK_AFTER)
         })
     }
 
-    /// Whether this connection may ever park: HTTP/1, not upgraded, its
-    /// socket can be taken out, and not asked to leave already.
+    /// Whether this connection may park some day: HTTP/1, not upgraded,
+    /// its socket can be taken out, not asked to leave already, and nothing
+    /// makes leaving unsafe.
     fn may_park(&self) -> bool {
         self.movable.load(Ordering::Relaxed)
             && !self.http2.load(Ordering::Relaxed)
             && !self.upgraded.load(Ordering::Relaxed)
-            && !self.moving()
+            && !self.move_asked.load(Ordering::Acquire)
+            && !self.park_asked.load(Ordering::Acquire)
+            && !self.stays.load(Ordering::Acquire)
     }
 
     /// Asks an idle connection to leave hyper and wait parked (see

@@ -234,19 +234,14 @@ impl Shared {
         resumed: Option<Resume>,
         movable: bool,
     ) -> std::io::Result<()> {
-        let socket = socket2::SockRef::from(&fd);
-        let unix = socket.domain()? == socket2::Domain::UNIX;
         let open = self.balance.get().map(|share| share.opened());
-        if unix {
-            let stream = std::os::unix::net::UnixStream::from(fd);
-            stream.set_nonblocking(true)?;
-            let stream = tokio::net::UnixStream::from_std(stream)?;
-            serve(stream, open, self, resumed, movable.then_some(unix_into_fd));
-        } else {
-            let stream = std::net::TcpStream::from(fd);
-            stream.set_nonblocking(true)?;
-            let stream = tokio::net::TcpStream::from_std(stream)?;
-            serve(stream, open, self, resumed, movable.then_some(tcp_into_fd));
+        match Socket::new(fd)? {
+            Socket::Unix(stream) => {
+                serve(stream, open, self, resumed, movable.then_some(unix_into_fd))
+            }
+            Socket::Tcp(stream) => {
+                serve(stream, open, self, resumed, movable.then_some(tcp_into_fd))
+            }
         }
         Ok(())
     }
@@ -547,7 +542,7 @@ async fn park(fd: OwnedFd, leaving: Leaving, shared: Arc<Shared>) {
     } else {
         shared.limits.keepalive
     };
-    let waiting = match Waiting::new(fd) {
+    let waiting = match Socket::new(fd) {
         Ok(waiting) => waiting,
         Err(e) => return debug!(cause = %e, "a parked connection could not wait"),
     };
@@ -571,38 +566,38 @@ async fn park(fd: OwnedFd, leaving: Leaving, shared: Arc<Shared>) {
     drop(open);
 }
 
-/// A parked connection's socket, registered to wake its task when its
-/// client sends.
-enum Waiting {
+/// A connection's socket given as a descriptor, TCP or Unix, registered
+/// with the runtime.
+enum Socket {
     Tcp(tokio::net::TcpStream),
     Unix(tokio::net::UnixStream),
 }
 
-impl Waiting {
+impl Socket {
     fn new(fd: OwnedFd) -> std::io::Result<Self> {
         if socket2::SockRef::from(&fd).domain()? == socket2::Domain::UNIX {
             let stream = std::os::unix::net::UnixStream::from(fd);
             stream.set_nonblocking(true)?;
-            Ok(Waiting::Unix(tokio::net::UnixStream::from_std(stream)?))
+            Ok(Socket::Unix(tokio::net::UnixStream::from_std(stream)?))
         } else {
             let stream = std::net::TcpStream::from(fd);
             stream.set_nonblocking(true)?;
-            Ok(Waiting::Tcp(tokio::net::TcpStream::from_std(stream)?))
+            Ok(Socket::Tcp(tokio::net::TcpStream::from_std(stream)?))
         }
     }
 
     /// Resolves when the socket has bytes to read, or its client closed.
     async fn readable(&self) -> std::io::Result<()> {
         match self {
-            Waiting::Tcp(stream) => stream.readable().await,
-            Waiting::Unix(stream) => stream.readable().await,
+            Socket::Tcp(stream) => stream.readable().await,
+            Socket::Unix(stream) => stream.readable().await,
         }
     }
 
     fn into_fd(self) -> std::io::Result<OwnedFd> {
         match self {
-            Waiting::Tcp(stream) => tcp_into_fd(stream),
-            Waiting::Unix(stream) => unix_into_fd(stream),
+            Socket::Tcp(stream) => tcp_into_fd(stream),
+            Socket::Unix(stream) => unix_into_fd(stream),
         }
     }
 }
