@@ -619,7 +619,10 @@ where
                     answer(req, shared.clone(), tracker.clone())
                 }
             };
-            http2::serve(stream, tracker, ping, drain, answer)
+            // Boxed: HTTP/2's connection state is three times the size of
+            // the rest of a connection's task, which every HTTP/1
+            // connection would otherwise carry and copy as it is spawned.
+            Box::pin(http2::serve(stream, tracker, ping, drain, answer))
                 .await
                 .map_err(|e| e.to_string())
         }
@@ -644,6 +647,24 @@ where
     }
 }
 
+/// Whether an HTTP/1 request says its client closes the connection after
+/// the response: `Connection: close`, or HTTP/1.0 without `keep-alive`.
+fn client_closes<B>(req: &Request<B>) -> bool {
+    let has = |token: &str| {
+        req.headers()
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    if req.version() <= hyper::Version::HTTP_10 {
+        !has("keep-alive")
+    } else {
+        has("close")
+    }
+}
+
 /// Answers one request, HTTP/1 or HTTP/2, with the application. The
 /// request counts as in flight from the call, when hyper hands it over, not
 /// from the answer's first poll: in between, hyper looks at the socket
@@ -657,7 +678,9 @@ fn answer(
     let in_flight = tracker.request();
     shared.counters.requests.fetch_add(1, Ordering::Relaxed);
     let http1 = req.version() < hyper::Version::HTTP_2;
-    tracker.body_expected(!http_body::Body::is_end_stream(req.body()));
+    let no_body = http_body::Body::is_end_stream(req.body());
+    tracker.body_expected(!no_body);
+    tracker.client_closes(http1 && no_body && client_closes(&req));
     req.extensions_mut()
         .insert(Drain::new(shared.drain_rx.clone()));
     async move {
@@ -679,5 +702,32 @@ fn answer(
                 .insert(CONNECTION, HeaderValue::from_static("close"));
         }
         response.map(|body| InFlightBody::new(body, Some(in_flight)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(version: hyper::Version, connection: &[&str]) -> Request<()> {
+        let mut builder = Request::builder().version(version);
+        for value in connection {
+            builder = builder.header(CONNECTION, *value);
+        }
+        builder.body(()).unwrap()
+    }
+
+    #[test]
+    fn a_client_closes_when_it_says_so_or_speaks_http_1_0_without_keep_alive() {
+        const HTTP_10: hyper::Version = hyper::Version::HTTP_10;
+        const HTTP_11: hyper::Version = hyper::Version::HTTP_11;
+        assert!(client_closes(&request(HTTP_11, &["close"])));
+        assert!(client_closes(&request(HTTP_11, &["Upgrade, Close"])));
+        assert!(client_closes(&request(HTTP_11, &["foo", "close"])));
+        assert!(!client_closes(&request(HTTP_11, &[])));
+        assert!(!client_closes(&request(HTTP_11, &["keep-alive"])));
+        assert!(!client_closes(&request(HTTP_11, &["closed"])));
+        assert!(client_closes(&request(HTTP_10, &[])));
+        assert!(!client_closes(&request(HTTP_10, &["Keep-Alive"])));
     }
 }
