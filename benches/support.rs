@@ -186,6 +186,8 @@ pub enum Client {
 #[derive(Debug, Clone, Copy)]
 pub struct Throughput {
     pub requests_per_second: f64,
+    /// Responses received in all.
+    pub requests: u64,
     pub errors: u64,
 }
 
@@ -246,6 +248,11 @@ fn wrk(addr: SocketAddr, duration: Duration, extra: &[&str]) -> Throughput {
                 String::from_utf8_lossy(&output.stderr)
             )
         });
+    let requests = text
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or(0);
     let mut errors = 0;
     for line in text.lines() {
         if let Some(rest) = line.trim().strip_prefix("Socket errors:") {
@@ -260,6 +267,7 @@ fn wrk(addr: SocketAddr, duration: Duration, extra: &[&str]) -> Throughput {
     }
     Throughput {
         requests_per_second,
+        requests,
         errors,
     }
 }
@@ -272,6 +280,7 @@ fn builtin(addr: SocketAddr, duration: Duration, mode: ClientMode) -> Throughput
     )));
     Throughput {
         requests_per_second: report.ok as f64 / report.elapsed.as_secs_f64(),
+        requests: report.ok,
         errors: report.failures.len() as u64,
     }
 }
@@ -399,4 +408,34 @@ pub fn idle_clients(addr: std::net::SocketAddr, count: usize) -> tokio::runtime:
         }
     });
     runtime
+}
+
+/// CPU time (user, system) spent so far by process `pid` and its children
+/// (a master's workers), in clock ticks of 10 ms.
+pub fn cpu_ticks(pid: u32) -> (u64, u64) {
+    let mut pids = vec![pid];
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            pids.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<u32>().ok()),
+            );
+        }
+    }
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .map(|stat| {
+            // Fields after the command's closing parenthesis; utime and
+            // stime are the 14th and 15th of the whole line.
+            let rest = &stat[stat.rfind(')').unwrap_or(0) + 2..];
+            let fields: Vec<u64> = rest
+                .split_whitespace()
+                .map(|f| f.parse().unwrap_or(0))
+                .collect();
+            (fields[11], fields[12])
+        })
+        .fold((0, 0), |(u, s), (du, ds)| (u + du, s + ds))
 }
