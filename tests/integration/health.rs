@@ -106,7 +106,14 @@ fn without_health_the_same_release_rolls_out() {
     std::fs::write(&status_file, "500").unwrap();
     let (code, answer) = baton.reload_wait();
     assert_eq!(code, 0, "{answer}");
-    assert_eq!(status_now(&baton), "HTTP/1.1 500 Internal Server Error");
+    // The old program may still accept a moment after it was told to drain.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = status_now(&baton);
+    while last != "HTTP/1.1 500 Internal Server Error" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        last = status_now(&baton);
+    }
+    assert_eq!(last, "HTTP/1.1 500 Internal Server Error");
 }
 
 /// The built-in worker's options as a config file, `extra` added.

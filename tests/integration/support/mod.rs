@@ -178,7 +178,7 @@ impl Baton {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("start baton");
+        let mut child = spawn_retrying_busy(&mut cmd);
         let pid = child.id();
         let logs = Arc::new(Logs::default());
         let stderr = child.stderr.take().expect("piped stderr");
@@ -598,6 +598,24 @@ pub fn mixed_clients(new_connection: usize, keep_alive: usize, uploads: usize) -
 
 /// Copies the binary into a fresh directory, so a test can replace the file
 /// (a deploy) without touching the one other tests run.
+/// Spawns `cmd`, trying again while its program is busy: a program just
+/// copied (see [`private_copy`]) is open for writing in any child another
+/// test thread forked meanwhile, until that child's exec closes it.
+fn spawn_retrying_busy(cmd: &mut Command) -> std::process::Child {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match cmd.spawn() {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ExecutableFileBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            spawned => return spawned.expect("start baton"),
+        }
+    }
+}
+
 pub fn private_copy(name: &str) -> (TempDir, PathBuf) {
     let dir = temp_dir(name);
     let path = dir.path().join("baton");
