@@ -54,10 +54,10 @@ pub(crate) struct Worker {
     /// what is said when it then dies.
     #[serde(skip)]
     pub failure: Option<String>,
-    /// Connections handed to it since its last report, which its open
-    /// count does not show yet.
+    /// Connections the master handed to it in all. Those its last report
+    /// does not count as received yet are not in its open count either.
     #[serde(skip)]
-    pub adopted_since_stats: u64,
+    pub handed_to: u64,
     /// A built-in or native worker: it takes connections handed over.
     #[serde(default)]
     pub speaks_protocol: bool,

@@ -448,7 +448,6 @@ impl<E: Effects> Supervisor<E> {
             WorkerEvent::Stats { id, stats } => {
                 if let Some(worker) = self.workers.get_mut(&id) {
                     worker.stats = Some(stats);
-                    worker.adopted_since_stats = 0;
                 }
             }
             WorkerEvent::Probed { id, outcome } => self.on_probed(id, outcome),
@@ -605,7 +604,7 @@ impl<E: Effects> Supervisor<E> {
                 over_memory: 0,
                 passed_probe: false,
                 failure: None,
-                adopted_since_stats: 0,
+                handed_to: 0,
                 speaks_protocol: self.config.foreign.is_none(),
             },
         );
@@ -1408,7 +1407,11 @@ impl<E: Effects> Supervisor<E> {
                     && (w.speaks_protocol || w.stats.is_some())
             })
             .min_by_key(|(_, w)| {
-                let open = w.stats.map_or(0, |s| s.open_connections) + w.adopted_since_stats;
+                // A report may have left the worker before connections
+                // handed to it arrived: what it has not received yet is
+                // counted from what the master sent, not from the report.
+                let (open, received) = w.stats.map_or((0, 0), |s| (s.open_connections, s.received));
+                let open = open + w.handed_to.saturating_sub(received);
                 (std::cmp::Reverse(w.generation), open)
             })
             .map(|(&id, _)| id)
@@ -1427,7 +1430,7 @@ impl<E: Effects> Supervisor<E> {
         match target {
             Some(to) => {
                 if let Some(worker) = self.workers.get_mut(&to) {
-                    worker.adopted_since_stats += handed.fds.len() as u64;
+                    worker.handed_to += handed.fds.len() as u64;
                 }
                 self.effects.adopt(to, handed);
             }

@@ -1118,6 +1118,35 @@ async fn a_reloads_old_workers_hand_their_connections_to_the_new_generation() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_report_sent_before_handed_connections_arrived_does_not_hide_them() {
+    let mut supervisor = running(2, Duration::ZERO);
+    let old0 = current(&supervisor, 0).unwrap();
+    let _waiter = reload_waiting(&mut supervisor);
+    finish_rollouts(&mut supervisor);
+    supervisor.on_event(WorkerEvent::Handover(handed(old0, 1, 16)));
+    let to = supervisor.effects.adopted[0].0;
+    // Its once-a-second report, written before the sixteen arrived.
+    let report = |open_connections, received| WorkerEvent::Stats {
+        id: to,
+        stats: crate::protocol::WorkerStats {
+            open_connections,
+            received,
+            ..Default::default()
+        },
+    };
+    supervisor.on_event(report(0, 0));
+    supervisor.on_event(WorkerEvent::Handover(handed(old0, 2, 16)));
+    assert_ne!(
+        supervisor.effects.adopted[1].0, to,
+        "the first new worker still has the first sixteen"
+    );
+    // Once its reports count what it received, they are its open ones.
+    supervisor.on_event(report(16, 16));
+    supervisor.on_event(WorkerEvent::Handover(handed(old0, 3, 1)));
+    assert_eq!(supervisor.effects.adopted[2].0, to, "16 against 16 + 1");
+}
+
+#[tokio::test(start_paused = true)]
 async fn nothing_is_handed_over_on_a_stop_or_with_the_handoff_off() {
     let mut supervisor = running(1, Duration::ZERO);
     let old = current(&supervisor, 0).unwrap();
