@@ -411,31 +411,10 @@ pub fn idle_clients(addr: std::net::SocketAddr, count: usize) -> tokio::runtime:
 }
 
 /// CPU time (user, system) spent so far by process `pid` and its children
-/// (a master's workers), in clock ticks of 10 ms.
+/// (a master's workers), in clock ticks (100 a second on Linux).
 pub fn cpu_ticks(pid: u32) -> (u64, u64) {
-    let mut pids = vec![pid];
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for task in tasks.flatten() {
-            let children =
-                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-            pids.extend(
-                children
-                    .split_whitespace()
-                    .filter_map(|c| c.parse::<u32>().ok()),
-            );
-        }
-    }
-    pids.iter()
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .map(|stat| {
-            // Fields after the command's closing parenthesis; utime and
-            // stime are the 14th and 15th of the whole line.
-            let rest = &stat[stat.rfind(')').unwrap_or(0) + 2..];
-            let fields: Vec<u64> = rest
-                .split_whitespace()
-                .map(|f| f.parse().unwrap_or(0))
-                .collect();
-            (fields[11], fields[12])
-        })
+    std::iter::once(pid)
+        .chain(baton::procfs::child_pids(pid))
+        .filter_map(baton::procfs::cpu_ticks)
         .fold((0, 0), |(u, s), (du, ds)| (u + du, s + ds))
 }

@@ -22,8 +22,8 @@ struct Stat {
     state: char,
     ppid: u32,
     pgrp: u32,
-    /// User plus system time, in clock ticks.
-    cpu_ticks: u64,
+    /// User and system time, in clock ticks.
+    cpu_ticks: (u64, u64),
 }
 
 impl Stat {
@@ -47,8 +47,13 @@ fn read_stat(pid: u32) -> Option<Stat> {
         state: fields.first()?.chars().next()?,
         ppid: number(1)? as u32,
         pgrp: number(2)? as u32,
-        cpu_ticks: number(11)? + number(12)?,
+        cpu_ticks: (number(11)?, number(12)?),
     })
+}
+
+/// The user and system CPU time `pid` has spent, in clock ticks.
+pub fn cpu_ticks(pid: u32) -> Option<(u64, u64)> {
+    Some(read_stat(pid)?.cpu_ticks)
 }
 
 /// The live processes in process group `pgid`, with their stat.
@@ -178,7 +183,8 @@ pub fn group_usage(pgid: u32) -> Usage {
     let mut usage = Usage::default();
     for (pid, stat) in group(pgid) {
         usage.rss_bytes += rss_bytes(pid).unwrap_or(0);
-        usage.cpu_s += stat.cpu_ticks as f64 / ticks;
+        let (user, system) = stat.cpu_ticks;
+        usage.cpu_s += (user + system) as f64 / ticks;
     }
     usage
 }

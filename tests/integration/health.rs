@@ -107,13 +107,12 @@ fn without_health_the_same_release_rolls_out() {
     let (code, answer) = baton.reload_wait();
     assert_eq!(code, 0, "{answer}");
     // The old program may still accept a moment after it was told to drain.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut last = status_now(&baton);
-    while last != "HTTP/1.1 500 Internal Server Error" && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
+    let mut last = String::new();
+    let rolled_out = wait_until(Duration::from_secs(20), || {
         last = status_now(&baton);
-    }
-    assert_eq!(last, "HTTP/1.1 500 Internal Server Error");
+        last == "HTTP/1.1 500 Internal Server Error"
+    });
+    assert!(rolled_out, "the new release never answered: {last}");
 }
 
 /// The built-in worker's options as a config file, `extra` added.
