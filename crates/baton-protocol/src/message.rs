@@ -98,11 +98,68 @@ pub enum ToWorker {
     },
     /// The connections of the worker's [`ToMaster::Handover`] `batch` are
     /// served elsewhere now: close this worker's copies (without a
-    /// shutdown: the socket lives on in the other process).
-    Taken { batch: u64 },
+    /// shutdown: the socket lives on in the other process). Those at the
+    /// positions in `returned` (counted from 0 in the batch's order) could
+    /// not be taken: serve them on, as for [`ToWorker::Returned`].
+    Taken {
+        batch: u64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        returned: Vec<u32>,
+    },
     /// Nobody could take that batch: serve its connections on, with the
     /// drain's usual close.
     Returned { batch: u64 },
+}
+
+/// How the master answers a worker's [`ToMaster::Handover`]: a batch may
+/// be split between several newer workers, and one of them may fail to
+/// take its part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settlement {
+    /// Other workers serve every connection of the batch.
+    Taken,
+    /// Nobody took any: the worker serves them all on.
+    Returned,
+    /// Other workers serve all but these, the positions in the batch
+    /// (from 0, in its order), which the worker serves on.
+    Partly(Vec<u32>),
+}
+
+impl Settlement {
+    /// The settlement of a batch of `count` connections of which those
+    /// at the positions in `returned` came back.
+    pub fn of(count: usize, mut returned: Vec<u32>) -> Self {
+        if returned.is_empty() {
+            Settlement::Taken
+        } else if returned.len() >= count {
+            Settlement::Returned
+        } else {
+            returned.sort_unstable();
+            Settlement::Partly(returned)
+        }
+    }
+
+    /// Whether the connection at `position` of the batch came back.
+    pub fn returns(&self, position: usize) -> bool {
+        match self {
+            Settlement::Taken => false,
+            Settlement::Returned => true,
+            Settlement::Partly(returned) => u32::try_from(position)
+                .is_ok_and(|position| returned.binary_search(&position).is_ok()),
+        }
+    }
+
+    /// The message that tells the worker of `batch`.
+    pub fn message(self, batch: u64) -> ToWorker {
+        match self {
+            Settlement::Taken => ToWorker::Taken {
+                batch,
+                returned: Vec::new(),
+            },
+            Settlement::Returned => ToWorker::Returned { batch },
+            Settlement::Partly(returned) => ToWorker::Taken { batch, returned },
+        }
+    }
 }
 
 /// The time limits the master's `--header-timeout`, `--keepalive-timeout`,
@@ -468,6 +525,26 @@ mod tests {
                 handover: false,
             }
         );
+    }
+
+    #[test]
+    fn a_batch_settled_in_part_names_what_came_back_and_a_whole_answer_names_nothing() {
+        assert_eq!(Settlement::of(3, vec![]), Settlement::Taken);
+        assert_eq!(Settlement::of(2, vec![1, 0]), Settlement::Returned);
+        let partly = Settlement::of(4, vec![3, 1]);
+        assert_eq!(partly, Settlement::Partly(vec![1, 3]));
+        let returned: Vec<bool> = (0..4).map(|i| partly.returns(i)).collect();
+        assert_eq!(returned, [false, true, false, true]);
+        assert!(!Settlement::Taken.returns(0) && Settlement::Returned.returns(0));
+
+        let taken = encode(&Settlement::Taken.message(7));
+        assert_eq!(
+            String::from_utf8_lossy(&taken),
+            r#"{"v":1,"type":"taken","batch":7}"#,
+            "a whole batch taken reads as it always did"
+        );
+        let message = Settlement::Partly(vec![1, 3]).message(7);
+        assert_eq!(decode::<ToWorker>(&encode(&message)).unwrap(), message);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use tracing::warn;
 pub use crate::accept::Acceptor;
 use baton_protocol::balance::AcceptShare;
 use baton_protocol::fd;
+pub use baton_protocol::Settlement;
 use baton_protocol::{self as protocol, Channel, Hello, ToMaster, ToWorker, WorkerStats};
 
 use crate::connection::Resume;
@@ -57,8 +58,9 @@ pub enum Instruction {
         connections: Vec<(OwnedFd, Resume)>,
     },
     /// The connections this worker handed over in `batch` were taken by
-    /// another worker (`taken`), or came back.
-    Settle { batch: u64, taken: bool },
+    /// other workers, all or some of them; those that came back are
+    /// served on here.
+    Settle { batch: u64, settlement: Settlement },
     /// Serve this connection as if it had just been accepted: a health
     /// probe of a worker that holds its accepts.
     Probe(OwnedFd),
@@ -249,10 +251,14 @@ impl Handoff {
                     })
                     .collect(),
             }),
-            ToWorker::Taken { batch } => Ok(Instruction::Settle { batch, taken: true }),
+            ToWorker::Taken { batch, returned } => Ok(Instruction::Settle {
+                batch,
+                // However many came back, the rest were taken.
+                settlement: Settlement::of(usize::MAX, returned),
+            }),
             ToWorker::Returned { batch } => Ok(Instruction::Settle {
                 batch,
-                taken: false,
+                settlement: Settlement::Returned,
             }),
             ToWorker::Probe => Ok(Instruction::Probe(fds.remove(0))),
             ToWorker::Accept => Ok(Instruction::Accept),
@@ -332,6 +338,15 @@ mod tests {
     ) -> Result<(Handoff, Vec<NamedListener>), WorkerError> {
         let (master_end, worker_end) = fd::seqpacket_pair().unwrap();
         let master_end = std::os::unix::net::UnixDatagram::from(master_end);
+        receive_from(&master_end, worker_end, balance, fds)
+    }
+
+    fn receive_from(
+        master_end: &std::os::unix::net::UnixDatagram,
+        worker_end: OwnedFd,
+        balance: bool,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(Handoff, Vec<NamedListener>), WorkerError> {
         let hello = ToWorker::Hello {
             worker_id: 1,
             slot: 0,
@@ -344,8 +359,32 @@ mod tests {
             hold: false,
             ready_fd: None,
         };
-        protocol::send_now(&master_end, &hello, fds).unwrap();
+        protocol::send_now(master_end, &hello, fds).unwrap();
         Handoff::receive_on(worker_end)
+    }
+
+    #[tokio::test]
+    async fn a_batch_taken_in_part_says_which_connections_come_back() {
+        let (master_end, worker_end) = fd::seqpacket_pair().unwrap();
+        let master_end = std::os::unix::net::UnixDatagram::from(master_end);
+        let listener = listener();
+        let (handoff, _listeners) =
+            receive_from(&master_end, worker_end, false, &[listener.as_fd()]).unwrap();
+        for (batch, settlement) in [
+            (3, Settlement::Partly(vec![0, 2])),
+            (4, Settlement::Taken),
+            (5, Settlement::Returned),
+        ] {
+            let message = settlement.clone().message(batch);
+            protocol::send_now(&master_end, &message, &[]).unwrap();
+            match handoff.next_instruction().await.unwrap() {
+                Instruction::Settle {
+                    batch: got,
+                    settlement: how,
+                } => assert_eq!((got, how), (batch, settlement)),
+                other => panic!("not a settlement: {other:?}"),
+            }
+        }
     }
 
     #[tokio::test]

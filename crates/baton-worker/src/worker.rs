@@ -19,7 +19,7 @@ use crate::builder::{Builder, Fault};
 use crate::connection::Resume;
 use crate::deadline;
 use crate::error::{Error, HandoffError};
-use crate::handoff::{Handoff, Instruction, NamedListener, Welcome};
+use crate::handoff::{Handoff, Instruction, NamedListener, Settlement, Welcome};
 use crate::server::{Counters, Moved, Server, ServerHandle};
 use baton_protocol::fd::MAX_FDS_PER_MESSAGE;
 use std::collections::HashMap;
@@ -215,16 +215,17 @@ impl Handing {
             .insert(batch, moved);
     }
 
-    /// The master took `batch` (or it came back): see [`Moved::settle`].
-    fn settle(&self, batch: u64, taken: bool) {
+    /// The master settled `batch`: each connection was taken, or came
+    /// back (see [`Moved::settle`]).
+    fn settle(&self, batch: u64, settlement: &Settlement) {
         let moved = self
             .batches
             .lock()
             .expect("not poisoned")
             .remove(&batch)
             .unwrap_or_default();
-        for connection in moved {
-            connection.settle(taken);
+        for (position, connection) in moved.into_iter().enumerate() {
+            connection.settle(!settlement.returns(position));
         }
     }
 }
@@ -276,7 +277,7 @@ async fn listen(
                     return;
                 }
             }
-            Instruction::Settle { batch, taken } => handing.settle(batch, taken),
+            Instruction::Settle { batch, settlement } => handing.settle(batch, &settlement),
             Instruction::MasterGone => return,
         }
     }
@@ -313,7 +314,7 @@ async fn hand_over(
         };
         if let Err(e) = sent {
             debug!(cause = %e, "cannot hand connections over; serving them on");
-            handing.settle(batch, false);
+            handing.settle(batch, &Settlement::Returned);
         }
     }
 }
