@@ -27,6 +27,7 @@ use crate::keeper::Keeper;
 use crate::listeners::ListenerSet;
 use crate::listeners::SocketFileId;
 use crate::procfs;
+use crate::protocol::Settlement;
 use crate::systemd::Notifier;
 
 /// Reads a configuration again from its file and command line; given by
@@ -69,8 +70,8 @@ pub(super) trait Effects {
     fn drain(&mut self, id: WorkerId, timeout: Duration, grace: Option<Duration>, handover: bool);
     /// Gives worker `to` the connections another worker handed over.
     fn adopt(&mut self, to: WorkerId, handed: worker::Handed);
-    /// Tells worker `from` whether its handed-over `batch` was taken.
-    fn settle(&mut self, from: WorkerId, batch: u64, taken: bool);
+    /// Tells worker `from` which of its handed-over `batch` were taken.
+    fn settle(&mut self, from: WorkerId, batch: u64, settlement: Settlement);
     /// Tells a draining built-in worker to end its grace now.
     fn hurry(&mut self, id: WorkerId);
     /// Tells every worker's watcher to go quiet up to `step` before an
@@ -237,13 +238,15 @@ impl Effects for Processes {
             None => Some(handed),
         };
         if let Some(handed) = refused {
-            self.settle(handed.from, handed.batch, false);
+            // Back through the supervisor, which may have given the rest of
+            // the batch to other workers.
+            let _ = self.events.send(handed.settled(false));
         }
     }
 
-    fn settle(&mut self, from: WorkerId, batch: u64, taken: bool) {
+    fn settle(&mut self, from: WorkerId, batch: u64, settlement: Settlement) {
         if let Some(handle) = self.handles.get(&from) {
-            handle.settle(batch, taken);
+            handle.settle(batch, settlement);
         }
     }
 

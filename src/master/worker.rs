@@ -24,7 +24,7 @@ use crate::keeper::Keeper;
 use crate::listeners::ListenerSet;
 use crate::process::Process;
 use crate::procfs;
-use crate::protocol::{self, Channel, ToMaster, ToWorker, WorkerStats};
+use crate::protocol::{self, Channel, Settlement, ToMaster, ToWorker, WorkerStats};
 
 /// Identifies a worker process for the master's whole life (pids get reused).
 pub type WorkerId = u64;
@@ -64,12 +64,14 @@ pub enum WorkerEvent {
     },
     /// A draining worker handed idle connections over, for a newer worker.
     Handover(Handed),
-    /// A batch of handed-over connections was taken by the worker it was
-    /// given to (`taken`), or could not be: its worker `from` is told.
+    /// The connections at `positions` of worker `from`'s handed-over
+    /// batch were taken by the worker they were given to (`taken`), or
+    /// could not be. Once every part of the batch is settled, `from` is
+    /// told.
     Settled {
         from: WorkerId,
         batch: u64,
-        count: usize,
+        positions: Vec<u32>,
         taken: bool,
     },
     /// Connections a worker handed over while the master was leaving went
@@ -100,21 +102,76 @@ pub enum Quiet {
 }
 
 /// Idle connections a draining worker handed over: worker `from`'s batch,
-/// one descriptor per connection. The master only moves them.
+/// or part of it, one descriptor per connection. The master only moves
+/// them.
 #[derive(Debug)]
 pub struct Handed {
     pub from: WorkerId,
     pub batch: u64,
     pub connections: Vec<protocol::MovedConnection>,
     pub fds: Vec<OwnedFd>,
+    /// Where each connection stands in the batch its worker sent, which
+    /// is how its worker is told which came back.
+    pub positions: Vec<u32>,
 }
 
 impl Handed {
-    fn settled(&self, taken: bool) -> WorkerEvent {
+    /// A whole batch as worker `from` sent it.
+    pub fn whole(
+        from: WorkerId,
+        batch: u64,
+        connections: Vec<protocol::MovedConnection>,
+        fds: Vec<OwnedFd>,
+    ) -> Self {
+        let positions = (0..fds.len() as u32).collect();
+        Handed {
+            from,
+            batch,
+            connections,
+            fds,
+            positions,
+        }
+    }
+
+    /// Splits the batch into one part for each worker of `placement`
+    /// (one worker for each connection, in order): each worker's
+    /// connections, in their order.
+    pub fn split(self, placement: &[WorkerId]) -> Vec<(WorkerId, Handed)> {
+        let mut parts: Vec<(WorkerId, Handed)> = Vec::new();
+        let connections = self
+            .connections
+            .into_iter()
+            .zip(self.fds)
+            .zip(self.positions);
+        for (&to, ((connection, fd), position)) in placement.iter().zip(connections) {
+            let part = match parts.iter().position(|(id, _)| *id == to) {
+                Some(found) => &mut parts[found].1,
+                None => {
+                    parts.push((
+                        to,
+                        Handed {
+                            from: self.from,
+                            batch: self.batch,
+                            connections: Vec::new(),
+                            fds: Vec::new(),
+                            positions: Vec::new(),
+                        },
+                    ));
+                    &mut parts.last_mut().expect("just pushed").1
+                }
+            };
+            part.connections.push(connection);
+            part.fds.push(fd);
+            part.positions.push(position);
+        }
+        parts
+    }
+
+    pub fn settled(&self, taken: bool) -> WorkerEvent {
         WorkerEvent::Settled {
             from: self.from,
             batch: self.batch,
-            count: self.fds.len(),
+            positions: self.positions.clone(),
             taken,
         }
     }
@@ -130,10 +187,10 @@ enum Order {
     },
     /// Serve these connections handed over by another worker.
     Adopt(Handed),
-    /// Tell the worker whether the batch it handed over was taken.
+    /// Tell the worker which of the batch it handed over were taken.
     Settle {
         batch: u64,
-        taken: bool,
+        settlement: Settlement,
     },
     /// End the grace of the drain in progress at once.
     Hurry,
@@ -194,9 +251,9 @@ impl WorkerHandle {
             })
     }
 
-    /// Tells the worker whether the batch it handed over was taken.
-    pub fn settle(&self, batch: u64, taken: bool) {
-        let _ = self.orders.send(Order::Settle { batch, taken });
+    /// Tells the worker which of the batch it handed over were taken.
+    pub fn settle(&self, batch: u64, settlement: Settlement) {
+        let _ = self.orders.send(Order::Settle { batch, settlement });
     }
 
     /// Tells a draining built-in worker to end its grace at once: its idle
@@ -998,12 +1055,7 @@ impl Watcher {
                 let _ = self.events.send(WorkerEvent::Stats { id: self.id, stats });
             }
             Ok(Some((ToMaster::Handover { batch, connections }, fds))) => {
-                let handed = Handed {
-                    from: self.id,
-                    batch,
-                    connections,
-                    fds,
-                };
+                let handed = Handed::whole(self.id, batch, connections, fds);
                 if self.quiet.is_none() {
                     let _ = self.events.send(WorkerEvent::Handover(handed));
                     return;
@@ -1079,12 +1131,8 @@ impl Watcher {
             Some(Order::Adopt(handed)) => self.adopt(handed).await,
             Some(Order::Quiet(step)) => self.quiet = Some(QuietStage { step, told: false }),
             Some(Order::Speak) => self.quiet = None,
-            Some(Order::Settle { batch, taken }) => {
-                let answer = if taken {
-                    ToWorker::Taken { batch }
-                } else {
-                    ToWorker::Returned { batch }
-                };
+            Some(Order::Settle { batch, settlement }) => {
+                let answer = settlement.message(batch);
                 if self.channel_open {
                     if let Err(e) = self.channel.send(&answer, &[]).await {
                         debug!(cause = %e, "cannot settle a handed-over batch");

@@ -30,6 +30,7 @@ use crate::control::reply::{Problem, ReloadOutcome, Reply};
 use crate::control::status::Counters;
 use crate::error::MasterError;
 use crate::event::{Exit, Lifecycle, WorkerRef};
+use crate::protocol::Settlement;
 use crate::signals::Intent;
 
 /// A worker that lived at least this long before crashing is restarted at
@@ -259,6 +260,8 @@ pub(super) struct Supervisor<E: Effects> {
     pub upgrade: Option<super::upgrade::Upgrade>,
     /// What the workers did to the listeners, and which are down.
     pub listening: Listening,
+    /// Handed-over batches given to several workers, not all settled.
+    pub settling: placing::Settling,
 }
 
 impl<E: Effects> Supervisor<E> {
@@ -281,6 +284,7 @@ impl<E: Effects> Supervisor<E> {
             shutdown_at: None,
             upgrade: None,
             listening: Listening::default(),
+            settling: placing::Settling::default(),
         }
     }
 
@@ -455,15 +459,18 @@ impl<E: Effects> Supervisor<E> {
             WorkerEvent::Settled {
                 from,
                 batch,
-                count,
+                positions,
                 taken,
             } => {
+                let count = positions.len() as u64;
                 if taken {
-                    self.counters.connections_handed_over += count as u64;
+                    self.counters.connections_handed_over += count;
                 } else {
-                    self.counters.connections_fell_back += count as u64;
+                    self.counters.connections_fell_back += count;
                 }
-                self.effects.settle(from, batch, taken);
+                if let Some(settlement) = self.settling.part(from, batch, positions, taken) {
+                    self.effects.settle(from, batch, settlement);
+                }
             }
             WorkerEvent::FellBack { count } => {
                 self.counters.connections_fell_back += count as u64;
@@ -1364,7 +1371,7 @@ impl<E: Effects> Supervisor<E> {
     }
 
     fn drain(&mut self, id: WorkerId) {
-        let handover = self.may_hand_over() && self.adopter(id).is_some();
+        let handover = self.may_hand_over() && !self.takers(id).is_empty();
         let Some(worker) = self.workers.get_mut(&id) else {
             return;
         };
@@ -1390,54 +1397,65 @@ impl<E: Effects> Supervisor<E> {
             && self.upgrade.as_ref().is_none_or(|u| u.departing.is_none())
     }
 
-    /// The worker that takes connections handed over by `from`: a ready
-    /// worker that speaks the protocol, of the newest generation that has
-    /// one (a reload's first new worker may not be ready yet when an older
-    /// generation's connections leave), and never of `from`'s generation or
-    /// an older one; among those, the one with the fewest open connections,
-    /// as the balance table would choose. A connection given to a
-    /// generation that is itself about to drain moves again then.
-    fn adopter(&self, from: WorkerId) -> Option<WorkerId> {
-        let from_generation = self.workers.get(&from)?.generation;
+    /// The workers that may take connections handed over by `from`: ready,
+    /// speaking the protocol, other than `from` and of no older generation
+    /// (see [`placing`]), each with its open connections.
+    fn takers(&self, from: WorkerId) -> Vec<placing::Taker> {
+        let Some(from_generation) = self.workers.get(&from).map(|w| w.generation) else {
+            return Vec::new();
+        };
         self.workers
             .iter()
-            .filter(|(_, w)| {
-                w.state == WorkerState::Ready
-                    && w.generation > from_generation
+            .filter(|&(&id, w)| {
+                id != from
+                    && w.state == WorkerState::Ready
+                    && w.generation >= from_generation
                     && (w.speaks_protocol || w.stats.is_some())
             })
-            .min_by_key(|(_, w)| {
+            .map(|(&id, w)| {
                 // A report may have left the worker before connections
                 // handed to it arrived: what it has not received yet is
                 // counted from what the master sent, not from the report.
                 let (open, received) = w.stats.map_or((0, 0), |s| (s.open_connections, s.received));
-                let open = open + w.handed_to.saturating_sub(received);
-                (std::cmp::Reverse(w.generation), open)
+                placing::Taker {
+                    id,
+                    generation: w.generation,
+                    open: open + w.handed_to.saturating_sub(received),
+                }
             })
-            .map(|(&id, _)| id)
+            .collect()
     }
 
-    /// A draining worker handed idle connections over: they go to the
-    /// newest generation, or back to it if no worker there can take them.
+    /// A draining worker handed idle connections over: each goes to the
+    /// least loaded worker that may take it, or they all go back to their
+    /// worker if none may.
     fn on_handover(&mut self, handed: super::worker::Handed) {
         let draining = self
             .workers
             .get(&handed.from)
             .is_some_and(|w| w.state.is_draining());
-        let target = (draining && self.may_hand_over())
-            .then(|| self.adopter(handed.from))
-            .flatten();
-        match target {
-            Some(to) => {
-                if let Some(worker) = self.workers.get_mut(&to) {
-                    worker.handed_to += handed.fds.len() as u64;
-                }
-                self.effects.adopt(to, handed);
+        let takers = if draining && self.may_hand_over() {
+            self.takers(handed.from)
+        } else {
+            Vec::new()
+        };
+        let placement = placing::place(&takers, handed.fds.len());
+        if placement.is_empty() {
+            self.counters.connections_fell_back += handed.fds.len() as u64;
+            self.effects
+                .settle(handed.from, handed.batch, Settlement::Returned);
+            return;
+        }
+        let (from, batch, count) = (handed.from, handed.batch, handed.fds.len());
+        let parts = handed.split(&placement);
+        if parts.len() > 1 {
+            self.settling.expect(from, batch, count, parts.len());
+        }
+        for (to, part) in parts {
+            if let Some(worker) = self.workers.get_mut(&to) {
+                worker.handed_to += part.fds.len() as u64;
             }
-            None => {
-                self.counters.connections_fell_back += handed.fds.len() as u64;
-                self.effects.settle(handed.from, handed.batch, false);
-            }
+            self.effects.adopt(to, part);
         }
     }
 
@@ -1541,6 +1559,7 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
+mod placing;
 mod snapshot;
 #[cfg(test)]
 mod tests;

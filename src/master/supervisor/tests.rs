@@ -24,8 +24,10 @@ struct Fake {
     handover: Vec<bool>,
     /// (to, from, batch) of each batch of connections passed on.
     adopted: Vec<(WorkerId, WorkerId, u64)>,
-    /// (from, batch, taken) of each batch settled.
-    settled: Vec<(WorkerId, u64, bool)>,
+    /// How many connections each of `adopted` carried.
+    adopted_counts: Vec<usize>,
+    /// (from, batch, settlement) of each batch settled.
+    settled: Vec<(WorkerId, u64, Settlement)>,
     hurried: Vec<WorkerId>,
     killed: Vec<WorkerId>,
     systemd: Vec<Systemd>,
@@ -79,9 +81,10 @@ impl Effects for Fake {
     }
     fn adopt(&mut self, to: WorkerId, handed: crate::master::worker::Handed) {
         self.adopted.push((to, handed.from, handed.batch));
+        self.adopted_counts.push(handed.fds.len());
     }
-    fn settle(&mut self, from: WorkerId, batch: u64, taken: bool) {
-        self.settled.push((from, batch, taken));
+    fn settle(&mut self, from: WorkerId, batch: u64, settlement: Settlement) {
+        self.settled.push((from, batch, settlement));
     }
     fn hurry(&mut self, id: WorkerId) {
         self.hurried.push(id);
@@ -1073,10 +1076,10 @@ fn handed(from: WorkerId, batch: u64, count: usize) -> crate::master::worker::Ha
                 .into()
         })
         .collect();
-    crate::master::worker::Handed {
+    crate::master::worker::Handed::whole(
         from,
         batch,
-        connections: vec![
+        vec![
             crate::protocol::MovedConnection {
                 idle_ms: 5,
                 fresh: false,
@@ -1084,11 +1087,33 @@ fn handed(from: WorkerId, batch: u64, count: usize) -> crate::master::worker::Ha
             count
         ],
         fds,
-    }
+    )
+}
+
+/// The worker given the connections at `positions` of `from`'s `batch`
+/// took them, or did not.
+fn part_settled(
+    supervisor: &mut Supervisor<Fake>,
+    from: WorkerId,
+    batch: u64,
+    positions: &[u32],
+    taken: bool,
+) {
+    supervisor.on_event(WorkerEvent::Settled {
+        from,
+        batch,
+        positions: positions.to_vec(),
+        taken,
+    });
+}
+
+/// The workers given each part of the batches handed over so far.
+fn adopters(supervisor: &Supervisor<Fake>) -> Vec<WorkerId> {
+    supervisor.effects.adopted.iter().map(|a| a.0).collect()
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_reloads_old_workers_hand_their_connections_to_the_new_generation() {
+async fn a_reloads_old_workers_spread_their_connections_over_the_new_generation() {
     let mut supervisor = running(2, Duration::ZERO);
     let old0 = current(&supervisor, 0).unwrap();
     let _waiter = reload_waiting(&mut supervisor);
@@ -1100,21 +1125,64 @@ async fn a_reloads_old_workers_hand_their_connections_to_the_new_generation() {
         "each old worker hands over"
     );
     supervisor.on_event(WorkerEvent::Handover(handed(old0, 1, 3)));
-    let (to, from, batch) = supervisor.effects.adopted[0];
-    assert!(new.contains(&to), "to the new generation");
-    assert_eq!((from, batch), (old0, 1));
-    // The next batch goes to the other new worker: the first has three
-    // more connections than its last report says.
+    assert_eq!(
+        supervisor.effects.adopted,
+        [(new[0], old0, 1), (new[1], old0, 1)],
+        "one part for each new worker"
+    );
+    // The next connection goes to the new worker that got one fewer.
     supervisor.on_event(WorkerEvent::Handover(handed(old0, 2, 1)));
-    assert_ne!(supervisor.effects.adopted[1].0, to);
-    supervisor.on_event(WorkerEvent::Settled {
-        from: old0,
-        batch: 1,
-        count: 3,
-        taken: true,
-    });
-    assert_eq!(supervisor.effects.settled, [(old0, 1, true)]);
-    assert_eq!(supervisor.counters.connections_handed_over, 3);
+    assert_eq!(adopters(&supervisor)[2], new[1]);
+
+    // The batch is settled once both its parts are, naming the connection
+    // that came back.
+    part_settled(&mut supervisor, old0, 1, &[0, 2], true);
+    assert!(supervisor.effects.settled.is_empty(), "one part is out");
+    part_settled(&mut supervisor, old0, 1, &[1], false);
+    assert_eq!(
+        supervisor.effects.settled,
+        [(old0, 1, Settlement::Partly(vec![1]))]
+    );
+    assert_eq!(supervisor.counters.connections_handed_over, 2);
+    assert_eq!(supervisor.counters.connections_fell_back, 1);
+}
+
+/// Where a rollout has replaced one slot of two, the old worker's keep-alive
+/// clients do not all go to the one new worker: the old worker of the other
+/// slot takes its share, to hand it on when its own turn comes. However
+/// many of the host's clients the first old worker had, the two new
+/// workers end with as many each.
+#[tokio::test(start_paused = true)]
+async fn in_a_rollout_connections_spread_over_every_serving_worker_not_only_the_first_new_one() {
+    let mut supervisor = running(2, Duration::ZERO);
+    let (old0, old1) = (
+        current(&supervisor, 0).unwrap(),
+        current(&supervisor, 1).unwrap(),
+    );
+    let _waiter = reload_waiting(&mut supervisor);
+    let new0 = newest(&supervisor);
+    ready(&mut supervisor, new0);
+    assert_eq!(supervisor.effects.drained, [old0]);
+    // Every keep-alive client of the host was on the first old worker.
+    supervisor.on_event(WorkerEvent::Handover(handed(old0, 1, 32)));
+    let to = |supervisor: &Supervisor<Fake>, id| {
+        let parts = supervisor
+            .effects
+            .adopted
+            .iter()
+            .zip(&supervisor.effects.adopted_counts);
+        parts
+            .filter(|(a, _)| a.0 == id)
+            .map(|(_, n)| n)
+            .sum::<usize>()
+    };
+    assert_eq!((to(&supervisor, new0), to(&supervisor, old1)), (16, 16));
+
+    let new1 = newest(&supervisor);
+    ready(&mut supervisor, new1);
+    assert_eq!(supervisor.effects.drained, [old0, old1]);
+    supervisor.on_event(WorkerEvent::Handover(handed(old1, 1, 16)));
+    assert_eq!((to(&supervisor, new0), to(&supervisor, new1)), (16, 16));
 }
 
 #[tokio::test(start_paused = true)]
@@ -1123,27 +1191,31 @@ async fn a_report_sent_before_handed_connections_arrived_does_not_hide_them() {
     let old0 = current(&supervisor, 0).unwrap();
     let _waiter = reload_waiting(&mut supervisor);
     finish_rollouts(&mut supervisor);
+    let new: Vec<WorkerId> = (0..2).map(|s| current(&supervisor, s).unwrap()).collect();
     supervisor.on_event(WorkerEvent::Handover(handed(old0, 1, 16)));
-    let to = supervisor.effects.adopted[0].0;
-    // Its once-a-second report, written before the sixteen arrived.
-    let report = |open_connections, received| WorkerEvent::Stats {
-        id: to,
+    let report = |id, open_connections, received| WorkerEvent::Stats {
+        id,
         stats: crate::protocol::WorkerStats {
             open_connections,
             received,
             ..Default::default()
         },
     };
-    supervisor.on_event(report(0, 0));
-    supervisor.on_event(WorkerEvent::Handover(handed(old0, 2, 16)));
-    assert_ne!(
-        supervisor.effects.adopted[1].0, to,
-        "the first new worker still has the first sixteen"
+    // The first new worker's once-a-second report was written before its
+    // eight arrived; the second's after.
+    supervisor.on_event(report(new[0], 0, 0));
+    supervisor.on_event(report(new[1], 8, 8));
+    supervisor.on_event(WorkerEvent::Handover(handed(old0, 2, 2)));
+    assert_eq!(
+        adopters(&supervisor)[2..],
+        new,
+        "the first new worker still has its eight"
     );
     // Once its reports count what it received, they are its open ones.
-    supervisor.on_event(report(16, 16));
+    supervisor.on_event(report(new[0], 9, 9));
+    supervisor.on_event(report(new[1], 10, 9));
     supervisor.on_event(WorkerEvent::Handover(handed(old0, 3, 1)));
-    assert_eq!(supervisor.effects.adopted[2].0, to, "16 against 16 + 1");
+    assert_eq!(adopters(&supervisor)[4], new[0], "9 against 10");
 }
 
 #[tokio::test(start_paused = true)]
@@ -1157,7 +1229,7 @@ async fn nothing_is_handed_over_on_a_stop_or_with_the_handoff_off() {
     // A batch that comes anyway goes back to its worker.
     supervisor.on_event(WorkerEvent::Handover(handed(old, 1, 2)));
     assert!(supervisor.effects.adopted.is_empty());
-    assert_eq!(supervisor.effects.settled, [(old, 1, false)]);
+    assert_eq!(supervisor.effects.settled, [(old, 1, Settlement::Returned)]);
     assert_eq!(supervisor.counters.connections_fell_back, 2);
 
     supervisor.config.handoff_connections = true;
@@ -1211,7 +1283,7 @@ async fn an_upgrade_execs_once_no_connection_is_in_transit() {
     supervisor.effects.watchers = supervisor.workers.keys().copied().collect();
     let mut waiter = upgrade_waiting(&mut supervisor);
     // While the program is checked, connections still move.
-    supervisor.on_event(WorkerEvent::Handover(handed(old, 1, 2)));
+    supervisor.on_event(WorkerEvent::Handover(handed(old, 1, 1)));
     assert_eq!(supervisor.effects.adopted.len(), 1);
 
     supervisor.on_upgrade_checked(Ok("9.9.9".to_owned()));
@@ -1219,7 +1291,7 @@ async fn an_upgrade_execs_once_no_connection_is_in_transit() {
     // Going quiet: a batch handed over now goes back.
     supervisor.on_event(WorkerEvent::Handover(handed(old, 2, 1)));
     assert_eq!(supervisor.effects.adopted.len(), 1);
-    assert_eq!(supervisor.effects.settled, [(old, 2, false)]);
+    assert_eq!(supervisor.effects.settled, [(old, 2, Settlement::Returned)]);
     let quiet = |supervisor: &mut Supervisor<Fake>, id, step| {
         supervisor.on_event(WorkerEvent::Quiet { id, step });
     };
@@ -1238,15 +1310,10 @@ async fn an_upgrade_execs_once_no_connection_is_in_transit() {
         "one watcher is not settled"
     );
     // The batch passed on before is taken: its worker hears it.
-    supervisor.on_event(WorkerEvent::Settled {
-        from: old,
-        batch: 1,
-        count: 2,
-        taken: true,
-    });
+    part_settled(&mut supervisor, old, 1, &[0], true);
     assert_eq!(
         supervisor.effects.settled,
-        [(old, 2, false), (old, 1, true)]
+        [(old, 2, Settlement::Returned), (old, 1, Settlement::Taken)]
     );
     quiet(&mut supervisor, new[0], Quiet::Settled);
     assert_eq!(supervisor.effects.quiet, [Quiet::Settled, Quiet::Hushed]);
