@@ -167,6 +167,8 @@ impl Handed {
         parts
     }
 
+    /// The event that says this batch, or this part of one, was taken by
+    /// the worker it was given to, or came back.
     pub fn settled(&self, taken: bool) -> WorkerEvent {
         WorkerEvent::Settled {
             from: self.from,
