@@ -128,11 +128,19 @@ pub enum Settlement {
 impl Settlement {
     /// The settlement of a batch of `count` connections of which those
     /// at the positions in `returned` came back.
-    pub fn of(count: usize, mut returned: Vec<u32>) -> Self {
+    pub fn of(count: usize, returned: Vec<u32>) -> Self {
+        if !returned.is_empty() && returned.len() >= count {
+            Settlement::Returned
+        } else {
+            Settlement::taken_but(returned)
+        }
+    }
+
+    /// A batch whose connections were taken but those at the positions in
+    /// `returned`, as a worker reads it, knowing the batch's size itself.
+    pub fn taken_but(mut returned: Vec<u32>) -> Self {
         if returned.is_empty() {
             Settlement::Taken
-        } else if returned.len() >= count {
-            Settlement::Returned
         } else {
             returned.sort_unstable();
             Settlement::Partly(returned)

@@ -253,8 +253,7 @@ impl Handoff {
             }),
             ToWorker::Taken { batch, returned } => Ok(Instruction::Settle {
                 batch,
-                // However many came back, the rest were taken.
-                settlement: Settlement::of(usize::MAX, returned),
+                settlement: Settlement::taken_but(returned),
             }),
             ToWorker::Returned { batch } => Ok(Instruction::Settle {
                 batch,
