@@ -504,14 +504,14 @@ fn requests_sent_at_the_moment_of_the_move_lose_nothing() {
     );
 }
 
-/// The workers `status` says are ready.
-fn ready_workers(baton: &Baton) -> Vec<u32> {
+/// The workers `status` says are in one of `states`.
+fn workers_in(baton: &Baton, states: &[&str]) -> Vec<u32> {
     baton.status()["workers"]
         .as_array()
         .map(|workers| {
             workers
                 .iter()
-                .filter(|w| w["state"] == "ready")
+                .filter(|w| states.iter().any(|&state| w["state"] == state))
                 .filter_map(|w| w["pid"].as_u64().map(|p| p as u32))
                 .collect()
         })
@@ -587,7 +587,7 @@ fn a_new_worker_killed_mid_handoff_loses_only_what_it_held() {
         let deadline = Instant::now() + slower(Duration::from_secs(10));
         let mut killed = None;
         while killed.is_none() && Instant::now() < deadline {
-            for pid in ready_workers(&baton)
+            for pid in workers_in(&baton, &["ready"])
                 .into_iter()
                 .filter(|p| !old.contains(p))
             {
@@ -614,12 +614,8 @@ fn a_new_worker_killed_mid_handoff_loses_only_what_it_held() {
         // The old workers told to drain leave within the drain timeout. (A
         // crash in the middle of a reload may abandon it: an old worker
         // not yet replaced then goes on serving.)
-        let draining: Vec<u32> = baton.status()["workers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|w| w["state"] == "draining" || w["state"] == "hurried")
-            .filter_map(|w| w["pid"].as_u64().map(|p| p as u32))
+        let draining: Vec<u32> = workers_in(&baton, &["draining", "hurried"])
+            .into_iter()
             .filter(|p| old.contains(p))
             .collect();
         assert!(
