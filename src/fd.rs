@@ -269,6 +269,30 @@ pub fn tcp_state(fd: BorrowedFd<'_>) -> io::Result<TcpState> {
     })
 }
 
+/// Sets the TCP socket `fd`'s receive low-water mark (`SO_RCVLOWAT`): a
+/// process waiting in poll or epoll is woken only once this many bytes
+/// are unread (the kernel caps it at half the largest receive buffer).
+/// Setting it lower wakes a waiting reader at once if enough is unread.
+/// What `recv` returns is unchanged.
+pub fn set_read_low_water(fd: BorrowedFd<'_>, bytes: u32) -> io::Result<()> {
+    let bytes = bytes.min(i32::MAX as u32) as libc::c_int;
+    // SAFETY: setsockopt reads one int from the pointer given, on a
+    // borrowed open descriptor.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&bytes as *const libc::c_int).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Reaps the child `pidfd` refers to, if it has exited: its exit status,
 /// `None` while it runs. Only a child of this process can be reaped.
 pub fn reap(pidfd: BorrowedFd<'_>) -> io::Result<Option<std::process::ExitStatus>> {

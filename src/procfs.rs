@@ -380,7 +380,14 @@ pub fn socket_fds(pid: u32) -> Vec<(i32, u64)> {
 /// it is gone, `EACCES` if it hides them from this process (another
 /// user's, or one that made itself non-dumpable).
 pub fn read_socket_fds(pid: u32) -> io::Result<Vec<(i32, u64)>> {
+    read_socket_fds_and_event_loop(pid).map(|(sockets, _)| sockets)
+}
+
+/// [`read_socket_fds`], and whether `pid` holds an epoll instance: an
+/// event loop, which reads a connection when told it is readable.
+pub fn read_socket_fds_and_event_loop(pid: u32) -> io::Result<(Vec<(i32, u64)>, bool)> {
     let mut sockets = Vec::new();
+    let mut event_loop = false;
     for entry in fs::read_dir(format!("/proc/{pid}/fd"))?.flatten() {
         let Some(fd) = entry
             .file_name()
@@ -402,9 +409,11 @@ pub fn read_socket_fds(pid: u32) -> io::Result<Vec<(i32, u64)>> {
             .and_then(|t| t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok());
         if let Some(inode) = inode {
             sockets.push((fd, inode));
+        } else if target.as_os_str() == "anon_inode:[eventpoll]" {
+            event_loop = true;
         }
     }
-    Ok(sockets)
+    Ok((sockets, event_loop))
 }
 
 /// The system calls a thread waiting for connections blocks in, by this
