@@ -3,7 +3,7 @@
 //! the answer goes back with `Connection: close`.
 
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -31,6 +31,9 @@ pub async fn rescue(connection: OwnedFd, forward_to: SocketAddr, wait: Duration)
         connections: 1,
         requests: 0,
     };
+    // Its next request was held back from the program; the rescuer's own
+    // reads must be woken by it.
+    let _ = crate::fd::set_read_low_water(connection.as_fd(), 1);
     let stream = std::net::TcpStream::from(connection);
     let Ok(stream) = stream
         .set_nonblocking(true)

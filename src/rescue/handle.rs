@@ -43,8 +43,16 @@ impl Rescuer {
     }
 
     /// Gives the rescuer copies of `worker`'s connections to watch for at
-    /// most `within`. The master's copies close once they are sent.
-    pub fn watch(&self, worker: u32, taken: Vec<Taken>, within: Duration) {
+    /// most `within`, with the `listeners` it accepts on. The master's
+    /// copies close once they are sent.
+    pub fn watch(
+        &self,
+        worker: u32,
+        taken: Vec<Taken>,
+        listeners: &[ListenerId],
+        within: Duration,
+    ) {
+        let listeners: Vec<u64> = listeners.iter().map(|l| l.inode).collect();
         let mut taken = taken.into_iter().peekable();
         while taken.peek().is_some() {
             let (fds, connections): (Vec<OwnedFd>, Vec<_>) = taken
@@ -55,6 +63,7 @@ impl Rescuer {
             let message = ToRescuer::Watch {
                 worker,
                 connections,
+                listeners: listeners.clone(),
                 within,
             };
             let _ = self.batches.send((message, fds));
@@ -82,9 +91,9 @@ impl Rescuer {
     ) -> Result<bool, TakeError> {
         let started = std::time::Instant::now();
         // /proc and a few system calls per socket: off the master's thread.
-        let (listeners, skip) = (listeners.to_vec(), std::mem::take(copied));
+        let (all, skip) = (listeners.to_vec(), std::mem::take(copied));
         let (looked, skip) = tokio::task::spawn_blocking(move || {
-            (super::take::connections(worker, &listeners, &skip), skip)
+            (super::take::connections(worker, &all, &skip), skip)
         })
         .await
         .map_err(|e| TakeError::Failed(e.to_string()))?;
@@ -99,7 +108,7 @@ impl Rescuer {
             .log();
         }
         copied.extend(copies.taken.iter().map(|t| t.baseline.inode));
-        self.watch(worker, copies.taken, within);
+        self.watch(worker, copies.taken, listeners, within);
         Ok(copies.holds_listener)
     }
 

@@ -20,7 +20,7 @@ use tracing::{debug, warn};
 use crate::fd::{self, TcpState};
 use crate::protocol::Channel;
 
-use super::{forward, Baseline, Rescued, ToRescuer, GRACE};
+use super::{forward, Baseline, Rescued, ToRescuer, AFTER_STOP, GRACE, HOLD};
 
 /// How often watched connections are looked at, per [`LOOKS_PER_TICK`]
 /// of them: each look costs a few system calls per connection and a read
@@ -45,6 +45,24 @@ struct Watched {
     worker: u32,
     baseline: Baseline,
     until: Instant,
+    /// Until then its next request is held back from the program (see
+    /// [`HOLD`]); `None` once given back.
+    held_back_until: Option<Instant>,
+}
+
+/// What the rescuer knows of a worker whose connections it watches.
+#[derive(Debug, Default)]
+struct Draining {
+    /// The listeners' sockets (inodes) it accepts on.
+    listeners: HashSet<u64>,
+    /// When a look first found its processes holding none of them.
+    stopped_accepting: Option<Instant>,
+}
+
+/// Whether a connection whose requests are held back from its program
+/// (until `held_back_until`) gets them back `now`: see [`HOLD`].
+fn give_back(held_back_until: Instant, stopped_accepting: Option<Instant>, now: Instant) -> bool {
+    now >= held_back_until || stopped_accepting.is_some_and(|t| now >= t + AFTER_STOP)
 }
 
 /// What to do with a watched connection, from its counters now.
@@ -102,6 +120,7 @@ pub fn run() -> io::Result<()> {
 
 async fn serve(channel: Channel) -> io::Result<()> {
     let mut watched: Vec<Watched> = Vec::new();
+    let mut draining: HashMap<u32, Draining> = HashMap::new();
     let mut rescues: JoinSet<Rescued> = JoinSet::new();
     let mut next_look = Instant::now();
     let mut master = true;
@@ -110,13 +129,15 @@ async fn serve(channel: Channel) -> io::Result<()> {
     while master || !watched.is_empty() || !rescues.is_empty() {
         tokio::select! {
             message = channel.recv::<ToRescuer>(), if master => match message {
-                Ok(Some((ToRescuer::Watch { worker, connections, within }, fds))) => {
+                Ok(Some((ToRescuer::Watch { worker, connections, listeners, within }, fds))) => {
                     if fds.len() != connections.len() {
                         warn!(descriptors = fds.len(), connections = connections.len(), "the master sent a batch whose descriptors do not match; dropped");
                         continue;
                     }
-                    let until = Instant::now() + within;
-                    watched.extend(fds.into_iter().zip(connections).map(|(fd, baseline)| Watched { fd, worker, baseline, until }));
+                    draining.entry(worker).or_default().listeners.extend(listeners);
+                    let now = Instant::now();
+                    let (until, held_back_until) = (now + within, Some(now + HOLD));
+                    watched.extend(fds.into_iter().zip(connections).map(|(fd, baseline)| Watched { fd, worker, baseline, until, held_back_until }));
                 }
                 Ok(None) => master = false,
                 Err(e) => {
@@ -131,20 +152,37 @@ async fn serve(channel: Channel) -> io::Result<()> {
                 let mut kept = Vec::with_capacity(watched.len());
                 for w in watched.drain(..) {
                     let Ok(state) = fd::tcp_state(w.fd.as_fd()) else { continue };
-                    let holds = match held.entry(w.worker).or_insert_with(|| {
+                    let tree = held.entry(w.worker).or_insert_with(|| {
                         let held = crate::procfs::tree_held(w.worker);
                         if held.is_none() && hidden.insert(w.worker) {
                             warn!(worker = w.worker, "the worker hides its descriptors from the rescuer (another user, or not dumpable): its connections are left to it");
                         }
+                        let worker = draining.entry(w.worker).or_default();
+                        if let Some(held) = &held {
+                            if worker.stopped_accepting.is_none() && worker.listeners.is_disjoint(held) {
+                                worker.stopped_accepting = Some(now);
+                            }
+                        }
                         held
-                    }) {
+                    });
+                    let holds = match tree {
                         Some(held) => held.contains(&w.baseline.inode),
                         // What it holds cannot be seen: it may still serve
                         // the connection.
                         None => true,
                     };
                     match next(&state, holds, now >= w.until) {
-                        Next::Watch => kept.push(w),
+                        Next::Watch => {
+                            let mut w = w;
+                            let stopped = draining.get(&w.worker).and_then(|d| d.stopped_accepting);
+                            if w.held_back_until.is_some_and(|t| give_back(t, stopped, now)) {
+                                // The program serves it on: its requests
+                                // are its own again.
+                                let _ = fd::set_read_low_water(w.fd.as_fd(), 1);
+                                w.held_back_until = None;
+                            }
+                            kept.push(w);
+                        }
                         Next::LetGo => {}
                         Next::Rescue(wait) => {
                             rescues.spawn(forward::rescue(w.fd, w.baseline.forward_to, wait));
@@ -152,6 +190,7 @@ async fn serve(channel: Channel) -> io::Result<()> {
                     }
                 }
                 watched = kept;
+                draining.retain(|worker, _| watched.iter().any(|w| w.worker == *worker));
             },
             Some(done) = rescues.join_next(), if !rescues.is_empty() => {
                 let Ok(rescued) = done else { continue };
@@ -176,6 +215,25 @@ mod tests {
             since_sent_ms,
             unread,
         }
+    }
+
+    #[test]
+    fn held_requests_go_back_soon_after_the_program_stops_accepting_or_after_the_hold() {
+        let start = Instant::now();
+        let until = start + HOLD;
+        assert!(!give_back(until, None, start + HOLD / 2));
+        assert!(give_back(until, None, until));
+        let stopped = Some(start + Duration::from_millis(5));
+        assert!(!give_back(
+            until,
+            stopped,
+            start + Duration::from_millis(10)
+        ));
+        assert!(give_back(
+            until,
+            stopped,
+            start + Duration::from_millis(5) + AFTER_STOP
+        ));
     }
 
     #[test]

@@ -77,8 +77,8 @@ pub fn connections(
         let Ok(pidfd) = fd::pidfd_open(pid) else {
             continue;
         };
-        let sockets = match procfs::read_socket_fds(pid) {
-            Ok(sockets) => sockets,
+        let (sockets, event_loop) = match procfs::read_socket_fds_and_event_loop(pid) {
+            Ok(read) => read,
             // Another user's process, to a master without CAP_SYS_PTRACE:
             // pidfd_getfd would be refused as well.
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
@@ -117,6 +117,11 @@ pub fn connections(
                 // more.
                 Ok(state) if state.state == ESTABLISHED => {}
                 _ => continue,
+            }
+            if event_loop {
+                // Its next request is held back from the program: see
+                // [`super::HOLD`].
+                let _ = fd::set_read_low_water(copy.as_fd(), super::HOLD_BYTES);
             }
             copies.taken.push(Taken {
                 fd: copy,
