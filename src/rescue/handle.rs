@@ -84,7 +84,9 @@ impl Rescuer {
 /// requests the rescuer answered with `Connection: close`. Measured
 /// unchanged (36 s of GETs and POSTs, a reload every 3 s, alternated runs),
 /// failed requests looking every 10 ms against this: uvicorn 11, 15, 27, 3
-/// against 0, 4, 1, 0; Go's `net/http` 4, 12, 15, 6 against 0, 1, 4, 0.
+/// against 0, 4, 1, 0; Go's `net/http` 4, 12, 15, 6 against 0, 1, 4, 0,
+/// but six more runs of this gave Go 0, 9, 7, 8, 0, 1: what Go loses is
+/// mostly something else (docs/how-it-works.md, Rescue).
 /// The cost is the master's: its CPU time over one such uvicorn run (22
 /// workers drained) was 310 and 280 ms looking every 10 ms, 420 and 450 ms
 /// with this, about 7 ms more a drain.
